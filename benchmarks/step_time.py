@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 import nowt
-from nowt.train import MIRROR_BATCH_DIVISOR, MIRROR_EVERY
+from nowt.rules.wm import MIRROR_BATCH_DIVISOR, MIRROR_EVERY
 
 RULES = ["bp", "fa", "usf", "brsf", "frsf", "kp", "wm"]
 

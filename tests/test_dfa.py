@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn.grad import conv2d_weight
 
 import nowt
-from nowt.rules import dfa
+from nowt.rules.dfa import storage as dfa_storage
 
 STORAGES = ["dense", "shared", "seeded"]
 D = torch.double
@@ -80,8 +80,8 @@ def _grads(storage, chunk, seed=3):
 def test_seeded_storage_redraws_exactly_the_dense_matrix_and_keeps_only_seeds(monkeypatch):
     dense, g_dense = _grads("dense", 7)
     drawn = []
-    real = dfa.draw_chunk
-    monkeypatch.setattr(dfa, "draw_chunk", lambda *a: drawn.append(a[3]) or real(*a))
+    real = dfa_storage.draw_chunk
+    monkeypatch.setattr(dfa_storage, "draw_chunk", lambda *a: drawn.append(a[3]) or real(*a))
     seeded, g_seeded = _grads("seeded", 7)
     assert all(torch.equal(a, b) for a, b in zip(g_dense, g_seeded, strict=True))
     assert drawn and max(drawn) <= 7  # the extra memory of a backward is one n_out x chunk block

@@ -2,8 +2,6 @@
 
 import json
 import math
-import sys
-import types
 
 import pytest
 import torch
@@ -12,6 +10,7 @@ import nowt
 import nowt.train as train_mod
 from nowt.checkpoint import load_checkpoint, save_checkpoint
 from nowt.cli import main
+from nowt.rules import wm
 from nowt.train import TrainConfig, fit
 
 
@@ -239,9 +238,10 @@ class FakeTargetProp:
 
 
 def test_target_propagation_rules_dispatch_to_the_targetprop_trainer(tmp_path, monkeypatch):
-    fake = types.ModuleType("nowt.targetprop")
-    fake.TargetPropTrainer = FakeTargetProp
-    monkeypatch.setitem(sys.modules, "nowt.targetprop", fake)
+    import nowt.targetprop.trainer
+
+    # the registered rule's `learner` builds the trainer
+    monkeypatch.setattr(nowt.targetprop.trainer, "TargetPropTrainer", FakeTargetProp)
     train, test = _task()
     cfg = TrainConfig(rule="sdtp", schedule="alternating", hidden=(16,), activation="tanh", epochs=2,
                       batch_size=50, lr=0.1, out_dir=str(tmp_path))
@@ -325,13 +325,13 @@ def test_bf16_autocast_and_channels_last_train_a_convnet():
 
 def test_weight_mirror_runs_every_second_step_with_a_quarter_noise_batch(monkeypatch):
     calls = []
-    real_mirror = nowt.mirror
+    real_mirror = wm.mirror_layers
 
-    def counting_mirror(model, steps=1, **kwargs):
+    def counting_mirror(layers, steps=1, **kwargs):
         calls.append((steps, kwargs.get("batch_size")))
-        return real_mirror(model, steps, **kwargs)
+        return real_mirror(layers, steps, **kwargs)
 
-    monkeypatch.setattr(nowt, "mirror", counting_mirror)
+    monkeypatch.setattr(wm, "mirror_layers", counting_mirror)
     train, test = _task()  # 500 training examples: 11 steps of 48 (the last one partial)
     fit(TrainConfig(rule="wm", hidden=(8,), epochs=1, batch_size=48, mirror_warmup=5), train, test,
         progress=False)

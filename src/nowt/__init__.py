@@ -7,7 +7,7 @@
 
 from nowt import models, targetprop
 from nowt.convert import convert
-from nowt.layers import Conv2d, FeedbackLayer, Linear, feedback_layers
+from nowt.layers import Conv2d, FeedbackLayer, Linear, feedback_layers, feedback_rules
 from nowt.lc import LocallyConnected2d
 from nowt.measures import (
     accuracy_and_loss,
@@ -21,17 +21,17 @@ from nowt.measures import (
     ood_images,
 )
 from nowt.metrics import angle, backprop_mode, update_angles, weight_angles
+from nowt.mirror import mirror
 from nowt.noise import noise_batches, pretrain_noise
 from nowt.rules import Rule, make_rule, register, rules
-from nowt.rules.wm import mirror
 from nowt.targetprop import TargetPropTrainer
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Conv2d", "FeedbackLayer", "Linear", "LocallyConnected2d", "Rule", "TargetPropTrainer", "angle",
-    "backprop_mode", "convert", "feedback_layers", "make_rule", "mirror", "models", "register", "rules",
-    "targetprop", "update_angles", "weight_angles",
+    "backprop_mode", "convert", "feedback_layers", "feedback_rules", "make_rule", "mirror", "models",
+    "register", "rules", "targetprop", "update_angles", "weight_angles",
     # random-noise pretraining (Cheon et al. 2024) and its measures
     "accuracy_and_loss", "affine_images", "area_under_curve", "effective_rank", "effective_ranks",
     "generalization_gap", "mean_neuron_angles", "neuron_angles", "noise_batches", "ood_images",

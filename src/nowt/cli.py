@@ -16,7 +16,7 @@ from pathlib import Path
 
 import nowt
 from nowt import distributed
-from nowt.train import TARGETPROP_RULES, TrainConfig, model_factories
+from nowt.train import TrainConfig, model_factories
 
 
 def _hidden(text: str) -> tuple[int, ...]:
@@ -31,7 +31,7 @@ def _hidden(text: str) -> tuple[int, ...]:
 
 
 def _all_rules() -> list[str]:
-    return nowt.rules() + [r for r in TARGETPROP_RULES if r not in nowt.rules()]
+    return nowt.rules()
 
 
 def add_training_args(p: argparse.ArgumentParser) -> None:

@@ -33,9 +33,8 @@ class FeedbackLayer(nn.Module):
         try:
             return super().__getattr__(name)
         except AttributeError:
-            if name == "feedback" and not self.rule.stores_feedback:
-                # W itself for backprop; DFA's shared and seeded storages materialise B here
-                return self.rule.materialized_feedback(self)
+            if name == "feedback":  # no `feedback` registered: the rule says what B is (W for backprop,
+                return self.rule.materialized_feedback(self)  # DFA's shared and seeded B materialised)
             raise
 
     def extra_repr(self) -> str:
@@ -90,3 +89,11 @@ CONVERTIBLE: dict[type[nn.Module], type[FeedbackLayer]] = {
 def feedback_layers(model: nn.Module) -> dict[str, FeedbackLayer]:
     """Every rule-trained layer of `model`, by qualified name ("" for the model itself)."""
     return {name: m for name, m in model.named_modules() if isinstance(m, FeedbackLayer)}
+
+
+def feedback_rules(model: nn.Module) -> list[Rule]:
+    """The distinct rules of `model`'s rule-trained layers, in layer order: the loop calls their hooks."""
+    found: dict[int, Rule] = {}
+    for layer in feedback_layers(model).values():
+        found.setdefault(id(layer.rule), layer.rule)
+    return list(found.values())

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nowt.layers import feedback_layers
-from nowt.metrics import evaluate, row_angles
+from nowt.metrics import alignment_pairs, evaluate, row_angles
 
 OOD_KINDS = ("translate", "rotate", "scale")
 
@@ -42,10 +42,10 @@ def mean_neuron_angles(model: nn.Module) -> dict[str, float]:
     Backprop layers give 0; layers with another feedback shape (e.g. direct feedback) are left out.
     """
     out = {}
-    for name, layer in feedback_layers(model).items():
-        fb = layer.feedback
-        if fb.shape == layer.weight.shape:
-            out[name] = float(neuron_angles(layer.weight, fb).nanmean())
+    layers = feedback_layers(model)
+    for name, (fb, _) in alignment_pairs(model).items():
+        if fb is not None and fb.shape == layers[name].weight.shape:
+            out[name] = float(neuron_angles(layers[name].weight, fb).nanmean())
     return out
 
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nowt.layers import feedback_layers
+from nowt.layers import feedback_layers, feedback_rules
 
 
 def row_angles(a: Tensor, b: Tensor) -> Tensor:
@@ -26,18 +26,23 @@ def angle(a: Tensor, b: Tensor) -> float:
     return float(row_angles(a.reshape(1, -1), b.reshape(1, -1))[0])
 
 
+def alignment_pairs(model: nn.Module) -> dict[str, tuple[Tensor | None, Tensor | None]]:
+    """{layer name: (B, the matrix backprop uses in B's place)} for every rule-trained layer, in layer order,
+    as each layer's rule defines the pair (`Rule.alignment_pairs`); None where a matrix is undefined."""
+    pairs: dict[str, tuple[Tensor | None, Tensor | None]] = {}
+    for rule in feedback_rules(model):
+        pairs.update(rule.alignment_pairs(model))
+    return {name: pairs[name] for name in feedback_layers(model) if name in pairs}
+
+
 def weight_angles(model: nn.Module) -> dict[str, float]:
     """{layer name: degrees between the feedback matrix B and the forward weight W}; 0 for `bp` layers.
 
-    dfa and ifa layers compare B with what backprop would send instead, the product of the downstream
-    forward weights (see `nowt.rules.dfa.weight_references`); nan where that is undefined.
+    A rule may compare B with another reference: dfa and ifa layers compare it with what backprop would
+    send instead, the product of the downstream forward weights; nan where that is undefined.
     """
-    from nowt.rules.dfa import weight_references
-
-    refs = weight_references(model)
-    return {name: (angle(layer.feedback, layer.weight) if name not in refs
-                   else math.nan if refs[name] is None else angle(layer.feedback, refs[name]))
-            for name, layer in feedback_layers(model).items()}
+    return {name: (math.nan if fb is None or ref is None else angle(fb, ref))
+            for name, (fb, ref) in alignment_pairs(model).items()}
 
 
 @contextmanager

@@ -19,11 +19,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from nowt.layers import feedback_layers
+from nowt.layers import feedback_layers, feedback_rules
 from nowt.measures import effective_ranks, mean_neuron_angles
 from nowt.metrics import weight_angles
-from nowt.rules.wm import mirror
-from nowt.train import make_optimizer
 
 NOISES = ("gaussian", "uniform")
 
@@ -59,6 +57,18 @@ def noise_batches(
             x = (torch.rand(shape, generator=generator) * 2 - 1) * math.sqrt(3)
         y = torch.randint(0, num_classes, (batch_size,), generator=generator)
         yield x.to(device, dtype), y.to(device)
+
+
+def _optimizer(name: str, params: list[nn.Parameter], lr: float, momentum: float,
+               weight_decay: float) -> torch.optim.Optimizer:
+    """One of the optimizers `nowt train` offers, by name (momentum for sgd and rmsprop only)."""
+    kinds = {"sgd": (torch.optim.SGD, True), "adam": (torch.optim.Adam, False),
+             "adamw": (torch.optim.AdamW, False), "rmsprop": (torch.optim.RMSprop, True)}
+    if name.lower() not in kinds:
+        raise ValueError(f"unknown optimizer {name!r}; choose sgd, adam, adamw or rmsprop")
+    cls, uses_momentum = kinds[name.lower()]
+    extra = {"momentum": momentum} if uses_momentum else {}
+    return cls(params, lr=lr, weight_decay=weight_decay, **extra)
 
 
 def _alignment(model: nn.Module, layers: list[str]) -> dict:
@@ -119,7 +129,8 @@ def pretrain_noise(
     model: any model converted with `nowt.convert` (or plain: it then trains by backprop), whose output for
         a batch is [batch, classes]; the number of classes is read from it. Every rule trains as it does on
         data: one `loss.backward()` and optimizer step per batch (per-layer rules, KP, and any rule that
-        works through backward), plus `nowt.mirror` after each step for `wm` layers.
+        works through backward), plus each rule's `after_step` hook (for `wm`, its mirror schedule: a
+        quarter-batch mirror step after every second step).
     input_shape: one input without the batch dimension, e.g. (1, 28, 28) or (784,).
     steps: number of noise batches (0 only records the starting alignment).
     noise: "gaussian" (x ~ N(0, I), the paper's choice) or "uniform" (U(-sqrt 3, sqrt 3), unit variance).
@@ -158,9 +169,9 @@ def pretrain_noise(
     opt = (
         optimizer
         if isinstance(optimizer, torch.optim.Optimizer)
-        else make_optimizer(optimizer, params, lr, momentum, weight_decay)
+        else _optimizer(optimizer, params, lr, momentum, weight_decay)
     )
-    uses_mirror = any(layer.rule == "wm" for layer in feedback_layers(model).values())
+    rules = feedback_rules(model)
 
     start = time.perf_counter()
     history = [{"step": 0, "loss": math.nan, **_alignment(model, layers), "seconds": 0.0}]
@@ -174,8 +185,8 @@ def pretrain_noise(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if uses_mirror:
-            mirror(model, 1)
+        for rule in rules:  # what a rule does between steps (weight mirrors: their mirror schedule)
+            rule.after_step(model, step)
         loss_sum, count = loss_sum + loss.item(), count + 1
         if step % log_every == 0 or step == steps:
             record = {

@@ -150,13 +150,19 @@ class FeedbackFunction(torch.autograd.Function):
         return grad_x, (grad_w if need_w else None), grad_b, (grad_w if need_fb else None), None
 
 
-def feedback_forward(op, x: Tensor, weight: Tensor, bias: Tensor | None, feedback: Tensor) -> Tensor:
-    """Applies `op` with `feedback` in the backward pass, honouring autocast like a built-in layer."""
+def autocast_apply(function, x: Tensor, weight: Tensor, bias: Tensor | None, *args) -> Tensor:
+    """`function(x, weight, bias, *args)` as a built-in layer runs under autocast: the inputs cast to the
+    autocast dtype, then autocast off inside, so a custom autograd Function sees one dtype throughout."""
     device_type = x.device.type
     if torch.is_autocast_enabled(device_type):
         dtype = torch.get_autocast_dtype(device_type)
         x, weight = x.to(dtype), weight.to(dtype)
         bias = bias.to(dtype) if bias is not None else None
         with torch.autocast(device_type, enabled=False):
-            return FeedbackFunction.apply(x, weight, bias, feedback, op)
-    return FeedbackFunction.apply(x, weight, bias, feedback, op)
+            return function(x, weight, bias, *args)
+    return function(x, weight, bias, *args)
+
+
+def feedback_forward(op, x: Tensor, weight: Tensor, bias: Tensor | None, feedback: Tensor) -> Tensor:
+    """Applies `op` with `feedback` in the backward pass, honouring autocast like a built-in layer."""
+    return autocast_apply(FeedbackFunction.apply, x, weight, bias, feedback, op)

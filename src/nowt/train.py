@@ -31,14 +31,11 @@ from tqdm.auto import tqdm
 import nowt
 from nowt import distributed
 from nowt.checkpoint import load_checkpoint, save_checkpoint
-from nowt.metrics import evaluate
+from nowt.metrics import backprop_mode, evaluate
+from nowt.rules import WholeNetworkRule, rule_class
 
-TARGETPROP_RULES = ("tp", "dtp", "sdtp", "ao-sdtp")
-#: Weight mirrors: the warm-up aligns B from its random start with a large noise batch (fast, accurate);
-#: during training, every MIRROR_EVERY steps, a noise batch of MIRROR_EVERY/MIRROR_BATCH_DIVISOR of the batch
-#: tracks W. A mirror step is memory-bound on a CPU (it reads W twice whatever the noise batch), so fewer,
-#: larger mirror steps cost less for the same number of noise samples (the auto step size scales with them).
-MIRROR_WARMUP_BATCH, MIRROR_BATCH_DIVISOR, MIRROR_EVERY = 256, 8, 2
+#: TrainConfig fields passed to the rule as options when its class declares one of that name.
+_RULE_OPTIONS = ("mirror_steps", "mirror_warmup")
 #: Config fields that say where and how fast a run goes, not what it computes: a resume may change them.
 _NOT_IDENTITY = ("out_dir", "data_dir", "download", "device", "num_workers")
 
@@ -64,7 +61,7 @@ class TrainConfig:
     amp: str = "off"  # "bf16": forward and backward under torch.autocast in bfloat16 (weights stay fp32)
     channels_last: bool = False  # NHWC memory format for the model and image batches (faster convs on GPU)
     mirror_steps: int = 1  # wm: mirror steps after every 2nd optimizer step, noise batch 1/4 of the batch
-    mirror_warmup: int = 300  # wm: mirror steps before training, noise batch MIRROR_WARMUP_BATCH
+    mirror_warmup: int = 300  # wm: mirror steps before training, noise batch 256
     schedule: str = "parallel"  # target propagation: parallel | alternating
     noise_pretrain: int = 0  # steps of random-noise pretraining (nowt.pretrain_noise) before training
     dataset: str = "mnist"  # used when fit() is given no data
@@ -161,8 +158,10 @@ def build_model(cfg: TrainConfig, input_shape: tuple[int, ...], num_classes: int
     if cfg.dropout and "dropout" not in accepted:
         raise ValueError(f"model {cfg.model!r} has no dropout option")
     model = factory(**{k: v for k, v in offered.items() if k in accepted})
-    if cfg.rule not in TARGETPROP_RULES:
-        model = nowt.convert(model, cfg.rule, seed=cfg.seed)
+    rule = rule_class(cfg.rule)
+    if not issubclass(rule, WholeNetworkRule):
+        options = {k: getattr(cfg, k) for k in _RULE_OPTIONS if k in rule.options}
+        model = nowt.convert(model, cfg.rule, seed=cfg.seed, **options)
     if cfg.init == "normal_fan_avg":
         _normal_fan_avg_(model, cfg.seed)
     elif cfg.init != "default":
@@ -180,8 +179,8 @@ def _normal_fan_avg_(model: nn.Module, seed: int) -> None:
             fan_out, fan_in = m.weight.shape[0], m.weight[0].numel()
             std = (fan_in + fan_out) ** -0.5
             tensors = [m.weight, m.bias]
-            if isinstance(m, nowt.FeedbackLayer) and m.rule.stores_feedback and not m.rule.transports_weights:
-                tensors.append(m.feedback)
+            if isinstance(m, nowt.FeedbackLayer):
+                tensors += m.rule.feedback_tensors(m)
             for t in tensors:
                 if t is not None:
                     t.copy_(torch.randn(t.shape, generator=g) * std)
@@ -200,23 +199,20 @@ class Learner(Protocol):
 
 class RuleLearner:
     """Per-layer rules and DFA: the rule acts inside autograd, so a step is the usual forward, backward and
-    optimizer step, followed for weight mirrors by the mirror-mode step."""
+    optimizer step, followed by each rule's `after_step` hook (weight mirrors: the mirror-mode step)."""
 
     def __init__(self, model: nn.Module, cfg: TrainConfig, steps_per_epoch: int):
-        self.model, self.loss_fn, self.mirror_steps = model, make_loss(cfg.loss), cfg.mirror_steps
+        self.model, self.loss_fn = model, make_loss(cfg.loss)
         self.net = distributed.wrap(model, torch.device(cfg.device))  # DDP under torchrun, else the model
         if cfg.amp not in ("off", "bf16"):
             raise ValueError(f"unknown amp {cfg.amp!r}; choose off or bf16")
         self.autocast = dict(device_type=torch.device(cfg.device).type, dtype=torch.bfloat16,
                              enabled=cfg.amp == "bf16")
         self.channels_last = cfg.channels_last
-        # the same noise batch on every rank (local slices of an uneven batch differ by one)
-        self.mirror_batch = max(1, cfg.batch_size * MIRROR_EVERY
-                                // (MIRROR_BATCH_DIVISOR * distributed.world()[1]))
         self.optimizer = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.momentum,
                                         cfg.weight_decay)
         self.scheduler = make_scheduler(cfg.lr_schedule, self.optimizer, cfg.epochs * steps_per_epoch)
-        self.uses_mirror = any(layer.rule == "wm" for layer in nowt.feedback_layers(model).values())
+        self.rules = nowt.feedback_rules(model)
 
     def train_step(self, x: Tensor, y: Tensor) -> dict[str, Any]:
         if self.channels_last and x.dim() == 4:
@@ -230,9 +226,9 @@ class RuleLearner:
             loss.backward()
             self.optimizer.step()
             self.scheduler.step()
-            # the scheduler's step count is checkpointed, so a resumed run mirrors on the same steps
-            if self.uses_mirror and self.scheduler.last_epoch % MIRROR_EVERY == 0:
-                nowt.mirror(self.model, self.mirror_steps, batch_size=self.mirror_batch)
+            # the scheduler's step count is checkpointed, so a resumed run calls with the same numbers
+            for rule in self.rules:
+                rule.after_step(self.model, self.scheduler.last_epoch)
         return {"loss": mean_loss.item(), "output": out.detach()}
 
     def end_epoch(self) -> None:
@@ -251,9 +247,8 @@ class RuleLearner:
 
 def make_learner(cfg: TrainConfig, model: nn.Module, steps_per_epoch: int) -> Learner:
     """The one place that decides how a rule trains: target propagation or a per-layer rule (DFA included)."""
-    if cfg.rule in TARGETPROP_RULES:
-        from nowt.targetprop import TargetPropTrainer
-
+    rule = rule_class(cfg.rule)
+    if issubclass(rule, WholeNetworkRule):
         # Target propagation trains with its own Adam optimizers and layer losses: refuse what it ignores.
         ignored = [flag for flag, off in (("--loss bce", cfg.loss == "ce"), ("--amp", cfg.amp == "off"),
                                           ("--channels-last", not cfg.channels_last),
@@ -261,17 +256,30 @@ def make_learner(cfg: TrainConfig, model: nn.Module, steps_per_epoch: int) -> Le
         if ignored:
             raise ValueError(f"rule {cfg.rule!r} (target propagation) does not support {', '.join(ignored)}; "
                              "it trains with Adam at --lr on its own layer-local losses")
-        return TargetPropTrainer(model, algorithm=cfg.rule, schedule=cfg.schedule, lr=cfg.lr, seed=cfg.seed)
+        return rule.learner(model, lr=cfg.lr, seed=cfg.seed, schedule=cfg.schedule)
     return RuleLearner(model, cfg, steps_per_epoch)
 
 
 def _noise_pretrain(cfg: TrainConfig, model: nn.Module, input_shape: tuple[int, ...]) -> None:
     from nowt.noise import pretrain_noise
 
-    if cfg.rule in TARGETPROP_RULES:  # the plain network would be pretrained by backprop
+    if issubclass(rule_class(cfg.rule), WholeNetworkRule):  # its plain network would learn by backprop
         raise ValueError(f"--noise-pretrain needs a per-layer rule or DFA, not {cfg.rule!r}")
     pretrain_noise(model, input_shape, steps=cfg.noise_pretrain, batch_size=cfg.batch_size, seed=cfg.seed,
                    progress=False)
+
+
+@torch.no_grad()
+def _probe_forward(model: nn.Module, x: Tensor) -> None:
+    """One forward pass that only shows each layer a training batch's shape (a weight mirror's noise has it):
+    eval mode and plain ops, so no batch-norm statistic, dropout mask or rule state (brsf draws) moves."""
+    was_training = model.training
+    model.eval()
+    try:
+        with backprop_mode(model):
+            model(x)
+    finally:
+        model.train(was_training)
 
 
 def _probe_batch(test, n: int = 256) -> tuple[Tensor, Tensor]:
@@ -375,14 +383,15 @@ def _fit(cfg: TrainConfig, train, test, resume: bool, progress: bool) -> list[di
         train_loader.generator.set_state(state["loader_rng"])
         _set_rng_state(state["rng"])
         history = state["history"]
-    elif getattr(learner, "uses_mirror", False):
-        model(probe_x[:cfg.batch_size])  # the mirror drives noise of each layer's input shape
-        nowt.mirror(model, cfg.mirror_warmup, batch_size=MIRROR_WARMUP_BATCH)
+    elif rules := nowt.feedback_rules(model):
+        _probe_forward(model, probe_x[:cfg.batch_size])
+        for rule in rules:
+            rule.begin_training(model, cfg.batch_size)
     if writes:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1) + "\n")
     writer = _tensorboard(out) if writes else None
-    has_feedback = cfg.rule not in TARGETPROP_RULES and bool(nowt.feedback_layers(model))
+    has_feedback = bool(nowt.feedback_layers(model))  # none in target propagation's plain networks
     for epoch in range(len(history), cfg.epochs):
         t0 = time.perf_counter()
         train_metrics = train_epoch(learner, train_loader, f"{cfg.rule} epoch {epoch + 1}/{cfg.epochs}",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from torch import nn
+
 from nowt.rules.base import RandomFeedbackRule, Rule, random_matrix
 
 _REGISTRY: dict[str, type[Rule]] = {}
@@ -38,32 +40,49 @@ def rule_class(name: str) -> type[Rule]:
 
 
 class WholeNetworkRule(Rule):
-    """A registry entry for an algorithm that trains a whole network, not layer by layer: target propagation.
+    """A registry entry for an algorithm that trains a whole network, not layer by layer (target
+    propagation registers its four from `nowt.targetprop`).
 
     It is listed by `rules()` so that every learning rule has one name space, but it has no per-layer
-    backward, so making one (and so `nowt.convert`) raises a ValueError that points to its trainer.
+    backward, so making one (and so `nowt.convert`) raises a ValueError; `learner` builds what trains it.
     `issubclass(rule_class(name), WholeNetworkRule)` tells a caller which way to train.
     """
 
     def __init__(self, **options: Any) -> None:
         raise ValueError(
-            f"{self.name!r} is not a per-layer rule: it trains the whole network with layer targets and "
-            f"learned inverses, so nowt.convert cannot apply it. Use nowt.targetprop.TargetPropTrainer("
-            f"network, algorithm={self.name!r}, schedule='parallel'|'alternating') or "
-            f"`nowt train --rule {self.name}`"
+            f"{self.name!r} is not a per-layer rule: it trains the whole network, so nowt.convert cannot "
+            f"apply it. Use {self.usage()} or `nowt train --rule {self.name}`"
         )
 
+    @classmethod
+    def usage(cls) -> str:
+        """How to train with this rule from Python, for the error above."""
+        return f"{cls.__name__}.learner(network, lr=..., seed=...)"
 
-# Registration order is the order `rules()` lists them in.
+    @classmethod
+    def learner(cls, model: nn.Module, *, lr: float, seed: int, **options: Any) -> Any:
+        """What trains `model` one batch at a time (`train_step`, `end_epoch`, `state_dict`, ...), with the
+        class's `options` (unknown ones raise ValueError)."""
+        raise NotImplementedError
+
+    @classmethod
+    def resolve_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """`cls.options` updated by `options`; a ValueError names the unknown ones."""
+        unknown = set(options) - set(cls.options)
+        if unknown:
+            known = ", ".join(sorted(cls.options)) or "none"
+            raise ValueError(f"rule {cls.name!r} got unknown option(s) {sorted(unknown)}; "
+                             f"its options: {known}")
+        return {**cls.options, **options}
+
+
+# Registration order is the order `rules()` lists them in (target propagation's names follow, registered
+# by nowt.targetprop, which `import nowt` loads).
 from nowt.rules import backprop, dfa, fa, kp, sign, wm  # noqa: E402
 
 for _cls in (backprop.Backprop, fa.FeedbackAlignment, sign.USF, sign.BRSF, sign.FRSF, kp.KolenPollack,
              wm.WeightMirror, dfa.DirectFeedback, dfa.IndirectFeedback):
     register(_cls)
-
-# Target propagation (nowt.targetprop): names only, trained by TargetPropTrainer.
-for _name in ("tp", "dtp", "sdtp", "ao-sdtp"):
-    register(type(f"TargetPropagation_{_name.replace('-', '_')}", (WholeNetworkRule,), {"name": _name}))
 
 __all__ = ["RandomFeedbackRule", "Rule", "WholeNetworkRule", "make_rule", "random_matrix", "register",
            "rule_class", "rules"]

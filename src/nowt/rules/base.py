@@ -28,8 +28,6 @@ class Rule:
     options: ClassVar[dict[str, Any]] = {}  # option name -> default
     #: True where the backward pass reads the layer's own forward weights (backprop, sign symmetry).
     transports_weights: ClassVar[bool] = True
-    #: True where `setup` registers a `feedback` buffer or parameter on the layer.
-    stores_feedback: ClassVar[bool] = False
 
     def __init__(self, **options: Any) -> None:
         unknown = set(options) - set(self.options)
@@ -54,6 +52,32 @@ class Rule:
     def materialized_feedback(self, layer: FeedbackLayer) -> Tensor:
         """`layer.feedback` where no `feedback` buffer or parameter is registered: W itself by default."""
         return layer.weight
+
+    # Whole-model hooks: what a rule needs from the training loop, so the loop never asks a rule's name.
+
+    def begin_training(self, model: nn.Module, batch_size: int) -> None:
+        """Once before the first optimizer step of a fresh (not resumed) run, after one forward pass of a
+        training batch; `batch_size` is the global training batch. (Weight mirrors: the warm-up.)"""
+
+    def after_step(self, model: nn.Module, step: int) -> None:
+        """After every optimizer step; `step` counts optimizer steps from 1 and is checkpointed by the
+        caller, so a resumed run calls with the numbers of an unbroken one. (Weight mirrors: the mirror.)"""
+
+    def feedback_tensors(self, layer: FeedbackLayer) -> list[Tensor]:
+        """The random feedback tensors an init scheme may redraw (B of fa, kp, wm); [] by default."""
+        return []
+
+    def alignment_pairs(self, model: nn.Module) -> dict[str, tuple[Tensor | None, Tensor | None]]:
+        """{name of each of this rule's layers in `model`: (B, the matrix backprop uses in B's place)}.
+
+        An angle between the two says how well the rule aligns; a None (a matrix not defined, or not made
+        yet) gives nan. By default B is `layer.feedback` and the reference the layer's own W.
+        """
+        return {name: (layer.feedback, layer.weight) for name, layer in self.layers(model).items()}
+
+    def layers(self, model: nn.Module) -> dict[str, FeedbackLayer]:
+        """The layers of `model` this rule instance trains, by qualified name, in module order."""
+        return {name: m for name, m in model.named_modules() if getattr(m, "rule", None) is self}
 
     def feedback(self, layer: FeedbackLayer) -> Tensor | None:
         """The matrix (weight-shaped) that carries the error to the input this step; None means W itself."""
@@ -116,7 +140,6 @@ class RandomFeedbackRule(Rule):
 
     options: ClassVar[dict[str, Any]] = {"init": "kaiming_uniform", "scale": 1.0}
     transports_weights = False
-    stores_feedback = True
 
     def validate(self) -> None:
         if self.init not in INITS:
@@ -133,6 +156,18 @@ class RandomFeedbackRule(Rule):
 
     def feedback(self, layer: FeedbackLayer) -> Tensor:
         return layer.feedback
+
+    def materialized_feedback(self, layer: FeedbackLayer) -> Tensor:
+        raise AttributeError(f"{self.name}: this layer has no feedback matrix yet (`setup` registers it)")
+
+    def feedback_tensors(self, layer: FeedbackLayer) -> list[Tensor]:
+        return [layer.feedback]
+
+
+def rule_layers(model: nn.Module) -> dict[str, FeedbackLayer]:
+    """Every rule-trained layer of `model` by qualified name: found by its `rule`, so that rules need not
+    import `nowt.layers` (which imports them)."""
+    return {name: m for name, m in model.named_modules() if isinstance(getattr(m, "rule", None), Rule)}
 
 
 def host_value(module: nn.Module, name: str):

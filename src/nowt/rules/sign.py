@@ -32,6 +32,9 @@ class _SignSymmetry(RandomFeedbackRule):
         with torch.no_grad():
             return torch.copysign(self.magnitude(layer), layer.weight)
 
+    def feedback_tensors(self, layer) -> list[torch.Tensor]:
+        return []  # B follows W's signs: nothing random to redraw
+
     def feedback(self, layer) -> torch.Tensor:
         # A fresh tensor each step: the one saved by an earlier forward must stay as it was.
         layer.feedback = self._feedback(layer)

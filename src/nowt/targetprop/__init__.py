@@ -5,6 +5,7 @@
     tp.train_step(x, y); tp.end_epoch(); nowt.train.evaluate(tp.model, loader)
 """
 
+from nowt.rules import register
 from nowt.targetprop.algorithms import ALGORITHMS, Algorithm, get_algorithm
 from nowt.targetprop.networks import (
     NETWORKS,
@@ -16,9 +17,14 @@ from nowt.targetprop.networks import (
     mnist_fc,
     mnist_lc,
 )
-from nowt.targetprop.trainer import SCHEDULES, TargetPropTrainer, split_blocks
+from nowt.targetprop.trainer import SCHEDULES, TargetPropagationRule, TargetPropTrainer, split_blocks
+
+# The rule names `nowt.rules()` lists after the per-layer ones: tp, dtp, sdtp, ao-sdtp.
+for _name in ALGORITHMS:
+    register(type(f"TargetPropagation_{_name.replace('-', '_')}", (TargetPropagationRule,), {"name": _name}))
 
 __all__ = [
-    "ALGORITHMS", "NETWORKS", "SCHEDULES", "Algorithm", "TargetPropTrainer", "build_network", "cifar_fc",
-    "cifar_lc", "create_network", "get_algorithm", "imagenet_lc", "mnist_fc", "mnist_lc", "split_blocks",
+    "ALGORITHMS", "NETWORKS", "SCHEDULES", "Algorithm", "TargetPropTrainer", "TargetPropagationRule",
+    "build_network", "cifar_fc", "cifar_lc", "create_network", "get_algorithm", "imagenet_lc", "mnist_fc",
+    "mnist_lc", "split_blocks",
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from nowt.distributed import average_gradients
 from nowt.lc import LocallyConnected2d
 from nowt.metrics import angle
+from nowt.rules import WholeNetworkRule
 from nowt.targetprop.algorithms import (
     get_algorithm,
     gradient_target,
@@ -296,3 +297,20 @@ class TargetPropTrainer:
             self.inverse_optimizer.load_state_dict(state["inverse_optimizer"])
         self.generator.set_state(state["generator"])
         self.epoch = int(state["epoch"])
+
+
+class TargetPropagationRule(WholeNetworkRule):
+    """The registry entry of one target-propagation algorithm (its `name`): `nowt train --rule dtp` and
+    `rule_class("dtp").learner(net, lr=..., seed=...)` build a `TargetPropTrainer`."""
+
+    options: ClassVar[dict[str, Any]] = {"schedule": "parallel"}
+
+    @classmethod
+    def usage(cls) -> str:
+        return (f"nowt.targetprop.TargetPropTrainer(network, algorithm={cls.name!r}, "
+                f"schedule='parallel'|'alternating')")
+
+    @classmethod
+    def learner(cls, model: nn.Module, *, lr: float, seed: int, **options: Any) -> TargetPropTrainer:
+        schedule = cls.resolve_options(options)["schedule"]
+        return TargetPropTrainer(model, algorithm=cls.name, schedule=schedule, lr=lr, seed=seed)

@@ -1,0 +1,19 @@
+"""Direct feedback alignment (Nøkland 2016) and indirect feedback alignment, on any model.
+
+`nowt.convert(model, "dfa", seed=0)` works on any model whose forward returns one `[N, n_out]` tensor. The
+training loop stays the user's own (`loss.backward(); optimizer.step()`); nothing is handed to the model.
+One concern per module:
+- `capture`: hooks on the converted model record the output error e during the ordinary backward pass;
+- `rule`: `DirectFeedback`, whose layers send `e @ B.flatten(1)` to their input in place of the gradient
+  through W, and its autograd Function;
+- `storage`: where B lives ("dense", "shared" or "seeded") and how it is drawn;
+- `state`: the state-dict hooks for the buffers made at the first forward;
+- `ifa`: `IndirectFeedback`, a subclass overriding what differs (which layer has a B, the error's sweep).
+"""
+
+from nowt.rules.dfa.ifa import ELEMENTWISE, IndirectFeedback
+from nowt.rules.dfa.rule import DirectFeedback, DirectFeedbackFunction
+from nowt.rules.dfa.storage import STORAGES, draw_chunk
+
+__all__ = ["ELEMENTWISE", "STORAGES", "DirectFeedback", "DirectFeedbackFunction", "IndirectFeedback",
+           "draw_chunk"]

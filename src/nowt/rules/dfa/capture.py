@@ -1,0 +1,97 @@
+"""Capture of the output error e inside one ordinary backward pass.
+
+`DirectFeedback.setup_model` puts a forward pre-hook and a forward hook on the converted model (a `Context`'s
+bound methods, so deepcopy keeps model, layers and context consistent). Each forward opens a `Pass`; the
+converted layers that run in it register there. The forward hook passes the output through `RecordError`,
+an identity whose backward records `e = dL/d(output)` on the pass. Autograd reaches that node before any
+layer (every layer lies upstream of the output), so `e` is known when the layers' backward needs it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from nowt.rules.dfa.storage import Projection
+
+if TYPE_CHECKING:
+    from nowt.layers import FeedbackLayer
+    from nowt.rules.dfa.rule import DirectFeedback
+
+
+class Pass:
+    """One forward pass of a converted model: the layers it ran and, once backward reaches the output, e."""
+
+    def __init__(self, rule: DirectFeedback) -> None:
+        self.rule = rule
+        self.error: Tensor | None = None
+        self.pending: list[tuple[FeedbackLayer, torch.Size]] | None = []
+        self.projections: list[Projection | None] = []
+
+    def register(self, layer: FeedbackLayer, x: Tensor) -> int:
+        if self.pending is None:
+            raise RuntimeError("dfa: a converted layer ran after the model's forward returned")
+        self.pending.append((layer, x.shape))
+        return len(self.pending) - 1
+
+    def resolve(self, model: nn.Module, output: Tensor) -> None:
+        """Called when the forward returns: now n_out is known, so every layer's B can be settled."""
+        n, n_out = output.shape
+        shapes = [torch.Size((n_out, *shape[1:])) for _, shape in self.pending]
+        for (layer, shape), fb_shape in zip(self.pending, shapes, strict=True):
+            if shape[0] != n:
+                raise ValueError(f"dfa: a layer's input has batch size {shape[0]} but the output has {n}; "
+                                 f"dfa needs every converted layer to see the model's batch along dim 0")
+            self.rule.note_shape(layer, fb_shape)  # all shapes first: the shared matrix spans the widest
+        for (layer, _), fb_shape in zip(self.pending, shapes, strict=True):
+            self.projections.append(self.rule.projection(model, layer, fb_shape))
+        self.pending = None  # drop the layers: backward needs only the projections
+
+    def check_error(self) -> None:
+        if self.error is None:
+            raise RuntimeError(
+                "dfa: backward reached a converted layer before the output error e was recorded; the loss "
+                "must be computed from the output of the converted model (the module given to nowt.convert)")
+
+    def input_grad(self, slot: int) -> Tensor | None:
+        """The gradient for the input of the layer that registered as `slot`: e projected by its B."""
+        project = self.projections[slot]
+        return None if project is None else project(self.error)
+
+
+class RecordError(torch.autograd.Function):
+    """Identity on the model's output; its backward stores e = dL/d(output) on the pass."""
+
+    @staticmethod
+    def forward(ctx, output: Tensor, pass_: Pass) -> Tensor:
+        ctx.pass_ = pass_
+        return output.view_as(output)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        ctx.pass_.error = grad
+        return grad, None
+
+
+class Context:
+    """Per converted model: the pass in progress. The hooks are its bound methods."""
+
+    def __init__(self, rule: DirectFeedback, model: nn.Module) -> None:
+        self.rule, self.model = rule, model  # the model holds the shared matrix
+        self.current: Pass | None = None
+
+    def begin(self, model: nn.Module, args: Any) -> None:
+        self.current = self.rule.new_pass()
+
+    def end(self, model: nn.Module, args: Any, output: Any) -> Tensor:
+        pass_, self.current = self.current, None
+        if not isinstance(output, Tensor) or output.dim() != 2:
+            got = f"a tensor of shape {tuple(output.shape)}" if isinstance(output, Tensor) else type(output)
+            raise ValueError(f"{self.rule.name}: the model's forward must return one [N, n_out] tensor (the "
+                             f"error e is the gradient of the loss with respect to it); got {got}")
+        pass_.resolve(model, output)
+        if torch.is_grad_enabled() and output.requires_grad:
+            return RecordError.apply(output, pass_)
+        return output

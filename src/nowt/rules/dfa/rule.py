@@ -1,0 +1,163 @@
+"""The DFA rule: every converted layer's input gets `e @ B.flatten(1)` in place of the gradient through W.
+
+Its W and b get the usual local gradients from whatever arrives at its output, so the output layer learns
+from `e` and a hidden layer from `(B e) * f'(a)`, as in the paper. `B = layer.feedback` has shape
+`(n_out, *input.shape[1:])`, fixed at the first forward, where it is created (kept in a `feedback_shape`
+buffer, so inputs may not change shape). Only paths through W are replaced: parameter-free paths (identity
+skips, batch norm, ReLU, pooling, additions) still carry gradients exactly, so in a residual block the block
+input gets `B_conv1 e` plus, through the skip, what the block's output got. The first layer's input gets
+its projection only when that input requires grad.
+
+B is uniform in `[-1, 1] * scale / sqrt(D)`, `D = prod(input.shape[1:])`, as in Nøkland's code; where it is
+kept: `storage.py`. `zero_init=True` zeroes every converted layer's weight and bias (Nøkland trains tanh
+nets from zero).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from nowt.ops import autocast_apply
+from nowt.rules.base import Rule, host_value, rule_layers
+from nowt.rules.dfa import storage
+from nowt.rules.dfa.capture import Context, Pass
+from nowt.rules.dfa.state import adopt_buffers, buffer
+
+if TYPE_CHECKING:
+    from nowt.layers import FeedbackLayer
+
+
+class DirectFeedbackFunction(torch.autograd.Function):
+    """y = op(x, W, b); backward: local W and b gradients, and the input gets the pass's e projected by B.
+
+    Only x is saved; W is never read in backward (a zero-stride stand-in gives the op W's shape).
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, op, pass_: Pass | None,
+                slot: int) -> Tensor:
+        ctx.op, ctx.pass_, ctx.slot = op, pass_, slot
+        ctx.weight_shape = weight.shape
+        ctx.save_for_backward(x)
+        return op.forward(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        (x,) = ctx.saved_tensors
+        if ctx.pass_ is None:
+            raise RuntimeError("dfa: this layer ran outside its converted model's forward, so it has no "
+                               "output error e; call the model given to nowt.convert")
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        ctx.pass_.check_error()
+        grad_x = ctx.pass_.input_grad(ctx.slot) if need_x else None  # the first layer's is skipped
+        if grad_x is not None:
+            grad_x = grad_x.view(x.shape).to(x.dtype)
+        stand_in = grad_out.new_zeros(()).expand(ctx.weight_shape)
+        _, grad_w, grad_b = ctx.op.backward(grad_out, x, stand_in, (False, need_w, need_b))
+        return grad_x, grad_w, grad_b, None, None, None
+
+
+class DirectFeedback(Rule):
+    name = "dfa"
+    options: ClassVar[dict[str, Any]] = {"storage": "dense", "chunk": 4096, "scale": 1.0, "zero_init": False}
+    transports_weights = False
+
+    def validate(self) -> None:
+        if self.storage not in storage.STORAGES:
+            raise ValueError(f"unknown storage {self.storage!r}; choose one of {', '.join(storage.STORAGES)}")
+        if not (isinstance(self.chunk, int) and self.chunk > 0):
+            raise ValueError(f"chunk must be a positive int (columns of B per chunk), got {self.chunk!r}")
+        if not self.scale > 0:
+            raise ValueError(f"scale must be positive, got {self.scale}")
+
+    def setup(self, layer: FeedbackLayer, generator: torch.Generator) -> None:
+        seed = int(torch.randint(0, 2**32, (), generator=generator))
+        layer.register_buffer("feedback_seed", torch.tensor(seed, device=layer.weight.device))
+        layer.register_load_state_dict_pre_hook(adopt_buffers(("feedback", "feedback_shape")))
+        if self.zero_init:
+            with torch.no_grad():
+                for p in (layer.weight, layer.bias):
+                    if p is not None:
+                        p.zero_()
+
+    def setup_model(self, model: nn.Module) -> None:
+        ctx = Context(self, model)
+        for layer in self.layers(model).values():
+            layer.dfa_context = ctx
+        model.register_forward_pre_hook(ctx.begin)
+        model.register_forward_hook(ctx.end)
+        model.register_load_state_dict_pre_hook(adopt_buffers(("dfa_feedback",)))
+
+    def new_pass(self) -> Pass:
+        """The record of one forward pass (IFA keeps more in its own)."""
+        return Pass(self)
+
+    def forward(self, layer: FeedbackLayer, x: Tensor) -> Tensor:
+        pass_ = layer.dfa_context.current
+        slot = pass_.register(layer, x) if pass_ is not None else -1
+        return autocast_apply(DirectFeedbackFunction.apply, x, layer.weight, layer.bias, layer.op, pass_,
+                              slot)
+
+    def note_shape(self, layer: FeedbackLayer, shape: torch.Size) -> None:
+        """Fixes the layer's feedback shape `(n_out, *input.shape[1:])` at its first forward."""
+        known = buffer(layer, "feedback_shape")
+        if known is None:
+            layer.register_buffer("feedback_shape", torch.tensor(shape, device=layer.weight.device))
+        elif tuple(host_value(layer, "feedback_shape")) != tuple(shape):
+            fixed = tuple(host_value(layer, "feedback_shape"))
+            raise ValueError(f"{self.name}: a layer's feedback has shape (n_out, *input) = {fixed}, fixed at "
+                             f"the first forward, but now needs {tuple(shape)}")
+
+    def has_feedback(self, layer: FeedbackLayer) -> bool:
+        """Whether the layer's input gets `B e` (every dfa layer does)."""
+        return True
+
+    def projection(self, model: nn.Module, layer: FeedbackLayer,
+                   shape: torch.Size) -> storage.Projection | None:
+        """The layer's B as a projection of e, creating its stored state at the first forward."""
+        if not self.has_feedback(layer):
+            return None
+        seed = int(host_value(layer, "feedback_seed"))
+        scale = self.scale / math.sqrt(math.prod(shape[1:]))
+        if self.storage == "dense":
+            return storage.dense(layer, seed, shape, scale, self.chunk)
+        if self.storage == "shared":
+            layers = list(self.layers(model).values())
+            return storage.shared(model, layers, shape, scale, self.chunk, self.name)
+        return storage.seeded(seed, shape, scale, self.chunk, layer.weight)
+
+    def materialized_feedback(self, layer: FeedbackLayer) -> Tensor:
+        """`layer.feedback` for the shared and seeded storages (a new tensor on every access)."""
+        if not self.has_feedback(layer):
+            raise AttributeError(f"{self.name}: this layer has no feedback matrix; its error arrives through "
+                                 f"the forward weights")
+        shape = buffer(layer, "feedback_shape")
+        if shape is None or self.storage == "dense":  # dense: the buffer, once the first forward made it
+            raise AttributeError(f"{self.name}: a layer's feedback has shape (n_out, *input.shape[1:]) and "
+                                 f"is created at the first forward pass; run one first")
+        shape = torch.Size(shape.tolist())
+        return self.projection(layer.dfa_context.model, layer, shape).matrix(layer.weight)
+
+    def alignment_pairs(self, model: nn.Module) -> dict[str, tuple[Tensor | None, Tensor | None]]:
+        """B against what backprop would send instead: `e @ W_L @ ... @ W_l` without the activations'
+        derivatives, so B `(n_out, in_l)` is compared with the product of the forward weights of the layer
+        and every layer after it (W_L itself for the output layer). Defined for an `nn.Sequential` chain of
+        Linear layers only; elsewhere (convolutions, skips, branches), before the first forward, and for
+        layers without a B, the pair is (None, None)."""
+        layers = rule_layers(model)
+        chain = isinstance(model, nn.Sequential) and all(isinstance(m, nn.Linear) for m in layers.values())
+        pairs: dict[str, tuple[Tensor | None, Tensor | None]] = {}
+        product: Tensor | None = None
+        for name, layer in reversed(layers.items()):
+            if chain:
+                w = layer.weight.detach()
+                product = w if product is None else product @ w
+            if layer.rule is not self:
+                continue
+            ready = self.has_feedback(layer) and buffer(layer, "feedback_shape") is not None
+            pairs[name] = (layer.feedback, product.clone()) if chain and ready else (None, None)
+        return pairs

@@ -1,0 +1,28 @@
+"""State-dict glue for DFA's lazily made buffers: B and its shape are created at the first forward, so a
+fresh model must create them from the state it loads."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+
+def buffer(module: nn.Module, name: str) -> Tensor | None:
+    """A buffer if registered; never `layer.feedback`'s materialising fallback."""
+    return module._buffers.get(name)
+
+
+def adopt_buffers(names: tuple[str, ...]) -> Callable[..., None]:
+    """load_state_dict pre-hook: buffers created at the first forward are created from the state to load."""
+
+    def hook(module: nn.Module, state_dict, prefix: str, *args) -> None:
+        for name in names:
+            key = prefix + name
+            if key in state_dict and buffer(module, name) is None:
+                # the module's own device (a whole model has no .weight): not the state's, often the CPU
+                ref = next(itertools.chain(module.parameters(), module.buffers()), state_dict[key])
+                module.register_buffer(name, torch.empty_like(state_dict[key], device=ref.device))
+    return hook

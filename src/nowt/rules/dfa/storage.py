@@ -1,0 +1,89 @@
+"""Where DFA's B lives. All three storages give the gradients of the dense matrix they stand for.
+
+- "dense": a `feedback` buffer per layer, `n_out * D` floats (billions at ImageNet scale).
+- "shared": one matrix `S` of `n_out x max(D)` (a `dfa_feedback` buffer on the converted model), as TinyDFA;
+  layer `l` uses `S[:, :D_l] * scale / sqrt(D_l)`.
+- "seeded": nothing but the seed is stored; backward redraws B chunk by chunk, so the extra memory is one
+  `n_out x chunk` block (plus the input gradient itself). Costs one random number per entry of B per step.
+  On a GPU the chunks are drawn on the CPU (slow).
+B is drawn in column chunks of `chunk` columns of `B.flatten(1)`, chunk k from a CPU generator seeded with
+(layer seed, k), so one seed gives one B on every device, and B depends on (seed, chunk) only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from nowt.rules.dfa.state import buffer
+
+STORAGES = ("dense", "shared", "seeded")
+
+
+def draw_chunk(seed: int, k: int, n_out: int, cols: int, scale: float, like: Tensor) -> Tensor:
+    """Chunk k (columns `k * chunk` onwards) of `B.flatten(1)`: U(-1, 1) * scale, in `like`'s dtype/device."""
+    g = torch.Generator().manual_seed((seed + 0x9E3779B9 * k) % 2**32)
+    raw = torch.empty(n_out, cols).uniform_(-1.0, 1.0, generator=g)
+    return raw.to(like.device, like.dtype).mul_(scale)
+
+
+class Projection:
+    """`e -> e @ B.flatten(1)` for one layer, computed chunk by chunk from `block(k, j0, j1)`."""
+
+    def __init__(self, shape: torch.Size, chunk: int, block: Callable[[int, int, int], Tensor]) -> None:
+        self.shape, self.chunk, self.block = shape, chunk, block
+        self.cols = math.prod(shape[1:])
+
+    def spans(self):
+        return enumerate((j, min(j + self.chunk, self.cols)) for j in range(0, self.cols, self.chunk))
+
+    def __call__(self, e: Tensor) -> Tensor:
+        if self.cols <= self.chunk:
+            return e @ self.block(0, 0, self.cols).to(e.dtype)
+        out = e.new_empty(e.shape[0], self.cols)
+        for k, (j0, j1) in self.spans():
+            out[:, j0:j1] = e @ self.block(k, j0, j1).to(e.dtype)
+        return out
+
+    def matrix(self, like: Tensor) -> Tensor:
+        out = like.new_empty(self.shape[0], self.cols)
+        for k, (j0, j1) in self.spans():
+            out[:, j0:j1] = self.block(k, j0, j1)
+        return out.view(self.shape)
+
+
+def seeded(seed: int, shape: torch.Size, scale: float, chunk: int, like: Tensor) -> Projection:
+    """B redrawn from `seed` chunk by chunk whenever it is used."""
+    n_out = shape[0]
+    return Projection(shape, chunk, lambda k, j0, j1: draw_chunk(seed, k, n_out, j1 - j0, scale, like))
+
+
+def dense(layer: nn.Module, seed: int, shape: torch.Size, scale: float, chunk: int) -> Projection:
+    """The layer's `feedback` buffer, drawn (as `seeded` would draw it) at the first forward."""
+    w = layer.weight
+    if buffer(layer, "feedback") is None:
+        layer.register_buffer("feedback", seeded(seed, shape, scale, chunk, w).matrix(w))
+    b = layer.feedback.flatten(1)
+    return Projection(shape, chunk, lambda k, j0, j1: b[:, j0:j1])
+
+
+def shared(model: nn.Module, layers: Sequence[nn.Module], shape: torch.Size, scale: float, chunk: int,
+           name: str) -> Projection:
+    """A slice of the model's one shared matrix, created at the first forward as wide as the widest input
+    of `layers` (in order; the first one's seed draws it)."""
+    matrix = buffer(model, "dfa_feedback")
+    if matrix is None:
+        shapes = [buffer(m, "feedback_shape") for m in layers]
+        width = max(math.prod(s.tolist()[1:]) for s in shapes if s is not None)
+        first = layers[0]
+        raw = seeded(int(first.feedback_seed), torch.Size((shape[0], width)), 1.0, chunk, first.weight)
+        model.register_buffer("dfa_feedback", raw.matrix(first.weight))
+        matrix = model.dfa_feedback
+    cols = math.prod(shape[1:])
+    if matrix.shape[0] != shape[0] or matrix.shape[1] < cols:
+        raise ValueError(f"{name}: the shared feedback matrix is {tuple(matrix.shape)}, fixed at "
+                         f"the first forward, but a layer needs {shape[0]} x {cols}")
+    return Projection(shape, chunk, lambda k, j0, j1: matrix[:, j0:j1] * scale)
