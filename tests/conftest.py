@@ -17,3 +17,18 @@ def tiny_convnet() -> nn.Sequential:
         nn.Conv2d(4, 6, 3, stride=2, padding=1, groups=2), nn.Tanh(),
         nn.Conv2d(6, 3, 2, dilation=2, bias=False), nn.Flatten(), nn.Linear(3 * 2 * 2, 2),
     ).double()
+
+
+def mirror_calls(monkeypatch) -> list:
+    """Records (steps, batch_size) of every weight-mirror call, which still runs."""
+    from nowt.rules import wm
+
+    calls = []
+    real = wm.mirror_layers
+
+    def counting(layers, steps=1, **kwargs):
+        calls.append((steps, kwargs.get("batch_size")))
+        return real(layers, steps, **kwargs)
+
+    monkeypatch.setattr(wm, "mirror_layers", counting)
+    return calls

@@ -5,28 +5,16 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_convnet, tiny_mlp
+from conftest import mirror_calls, tiny_convnet, tiny_mlp
 from torch import nn
 
 import nowt
-from nowt.rules import WholeNetworkRule, rule_class, wm
+from nowt.rules import WholeNetworkRule, rule_class
 from nowt.targetprop import TargetPropTrainer
 
 
-def _mirror_calls(monkeypatch) -> list[tuple[int, int | None]]:
-    calls = []
-    real = wm.mirror_layers
-
-    def counting(layers, steps=1, **kwargs):
-        calls.append((steps, kwargs.get("batch_size")))
-        return real(layers, steps, **kwargs)
-
-    monkeypatch.setattr(wm, "mirror_layers", counting)
-    return calls
-
-
 def test_weight_mirror_schedule_runs_from_its_hooks(monkeypatch):
-    calls = _mirror_calls(monkeypatch)
+    calls = mirror_calls(monkeypatch)
     model = nowt.convert(tiny_mlp(), "wm", seed=0, mirror_steps=3, mirror_warmup=7)
     model(torch.randn(48, 5, dtype=torch.double))
     (rule,) = nowt.feedback_rules(model)
@@ -48,7 +36,7 @@ def test_weight_mirror_warm_up_aligns_b():
 
 
 def test_weight_mirror_without_begin_training_uses_the_last_batch(monkeypatch):
-    calls = _mirror_calls(monkeypatch)
+    calls = mirror_calls(monkeypatch)
     model = nowt.convert(tiny_mlp(), "wm", seed=0)
     (rule,) = nowt.feedback_rules(model)
     with pytest.raises(RuntimeError, match="run a forward pass first"):

@@ -5,12 +5,12 @@ import math
 
 import pytest
 import torch
+from conftest import mirror_calls
 
 import nowt
 import nowt.train as train_mod
 from nowt.checkpoint import load_checkpoint, save_checkpoint
 from nowt.cli import main
-from nowt.rules import wm
 from nowt.train import TrainConfig, fit
 
 
@@ -324,14 +324,7 @@ def test_bf16_autocast_and_channels_last_train_a_convnet():
 
 
 def test_weight_mirror_runs_every_second_step_with_a_quarter_noise_batch(monkeypatch):
-    calls = []
-    real_mirror = wm.mirror_layers
-
-    def counting_mirror(layers, steps=1, **kwargs):
-        calls.append((steps, kwargs.get("batch_size")))
-        return real_mirror(layers, steps, **kwargs)
-
-    monkeypatch.setattr(wm, "mirror_layers", counting_mirror)
+    calls = mirror_calls(monkeypatch)
     train, test = _task()  # 500 training examples: 11 steps of 48 (the last one partial)
     fit(TrainConfig(rule="wm", hidden=(8,), epochs=1, batch_size=48, mirror_warmup=5), train, test,
         progress=False)
