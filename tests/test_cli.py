@@ -87,6 +87,7 @@ def _one_line_error(capsys, argv: list[str], *expected: str) -> None:
 @pytest.mark.parametrize("toml, expected", [
     ("hidden = [0]", "hidden (--hidden) must be >= 1, got (0,)"),
     ("epochs = 1.5", "epochs (--epochs) expects an integer >= 1, got 1.5"),
+    ('epochs = "3"', "epochs (--epochs) expects an integer >= 1, got '3' (str)"),
     ('deterministic = "false"', "deterministic (--deterministic) expects true or false"),
     ("lr = true", "lr (--lr) expects a number > 0.0, got True (bool)"),
     ('model = "resnet9"', "unknown model 'resnet9' (--model); choose from: mlp"),

@@ -259,6 +259,26 @@ def test_divergence_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     assert load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 1
 
 
+def test_a_nan_in_the_first_epoch_leaves_no_checkpoint(tmp_path, monkeypatch):
+    """The loss is read from the device once per LOG_EVERY steps and at the epoch's end, before the
+    checkpoint: a NaN between two reads still stops the run before anything is saved."""
+    monkeypatch.setattr(loop_mod, "LOG_EVERY", 4)
+    train, test = _task()
+    real = train_mod.RuleLearner.train_step
+    losses = []
+
+    def nan_at_step_3(self, x, y):
+        out = real(self, x, y)
+        losses.append(out["loss"])
+        return {**out, "loss": torch.tensor(math.nan)} if len(losses) == 3 else out
+
+    monkeypatch.setattr(train_mod.RuleLearner, "train_step", nan_at_step_3)
+    with pytest.raises(FloatingPointError, match="by step 4 of fa epoch 1/2"):
+        fit(TrainConfig(rule="fa", hidden=(8,), epochs=2, batch_size=50, out_dir=str(tmp_path)), train, test,
+            progress=False)
+    assert isinstance(losses[0], torch.Tensor) and not (tmp_path / "checkpoint.pt").exists()
+
+
 def test_deterministic_mode_is_on_during_the_run_and_restored_after():
     train, test = _task()
     seen = []

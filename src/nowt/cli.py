@@ -72,6 +72,20 @@ def add_training_args(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) ->
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+class _Raw:
+    """A TOML value passed through argparse untouched; `TrainConfig.validate` checks it."""
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+
+def _unwrap(args: argparse.Namespace) -> argparse.Namespace:
+    for key, value in vars(args).items():
+        if isinstance(value, _Raw):
+            setattr(args, key, value.value)
+    return args
+
+
 def _add_debug(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show the traceback of an error (or NOWT_DEBUG=1)")
 
@@ -89,7 +103,8 @@ def build_parser(config_defaults: dict | None = None) -> argparse.ArgumentParser
         if action.dest == "out_dir":
             action.help = "directory for the runs and the report (default runs/compare-DATASET)"
     for p in (t, c):
-        p.set_defaults(**(config_defaults or {}))
+        # wrapped, so that argparse does not convert a TOML string ("3") as if it were a flag's text
+        p.set_defaults(**{k: _Raw(v) for k, v in (config_defaults or {}).items()})
     r = sub.add_parser("reproduce", help="run a paper's table (nowt reproduce --list)")
     r.add_argument("name", nargs="?", help="reproduction name")
     r.add_argument("--list", action="store_true", help="list reproductions with their published numbers")
@@ -235,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = args.debug or os.environ.get("NOWT_DEBUG", "") not in ("", "0")
     try:
         if getattr(args, "config", None):
-            args = build_parser(read_toml(args.config)).parse_args(argv)
+            args = _unwrap(build_parser(read_toml(args.config)).parse_args(argv))
         args.argv = argv
         return COMMANDS[args.command](args)
     except (ValueError, OSError, FloatingPointError) as e:
