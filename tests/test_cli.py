@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 import nowt.reproduce as reproduce_mod
 from nowt.cli import main
@@ -18,11 +19,12 @@ def test_train_from_toml_with_flag_override(tmp_path, capsys):
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("test accuracy: ")
     saved = json.loads((out / "config.json").read_text())
     assert (saved["hidden"], saved["lr"], saved["batch_size"], saved["optimizer"]) == ([16], 0.02, 50, "adam")
+    capsys.readouterr()
     config.write_text("epochz = 3\n")
-    with pytest.raises(SystemExit, match="unknown key.*epochz"):
-        main(["train", "--config", str(config)])
-    with pytest.raises(SystemExit, match="--resume needs --out"):
-        main(["train", "--resume", "--dataset", "synthetic"])
+    assert main(["train", "--config", str(config)]) == 2
+    assert "unknown key(s) ['epochz']" in capsys.readouterr().err
+    assert main(["train", "--resume", "--dataset", "synthetic"]) == 2
+    assert "--resume needs --out" in capsys.readouterr().err
 
 
 def test_compare_prints_a_table_and_writes_plots(tmp_path, capsys):
@@ -36,8 +38,9 @@ def test_compare_prints_a_table_and_writes_plots(tmp_path, capsys):
     bp, fa = (json.loads((out / r / "config.json").read_text()) for r in ("bp", "fa"))
     assert {k: v for k, v in bp.items() if k not in ("rule", "out_dir")} == \
            {k: v for k, v in fa.items() if k not in ("rule", "out_dir")}
-    with pytest.raises(SystemExit, match="unknown rule 'zz'"):
-        main(["compare", "--rules", "bp,zz", "--dataset", "synthetic"])
+    capsys.readouterr()
+    assert main(["compare", "--rules", "bp,zz", "--dataset", "synthetic", "--out", str(out)]) == 2
+    assert "nowt compare: error: unknown rule 'zz'" in capsys.readouterr().err
 
 
 def test_reproduce_list_and_a_tiny_reproduction(tmp_path, capsys, monkeypatch):
@@ -65,3 +68,90 @@ def test_report_command(tmp_path, capsys):
     assert "report.md" in capsys.readouterr().out
     assert (run / "report" / "alignment.png").read_bytes()[:4] == b"\x89PNG"
     assert main(["report", str(tmp_path / "missing")]) == 2
+
+
+def _one_line_error(capsys, argv: list[str], *expected: str) -> None:
+    """`nowt ...` exits non-zero with a single `nowt CMD: error: ...` line naming the problem."""
+    try:
+        rc = main(argv)
+    except SystemExit as e:  # argparse's own refusals (a flag that is not a number)
+        rc = e.code
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert err.startswith(f"nowt {argv[0]}: error: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err
+    for text in expected:
+        assert text in err, err
+
+
+@pytest.mark.parametrize("toml, expected", [
+    ("hidden = [0]", "hidden (--hidden) must be >= 1, got (0,)"),
+    ("epochs = 1.5", "epochs (--epochs) expects an integer >= 1, got 1.5"),
+    ('epochs = "3"', "epochs (--epochs) expects an integer >= 1, got '3' (str)"),
+    ('deterministic = "false"', "deterministic (--deterministic) expects true or false"),
+    ("lr = true", "lr (--lr) expects a number > 0.0, got True (bool)"),
+    ('model = "resnet9"', "unknown model 'resnet9' (--model); choose from: mlp"),
+    ('dataset = "svhn"', "unknown dataset 'svhn' (--dataset); choose from: mnist"),
+    ("epochs = ", "cannot read config"),
+])
+def test_bad_toml_values_are_one_line_errors(tmp_path, capsys, toml, expected):
+    config = tmp_path / "bad.toml"
+    config.write_text(toml + "\n")
+    _one_line_error(capsys, ["train", "--config", str(config), "--no-progress"], expected)
+
+
+def test_bad_flags_are_one_line_errors(tmp_path, capsys):
+    afile = tmp_path / "a-file"
+    afile.write_text("not a directory")
+    for argv, expected in [
+        (["--train-size", "-100"], "train_size (--train-size) must be >= 1, got -100"),
+        (["--train-size", "0"], "must be >= 1, got 0"),
+        (["--epochs", "1.5"], "--epochs: invalid int value: '1.5'"),
+        (["--rule", "zz"], "unknown rule 'zz' (--rule); choose from: bp, fa"),
+        (["--out", ""], "out_dir (--out) is empty"),
+        (["--out", str(afile)], "is an existing file"),
+        (["--device", "foo"], "unknown device 'foo'"),
+        (["--rule", "fa", "--schedule", "alternating"], "--schedule applies only to: tp, dtp, sdtp, ao-sdtp"),
+        (["--rule", "bp", "--mirror-steps", "4"], "--mirror-steps applies only to: wm"),
+    ]:
+        _one_line_error(capsys, ["train", "--dataset", "synthetic", "--epochs", "1", *argv], *expected)
+    if not torch.cuda.is_available():
+        _one_line_error(capsys, ["train", "--device", "cuda"], "'cuda' (--device) is not available")
+    _one_line_error(capsys, ["compare", "--out", ""], "out_dir (--out) is empty")
+    _one_line_error(capsys, ["reproduce", "tiny", "--device", "foo"], "unknown device 'foo'")
+
+
+def test_debug_flag_and_env_show_the_traceback(monkeypatch):
+    with pytest.raises(ValueError, match="must be >= 1"):
+        main(["train", "--train-size", "0", "--debug"])
+    monkeypatch.setenv("NOWT_DEBUG", "1")
+    with pytest.raises(ValueError, match="unknown rule"):
+        main(["train", "--rule", "zz"])
+
+
+def test_flags_are_generated_from_the_config_fields(tmp_path):
+    from dataclasses import fields
+
+    from nowt.cli import build_parser, config_from_args
+    from nowt.train import TrainConfig
+
+    parser = build_parser()
+    train = parser._subparsers._group_actions[0].choices["train"]
+    flags = {a.dest: a for a in train._actions if a.option_strings}
+    for f in fields(TrainConfig):
+        if f.name == "extra":
+            continue
+        assert f.name in flags, f.name
+        assert flags[f.name].default == f.default, f.name  # one source of defaults
+    assert all(a.help for a in train._actions), [a.dest for a in train._actions if not a.help]
+    assert flags["num_workers"].option_strings == ["--workers"]
+    assert flags["out_dir"].option_strings == ["--out"]
+    args = parser.parse_args(["train", "--hidden", "500,500", "--workers", "2", "--out", str(tmp_path / "r"),
+                              "--deterministic", "--no-augment", "--rule", "KP"])
+    cfg = config_from_args(args)
+    assert (cfg.hidden, cfg.num_workers, cfg.deterministic, cfg.augment, cfg.rule) == \
+        ((500, 500), 2, True, False, "kp")
+    assert cfg == TrainConfig(hidden=(500, 500), num_workers=2, out_dir=str(tmp_path / "r"),
+                              deterministic=True, rule="kp")
+    assert "bp, fa" in flags["rule"].help and "mnist_lc" in flags["model"].help
+    assert "rule option of: wm" in flags["mirror_steps"].help

@@ -9,6 +9,7 @@ from conftest import mirror_calls
 
 import nowt
 import nowt.train as train_mod
+import nowt.train.loop as loop_mod
 from nowt.checkpoint import load_checkpoint, save_checkpoint
 from nowt.cli import main
 from nowt.train import TrainConfig, fit
@@ -29,7 +30,7 @@ def test_killed_run_resumes_to_the_same_numbers(tmp_path, monkeypatch, rule):
     unbroken = fit(TrainConfig(**cfg, out_dir=str(tmp_path / "a")), train, test, progress=False)
 
     calls = {"n": 0}
-    real_evaluate = train_mod.evaluate
+    real_evaluate = loop_mod.evaluate
 
     def dies_in_second_epoch(*args, **kwargs):
         calls["n"] += 1
@@ -37,11 +38,11 @@ def test_killed_run_resumes_to_the_same_numbers(tmp_path, monkeypatch, rule):
             raise KeyboardInterrupt  # the process is killed after epoch 1's checkpoint
         return real_evaluate(*args, **kwargs)
 
-    monkeypatch.setattr(train_mod, "evaluate", dies_in_second_epoch)
+    monkeypatch.setattr(loop_mod, "evaluate", dies_in_second_epoch)
     with pytest.raises(KeyboardInterrupt):
         fit(TrainConfig(**cfg, out_dir=str(tmp_path / "b")), train, test, progress=False)
     assert load_checkpoint(tmp_path / "b" / "checkpoint.pt")["epoch"] == 1
-    monkeypatch.setattr(train_mod, "evaluate", real_evaluate)
+    monkeypatch.setattr(loop_mod, "evaluate", real_evaluate)
     resumed = fit(TrainConfig(**cfg, out_dir=str(tmp_path / "b")), train, test, resume=True, progress=False)
     drop = ("seconds",)
     assert [{k: v for k, v in r.items() if k not in drop} for r in resumed] == \
@@ -107,13 +108,77 @@ def test_cli_train_prints_test_accuracy(capsys):
 
 
 def test_cli_rejects_bad_input(capsys):
-    with pytest.raises(SystemExit, match="unknown rule 'xx'"):
-        main(["train", "--rule", "xx"])
+    assert main(["train", "--rule", "xx"]) == 2
+    assert "nowt train: error: unknown rule 'xx'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train", "--hidden", "ten"])
     assert "comma-separated" in capsys.readouterr().err
     assert main(["train", "--data-dir", "/nonexistent", "--epochs", "1"]) == 2
     assert "/nonexistent" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("values, message", [
+    (dict(hidden=[0]), r"hidden \(--hidden\) must be >= 1"),
+    (dict(hidden="a,b"), "comma-separated"),
+    (dict(epochs=1.5), r"epochs \(--epochs\) expects an integer >= 1, got 1.5"),
+    (dict(deterministic="false"), r"deterministic \(--deterministic\) expects true or false, got 'false'"),
+    (dict(lr=True), r"lr \(--lr\) expects a number > 0.0, got True \(bool\)"),
+    (dict(lr=0), r"lr \(--lr\) must be > 0.0"),
+    (dict(train_size=0), r"train_size \(--train-size\) must be >= 1"),
+    (dict(train_size=-100), r"must be >= 1, got -100"),
+    (dict(dropout=1.0), "must be >= 0.0 and < 1.0"),
+    (dict(rule="zz"), "unknown rule 'zz' .*choose from: bp, fa"),
+    (dict(model="resnet9"), "unknown model 'resnet9' .*mlp.*mnist_lc"),
+    (dict(dataset="svhn"), "unknown dataset 'svhn' .*mnist"),
+    (dict(device="foo"), "unknown device 'foo'"),
+    (dict(out_dir=""), "empty"),
+    (dict(epochz=3), r"unknown key\(s\) \['epochz'\]"),
+])
+def test_config_values_are_checked_once_with_a_one_line_error(values, message):
+    with pytest.raises(ValueError, match=message) as e:
+        TrainConfig.from_dict(values)
+    assert "\n" not in str(e.value)
+
+
+def test_config_normalises_what_it_accepts(tmp_path):
+    cfg = TrainConfig.from_dict({"hidden": [500, 500], "lr": 1, "batch-size": 8, "train_size": None})
+    assert (cfg.hidden, cfg.lr, type(cfg.lr), cfg.batch_size) == ((500, 500), 1.0, float, 8)
+    assert TrainConfig.from_dict({"hidden": "64,32"}).hidden == (64, 32)
+    afile = tmp_path / "a-file"
+    afile.write_text("x")
+    with pytest.raises(ValueError, match="is an existing file"):
+        TrainConfig(out_dir=str(afile)).validate()
+    with pytest.raises(ValueError, match="unknown amp 'fp8'"):  # fit checks the config it is given
+        fit(TrainConfig(amp="fp8"), *_task(), progress=False)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_device_on_a_cpu_machine_is_refused():
+    with pytest.raises(ValueError, match="'cuda' .*not available.*--device cpu"):
+        TrainConfig(device="cuda").validate()
+
+
+def test_rule_options_go_to_the_rules_that_declare_them():
+    assert train_mod.rule_options(TrainConfig(rule="wm", mirror_steps=3)) == \
+        {"mirror_steps": 3, "mirror_warmup": 300}
+    assert train_mod.rule_options(TrainConfig(rule="dtp", schedule="alternating")) == \
+        {"schedule": "alternating"}
+    assert train_mod.rule_options(TrainConfig(rule="fa")) == {}
+    with pytest.raises(ValueError, match="--schedule applies only to: tp, dtp, sdtp, ao-sdtp"):
+        train_mod.rule_options(TrainConfig(rule="fa", schedule="alternating"))
+    with pytest.raises(ValueError, match="--mirror-steps applies only to: wm"):
+        train_mod.rule_options(TrainConfig(rule="kp", mirror_steps=2))
+
+
+def test_one_model_registry_holds_the_target_propagation_networks():
+    assert {"mlp", "resnet20", "mnist_fc", "mnist_lc", "cifar_lc"} <= set(nowt.models.MODELS)
+    assert nowt.models.create_model("mnist_fc").input_shape == (1, 28, 28)
+
+    def mlp():  # a second, different factory under a registered name
+        return None
+
+    with pytest.raises(ValueError, match="'mlp' is already registered"):
+        nowt.models.register_model(mlp)
 
 
 # --- the general trainer: DataLoader data, mid-step kills, learners, metrics -----------------------------
@@ -193,17 +258,37 @@ def test_divergence_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     assert load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 1
 
 
+def test_a_nan_in_the_first_epoch_leaves_no_checkpoint(tmp_path, monkeypatch):
+    """The loss is read from the device once per LOG_EVERY steps and at the epoch's end, before the
+    checkpoint: a NaN between two reads still stops the run before anything is saved."""
+    monkeypatch.setattr(loop_mod, "LOG_EVERY", 4)
+    train, test = _task()
+    real = train_mod.RuleLearner.train_step
+    losses = []
+
+    def nan_at_step_3(self, x, y):
+        out = real(self, x, y)
+        losses.append(out["loss"])
+        return {**out, "loss": torch.tensor(math.nan)} if len(losses) == 3 else out
+
+    monkeypatch.setattr(train_mod.RuleLearner, "train_step", nan_at_step_3)
+    with pytest.raises(FloatingPointError, match="by step 4 of fa epoch 1/2"):
+        fit(TrainConfig(rule="fa", hidden=(8,), epochs=2, batch_size=50, out_dir=str(tmp_path)), train, test,
+            progress=False)
+    assert isinstance(losses[0], torch.Tensor) and not (tmp_path / "checkpoint.pt").exists()
+
+
 def test_deterministic_mode_is_on_during_the_run_and_restored_after():
     train, test = _task()
     seen = []
-    real = train_mod.evaluate
+    real = loop_mod.evaluate
 
     def spy(*args, **kwargs):
         seen.append(torch.are_deterministic_algorithms_enabled())
         return real(*args, **kwargs)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(train_mod, "evaluate", spy)
+        mp.setattr(loop_mod, "evaluate", spy)
         fit(TrainConfig(rule="bp", hidden=(4,), epochs=1, deterministic=True), train, test, progress=False)
     assert seen == [True] and not torch.are_deterministic_algorithms_enabled()
 
@@ -294,7 +379,7 @@ def test_akrout_init_and_sigmoid_cross_entropy():
     expected = -(math.log(0.5) + math.log(1 / (1 + math.exp(-2.0))))  # sum over classes of sigmoid CE
     assert float(train_mod.make_loss("bce")(out, y)) == pytest.approx(expected)
     with pytest.raises(ValueError, match="unknown init"):
-        train_mod.build_model(TrainConfig(init="orthogonal"), (20,), 10)
+        TrainConfig(init="orthogonal").validate()
     with pytest.raises(ValueError, match="no dropout"):
         train_mod.build_model(TrainConfig(model="lenet", dropout=0.5), (1, 28, 28), 10)
 

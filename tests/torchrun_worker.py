@@ -5,7 +5,7 @@ continues from the last checkpoint."""
 import os
 import sys
 
-import nowt.train as train
+import nowt.train.loop as train
 
 first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
 if os.environ.get("NOWT_TEST_KILL") == "1" and first_attempt and os.environ.get("RANK") == "1":

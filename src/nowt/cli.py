@@ -10,144 +10,159 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from pathlib import Path
+from types import UnionType
+from typing import NoReturn, Union, get_args, get_origin, get_type_hints
 
-import nowt
 from nowt import distributed
-from nowt.train import TrainConfig, model_factories
+from nowt.train.config import TrainConfig, check_device, check_out_dir, choices_of, flag_name, parse_widths
+from nowt.train.factories import rules_declaring
 
 
-def _hidden(text: str) -> tuple[int, ...]:
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag as one line, `nowt train: error: ...`, without the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _widths(text: str) -> tuple[int, ...]:
     try:
-        sizes = tuple(int(h) for h in text.split(",") if h.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--hidden takes comma-separated widths like 1000 or 500,500, "
-                                         f"got {text!r}") from None
-    if any(h <= 0 for h in sizes):
-        raise argparse.ArgumentTypeError(f"hidden widths must be positive, got {text!r}")
-    return sizes
+        return parse_widths(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def _all_rules() -> list[str]:
-    return nowt.rules()
+def _flag_type(hint) -> type | None:
+    """How argparse turns a flag's text into the field's type (the checks come later, in TrainConfig)."""
+    if get_origin(hint) in (Union, UnionType):  # X | None
+        hint = next(a for a in get_args(hint) if a is not type(None))
+    kind = hint
+    if get_origin(kind) is tuple:
+        return _widths
+    return kind if kind in (int, float) else None
 
 
-def add_training_args(p: argparse.ArgumentParser) -> None:
-    """Flags for the TrainConfig fields; every dest is a field name, so a TOML file can set any of them."""
-    from nowt.data import DATASETS
-
+def add_training_args(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """A flag per TrainConfig field, generated from its metadata (help, choices, flag name): the dest is
+    the field name, so a TOML file can set any of them. Values are checked by `TrainConfig.validate`."""
     p.add_argument("--config", help="TOML file of TrainConfig fields (flags given here override it)")
-    p.add_argument("--dataset", default="mnist", choices=DATASETS)
-    p.add_argument("--data-dir", default=None, help="where the dataset files are (default: embedded/cache)")
-    p.add_argument("--download", action="store_true", help="download MNIST/Fashion-MNIST/CIFAR-10 first")
-    p.add_argument("--augment", action="store_true", help="CIFAR crop+flip, ImageNet resized crop+flip")
-    p.add_argument("--train-size", type=int, default=None, help="use only the first N training examples")
-    p.add_argument("--model", default="mlp", choices=list(model_factories()))
-    p.add_argument("--hidden", type=_hidden, default=(1000,), help="MLP hidden widths, e.g. 1000 or 500,500")
-    p.add_argument("--activation", default="relu", choices=sorted(nowt.models.ACTIVATIONS))
-    p.add_argument("--dropout", type=float, default=0.0)
-    p.add_argument("--init", default="default", choices=["default", "normal_fan_avg"])
-    p.add_argument("--loss", default="ce", choices=["ce", "bce"])
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--optimizer", default="sgd", choices=["sgd", "adam", "adamw", "rmsprop"])
-    p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--lr-schedule", default="cosine", choices=["cosine", "constant", "step"])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--deterministic", action="store_true", help="torch deterministic algorithms only")
-    p.add_argument("--amp", default="off", choices=["off", "bf16"], help="mixed precision (autocast)")
-    p.add_argument("--channels-last", action="store_true", help="NHWC memory format for conv models")
-    p.add_argument("--schedule", default="parallel", choices=["parallel", "alternating"],
-                   help="target propagation: train inverses with the forward weights, or alternate by epoch")
-    p.add_argument("--noise-pretrain", type=int, default=0, metavar="STEPS",
-                   help="steps of random-noise pretraining before training (Cheon et al. 2024)")
-    p.add_argument("--mirror-steps", type=int, default=1, help="wm: mirror steps after every 2nd step")
-    p.add_argument("--mirror-warmup", type=int, default=300, help="wm: mirror steps before training")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--workers", dest="num_workers", type=int, default=0, help="DataLoader worker processes")
+    hints = get_type_hints(TrainConfig)
+    for f in fields(TrainConfig):
+        if f.name in skip or not f.metadata.get("cli", True):
+            continue
+        default = f.default if f.default is not MISSING else None
+        help_text = f.metadata["help"]
+        choices = choices_of(f)
+        if choices:
+            help_text += f"; one of: {', '.join(choices)}"
+        if f.metadata.get("rule_option"):
+            help_text += f" (rule option of: {', '.join(rules_declaring(f.name))})"
+        help_text += " (default: %(default)s)"
+        if hints[f.name] is bool:
+            p.add_argument(flag_name(f), dest=f.name, action=argparse.BooleanOptionalAction,
+                           default=default, help=help_text)
+        else:
+            p.add_argument(flag_name(f), dest=f.name, type=_flag_type(hints[f.name]), default=default,
+                           metavar=f.metadata.get("metavar", f.name.upper()), help=help_text)
     p.add_argument("--resume", action="store_true", help="continue the run(s) in --out from the checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+class _Raw:
+    """A TOML value passed through argparse untouched; `TrainConfig.validate` checks it."""
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+
+def _unwrap(args: argparse.Namespace) -> argparse.Namespace:
+    for key, value in vars(args).items():
+        if isinstance(value, _Raw):
+            setattr(args, key, value.value)
+    return args
+
+
+def _add_debug(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error (or NOWT_DEBUG=1)")
+
+
 def build_parser(config_defaults: dict | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nowt", description="Deep learning without weight transport.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = Parser(prog="nowt", description="Deep learning without weight transport.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     t = sub.add_parser("train", help="train a model with a learning rule")
-    t.add_argument("--rule", default="fa", help=f"learning rule: {', '.join(_all_rules())} (default fa)")
-    t.add_argument("--out", dest="out_dir", default=None, help="run directory (metrics, checkpoint)")
     add_training_args(t)
     c = sub.add_parser("compare", help="train several rules on the same model, data and budget")
     c.add_argument("--rules", default="bp,fa,kp,wm", help="comma-separated rules (default bp,fa,kp,wm)")
-    c.add_argument("--out", dest="out_dir", default=None, help="directory for the runs and the report "
-                   "(default runs/compare-DATASET)")
-    add_training_args(c)
+    add_training_args(c, skip=("rule",))
+    c.set_defaults(out_dir=None)
+    for action in c._actions:
+        if action.dest == "out_dir":
+            action.help = "directory for the runs and the report (default runs/compare-DATASET)"
     for p in (t, c):
-        p.set_defaults(**(config_defaults or {}))
+        # wrapped, so that argparse does not convert a TOML string ("3") as if it were a flag's text
+        p.set_defaults(**{k: _Raw(v) for k, v in (config_defaults or {}).items()})
     r = sub.add_parser("reproduce", help="run a paper's table (nowt reproduce --list)")
     r.add_argument("name", nargs="?", help="reproduction name")
     r.add_argument("--list", action="store_true", help="list reproductions with their published numbers")
     r.add_argument("--quick", action="store_true", help="the scaled-down version (minutes on 2 CPU cores)")
     r.add_argument("--runs", default=None, help="comma-separated subset of the reproduction's runs")
     r.add_argument("--out", default=None, help="directory (default runs/reproduce/NAME[-quick])")
-    r.add_argument("--data-dir", default=None)
-    r.add_argument("--download", action="store_true")
-    r.add_argument("--device", default=None)
-    r.add_argument("--no-progress", action="store_true")
+    r.add_argument("--data-dir", default=None, help="where the dataset files are")
+    r.add_argument("--download", action="store_true", help="download the datasets first")
+    r.add_argument("--device", default=None, help="torch device of every run (default: each run's own)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars")
     rep = sub.add_parser("report", help="markdown report with learning-curve and alignment plots")
     rep.add_argument("runs", nargs="+", help="run directories (made by --out)")
     rep.add_argument("--out", default=None, help="report directory (default: RUN_DIR/report for one run, "
                      "else the first run's parent/report)")
-    rep.add_argument("--title", default="nowt report")
+    rep.add_argument("--title", default="nowt report", help="the report's heading")
+    for p in (t, c, r, rep):
+        _add_debug(p)
     return parser
 
 
 def read_toml(path: str) -> dict:
-    """TrainConfig fields (and `rules` for compare) from a TOML file, checked by name."""
+    """Raw TrainConfig fields (and `rules` for compare) from a TOML file; unknown keys are refused here,
+    types and ranges by TrainConfig.validate with the flags' values."""
     try:
         import tomllib
     except ImportError:  # Python 3.10
-        raise SystemExit("nowt: --config needs Python 3.11+ (tomllib)") from None
+        raise ValueError("--config needs Python 3.11+ (tomllib)") from None
     try:
         with open(path, "rb") as f:
             values = tomllib.load(f)
     except (OSError, tomllib.TOMLDecodeError) as e:
-        raise SystemExit(f"nowt: cannot read config {path}: {e}") from None
+        raise ValueError(f"cannot read config {path}: {e}") from None
     values = {k.replace("-", "_"): v for k, v in values.items()}
-    allowed = {f.name for f in fields(TrainConfig)} - {"extra"} | {"rules"}
+    allowed = {f.name for f in fields(TrainConfig) if f.metadata.get("cli", True)} | {"rules"}
     unknown = sorted(set(values) - allowed)
     if unknown:
-        raise SystemExit(f"nowt: config {path}: unknown key(s) {unknown}; "
-                         f"known: {', '.join(sorted(allowed))}")
-    if "hidden" in values:
-        h = values["hidden"]
-        values["hidden"] = _hidden(h) if isinstance(h, str) else tuple(int(x) for x in h)
+        raise ValueError(f"config {path}: unknown key(s) {unknown}; known: {', '.join(sorted(allowed))}")
     if isinstance(values.get("rules"), list):
-        values["rules"] = ",".join(values["rules"])
+        values["rules"] = ",".join(map(str, values["rules"]))
     return values
 
 
 def config_from_args(args: argparse.Namespace, **overrides) -> TrainConfig:
+    """The run's TrainConfig from flags and TOML values, checked once (TrainConfig.validate)."""
     names = {f.name for f in fields(TrainConfig)}
     values = {k: v for k, v in vars(args).items() if k in names}
-    cfg = TrainConfig(**{**values, **overrides})
-    if cfg.rule not in _all_rules():
-        raise SystemExit(f"nowt {args.command}: unknown rule {cfg.rule!r}; "
-                         f"known rules: {', '.join(_all_rules())}")
-    if cfg.epochs < 1 or cfg.batch_size < 1 or not cfg.lr > 0:
-        raise SystemExit(f"nowt {args.command}: --epochs and --batch-size must be >= 1 and --lr > 0")
-    return cfg
+    values.update(overrides)
+    if isinstance(values.get("rule"), str):
+        values["rule"] = values["rule"].lower()
+    return TrainConfig.from_dict(values)
 
 
 def train_command(args: argparse.Namespace) -> int:
     from nowt.train import fit
 
-    cfg = config_from_args(args, rule=args.rule.lower())
+    cfg = config_from_args(args)
     if args.resume and not cfg.out_dir:
-        raise SystemExit("nowt train: --resume needs --out, the run directory to resume")
+        raise ValueError("--resume needs --out, the run directory to resume")
     history = fit(cfg, resume=args.resume, progress=not args.no_progress)
     if distributed.world()[0] == 0:
         print(f"test accuracy: {history[-1]['test_accuracy']:.2f}%")
@@ -159,18 +174,19 @@ def compare_command(args: argparse.Namespace) -> int:
     from nowt.report import load_run, summary_table, write_report
     from nowt.train import fit
 
-    rules = [r.strip().lower() for r in args.rules.split(",") if r.strip()]
+    rules = [r.strip().lower() for r in str(args.rules).split(",") if r.strip()]
     if not rules:
-        raise SystemExit("nowt compare: --rules is empty")
-    out = Path(args.out_dir or f"runs/compare-{args.dataset}")
+        raise ValueError("--rules is empty")
+    out = check_out_dir(args.out_dir) if args.out_dir is not None else Path(f"runs/compare-{args.dataset}")
     configs = [config_from_args(args, rule=rule, out_dir=str(out / rule)) for rule in rules]
-    data = load_dataset(args.dataset, root=args.data_dir, download=args.download, augment=args.augment,
-                        train_size=args.train_size)
+    first = configs[0]  # checked: every config differs only in its rule and directory
+    data = load_dataset(first.dataset, root=first.data_dir, download=first.download, augment=first.augment,
+                        train_size=first.train_size)
     for cfg in configs:  # the very same tensors, model recipe, seed and budget for every rule
         fit(cfg, data.train, data.test, resume=args.resume, progress=not args.no_progress)
     dirs = [cfg.out_dir for cfg in configs]
     print(summary_table([load_run(d) for d in dirs]), end="")
-    report = write_report(dirs, out, title=f"nowt compare on {args.dataset}: {', '.join(rules)}")
+    report = write_report(dirs, out, title=f"nowt compare on {first.dataset}: {', '.join(rules)}")
     print(f"report: {report}")
     return 0
 
@@ -179,13 +195,15 @@ def reproduce_command(args: argparse.Namespace) -> int:
     from nowt import reproduce
     from nowt.report import write_report
 
+    if args.device is not None:
+        check_device(args.device)
     if args.list:
         print("\n\n".join(reproduce.describe(r) for r in reproduce.REPRODUCTIONS.values()))
         for name, (_, _, what) in reproduce.ANALYSES.items():
             print(f"\n{name}: {what}")
         return 0
     if not args.name:
-        raise SystemExit("nowt reproduce: give a reproduction name or --list")
+        raise ValueError("give a reproduction name or --list")
     if args.name in reproduce.ANALYSES:
         out = Path(args.out or f"runs/reproduce/{args.name}{'-quick' if args.quick else ''}")
         reproduce.run_analysis(args.name, out, quick=args.quick)
@@ -225,14 +243,19 @@ COMMANDS = {"train": train_command, "compare": compare_command, "reproduce": rep
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs one command; a bad input ends as one line `nowt CMD: error: ...` and status 2 (with --debug or
+    NOWT_DEBUG=1, the traceback instead)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    if getattr(args, "config", None):
-        args = build_parser(read_toml(args.config)).parse_args(argv)
-    args.argv = argv
+    debug = args.debug or os.environ.get("NOWT_DEBUG", "") not in ("", "0")
     try:
+        if getattr(args, "config", None):
+            args = _unwrap(build_parser(read_toml(args.config)).parse_args(argv))
+        args.argv = argv
         return COMMANDS[args.command](args)
-    except (ValueError, FileNotFoundError, FloatingPointError) as e:
+    except (ValueError, OSError, FloatingPointError) as e:
+        if debug:
+            raise
         print(f"nowt {args.command}: error: {e}", file=sys.stderr)
         return 2
     finally:

@@ -6,23 +6,32 @@ from collections.abc import Callable, Sequence
 
 from torch import nn
 
-_MODELS: dict[str, Callable[..., nn.Module]] = {}
+#: The one model registry, name -> factory (timm-style): nowt's own models, torchvision's resnets and the
+#: target-propagation networks of Bartunov et al. (registered by `nowt.targetprop.networks`).
+MODELS: dict[str, Callable[..., nn.Module]] = {}
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
 
 
 def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    _MODELS[fn.__name__] = fn
+    """Decorator: registers `fn` under its `__name__`; a second, different factory of one name is refused
+    so that one package cannot silently replace another's model."""
+    name = fn.__name__
+    if MODELS.get(name, fn) is not fn:
+        raise ValueError(f"model {name!r} is already registered")
+    MODELS[name] = fn
     return fn
 
 
 def models() -> list[str]:
-    return list(_MODELS)
+    """The names of every registered model."""
+    return list(MODELS)
 
 
 def create_model(name: str, **kwargs) -> nn.Module:
-    if name not in _MODELS:
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(_MODELS)}")
-    return _MODELS[name](**kwargs)
+    """The model `name` built with `kwargs` (its factory's keyword arguments)."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(MODELS)}")
+    return MODELS[name](**kwargs)
 
 
 def _activation(name: str) -> nn.Module:

@@ -143,3 +143,10 @@ class AuxiliaryFeatures(nn.Module):
 
     def forward(self, h: Tensor) -> Tensor:
         return torch.tanh(h.flatten(1) @ self.weight.t())
+
+
+# The one model registry (`nowt.models.create_model`, `nowt train --model mnist_lc`) holds these networks too.
+from nowt.models import register_model  # noqa: E402
+
+for _network in NETWORKS.values():
+    register_model(_network)

@@ -1,0 +1,249 @@
+"""`TrainConfig`: what a run computes and where it runs, and the one place its values are checked.
+
+Each field carries its help text, choices, range and flag name in `field(metadata=...)`, so the command line
+(`nowt.cli` builds its flags from these fields), TOML files and Python callers share one set of defaults and
+one validation path: `TrainConfig.validate()` (and `TrainConfig.from_dict` for raw TOML values).
+
+metadata keys: help (str), choices (tuple, or a function returning the names, for registries filled at
+import time), flag (the CLI flag when not --field-name), metavar, min / gt / lt (numeric bounds, also for
+each entry of a tuple), cli (False: no flag), rule_option (True: passed to the rules that declare it).
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Mapping
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+import torch
+
+#: Config fields that say where and how fast a run goes, not what it computes: a resume may change them.
+NOT_IDENTITY = ("out_dir", "data_dir", "download", "device", "num_workers")
+
+
+def _rules() -> list[str]:
+    from nowt.rules import rules
+
+    return rules()
+
+
+def _models() -> list[str]:
+    from nowt.models import MODELS
+
+    return list(MODELS)
+
+
+def _datasets() -> tuple[str, ...]:
+    from nowt.data import DATASETS
+
+    return DATASETS
+
+
+def _activations() -> list[str]:
+    from nowt.models import ACTIVATIONS
+
+    return sorted(ACTIVATIONS)
+
+
+def _f(default: Any, help: str, **meta: Any) -> Any:
+    """A dataclass field whose metadata the CLI and `validate` read."""
+    if isinstance(default, dict):
+        return field(default_factory=dict, metadata={"help": help, **meta})
+    return field(default=default, metadata={"help": help, **meta})
+
+
+@dataclass
+class TrainConfig:
+    """One training run. Field names are TOML keys; flags are --field-name unless metadata says otherwise."""
+
+    rule: str = _f("fa", "learning rule", choices=_rules)
+    model: str = _f("mlp", "model (nowt.models registry)", choices=_models)
+    hidden: tuple[int, ...] = _f((1000,), "MLP hidden widths, e.g. 1000 or 500,500", min=1,
+                                 metavar="W[,W...]")
+    activation: str = _f("relu", "hidden-layer activation of the MLP", choices=_activations)
+    dropout: float = _f(0.0, "dropout probability after each hidden layer of the MLP", min=0.0, lt=1.0)
+    init: str = _f("default", "weight init; normal_fan_avg: W, b and B ~ N(0, 1/(fan_in + fan_out)) "
+                   "(Akrout et al.)", choices=("default", "normal_fan_avg"))
+    loss: str = _f("ce", "ce: softmax cross-entropy; bce: sigmoid cross-entropy on one-hot targets",
+                   choices=("ce", "bce"))
+    epochs: int = _f(5, "passes over the training set", min=1)
+    batch_size: int = _f(32, "global training batch (split across ranks under torchrun)", min=1)
+    optimizer: str = _f("sgd", "optimizer of the forward weights",
+                        choices=("sgd", "adam", "adamw", "rmsprop"))
+    lr: float = _f(0.01, "learning rate", gt=0.0)
+    momentum: float = _f(0.9, "momentum (sgd, rmsprop)", min=0.0)
+    weight_decay: float = _f(0.0, "L2 weight decay", min=0.0)
+    lr_schedule: str = _f("cosine", "cosine: to 0, per batch; constant; step: x0.1 at 1/3 and 2/3 of the run",
+                          choices=("cosine", "constant", "step"))
+    seed: int = _f(0, "seed of the init, feedback matrices and data order", min=0)
+    deterministic: bool = _f(False, "torch deterministic algorithms only")
+    amp: str = _f("off", "bf16: forward and backward under torch.autocast in bfloat16 (weights stay fp32)",
+                  choices=("off", "bf16"))
+    channels_last: bool = _f(False, "NHWC memory format for the model and image batches (faster GPU convs)")
+    mirror_steps: int = _f(1, "mirror steps after every 2nd optimizer step, noise batch 1/4 of the batch",
+                           min=0, rule_option=True)
+    mirror_warmup: int = _f(300, "mirror steps before training", min=0, rule_option=True)
+    schedule: str = _f("parallel", "target propagation: train inverses with the forward weights "
+                       "(parallel) or alternate by epoch", choices=("parallel", "alternating"),
+                       rule_option=True)
+    noise_pretrain: int = _f(0, "steps of random-noise pretraining before training (Cheon et al. 2024)",
+                             min=0, metavar="STEPS")
+    dataset: str = _f("mnist", "dataset (used when fit() is given no data)", choices=_datasets)
+    train_size: int | None = _f(None, "use only the first N training examples", min=1, metavar="N")
+    augment: bool = _f(False, "CIFAR crop+flip, ImageNet resized crop+flip")
+    data_dir: str | None = _f(None, "where the dataset files are (default: embedded or the cache)")
+    download: bool = _f(False, "download MNIST/Fashion-MNIST/CIFAR-10 first")
+    device: str = _f("cpu", "torch device: cpu, cuda, cuda:N, mps")
+    num_workers: int = _f(0, "DataLoader worker processes", min=0, flag="--workers")
+    out_dir: str | None = _f(None, "run directory (config, metrics, checkpoint); none: write nothing",
+                             flag="--out")
+    extra: dict = _f({}, "free-form notes kept with the config", cli=False)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], source: str = "config") -> TrainConfig:
+        """A checked config from raw values (a TOML table, keys with - or _); unknown keys are refused."""
+        values = {str(k).replace("-", "_"): v for k, v in values.items()}
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"{source}: unknown key(s) {unknown}; known: {', '.join(sorted(known))}")
+        return cls(**values).validate()
+
+    def validate(self) -> TrainConfig:
+        """Checks every field's type and range (bool is not a number, 1.5 is not an int), choices and the
+        device and run directory; normalises in place (a list of widths becomes a tuple, an int lr a
+        float). Raises a one-line ValueError naming the key and its flag; returns self."""
+        hints = get_type_hints(type(self))
+        for f in fields(self):
+            setattr(self, f.name, check_value(f, hints[f.name], getattr(self, f.name)))
+        check_device(self.device)
+        if self.out_dir is not None:
+            check_out_dir(self.out_dir)
+        return self
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that decide what a run computes: a checkpoint resumes only under the same identity."""
+        d = asdict(self)
+        for key in NOT_IDENTITY:
+            d.pop(key)
+        d["hidden"] = list(d["hidden"])
+        return d
+
+
+def flag_name(f: Field) -> str:
+    return f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+
+
+def choices_of(f: Field) -> list[str] | None:
+    choices = f.metadata.get("choices")
+    return list(choices() if callable(choices) else choices) if choices is not None else None
+
+
+def is_default(f: Field, value: Any) -> bool:
+    default = f.default_factory() if f.default is MISSING else f.default  # type: ignore[misc]
+    return value == default
+
+
+def _describe(kind: Any) -> str:
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+            dict: "a table"}.get(kind, str(kind))
+
+
+def _bounds(f: Field) -> str:
+    parts = [f">= {f.metadata['min']}" if "min" in f.metadata else "",
+             f"> {f.metadata['gt']}" if "gt" in f.metadata else "",
+             f"< {f.metadata['lt']}" if "lt" in f.metadata else ""]
+    return " and ".join(p for p in parts if p)
+
+
+def _in_range(f: Field, x: float) -> bool:
+    m = f.metadata
+    return not (("min" in m and x < m["min"]) or ("gt" in m and x <= m["gt"]) or ("lt" in m and x >= m["lt"]))
+
+
+def _scalar(kind: type, value: Any) -> Any:
+    """`value` as `kind`, or a TypeError: no bool for a number, no float for an int, no str for a bool."""
+    if kind is bool:
+        ok = isinstance(value, bool)
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, kind)
+    if not ok:
+        raise TypeError
+    return float(value) if kind is float else value
+
+
+def parse_widths(text: str) -> tuple[int, ...]:
+    """"500,500" -> (500, 500): the --hidden flag's (and a TOML string's) form of a tuple of widths."""
+    try:
+        return tuple(int(h) for h in text.split(",") if h.strip())
+    except ValueError:
+        raise ValueError(f"takes comma-separated widths like 1000 or 500,500, got {text!r}") from None
+
+
+def check_value(f: Field, hint: Any, value: Any) -> Any:
+    """`value` of field `f` (type `hint`) checked and normalised; ValueError naming the key and flag."""
+    name = f"{f.name} ({flag_name(f)})"
+    optional = get_origin(hint) in (Union, types.UnionType) and type(None) in get_args(hint)
+    kind = next(a for a in get_args(hint) if a is not type(None)) if optional else hint
+    if value is None and optional:
+        return None
+    bounds = _bounds(f)
+    try:
+        if get_origin(kind) is tuple:
+            if isinstance(value, str):
+                value = parse_widths(value)
+            if not isinstance(value, list | tuple):
+                raise TypeError
+            value = tuple(_scalar(int, v) for v in value)
+            items = value
+        else:
+            value = _scalar(get_origin(kind) or kind, value)
+            items = (value,) if isinstance(value, int | float) and not isinstance(value, bool) else ()
+    except TypeError:
+        what = "a list of integers" if get_origin(kind) is tuple else _describe(kind)
+        what += f" {bounds}" if bounds else ""
+        what += " or none" if optional else ""
+        raise ValueError(f"{name} expects {what}, got {value!r} ({type(value).__name__})") from None
+    except ValueError as e:
+        raise ValueError(f"{name} {e}") from None
+    if not all(_in_range(f, x) for x in items):
+        raise ValueError(f"{name} must be {bounds}, got {value!r}")
+    choices = choices_of(f)
+    if choices is not None and value not in choices:
+        raise ValueError(f"unknown {f.name} {value!r} ({flag_name(f)}); choose from: {', '.join(choices)}")
+    return value
+
+
+def check_device(device: str) -> torch.device:
+    """The torch device `device` names, or a ValueError when it is malformed or absent on this machine."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {device!r} (--device); use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this PyTorch build has no CUDA" if torch.version.cuda is None else "no GPU is visible"
+            raise ValueError(f"device {device!r} (--device) is not available: {why}; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r} (--device) is not available: "
+                             f"{torch.cuda.device_count()} GPU(s) visible")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r} (--device) is not available on this machine; use --device cpu")
+    return dev
+
+
+def check_out_dir(out_dir: str) -> Path:
+    """A run directory must be named and must not be an existing file."""
+    if not str(out_dir).strip():
+        raise ValueError("out_dir (--out) is empty; name a run directory, or omit --out to write nothing")
+    path = Path(out_dir)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"out_dir (--out) {str(path)!r} is an existing file, not a run directory")
+    return path
+

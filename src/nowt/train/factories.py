@@ -1,0 +1,166 @@
+"""What a run is made of, by name: data loaders, the model (converted to its rule), optimizer, schedule, loss.
+
+Small functions so that a distributed run or a reproduction can swap one piece: `make_loader` (a
+DistributedSampler), `build_model` (a DDP wrapper around the result).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+import nowt.targetprop  # noqa: F401  (registers the Bartunov networks in nowt.models.MODELS)
+from nowt.convert import convert
+from nowt.models import MODELS
+from nowt.rules import WholeNetworkRule, rule_class, rules
+from nowt.train.config import TrainConfig, flag_name, is_default
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+class TensorLoader:
+    """Shuffled mini-batches of in-memory tensors, with a generator whose state is checkpointed."""
+
+    def __init__(self, x: Tensor, y: Tensor, batch_size: int, shuffle: bool = False, seed: int = 0):
+        if len(x) != len(y):
+            raise ValueError(f"inputs and targets differ in length: {len(x)} vs {len(y)}")
+        self.x, self.y, self.batch_size, self.shuffle = x, y, batch_size, shuffle
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.x) / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        order = torch.randperm(len(self.x), generator=self.generator) if self.shuffle else None
+        for i in range(0, len(self.x), self.batch_size):
+            idx = order[i:i + self.batch_size] if order is not None else slice(i, i + self.batch_size)
+            yield self.x[idx], self.y[idx]
+
+
+def make_loader(data: tuple[Tensor, Tensor] | Dataset, batch_size: int, *, shuffle: bool = False,
+                seed: int = 0, num_workers: int = 0) -> TensorLoader | DataLoader:
+    """Tensors batch themselves (fast); a Dataset goes through a DataLoader. Both shuffle with a generator
+    of their own (`.generator`), whose state the checkpoint keeps."""
+    if isinstance(data, tuple):
+        return TensorLoader(*data, batch_size, shuffle=shuffle, seed=seed)
+    return DataLoader(data, batch_size, shuffle=shuffle, num_workers=num_workers,
+                      generator=torch.Generator().manual_seed(seed), persistent_workers=False)
+
+
+def make_optimizer(name: str, params: Iterable, lr: float, momentum: float = 0.9,
+                   weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    name = name.lower()
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}; choose sgd, adam, adamw or rmsprop")
+
+
+def make_scheduler(name: str, optimizer: torch.optim.Optimizer,
+                   total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """Stepped once per batch, so `cosine` reaches 0 at the last step of the run."""
+    if name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1))
+    if name == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    if name == "step":
+        milestones = [total_steps // 3, 2 * total_steps // 3]
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.1)
+    raise ValueError(f"unknown lr schedule {name!r}; choose cosine, constant or step")
+
+
+def make_loss(name: str) -> LossFn:
+    if name == "ce":
+        return F.cross_entropy
+    if name == "bce":  # Akrout et al.: a sigmoid per class against the one-hot target, summed over classes
+        return lambda out, y: F.binary_cross_entropy_with_logits(
+            out, F.one_hot(y, out.shape[1]).to(out.dtype), reduction="sum") / len(y)
+    raise ValueError(f"unknown loss {name!r}; choose ce or bce")
+
+
+def model_factories() -> dict[str, Callable[..., nn.Module]]:
+    """Every model by name (kept for old callers: use `nowt.models.MODELS`)."""
+    return dict(MODELS)
+
+
+def trains_whole_network(cfg: TrainConfig) -> bool:
+    """True for target propagation: its learner trains the plain network, no layer is converted."""
+    return issubclass(rule_class(cfg.rule), WholeNetworkRule)
+
+
+def rules_declaring(option: str) -> list[str]:
+    """The rules whose class declares `option` (where a rule-option field applies)."""
+    return [r for r in rules() if option in rule_class(r).options]
+
+
+def rule_options(cfg: TrainConfig) -> dict[str, Any]:
+    """The config's rule-option fields (mirror_steps, schedule, ...) that `cfg.rule` declares. A field set
+    to a non-default value for a rule that does not declare it is refused rather than silently ignored."""
+    cls = rule_class(cfg.rule)
+    declared = cls.options
+    options = {}
+    for f in fields(cfg):
+        if not f.metadata.get("rule_option"):
+            continue
+        value = getattr(cfg, f.name)
+        if f.name in declared:
+            options[f.name] = value
+        elif not is_default(f, value):
+            raise ValueError(f"{flag_name(f)} applies only to: {', '.join(rules_declaring(f.name))} "
+                             f"(not {cfg.rule!r})")
+    return options
+
+
+def build_model(cfg: TrainConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """`cfg.model` for inputs of `input_shape`, initialised from `cfg.seed`, converted to `cfg.rule` (target
+    propagation trains the plain network itself)."""
+    torch.manual_seed(cfg.seed)
+    factory = MODELS.get(cfg.model)
+    if factory is None:
+        raise ValueError(f"unknown model {cfg.model!r}; known models: {', '.join(MODELS)}")
+    offered = dict(in_features=math.prod(input_shape), hidden=cfg.hidden, activation=cfg.activation,
+                   dropout=cfg.dropout, num_classes=num_classes, in_channels=input_shape[0],
+                   image_size=input_shape[-1], input_shape=input_shape)
+    accepted = inspect.signature(factory).parameters
+    if cfg.dropout and "dropout" not in accepted:
+        raise ValueError(f"model {cfg.model!r} has no dropout option")
+    model = factory(**{k: v for k, v in offered.items() if k in accepted})
+    options = rule_options(cfg)
+    if not trains_whole_network(cfg):
+        model = convert(model, cfg.rule, seed=cfg.seed,
+                        **options)
+    if cfg.init == "normal_fan_avg":
+        _normal_fan_avg_(model, cfg.seed)
+    elif cfg.init != "default":
+        raise ValueError(f"unknown init {cfg.init!r}; choose default or normal_fan_avg")
+    model = model.to(cfg.device)
+    return model.to(memory_format=torch.channels_last) if cfg.channels_last else model
+
+
+@torch.no_grad()
+def _normal_fan_avg_(model: nn.Module, seed: int) -> None:
+    """W, b and fixed random B ~ N(0, 1/(fan_in + fan_out)), as in Akrout et al.'s official code."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.Linear | nn.Conv2d):
+            fan_out, fan_in = m.weight.shape[0], m.weight[0].numel()
+            std = (fan_in + fan_out) ** -0.5
+            tensors = [m.weight, m.bias]
+            if hasattr(m, "rule"):  # a converted layer: the random feedback its rule lets an init redraw
+                tensors += m.rule.feedback_tensors(m)
+            for t in tensors:
+                if t is not None:
+                    t.copy_(torch.randn(t.shape, generator=g) * std)

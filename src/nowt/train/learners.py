@@ -1,0 +1,102 @@
+"""Learners: what one training batch does. The loop (`nowt.train.loop`) is the same for every rule.
+
+`RuleLearner` serves every per-layer rule and DFA: the rule acts inside autograd, so a step is the usual
+forward, backward and optimizer step, followed by each rule's `after_step` hook (the weight mirror's mirror
+steps). A whole-network rule (target propagation) brings its own learner through its rule class.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from nowt import distributed
+from nowt.layers import feedback_rules
+from nowt.rules import rule_class
+from nowt.train.config import TrainConfig
+from nowt.train.factories import make_loss, make_optimizer, make_scheduler, rule_options, trains_whole_network
+
+
+class Learner(Protocol):
+    """What the loop needs from whatever trains the network one batch at a time."""
+
+    model: nn.Module
+
+    def train_step(self, x: Tensor, y: Tensor) -> dict[str, Any]:
+        """{"loss": the batch's mean loss (a 0-dim tensor or a float), and "output" (logits before the
+        update) or "accuracy" (% of the batch right before the update)}. A tensor loss stays on the device:
+        the loop reads it once per logging interval, not once per step."""
+        ...
+
+    def end_epoch(self) -> None: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class RuleLearner:
+    """Per-layer rules and DFA: forward, backward through the rule, optimizer step, the rules' after-step
+    hooks. The scheduler's step count is checkpointed, so a resumed run calls the hooks on the same steps."""
+
+    def __init__(self, model: nn.Module, cfg: TrainConfig, steps_per_epoch: int):
+        self.model, self.cfg, self.loss_fn = model, cfg, make_loss(cfg.loss)
+        self.net = distributed.wrap(model, torch.device(cfg.device))  # DDP under torchrun, else the model
+        if cfg.amp not in ("off", "bf16"):
+            raise ValueError(f"unknown amp {cfg.amp!r}; choose off or bf16")
+        self.autocast = dict(device_type=torch.device(cfg.device).type, dtype=torch.bfloat16,
+                             enabled=cfg.amp == "bf16")
+        self.channels_last = cfg.channels_last
+        self.optimizer = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.momentum,
+                                        cfg.weight_decay)
+        self.scheduler = make_scheduler(cfg.lr_schedule, self.optimizer, cfg.epochs * steps_per_epoch)
+        self.rules = feedback_rules(model)
+
+    def begin_training(self) -> None:
+        """Once, before the first step of a fresh run (the model has seen one batch): the rules' hook."""
+        for rule in self.rules:
+            rule.begin_training(self.model, self.cfg.batch_size)
+
+    def train_step(self, x: Tensor, y: Tensor) -> dict[str, Any]:
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(**self.autocast):
+            out = self.net(x)
+            loss = self.loss_fn(out.float(), y)
+        # Every rank sees the mean over ranks, so all stop together on a NaN anywhere. The step is taken
+        # without reading the loss (no host sync): the loop checks finiteness before any checkpoint.
+        mean_loss = distributed.global_mean(loss)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        for rule in self.rules:
+            rule.after_step(self.model, self.scheduler.last_epoch)
+        return {"loss": mean_loss.detach(), "output": out.detach()}
+
+    def end_epoch(self) -> None:
+        """Nothing changes at epoch ends for per-layer rules (target propagation switches phases there)."""
+
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+
+
+def make_learner(cfg: TrainConfig, model: nn.Module, steps_per_epoch: int) -> Learner:
+    """The one place that decides how a rule trains: its whole-network learner or the per-layer one."""
+    if not trains_whole_network(cfg):
+        return RuleLearner(model, cfg, steps_per_epoch)
+    # A whole-network rule trains with its own optimizers and layer losses: refuse what it would ignore.
+    ignored = [flag for flag, off in (("--loss bce", cfg.loss == "ce"), ("--amp", cfg.amp == "off"),
+                                      ("--channels-last", not cfg.channels_last),
+                                      ("--weight-decay", cfg.weight_decay == 0)) if not off]
+    if ignored:
+        raise ValueError(f"rule {cfg.rule!r} (target propagation) does not support {', '.join(ignored)}; "
+                         "it trains with Adam at --lr on its own layer-local losses")
+    return rule_class(cfg.rule).learner(model, lr=cfg.lr, seed=cfg.seed, **rule_options(cfg))

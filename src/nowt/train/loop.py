@@ -1,0 +1,251 @@
+"""The training loop shared by every rule: batches, evaluation, metrics (JSON lines and TensorBoard), an
+atomic checkpoint every epoch that `resume=True` continues from to the numbers of an unbroken run, and a
+clean stop on divergence that keeps the last good checkpoint.
+
+The loop does not read the device every step: losses and accuracies add up on the device and are read,
+and checked for NaN, once every LOG_EVERY steps and at the end of each epoch (before any checkpoint).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from nowt import distributed, noise
+from nowt.checkpoint import load_checkpoint, save_checkpoint
+from nowt.layers import feedback_layers
+from nowt.metrics import backprop_mode, evaluate, update_angles, weight_angles
+from nowt.train.config import TrainConfig
+from nowt.train.factories import build_model, make_loader, make_loss, trains_whole_network
+from nowt.train.learners import Learner, make_learner
+
+#: Steps between reads of the running loss (progress bar, NaN check); every epoch end is read too.
+LOG_EVERY = 50
+
+
+def fit(cfg: TrainConfig, train=None, test=None, *, resume: bool = False,
+        progress: bool = True) -> list[dict]:
+    """Trains `cfg.model` with `cfg.rule`; returns one metrics dict per epoch.
+
+    `train`/`test`: (inputs, labels) tensors or Datasets; None loads `cfg.dataset`. With `cfg.out_dir`,
+    writes `config.json`, `metrics.jsonl` and `checkpoint.pt` there after every epoch; `resume=True`
+    continues from that checkpoint and ends with the numbers an unbroken run would have.
+    """
+    cfg.validate()
+    if train is None or test is None:
+        from nowt.data import load_dataset
+
+        data = load_dataset(cfg.dataset, root=cfg.data_dir, download=cfg.download, augment=cfg.augment,
+                            train_size=cfg.train_size)
+        train, test = data.train, data.test
+    if distributed.launched_by_torchrun():
+        device = distributed.setup()
+        if device.type == "cuda":
+            cfg.device = str(device)
+        progress = progress and distributed.world()[0] == 0
+    with _deterministic(cfg.deterministic):
+        return _fit(cfg, train, test, resume, progress)
+
+
+def _fit(cfg: TrainConfig, train, test, resume: bool, progress: bool) -> list[dict]:
+    train_loader = make_loader(train, cfg.batch_size, shuffle=True, seed=cfg.seed,
+                               num_workers=cfg.num_workers)
+    test_loader = make_loader(test, 1000 if isinstance(test, tuple) else cfg.batch_size,
+                              num_workers=cfg.num_workers)
+    if len(test if not isinstance(test, tuple) else test[1]) == 0:
+        raise ValueError("the test set is empty")
+    probe_x, probe_y = (t.to(cfg.device) for t in _probe_batch(test))
+    input_shape = tuple(probe_x.shape[1:])
+    model = build_model(cfg, input_shape, _num_classes(train, test))
+    out = Path(cfg.out_dir) if cfg.out_dir else None
+    writes = out is not None and distributed.world()[0] == 0  # under torchrun, rank 0 alone writes
+    checkpoint = out / "checkpoint.pt" if out else None
+    resuming = resume and checkpoint is not None and checkpoint.exists()
+    if cfg.noise_pretrain and not resuming:
+        _noise_pretrain(cfg, model, input_shape)
+    learner = make_learner(cfg, model, len(train_loader))
+    loss_fn = make_loss(cfg.loss)
+    history: list[dict] = []
+    if resuming:
+        state = load_checkpoint(checkpoint)
+        if state["config"] != cfg.identity():
+            raise ValueError(f"checkpoint in {out} was made with another configuration; use a new --out")
+        model.load_state_dict(state["model"])
+        learner.load_state_dict(state["learner"])
+        train_loader.generator.set_state(state["loader_rng"])
+        _set_rng_state(state["rng"])
+        history = state["history"]
+    elif hasattr(learner, "begin_training"):
+        _show_one_batch(model, probe_x[:cfg.batch_size])
+        learner.begin_training()
+    if writes:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1) + "\n")
+    writer = _tensorboard(out) if writes else None
+    has_feedback = not trains_whole_network(cfg) and bool(feedback_layers(model))
+    for epoch in range(len(history), cfg.epochs):
+        t0 = time.perf_counter()
+        train_metrics = train_epoch(learner, train_loader, f"{cfg.rule} epoch {epoch + 1}/{cfg.epochs}",
+                                    cfg.device, progress)
+        learner.end_epoch()
+        test_metrics = evaluate(model, test_loader, loss_fn, cfg.device)
+        record = {
+            "epoch": epoch + 1, **train_metrics,
+            **{f"test_{k}": v for k, v in test_metrics.items()},
+            "lr": learner.lr() if hasattr(learner, "lr") else cfg.lr,
+            "weight_angles": weight_angles(model) if has_feedback else {},
+            "update_angles": update_angles(model, loss_fn, probe_x, probe_y) if has_feedback else {},
+            "seconds": time.perf_counter() - t0,
+        }
+        history.append(record)
+        if progress:
+            tqdm.write(f"epoch {epoch + 1}: train loss {record['train_loss']:.4f}, "
+                       f"test accuracy {record['test_accuracy']:.2f}% ({record['seconds']:.1f}s)")
+        if writes:
+            _write_epoch(out, cfg, epoch, model, learner, train_loader, history)
+        if writer:
+            _log_tensorboard(writer, record)
+    if writer:
+        writer.close()
+    return history
+
+
+@torch.no_grad()
+def _show_one_batch(model: nn.Module, x: Tensor) -> None:
+    it). Eval mode, plain ops: no dropout or brSF draw, no batch-norm statistics from this (test) batch."""
+    it). In eval mode with plain ops: no dropout or brSF draw, no batch-norm statistics from this (test) batch."""
+    was_training = model.training
+    model.eval()
+    try:
+        with backprop_mode(model):
+            model(x)
+    finally:
+        model.train(was_training)
+
+
+def _write_epoch(out: Path, cfg: TrainConfig, epoch: int, model: nn.Module, learner: Learner,
+                 train_loader, history: list[dict]) -> None:
+    save_checkpoint(out / "checkpoint.pt", {
+        "config": cfg.identity(), "epoch": epoch + 1, "model": model.state_dict(),
+        "learner": learner.state_dict(), "loader_rng": train_loader.generator.get_state(),
+        "rng": _rng_state(), "history": history,
+    })
+    # Rewritten whole from the checkpointed history, so a resumed run never logs an epoch twice.
+    (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
+
+
+def train_epoch(learner: Learner, loader: Iterable, desc: str, device: str,
+                progress: bool) -> dict[str, float]:
+    """One pass over `loader`; stops with FloatingPointError on a NaN or infinite loss. Sums stay on the
+    device and are read every LOG_EVERY steps and at the end, so a step does not wait for the device."""
+    dev = torch.device(device)
+    seen, t0 = 0, time.perf_counter()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
+    correct = torch.zeros((), dtype=torch.float64, device=dev)
+    bar = tqdm(loader, desc=desc, disable=not progress, leave=False)
+    for i, (x, y) in enumerate(bar, 1):
+        x, y = distributed.shard(x, y)  # under torchrun each rank takes its slice of the global batch
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        step = learner.train_step(x, y)
+        seen += len(y)
+        loss_sum += step["loss"] * len(y)
+        if "output" in step:  # logits of the batch before the update
+            correct += (step["output"].argmax(1) == y).sum()
+        else:  # target propagation reports the batch's accuracy (%) before the update instead
+            correct += step["accuracy"] * len(y) / 100
+        if i % LOG_EVERY == 0:
+            loss = _finite_mean(loss_sum, seen, f"step {i} of {desc}")
+            if progress:
+                bar.set_postfix(loss=f"{loss:.4f}", acc=f"{100 * float(correct) / seen:.2f}%",
+                                ex_s=f"{seen / (time.perf_counter() - t0):.0f}", refresh=False)
+    _finite_mean(loss_sum, max(seen, 1), desc)
+    # under torchrun: sums over every rank's slices (each step's loss is already the mean over ranks)
+    totals = torch.tensor([seen, float(loss_sum), float(correct)], dtype=torch.float64)
+    seen, total_loss, total_correct = distributed.all_reduce_sum_(totals).tolist()
+    return {"train_loss": total_loss / seen, "train_accuracy": 100.0 * total_correct / seen}
+
+
+def _finite_mean(loss_sum: Tensor, seen: int, where: str) -> float:
+    """The mean loss so far, read from the device; any non-finite step makes the sum non-finite."""
+    mean = float(loss_sum) / seen
+    if mean != mean or mean in (float("inf"), float("-inf")):
+        raise FloatingPointError(f"loss became {mean} by {where}; lower --lr "
+                                 "(the last good checkpoint is kept)")
+    return mean
+
+
+def _noise_pretrain(cfg: TrainConfig, model: nn.Module, input_shape: tuple[int, ...]) -> None:
+    if trains_whole_network(cfg):  # the plain network would be pretrained by backprop
+        raise ValueError(f"--noise-pretrain needs a per-layer rule or DFA, not {cfg.rule!r}")
+    noise.pretrain_noise(model, input_shape, steps=cfg.noise_pretrain, batch_size=cfg.batch_size,
+                         seed=cfg.seed, progress=False)
+
+
+def _probe_batch(test, n: int = 256) -> tuple[Tensor, Tensor]:
+    """A fixed batch (the first test examples) on which update angles are measured every epoch."""
+    if isinstance(test, tuple):
+        return test[0][:n], test[1][:n]
+    items = [test[i] for i in range(min(n, len(test)))]
+    return torch.stack([x for x, _ in items]), torch.as_tensor([y for _, y in items])
+
+
+def _num_classes(train, test) -> int:
+    if isinstance(train, tuple):
+        return int(torch.cat([train[1], test[1]]).max()) + 1
+    base = getattr(train, "dataset", train)  # a Subset's classes are its dataset's
+    if hasattr(base, "classes"):
+        return len(base.classes)
+    raise ValueError("cannot tell the number of classes of this Dataset: give it a `classes` attribute")
+
+
+@contextlib.contextmanager
+def _deterministic(on: bool) -> Iterator[None]:
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(on or before)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before)
+
+
+def _rng_state() -> dict[str, Any]:
+    """torch's global RNG (CPU and every GPU): dropout and augmentation draws resume where they were."""
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _tensorboard(out: Path | None):
+    if out is None:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard not installed: metrics.jsonl alone
+        return None
+    return SummaryWriter(str(out / "tensorboard"))
+
+
+def _log_tensorboard(writer, record: dict) -> None:
+    step = record["epoch"]
+    for key, value in record.items():
+        if isinstance(value, float):
+            writer.add_scalar(key, value, step)
+        elif isinstance(value, dict):
+            for layer, v in value.items():
+                writer.add_scalar(f"{key}/{layer}", v, step)
