@@ -121,8 +121,8 @@ def _fit(cfg: TrainConfig, train, test, resume: bool, progress: bool) -> list[di
 
 @torch.no_grad()
 def _show_one_batch(model: nn.Module, x: Tensor) -> None:
+    """One forward pass, so that rules see each layer's input shape (the weight mirror drives noise of
     it). Eval mode, plain ops: no dropout or brSF draw, no batch-norm statistics from this (test) batch."""
-    it). In eval mode with plain ops: no dropout or brSF draw, no batch-norm statistics from this (test) batch."""
     was_training = model.training
     model.eval()
     try:
