@@ -20,28 +20,26 @@ _NOTES = ("Official recipe: sigmoid units, sigmoid cross-entropy, N(0, 1/(fan_in
           "noise, 300 warm-up steps), not the official uniform-noise B += 0.01 x y^T.")
 
 
-def _published(accuracy: dict[str, tuple[float, float]], angles: dict[str, tuple[float, float]]) -> dict:
-    """run -> {metric: value} from (best, final) test accuracies and (hidden, output) angles."""
-    return {run: {"best_test_accuracy": best, "final_test_accuracy": final,
-                  **dict(zip(("hidden_angle", "output_angle"), angles.get(run, ()), strict=False))}
-            for run, (best, final) in accuracy.items()}
+def _fc(name: str, dataset: str, hidden: int, quick: dict, accuracy: dict[str, tuple[float, float]],
+        angles: dict[str, tuple[float, float]]) -> Reproduction:
+    """An official fully connected run, its published (best, final) test accuracies and (hidden, output)
+    B-W angles at epoch 400."""
+    published = {run: {"best_test_accuracy": best, "final_test_accuracy": final,
+                       **dict(zip(("hidden_angle", "output_angle"), angles.get(run, ()), strict=False))}
+                 for run, (best, final) in accuracy.items()}
+    title, inputs = {"mnist": ("MNIST", 784), "cifar10": ("CIFAR-10", 3072)}[dataset]
+    return Reproduction(name=name, paper=PAPER, table=f"official fully connected runs, {title} "
+                        f"{inputs}-{hidden}-10", config=dict(dataset=dataset, hidden=(hidden,), **_FC),
+                        runs=_RULES, published=published, quick=quick, notes=_NOTES)
 
 
 ENTRIES = [
-    Reproduction(
-        name="akrout2019", paper=PAPER, table="official fully connected runs, MNIST 784-500-10",
-        config=dict(dataset="mnist", hidden=(500,), **_FC), runs=_RULES,
-        published=_published({"bp": (98.50, 98.50), "fa": (97.80, 97.80), "wm": (98.49, 98.49),
-                              "kp": (98.47, 98.45)},
-                             {"fa": (89.8, 40.0), "wm": (12.8, 3.8), "kp": (20.0, 3.6)}),
-        quick=dict(epochs=5), notes=_NOTES),
-    Reproduction(
-        name="akrout2019-cifar10", paper=PAPER, table="official fully connected runs, CIFAR-10 3072-1000-10",
-        config=dict(dataset="cifar10", hidden=(1000,), **_FC), runs=_RULES,
-        published=_published({"bp": (51.97, 48.18), "fa": (49.54, 42.96), "wm": (52.40, 46.20),
-                              "kp": (50.67, 47.57)},
-                             {"fa": (90.0, 46.5), "wm": (19.8, 9.7), "kp": (10.1, 2.0)}),
-        quick=dict(epochs=2, train_size=10000), notes=_NOTES),
+    _fc("akrout2019", "mnist", 500, dict(epochs=5),
+        {"bp": (98.50, 98.50), "fa": (97.80, 97.80), "wm": (98.49, 98.49), "kp": (98.47, 98.45)},
+        {"fa": (89.8, 40.0), "wm": (12.8, 3.8), "kp": (20.0, 3.6)}),
+    _fc("akrout2019-cifar10", "cifar10", 1000, dict(epochs=2, train_size=10000),
+        {"bp": (51.97, 48.18), "fa": (49.54, 42.96), "wm": (52.40, 46.20), "kp": (50.67, 47.57)},
+        {"fa": (90.0, 46.5), "wm": (19.8, 9.7), "kp": (10.1, 2.0)}),
     Reproduction(
         name="akrout2019-imagenet", paper=PAPER, table="ImageNet ResNet-18 / ResNet-50 (recipe)",
         config=dict(dataset="imagenet", optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4,
