@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from nowt.report import load_run, write_report
+from nowt.report import load_run, markdown_table, write_report
 
 
 def write_run(path, rule: str, accs: list[float], angles: bool = True) -> None:
@@ -46,3 +46,8 @@ def test_report_without_angles_has_no_alignment_plot_and_missing_runs_are_clear(
         load_run(tmp_path / "nothing")
     with pytest.raises(ValueError, match="at least one"):
         write_report([], tmp_path / "rep")
+
+
+def test_markdown_table_formats_floats_and_missing_values():
+    table = markdown_table(["a", "b", "c"], [["x", 1.234, math.nan], ["y", 2, "–"]], digits=1)
+    assert table == "| a | b | c |\n|---|---|---|\n| x | 1.2 | – |\n| y | 2 | – |\n"

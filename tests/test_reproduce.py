@@ -5,15 +5,26 @@ import math
 import pytest
 
 from nowt import reproduce
-from nowt.reproduce import METRICS, REPRODUCTIONS, Reproduction, results_table, run_config, run_reproduction
+from nowt.reproduce import (
+    METRICS,
+    REPRODUCTIONS,
+    Analysis,
+    Reproduction,
+    known_models,
+    results_table,
+    run_config,
+    run_reproduction,
+)
+
+TABLES = {name: e for name, e in REPRODUCTIONS.items() if isinstance(e, Reproduction)}
 
 
 def test_every_reproduction_builds_valid_configs_and_names_known_metrics(tmp_path):
     assert {"akrout2019", "akrout2019-cifar10", "akrout2019-imagenet", "bartunov2018-mnist-fc",
             "bartunov2018-mnist-lc", "bartunov2018-cifar-fc", "bartunov2018-cifar-lc",
             "bartunov2018-imagenet", "nokland2016", "biotorch-mnist",
-            "biotorch-cifar10"} <= set(REPRODUCTIONS)
-    for repro in REPRODUCTIONS.values():
+            "biotorch-cifar10", "cheon2024", "song2021"} <= set(REPRODUCTIONS)
+    for repro in TABLES.values():
         assert set(repro.published) <= set(repro.runs), repro.name
         for label in repro.runs:
             for quick in (False, True):
@@ -86,3 +97,66 @@ def test_analysis_reproductions_are_listed_and_run(tmp_path, capsys):
     assert main(["reproduce", "song2021", "--quick", "--out", str(tmp_path / "song")]) == 0
     assert (tmp_path / "song" / "RESULTS.md").exists()
     assert set(reproduce.ANALYSES) == {"cheon2024", "song2021"}
+
+
+def test_every_run_names_a_model_and_rule_that_exist(tmp_path):
+    """No row of a reproduction is "skipped" for a model or rule nowt lacks (the BP convnets included)."""
+    import nowt
+
+    for repro in TABLES.values():
+        for label in repro.runs:
+            cfg = run_config(repro, label, False, tmp_path)
+            assert cfg.model in known_models(), (repro.name, label, cfg.model)
+            assert cfg.rule in nowt.rules(), (repro.name, label, cfg.rule)
+    assert REPRODUCTIONS["bartunov2018-mnist-lc"].runs["bp-convnet"]["model"] == "mnist_conv"
+
+
+def test_bp_convnets_share_the_lc_networks_architecture():
+    import torch
+
+    from nowt.targetprop.networks import cifar_conv, cifar_lc, mnist_conv, mnist_lc
+
+    for conv, lc in ((mnist_conv, mnist_lc), (cifar_conv, cifar_lc)):
+        a, b = conv(), lc()
+        assert isinstance(a[0][0], torch.nn.Conv2d) and len(a) == len(b)
+        x = torch.randn(2, *a.input_shape)
+        for block_a, block_b in zip(a, b, strict=True):  # every block keeps the LC block's output shape
+            xa, x = block_a(x), block_b(x)
+            assert xa.shape == x.shape
+            x = xa
+
+
+def test_run_writes_results_md_with_command_and_published_numbers(tmp_path, monkeypatch):
+    tiny = Reproduction(name="tiny", paper="Tiny 2026", table="Table 0",
+                        config=dict(dataset="synthetic", hidden=(8,), epochs=3, batch_size=50),
+                        runs={"bp": {"rule": "bp"}}, published={"bp": {"best_test_accuracy": 99.0}},
+                        quick=dict(epochs=1))
+    monkeypatch.setitem(REPRODUCTIONS, "tiny", tiny)
+    path = reproduce.run("tiny", tmp_path / "out", quick=True, progress=False)
+    text = path.read_text()
+    assert path.name == "RESULTS.md" and "`nowt reproduce tiny --quick`" in text and "Date: " in text
+    assert "| bp | best_test_accuracy | 99.00 |" in text and "![learning curves](curves.png)" in text
+    assert (tmp_path / "out" / "curves.png").is_file()
+    assert reproduce.default_out("tiny", quick=True).as_posix() == "runs/reproduce/tiny-quick"
+
+
+def test_analyses_refuse_runs_and_unknown_options(tmp_path):
+    song = REPRODUCTIONS["song2021"]
+    assert isinstance(song, Analysis) and "two-layer" in reproduce.describe(song)
+    with pytest.raises(ValueError, match="no runs to pick"):
+        reproduce.run("song2021", tmp_path, only=["fa"])
+    with pytest.raises(ValueError, match="takes no device"):
+        reproduce.run("song2021", tmp_path, device="cuda")
+
+
+def test_cheon2024_trains_through_nowt_train_and_writes_its_report(tmp_path):
+    from nowt.reproduce.cheon2024 import Cheon2024Config, reproduce_cheon2024
+
+    cfg = Cheon2024Config(noise_steps=10, epochs=1, train_subset=256, eval_every=2, batch_size=64)
+    summary = reproduce_cheon2024(tmp_path, datasets=("mnist",), config=cfg, progress=False)
+    runs = summary["runs"]["mnist"]
+    assert set(runs) == {"bp", "fa", "fa+noise"} and runs["fa"]["0"]["curve"]["step"] == [0, 2, 4]
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "`nowt reproduce cheon2024`" in text and "| fa+noise |" in text and "borne out" in text
+    for png in ("noise_pretraining.png", "learning_mnist.png", "ood_mnist.png"):
+        assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"

@@ -1,9 +1,10 @@
-"""Reports of runs: a markdown summary table with learning curves and per-layer alignment plots (PNG).
+"""Every markdown table and figure nowt writes: `nowt report` / `compare`, and every reproduction.
 
     nowt report runs/fa runs/bp --out report/
 
-Each run directory holds what `nowt train --out DIR` writes: `config.json` and `metrics.jsonl`. Figures are
-drawn on matplotlib's object API with the Agg canvas, so nothing here needs or touches a display.
+`markdown_table` is the one table writer; `figure` + `save` the one figure style (matplotlib's object API on
+the Agg canvas, so nothing here needs or touches a display). A run directory holds what `nowt train --out
+DIR` writes: `config.json` and `metrics.jsonl`.
 """
 
 from __future__ import annotations
@@ -11,11 +12,51 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, ScalarFormatter
+
+DPI = 110
+
+
+def cell(value, digits: int = 2) -> str:
+    """A table cell: floats to `digits` decimals (nan as an en dash), everything else as str."""
+    if isinstance(value, float):
+        return "–" if math.isnan(value) else f"{value:.{digits}f}"
+    return str(value)
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence], digits: int = 2) -> str:
+    """A GitHub markdown table, one line per row and a trailing newline; see `cell` for the formatting."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v, digits) for v in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def figure(ncols: int = 1, nrows: int = 1, *, width: float = 5.5, height: float = 3.8, **subplots):
+    """A figure of `nrows` x `ncols` axes of `width` x `height` inches each (the figure, the axes array)."""
+    fig = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
+    return fig, fig.subplots(nrows, ncols, squeeze=False, **subplots)
+
+
+def style(ax, *, title: str | None = None, legend: bool = True, integer_x: bool = False, **settings) -> None:
+    """The one axes style: light grid, small legend, titles at 10 pt; `settings` go to `ax.set`."""
+    ax.set(**settings)
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    if integer_x:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if legend and ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="small")
+
+
+def save(fig: Figure, path: str | os.PathLike) -> Path:
+    fig.savefig(path, dpi=DPI)
+    return Path(path)
 
 
 @dataclass
@@ -53,24 +94,20 @@ def load_run(run_dir: str | os.PathLike, name: str | None = None) -> Run:
 
 
 def plot_learning_curves(runs: list[Run], path: Path) -> Path:
-    fig = Figure(figsize=(11, 4), layout="constrained")
-    err, loss = fig.subplots(1, 2)
+    fig, ((err, loss),) = figure(2)
     for run in runs:
         epochs = [r["epoch"] for r in run.history]
         line = err.plot(epochs, [100 - r["test_accuracy"] for r in run.history], label=f"{run.name} test")[0]
         err.plot(epochs, [100 - r["train_accuracy"] for r in run.history], "--", color=line.get_color(),
                  label=f"{run.name} train")
         loss.plot(epochs, [r["train_loss"] for r in run.history], color=line.get_color(), label=run.name)
-    err.set(xlabel="epoch", ylabel="error (%)", yscale="log", title="error (solid: test, dashed: train)")
-    loss.set(xlabel="epoch", ylabel="training loss", yscale="log", title="training loss")
+    style(err, xlabel="epoch", ylabel="error (%)", yscale="log", title="error (solid: test, dashed: train)",
+          legend=False, integer_x=True)
+    style(loss, xlabel="epoch", ylabel="training loss", yscale="log", title="training loss", integer_x=True)
     for ax in (err, loss):
-        ax.grid(alpha=0.3)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.yaxis.set_major_formatter(ScalarFormatter())
         ax.yaxis.set_minor_formatter(ScalarFormatter())
-    loss.legend(fontsize="small")
-    fig.savefig(path, dpi=110)
-    return path
+    return save(fig, path)
 
 
 def plot_alignment(runs: list[Run], path: Path) -> Path | None:
@@ -79,8 +116,7 @@ def plot_alignment(runs: list[Run], path: Path) -> Path | None:
     runs = [r for r in runs if r.history[-1].get("weight_angles")]
     if not runs:
         return None
-    fig = Figure(figsize=(3.6 * len(runs) + 1, 6), layout="constrained")
-    axes = fig.subplots(2, len(runs), squeeze=False, sharey=True)
+    fig, axes = figure(len(runs), 2, width=3.6, height=3.0, sharey=True)
     for col, run in enumerate(runs):
         epochs = [r["epoch"] for r in run.history]
         for row, key in enumerate(("weight_angles", "update_angles")):
@@ -88,33 +124,27 @@ def plot_alignment(runs: list[Run], path: Path) -> Path | None:
             for layer in run.history[-1].get(key) or {}:
                 ax.plot(epochs, [r.get(key, {}).get(layer, math.nan) for r in run.history], marker=".",
                         label=layer or "(model)")
-            ax.set(title=f"{run.name}: {'B vs W' if row == 0 else 'update vs backprop'}", xlabel="epoch",
-                   ylim=(0, 95))
-            ax.grid(alpha=0.3)
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        axes[0][col].legend(fontsize="x-small", title="layer")
-    axes[0][0].set_ylabel("angle (degrees)")
-    axes[1][0].set_ylabel("angle (degrees)")
-    fig.savefig(path, dpi=110)
-    return path
+            style(ax, title=f"{run.name}: {'B vs W' if row == 0 else 'update vs backprop'}", xlabel="epoch",
+                  ylabel="angle (degrees)" if col == 0 else None, ylim=(0, 95), legend=row == 0,
+                  integer_x=True)
+    return save(fig, path)
 
 
 def summary_table(runs: list[Run]) -> str:
-    head = ("| run | rule | epochs | best test acc % | final test acc % | final train acc % | top-5 err % "
-            "| output-layer angle | s/epoch |\n|---|---|---|---|---|---|---|---|---|\n")
+    header = ["run", "rule", "epochs", "best test acc %", "final test acc %", "final train acc %",
+              "top-5 err %", "output-layer angle", "s/epoch"]
+    keys = ["run", "rule", "epochs", "best_test_accuracy", "final_test_accuracy", "final_train_accuracy",
+            "final_top5_error"]
     rows = []
     for run in runs:
         s = run.summary()
-        rows.append(f"| {s['run']} | {s['rule']} | {s['epochs']} | {s['best_test_accuracy']:.2f} | "
-                    f"{s['final_test_accuracy']:.2f} | {s['final_train_accuracy']:.2f} | "
-                    f"{s['final_top5_error']:.2f} | {s['output_angle']:.1f} | {s['seconds_per_epoch']:.1f} |")
-    return head + "\n".join(rows) + "\n"
+        rows.append([*(s[k] for k in keys), f"{s['output_angle']:.1f}", f"{s['seconds_per_epoch']:.1f}"])
+    return markdown_table(header, rows)
 
 
-def write_report(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike, title: str = "nowt report",
-                 preamble: str = "") -> Path:
-    """Writes `out_dir/report.md` with the summary table, `curves.png` and `alignment.png`; returns the
-    markdown's path."""
+def report_runs(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike) -> list[str]:
+    """Draws `curves.png` and `alignment.png` of the runs into `out_dir`; returns the markdown parts (the
+    summary table and the figure links) for a document there."""
     if not run_dirs:
         raise ValueError("report needs at least one run directory")
     runs = [load_run(d) for d in run_dirs]
@@ -125,11 +155,19 @@ def write_report(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike, 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     curves = plot_learning_curves(runs, out / "curves.png")
+    parts = [summary_table(runs), f"![learning curves]({curves.name})"]
     alignment = plot_alignment(runs, out / "alignment.png")
-    parts = [f"# {title}\n", preamble, summary_table(runs), f"\n![learning curves]({curves.name})\n"]
     if alignment:
-        parts.append(f"\n![per-layer alignment]({alignment.name})\n")
-    parts.append("\nRuns: " + ", ".join(f"`{d}`" for d in run_dirs) + "\n")
-    path = out / "report.md"
-    path.write_text("\n".join(p for p in parts if p))
+        parts.append(f"![per-layer alignment]({alignment.name})")
+    return parts
+
+
+def write_report(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike, title: str = "nowt report",
+                 preamble: str = "") -> Path:
+    """Writes `out_dir/report.md` with the summary table, `curves.png` and `alignment.png`; returns the
+    markdown's path."""
+    parts = report_runs(run_dirs, out_dir)
+    runs = "Runs: " + ", ".join(f"`{d}`" for d in run_dirs)
+    path = Path(out_dir) / "report.md"
+    path.write_text("\n\n".join(p.strip("\n") for p in [f"# {title}", preamble, *parts, runs] if p) + "\n")
     return path

@@ -6,7 +6,9 @@ weight layer (`nn.Linear` or `nowt.LocallyConnected2d`), so the same network is 
 or, after `nowt.convert`, by any per-layer rule. `network.input_shape` records the input it expects.
 
 Padding is k // 2 (TensorFlow's "SAME" for these odd kernels: out = ceil(in / stride)); the paper does
-not give it.
+not give it. The paper's "BP convnet" rows train the same architectures with weight sharing: `mnist_conv`,
+`cifar_conv` and `imagenet_conv` are the LC networks with `nn.Conv2d` in place of each locally connected
+layer (same kernels, channels, strides and padding; Glorot init).
 """
 
 from __future__ import annotations
@@ -29,22 +31,34 @@ def _glorot_linear(in_features: int, out_features: int) -> nn.Linear:
     return layer
 
 
+def _glorot_conv(in_channels: int, out_channels: int, kernel: int, stride: int) -> nn.Conv2d:
+    layer = nn.Conv2d(in_channels, out_channels, kernel, stride, kernel // 2)
+    nn.init.xavier_uniform_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
 def build_network(
-    input_shape: Sequence[int], lc: Sequence[ConvSpec] = (), fc: Sequence[int] = (), num_classes: int = 10
+    input_shape: Sequence[int], lc: Sequence[ConvSpec] = (), fc: Sequence[int] = (), num_classes: int = 10,
+    shared: bool = False,
 ) -> nn.Sequential:
     """Locally connected tanh blocks `lc`, then fully connected tanh blocks `fc`, then a linear readout.
 
-    Glorot init throughout. `input_shape` = (C, H, W) (or (features,) when `lc` is empty).
+    Glorot init throughout. `input_shape` = (C, H, W) (or (features,) when `lc` is empty). `shared=True`
+    makes the `lc` blocks convolutions (the paper's "BP convnet").
     """
     shape = tuple(input_shape)
     if lc and len(shape) != 3:
         raise ValueError(f"locally connected layers need a (C, H, W) input shape, got {shape}")
     blocks: list[nn.Module] = []
     for kernel, channels, stride in lc:
-        layer = LocallyConnected2d(shape[0], channels, kernel, stride, kernel // 2, input_size=shape[1:],
-                                   init="glorot")
+        if shared:
+            layer = _glorot_conv(shape[0], channels, kernel, stride)
+        else:
+            layer = LocallyConnected2d(shape[0], channels, kernel, stride, kernel // 2, input_size=shape[1:],
+                                       init="glorot")
         blocks.append(nn.Sequential(layer, nn.Tanh()))
-        shape = (channels, *layer.output_size)
+        shape = (channels, *(-(-size // stride) for size in shape[1:]))  # ceil(in / stride)
     width = math.prod(shape)
     for features in fc:
         blocks.append(nn.Sequential(nn.Flatten(), _glorot_linear(width, features), nn.Tanh()))
@@ -59,8 +73,18 @@ def mnist_fc(num_classes: int = 10) -> nn.Sequential:
     return build_network((1, 28, 28), fc=(256,) * 5, num_classes=num_classes)
 
 
+MNIST_LC: tuple[ConvSpec, ...] = ((3, 32, 2), (3, 64, 2))
+CIFAR_LC: tuple[ConvSpec, ...] = ((5, 64, 2), (5, 128, 2), (3, 256, 1))
+IMAGENET_LC: tuple[ConvSpec, ...] = ((9, 48, 4), (3, 48, 2), (5, 96, 1), (3, 96, 2), (3, 192, 1), (3, 192, 2),
+                                     (3, 384, 1))
+
+
 def mnist_lc(num_classes: int = 10) -> nn.Sequential:
-    return build_network((1, 28, 28), lc=((3, 32, 2), (3, 64, 2)), fc=(1024,), num_classes=num_classes)
+    return build_network((1, 28, 28), lc=MNIST_LC, fc=(1024,), num_classes=num_classes)
+
+
+def mnist_conv(num_classes: int = 10) -> nn.Sequential:
+    return build_network((1, 28, 28), lc=MNIST_LC, fc=(1024,), num_classes=num_classes, shared=True)
 
 
 def cifar_fc(num_classes: int = 10) -> nn.Sequential:
@@ -68,19 +92,27 @@ def cifar_fc(num_classes: int = 10) -> nn.Sequential:
 
 
 def cifar_lc(num_classes: int = 10) -> nn.Sequential:
-    return build_network((3, 32, 32), lc=((5, 64, 2), (5, 128, 2), (3, 256, 1)), fc=(1024,),
-                         num_classes=num_classes)
+    return build_network((3, 32, 32), lc=CIFAR_LC, fc=(1024,), num_classes=num_classes)
+
+
+def cifar_conv(num_classes: int = 10) -> nn.Sequential:
+    return build_network((3, 32, 32), lc=CIFAR_LC, fc=(1024,), num_classes=num_classes, shared=True)
 
 
 def imagenet_lc(num_classes: int = 1000, image_size: int = 224) -> nn.Sequential:
     """The paper's seven locally connected layers and a softmax readout (about 260M weights at 224)."""
-    convs = ((9, 48, 4), (3, 48, 2), (5, 96, 1), (3, 96, 2), (3, 192, 1), (3, 192, 2), (3, 384, 1))
-    return build_network((3, image_size, image_size), lc=convs, num_classes=num_classes)
+    return build_network((3, image_size, image_size), lc=IMAGENET_LC, num_classes=num_classes)
+
+
+def imagenet_conv(num_classes: int = 1000, image_size: int = 224) -> nn.Sequential:
+    """`imagenet_lc` with shared (convolutional) weights: the paper's ImageNet "BP convnet"."""
+    return build_network((3, image_size, image_size), lc=IMAGENET_LC, num_classes=num_classes, shared=True)
 
 
 NETWORKS: dict[str, Callable[..., nn.Sequential]] = {
-    "mnist_fc": mnist_fc, "mnist_lc": mnist_lc, "cifar_fc": cifar_fc, "cifar_lc": cifar_lc,
-    "imagenet_lc": imagenet_lc,
+    "mnist_fc": mnist_fc, "mnist_lc": mnist_lc, "mnist_conv": mnist_conv, "cifar_fc": cifar_fc,
+    "cifar_lc": cifar_lc, "cifar_conv": cifar_conv, "imagenet_lc": imagenet_lc,
+    "imagenet_conv": imagenet_conv,
 }
 
 

@@ -1,0 +1,54 @@
+"""Akrout, Wilson, Humphreys, Lillicrap, Tweed 2019, Deep Learning without Weight Transport (WM, KP).
+
+The official fully connected runs (MNIST 784-500-10, CIFAR-10 3072-1000-10) with their published final and
+best test accuracies and B-W angles at epoch 400, and the ImageNet ResNet recipe (table not readable in our
+copy of the paper, so no published numbers).
+"""
+
+from __future__ import annotations
+
+from nowt.reproduce.entry import Reproduction
+
+PAPER = "Akrout, Wilson, Humphreys, Lillicrap, Tweed 2019, Deep Learning without Weight Transport"
+
+_FC = dict(model="mlp", activation="sigmoid", loss="bce", init="normal_fan_avg", optimizer="sgd",
+           momentum=0.0, batch_size=128, lr_schedule="constant", epochs=400)
+_RULES = {"bp": {"rule": "bp", "lr": 0.2}, "fa": {"rule": "fa", "lr": 0.2},
+          "wm": {"rule": "wm", "lr": 0.05}, "kp": {"rule": "kp", "lr": 0.3}}
+_NOTES = ("Official recipe: sigmoid units, sigmoid cross-entropy, N(0, 1/(fan_in+fan_out)) init of "
+          "W, b and B, plain SGD. WM here is nowt's mirror (B <- (1-lr) B + lr W_hat with Gaussian "
+          "noise, 300 warm-up steps), not the official uniform-noise B += 0.01 x y^T.")
+
+
+def _fc(name: str, dataset: str, hidden: int, quick: dict, accuracy: dict[str, tuple[float, float]],
+        angles: dict[str, tuple[float, float]]) -> Reproduction:
+    """An official fully connected run, its published (best, final) test accuracies and (hidden, output)
+    B-W angles at epoch 400."""
+    published = {run: {"best_test_accuracy": best, "final_test_accuracy": final,
+                       **dict(zip(("hidden_angle", "output_angle"), angles.get(run, ()), strict=False))}
+                 for run, (best, final) in accuracy.items()}
+    title, inputs = {"mnist": ("MNIST", 784), "cifar10": ("CIFAR-10", 3072)}[dataset]
+    return Reproduction(name=name, paper=PAPER, table=f"official fully connected runs, {title} "
+                        f"{inputs}-{hidden}-10", config=dict(dataset=dataset, hidden=(hidden,), **_FC),
+                        runs=_RULES, published=published, quick=quick, notes=_NOTES)
+
+
+ENTRIES = [
+    _fc("akrout2019", "mnist", 500, dict(epochs=5),
+        {"bp": (98.50, 98.50), "fa": (97.80, 97.80), "wm": (98.49, 98.49), "kp": (98.47, 98.45)},
+        {"fa": (89.8, 40.0), "wm": (12.8, 3.8), "kp": (20.0, 3.6)}),
+    _fc("akrout2019-cifar10", "cifar10", 1000, dict(epochs=2, train_size=10000),
+        {"bp": (51.97, 48.18), "fa": (49.54, 42.96), "wm": (52.40, 46.20), "kp": (50.67, 47.57)},
+        {"fa": (90.0, 46.5), "wm": (19.8, 9.7), "kp": (10.1, 2.0)}),
+    Reproduction(
+        name="akrout2019-imagenet", paper=PAPER, table="ImageNet ResNet-18 / ResNet-50 (recipe)",
+        config=dict(dataset="imagenet", optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4,
+                    batch_size=256, lr_schedule="step", epochs=90, augment=True, num_workers=8, amp="bf16",
+                    channels_last=True),
+        runs={f"{arch}-{rule}": {"model": arch, "rule": rule}
+              for arch in ("resnet18", "resnet50") for rule in ("bp", "fa", "usf", "wm", "kp")},
+        published={}, quick=dict(epochs=1, train_size=2560),
+        notes=("The table is not readable in our copy of the paper, so no published numbers are given; the "
+               "paper reports WM and KP beating FA and sign symmetry and nearly matching BP. Needs ImageNet "
+               "(--data-dir with train/ and val/) and GPUs; the recipe is the standard 90-epoch SGD one.")),
+]
