@@ -133,3 +133,61 @@ def test_resnets_convert_and_torchvision_models_say_what_they_need():
         tv = nowt.convert(nowt.models.create_model("tv_resnet18", num_classes=10), "kp", seed=0)
         tv(torch.randn(2, 3, 64, 64)).sum().backward()
         assert tv.fc.feedback.grad is not None
+
+
+class Shared(nn.Module):
+    """One nn.Linear registered under two names (`m.b = m.a`), and a Sequential shared the same way."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 4).double()
+        self.b = self.a
+        self.seq = nn.Sequential(nn.Linear(4, 4).double(), nn.Tanh())
+        self.seq2 = self.seq
+
+    def forward(self, x):
+        return self.seq2(self.b(self.seq(self.a(x))))
+
+
+def test_a_layer_shared_by_two_names_is_converted_once_under_both():
+    m = nowt.convert(Shared(), "fa", seed=0)
+    assert m.a is m.b and isinstance(m.b, nowt.Linear) and m.seq2[0] is m.seq[0]
+    assert not [n for n, mod in m.named_modules(remove_duplicate=False)
+                if isinstance(mod, nn.Linear) and not isinstance(mod, nowt.Linear)]
+    # no weight transport through either name: the input gradient through `b` uses B, not W
+    x = torch.randn(3, 4, dtype=torch.double, requires_grad=True)
+    g = torch.randn(3, 4, dtype=torch.double)
+    m.b(x).backward(g)
+    assert torch.allclose(x.grad, g @ m.a.feedback) and not torch.allclose(x.grad, g @ m.a.weight)
+    assert m.b.feedback is m.a.feedback
+    assert nowt.convert(Shared(), "fa", seed=0, exclude=["a", "b"]).b.rule == "bp"
+    with pytest.raises(ValueError, match="'b' is the same module as excluded 'a'.*all its names or none"):
+        nowt.convert(Shared(), "fa", seed=0, exclude=["a"])
+
+
+def test_meta_device_models_are_refused_until_materialised():
+    with torch.device("meta"):
+        meta = tiny_mlp()
+    with pytest.raises(ValueError, match=r"layer '0'.*meta device.*to_empty\(device=...\).*then convert"):
+        nowt.convert(meta, "fa", seed=0)
+    meta.to_empty(device="cpu")
+    for layer in meta[::2]:
+        layer.reset_parameters()
+    model = nowt.convert(meta, "fa", seed=0)
+    assert all(torch.isfinite(lay.feedback).all() and lay.feedback.abs().max() < 10 for lay in model[::2])
+
+
+@pytest.mark.parametrize("src, dst", [("fa", "kp"), ("fa", "wm"), ("kp", "fa"), ("wm", "frsf")])
+def test_state_dict_of_another_rule_is_refused(src, dst):
+    state = nowt.convert(tiny_mlp(), src, seed=0).state_dict()
+    assert bytes(state["0.rule"].tolist()) == src.encode()
+    target = nowt.convert(tiny_mlp(), dst, seed=1)
+    with pytest.raises(ValueError, match=f"layer '0' was written by rule '{src}'.*trained by '{dst}'"):
+        target.load_state_dict(state)
+    # written before rule names were stored: loads as before
+    nowt.convert(tiny_mlp(), src, seed=1).load_state_dict({k: v for k, v in state.items()
+                                                           if not k.endswith(".rule")})
+    # backprop state has no feedback, so no name: it still loads into a plain model
+    bp_state = nowt.convert(tiny_mlp(), "bp").state_dict()
+    assert not [k for k in bp_state if k.endswith(".rule")]
+    tiny_mlp().load_state_dict(bp_state)

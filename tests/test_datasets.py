@@ -190,3 +190,44 @@ def test_augment_is_refused_where_nowt_has_none():
 
     with pytest.raises(ValueError, match="no augmentation for 'synthetic'"):
         load_dataset("synthetic", augment=True)
+
+
+def write_image_folder(root, classes: dict[str, list[str]], size=(12, 10)):
+    from PIL import Image
+
+    for split, names in classes.items():
+        for c in names:
+            (root / split / c).mkdir(parents=True)
+            Image.new("RGB", size, (len(c) * 40, 0, 0)).save(root / split / c / "x.png")
+
+
+@pytest.mark.parametrize("val, named", [(["a", "c"], "missing b"), (["a", "b", "c"], "extra c")])
+def test_image_folders_with_other_classes_in_val_are_refused(tmp_path, val, named):
+    # val/{a,c} used to be scored against train's {a,b,c} labels (c as b); val/{a,b,c}: an IndexError
+    write_image_folder(tmp_path, {"train": ["a", "b"] if "extra" in named else ["a", "b", "c"], "val": val})
+    with pytest.raises(ValueError, match=f"other classes.*{named}.*same class folders"):
+        load_dataset("imagenet", root=tmp_path)
+    (tmp_path / "val" / ("b" if "missing" in named else "c")).mkdir(exist_ok=True)
+    if "extra" in named:
+        (tmp_path / "train" / "c").mkdir()
+    data = load_dataset("imagenet", root=tmp_path)  # an empty class folder is enough to agree
+    assert data.num_classes == 3 and data.test.classes == data.train.classes == ["a", "b", "c"]
+
+
+def test_unreadable_images_are_skipped_counted_and_named(tmp_path):
+    write_image_folder(tmp_path, {"train": ["a", "b"], "val": ["a", "b"]})
+    (tmp_path / "train" / "a" / "empty.jpg").write_bytes(b"")
+    (tmp_path / "train" / "b" / "notes.jpg").write_text("not an image")
+    with pytest.warns(UserWarning, match=r"skipped 2 unreadable file\(s\) of 4: a/empty.jpg \(empty file\); "
+                                         r"b/notes.jpg \(not a readable image"):
+        data = load_dataset("imagenet", root=tmp_path)
+    assert len(data.train) == 2 and [data.train[i][1] for i in range(2)] == [0, 1]
+    assert data.train[0][0].shape == (3, 224, 224)
+    # a file that goes bad after the check: a one-line error naming it, not PIL's traceback
+    (tmp_path / "train" / "a" / "x.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
+    with pytest.raises(ValueError, match=r"cannot decode image .*a/x.png .*remove or replace"):
+        data.train[0]
+    (tmp_path / "train" / "b" / "x.png").write_bytes(b"")
+    (tmp_path / "train" / "a" / "x.png").unlink()
+    with pytest.raises(FileNotFoundError, match=r"no images in .*only 3 unreadable file\(s\): a/empty.jpg"):
+        load_dataset("imagenet", root=tmp_path)

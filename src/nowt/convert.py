@@ -54,7 +54,8 @@ def convert(
     exclude = tuple(exclude)
     if seed is None:
         seed = int(torch.randint(0, 2**62, ()))
-    named = list(model.named_modules())
+    # Every name of every module: a layer registered twice (`m.b = m.a`) must be converted under both.
+    named = list(model.named_modules(remove_duplicate=False))
     done = [n or type(model).__name__ for n, m in named if isinstance(m, FeedbackLayer)]
     if done:
         raise ValueError(f"model is already converted (layer {done[0]!r}); convert a fresh model instead")
@@ -63,23 +64,85 @@ def convert(
                    or (isinstance(m, tuple(CONVERTIBLE)) and type(m) not in CONVERTIBLE)]
     blocked = [n for n, m in unsupported if not _matches(n, m, exclude)]
     blocked_prefixes = tuple(n + "." for n in blocked)
-    targets = [(n, m) for n, m in named
-               if type(m) in CONVERTIBLE and not (n + ".").startswith(blocked_prefixes)]
     if blocked:
         kinds = ", ".join(f"{n!r} ({type(m).__name__})" for n, m in named if n in blocked)
         raise ValueError(f"cannot convert layer(s) {kinds}: nowt has no rule-trained version of them; "
                          f"pass exclude=[...] to leave them on backprop")
-    if not targets:
+    names: dict[int, list[str]] = {}  # id(module) -> its names, modules in first-seen order
+    modules: dict[int, nn.Module] = {}
+    for n, m in named:
+        if type(m) in CONVERTIBLE and not (n + ".").startswith(blocked_prefixes):
+            names.setdefault(id(m), []).append(n)
+            modules[id(m)] = m
+    if not names:
         raise ValueError(f"nothing to convert: {type(model).__name__} has no nn.Linear or nn.Conv2d")
-    seeds = torch.randint(0, 2**62, (len(targets),), generator=torch.Generator().manual_seed(seed))
-    for (name, module), layer_seed in zip(targets, seeds.tolist(), strict=True):
-        layer_rule = backprop if _matches(name, module, exclude) else rule
+    _check_targets(names, modules, exclude)
+    seeds = torch.randint(0, 2**62, (len(names),), generator=torch.Generator().manual_seed(seed))
+    for (key, layer_names), layer_seed in zip(names.items(), seeds.tolist(), strict=True):
+        module = modules[key]
+        layer_rule = backprop if _matches(layer_names[0], module, exclude) else rule
         layer = CONVERTIBLE[type(module)].from_module(module, layer_rule)
         layer_rule.setup(layer, torch.Generator().manual_seed(layer_seed))
-        if name == "":
+        _tag_rule(layer)
+        if layer_names == [""]:
             model = layer
             break
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name), child, layer)
+        for name in layer_names:  # the same converted layer under every name of the module
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name), child, layer)
     rule.setup_model(model)  # once, with every layer in place (DFA hooks the model's output)
     return model
+
+
+def _check_targets(names: dict[int, list[str]], modules: dict[int, nn.Module],
+                   exclude: tuple[Selector, ...]) -> None:
+    """Refuses what convert cannot do right: a shared layer excluded under one name only, and layers on
+    the meta device (their feedback would be drawn into memory that `to_empty()` leaves uninitialised)."""
+    for key, layer_names in names.items():
+        excluded = {n: _matches(n, modules[key], exclude) for n in layer_names}
+        if len(set(excluded.values())) > 1:
+            off = [n for n, e in excluded.items() if e]
+            on = [n for n, e in excluded.items() if not e]
+            raise ValueError(f"layer {on[0]!r} is the same module as excluded {off[0]!r}: one layer "
+                             f"cannot be both trained by the rule and left on backprop; "
+                             f"exclude all its names or none")
+    meta = [ns[0] for key, ns in names.items()
+            if any(t.is_meta for t in (*modules[key].parameters(), *modules[key].buffers()))]
+    if meta:
+        raise ValueError(f"cannot convert layer {meta[0]!r}: it is on the meta device, and its random "
+                         f"feedback would not be redrawn when the model is materialised; materialise the "
+                         f"model first (model.to_empty(device=...), then reset_parameters() "
+                         f"or load_state_dict), then convert")
+
+
+RULE_KEY = "rule"  # state_dict key (under each layer's prefix) naming the rule that wrote the layer's state
+
+
+def _encode(name: str) -> torch.Tensor:
+    return torch.tensor(list(name.encode()), dtype=torch.uint8)
+
+
+def _tag_rule(layer: FeedbackLayer) -> None:
+    """A layer whose rule keeps state beyond W and b (fa's B, kp's learned B, ...) writes its rule's name
+    into the state dict, and refuses to load the state another rule wrote: fa's B loaded as kp's would
+    otherwise be taken silently (same key, same shape). State dicts without the name (written by older
+    versions of nowt) load as before."""
+
+    def write(module, state_dict, prefix, local_metadata):
+        if any(k.startswith(prefix) and k[len(prefix):] not in ("weight", "bias") for k in state_dict):
+            state_dict[prefix + RULE_KEY] = _encode(module.rule.name)
+
+    def check(module, state_dict, prefix, *args):
+        stored = state_dict.pop(prefix + RULE_KEY, None)
+        if stored is None:
+            return
+        writer = bytes(stored.tolist()).decode(errors="replace")
+        if writer != module.rule.name:
+            layer = prefix[:-1] or type(module).__name__
+            raise ValueError(f"state_dict of layer {layer!r} was written by rule {writer!r}, but this layer "
+                             f"is trained by {module.rule.name!r}: load it into a model converted with "
+                             f"rule={writer!r}")
+
+    register = getattr(layer, "register_state_dict_post_hook", None) or layer._register_state_dict_hook
+    register(write)
+    layer.register_load_state_dict_pre_hook(check)

@@ -32,18 +32,50 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def setup(backend: str | None = None) -> torch.device:
-    """Joins the process group described by torchrun's environment; returns this rank's device."""
+DEFAULT_TIMEOUT_S = 600.0
+TIMEOUT_ENV = "NOWT_PG_TIMEOUT"
+
+
+def pg_timeout(seconds: float | None = None) -> timedelta:
+    """How long a collective waits for the other ranks before failing: `seconds`, else the environment's
+    NOWT_PG_TIMEOUT (seconds), else 10 minutes. A hung (not dead) rank then ends the job instead of
+    leaving the others waiting forever."""
+    if seconds is None:
+        raw = os.environ.get(TIMEOUT_ENV, "").strip()
+        try:
+            seconds = float(raw) if raw else DEFAULT_TIMEOUT_S
+        except ValueError:
+            seconds = float("nan")
+        where = f"{TIMEOUT_ENV}={raw!r}"
+    else:
+        where = f"timeout={seconds!r}"
+    if isinstance(seconds, bool) or not (isinstance(seconds, (int, float)) and 0 < seconds < float("inf")):
+        raise ValueError(f"{where}: the process-group timeout must be a positive number of seconds")
+    return timedelta(seconds=seconds)
+
+
+def timeout_message(timeout: timedelta | None = None) -> str:
+    """What to tell the user when a collective timed out (see `pg_timeout`)."""
+    seconds = (timeout or pg_timeout()).total_seconds()
+    return (f"a rank did not answer within {seconds:g}s (the process-group timeout): one worker hung or "
+            f"died; the last checkpoint is kept, resume with --resume (set {TIMEOUT_ENV}=<seconds> if a "
+            f"step legitimately takes longer)")
+
+
+def setup(backend: str | None = None, timeout: float | None = None) -> torch.device:
+    """Joins the process group described by torchrun's environment; returns this rank's device.
+    `timeout`: seconds a collective waits for the other ranks (see `pg_timeout`)."""
     if not dist.is_initialized():
+        wait = pg_timeout(timeout)
         backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
         rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         # Keys under this restart's own prefix: after torchrun restarts the workers, gloo would otherwise
         # read the previous attempt's (dead) peer addresses from the shared store and fail to connect.
         store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), size,
-                              is_master=False, timeout=timedelta(minutes=5))
+                              is_master=False, timeout=max(wait, timedelta(minutes=5)))
         attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
         dist.init_process_group(backend, store=dist.PrefixStore(f"nowt/attempt{attempt}", store),
-                                rank=rank, world_size=size)
+                                rank=rank, world_size=size, timeout=wait)
     if torch.cuda.is_available() and dist.get_backend() == "nccl":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)

@@ -1,19 +1,23 @@
 """ImageNet (or any dataset) in the usual folder layout: ROOT/{train,val}/CLASS/IMAGE.
 
-torchvision's ImageFolder when torchvision is installed; otherwise a minimal reader of our own that decodes
-with Pillow (a matplotlib dependency, so present wherever nowt is).
+A reader of our own that decodes with Pillow (a matplotlib dependency, so present wherever nowt is), with
+the same labels and pixels as torchvision's ImageFolder. The folders are checked up front: train/ and val/
+must hold the same class folders (else a label would mean another class in val), and every file must open
+as an image (one that does not, e.g. an empty or truncated download, is skipped, counted and reported).
 """
 
 from __future__ import annotations
 
 import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from nowt.data.transforms import Compose, Transform, imagenet_transform
+from nowt.data.transforms import Transform, imagenet_transform
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 _HELP = ("Expected ROOT/train/<class>/<image> and ROOT/val/<class>/<image> (the layout of torchvision's "
@@ -21,18 +25,61 @@ _HELP = ("Expected ROOT/train/<class>/<image> and ROOT/val/<class>/<image> (the 
          "Pass --data-dir ROOT.")
 
 
-class ImageFolder(Dataset):
-    """Images under root/<class>/, labelled by the sorted index of their class folder."""
+class UnreadableImagesWarning(UserWarning):
+    """Some files of an image folder are not images; they were skipped."""
 
-    def __init__(self, root: str | os.PathLike, transform: Transform | None = None):
+
+def image_problem(path: Path) -> str | None:
+    """Why `path` cannot be used as an image (empty, or not a format Pillow identifies), or None.
+
+    Reads the header only (cheap enough for ImageNet's 1.3M files); a file whose header is fine but whose
+    pixel data is damaged is reported by `ImageFolder.__getitem__` when it is read."""
+    from PIL import Image
+
+    try:
+        if path.stat().st_size == 0:
+            return "empty file"
+        with Image.open(path) as img:
+            img.size  # noqa: B018 - parsed from the header
+    except Exception as e:  # UnidentifiedImageError, OSError, decompression-bomb errors, ...
+        return f"not a readable image ({type(e).__name__})"
+    return None
+
+
+class ImageFolder(Dataset):
+    """Images under root/<class>/, labelled by the sorted index of their class folder.
+
+    `check`: open every file's header once, skipping (with an `UnreadableImagesWarning` that counts them)
+    those that are not images. `classes`: the class names the labels must follow (train's, for val): a
+    folder with other class folders is refused with the difference named."""
+
+    def __init__(self, root: str | os.PathLike, transform: Transform | None = None, *, check: bool = True,
+                 classes: list[str] | None = None):
         self.root, self.transform = Path(root), transform
         if not self.root.is_dir():
             raise FileNotFoundError(f"image folder {self.root} not found. {_HELP}")
         self.classes = sorted(d.name for d in self.root.iterdir() if d.is_dir())
-        self.samples = [(p, i) for i, c in enumerate(self.classes) for p in sorted((self.root / c).rglob("*"))
-                        if p.suffix.lower() in IMAGE_EXTENSIONS]
+        if classes is not None and sorted(classes) != self.classes:
+            raise ValueError(class_mismatch(classes, self.classes, self.root))
+        samples = [(p, i) for i, c in enumerate(self.classes) for p in sorted((self.root / c).rglob("*"))
+                   if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()]
+        self.skipped: list[tuple[Path, str]] = []
+        if check and samples:
+            with ThreadPoolExecutor(min(32, 4 * (os.cpu_count() or 1))) as pool:
+                problems = list(pool.map(image_problem, (p for p, _ in samples), chunksize=256))
+            self.skipped = [(p, why) for (p, _), why in zip(samples, problems, strict=True) if why]
+            samples = [s for s, why in zip(samples, problems, strict=True) if not why]
+        self.samples = samples
+        shown = "; ".join(f"{p.relative_to(self.root)} ({why})" for p, why in self.skipped[:3])
+        if len(self.skipped) > 3:
+            shown += f"; and {len(self.skipped) - 3} more"
         if not self.samples:
-            raise FileNotFoundError(f"no images in {self.root}. {_HELP}")
+            unreadable = f" (only {len(self.skipped)} unreadable file(s): {shown})" if self.skipped else ""
+            raise FileNotFoundError(f"no images in {self.root}{unreadable}. {_HELP}")
+        if self.skipped:
+            warnings.warn(f"image folder {self.root}: skipped {len(self.skipped)} unreadable file(s) of "
+                          f"{len(self.samples) + len(self.skipped)}: {shown}", UnreadableImagesWarning,
+                          stacklevel=2)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -41,23 +88,37 @@ class ImageFolder(Dataset):
         from PIL import Image
 
         path, label = self.samples[i]
-        with Image.open(path) as img:
-            array = np.asarray(img.convert("RGB"), dtype=np.uint8)
+        try:
+            with Image.open(path) as img:
+                array = np.asarray(img.convert("RGB"), dtype=np.uint8)
+        except Exception as e:  # damaged pixel data behind a good header, or the file changed since
+            raise ValueError(f"cannot decode image {path} ({type(e).__name__}: {e}); "
+                             f"remove or replace the file") from e
         x = torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
         return (self.transform(x) if self.transform else x), label
 
 
-def load_image_folder(root: str | os.PathLike, split: str, *, augment: bool = True,
-                      size: int = 224) -> Dataset:
-    """The `split` ("train" or "val") of an ImageNet-style folder, with the standard ImageNet transforms."""
+def class_mismatch(expected: list[str], found: list[str], root: Path) -> str:
+    missing = sorted(set(expected) - set(found))
+    extra = sorted(set(found) - set(expected))
+    parts = ([f"missing {', '.join(missing)}"] if missing else []) + (
+        [f"extra {', '.join(extra)}"] if extra else [])
+    return (f"image folder {root} has other classes than {root.parent / 'train'} ({'; '.join(parts)}): "
+            f"labels would mean other classes; give train/ and val/ the same class folders")
+
+
+def load_image_folder(root: str | os.PathLike, split: str, *, augment: bool = True, size: int = 224,
+                      classes: list[str] | None = None, check: bool = True) -> ImageFolder:
+    """The `split` ("train" or "val") of an ImageNet-style folder, with the standard ImageNet transforms.
+    `classes`: the class names it must have (see `ImageFolder`)."""
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     transform = imagenet_transform(train=augment and split == "train", size=size)
-    try:
-        from torchvision.datasets import ImageFolder as TVImageFolder
-        from torchvision.transforms import ToTensor
-    except ImportError:
-        return ImageFolder(Path(root) / split, transform)
-    if not (Path(root) / split).is_dir():
-        raise FileNotFoundError(f"image folder {Path(root) / split} not found. {_HELP}")
-    return TVImageFolder(str(Path(root) / split), transform=Compose([ToTensor(), transform]))
+    return ImageFolder(Path(root) / split, transform, classes=classes, check=check)
+
+
+def load_image_folders(root: str | os.PathLike, *, augment: bool = True,
+                       size: int = 224) -> tuple[ImageFolder, ImageFolder]:
+    """(train, val) of an ImageNet-style folder, checked to have the same classes."""
+    train = load_image_folder(root, "train", augment=augment, size=size)
+    return train, load_image_folder(root, "val", augment=augment, size=size, classes=train.classes)

@@ -13,7 +13,7 @@ from torch.utils.data import Dataset, Subset
 from nowt.data.cifar import cifar_normalize, load_cifar10
 from nowt.data.datasets import load_fashion_mnist, load_mnist, mnist_normalize
 from nowt.data.downloads import fetch
-from nowt.data.imagenet import load_image_folder
+from nowt.data.imagenet import load_image_folders
 from nowt.data.synthetic import synthetic
 from nowt.data.transforms import Transform, cifar_augmentation
 
@@ -68,10 +68,11 @@ def load_dataset(name: str, *, root: str | os.PathLike | None = None, download: 
     else:
         if root is None:
             raise ValueError("imagenet needs --data-dir pointing at a folder with train/ and val/")
-        train_set, test_set = (load_image_folder(root, s, augment=augment) for s in ("train", "val"))
+        train_set, test_set = load_image_folders(root, augment=augment)  # checked: the same classes
+        num_classes = len(train_set.classes)
         if train_size is not None:
             train_set = Subset(train_set, range(min(train_size, len(train_set))))
-        return Data(train_set, test_set, len(test_set.classes), (3, 224, 224))
+        return Data(train_set, test_set, num_classes, (3, 224, 224))
     if train_size is not None:
         train = (train[0][:train_size], train[1][:train_size])
     num_classes = int(torch.cat([train[1], test[1]]).max()) + 1
