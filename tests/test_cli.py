@@ -54,7 +54,7 @@ def test_reproduce_list_and_a_tiny_reproduction(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(reproduce_mod.REPRODUCTIONS, "tiny", tiny)
     out = tmp_path / "rep"
     assert main(["reproduce", "tiny", "--quick", "--out", str(out), "--no-progress"]) == 0
-    results = (out / "results.md").read_text()
+    results = (out / "RESULTS.md").read_text()
     assert "`nowt reproduce tiny --quick" in results and "| bp | best_test_accuracy | 99.00 |" in results
     assert (out / "curves.png").is_file()
     assert main(["reproduce", "nope"]) == 2

@@ -14,8 +14,8 @@ LEAVES = ("distributed", "checkpoint")
 #: Left to right; a module may import only those before it (and the other modules of its own package).
 ORDER = ("ops", "rules", "lc", "layers", "convert", "mirror", "metrics", "measures", "noise", "theory",
          "models", "targetprop", "data", "train", "report", "reproduce", "cli", "__main__")
-#: Modules checked so far (the reorganisation of issue 10 is under way: the others join as they are fixed).
-CHECKED = ("ops", "rules", "lc", "layers", "mirror", "metrics", "measures", "noise", "targetprop")
+#: Every component is checked.
+CHECKED = ORDER
 
 
 def _is_type_checking(test: ast.expr) -> bool:
@@ -95,8 +95,7 @@ def test_leaves_import_only_torch():
 def test_order_names_every_component():
     components = {_component(m) for m in _modules()} - {"nowt"}
     assert set(CHECKED) <= set(ORDER)
-    # modules the reorganisation removes or moves (theory's report, cheon2024) may still be here
-    assert components - set(ORDER) - set(LEAVES) <= {"cheon2024"}, components - set(ORDER) - set(LEAVES)
+    assert components - set(ORDER) - set(LEAVES) == set(), components - set(ORDER) - set(LEAVES)
 
 
 def _resolve(target: str, modules: dict[str, Path]) -> str | None:

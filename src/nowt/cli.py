@@ -193,39 +193,22 @@ def compare_command(args: argparse.Namespace) -> int:
 
 def reproduce_command(args: argparse.Namespace) -> int:
     from nowt import reproduce
-    from nowt.report import write_report
 
     if args.device is not None:
         check_device(args.device)
     if args.list:
-        print("\n\n".join(reproduce.describe(r) for r in reproduce.REPRODUCTIONS.values()))
-        for name, (_, _, what) in reproduce.ANALYSES.items():
-            print(f"\n{name}: {what}")
+        print(reproduce.listing())
         return 0
     if not args.name:
         raise ValueError("give a reproduction name or --list")
-    if args.name in reproduce.ANALYSES:
-        out = Path(args.out or f"runs/reproduce/{args.name}{'-quick' if args.quick else ''}")
-        reproduce.run_analysis(args.name, out, quick=args.quick)
-        print(f"results: {out / 'RESULTS.md'}")
-        return 0
-    repro = reproduce.get(args.name)
-    out = Path(args.out or f"runs/reproduce/{repro.name}{'-quick' if args.quick else ''}")
     overrides = {k: v for k, v in (("data_dir", args.data_dir), ("device", args.device)) if v is not None}
     if args.download:
         overrides["download"] = True
     only = [r.strip() for r in args.runs.split(",")] if args.runs else None
-    rows = reproduce.run_reproduction(repro, quick=args.quick, out_dir=out, only=only,
-                                      progress=not args.no_progress, **overrides)
-    table = reproduce.results_table(rows)
-    print(table, end="")
-    out.mkdir(parents=True, exist_ok=True)
-    title = f"# {repro.name}{' (quick)' if args.quick else ''}"
-    (out / "results.md").write_text(f"{title}\n\n{repro.paper}\n\n{repro.table}. {repro.notes}\n\n"
-                                    f"`nowt {' '.join(args.argv)}`\n\n{table}")
-    ran = sorted({r["dir"] for r in rows if r["status"] == "ok"})
-    if ran:
-        print(f"report: {write_report(ran, out, title=f'{repro.name}: our runs')}")
+    path = reproduce.run(args.name, args.out, quick=args.quick, only=only, progress=not args.no_progress,
+                         command="nowt " + " ".join(args.argv), **overrides)
+    print(path.read_text() if path.stat().st_size < 20_000 else "", end="")
+    print(f"results: {path}")
     return 0
 
 

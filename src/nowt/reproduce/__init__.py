@@ -32,9 +32,6 @@ PAPERS = {module.__name__.rsplit(".", 1)[1]: module
 #: The one registry: name -> entry, in the order of PAPERS.
 REPRODUCTIONS: dict[str, Entry] = {entry.name: entry for module in PAPERS.values()
                                   for entry in module.ENTRIES}
-#: The analyses among them as (module, function, what): the form `nowt.cli` read before `run` existed.
-ANALYSES = {name: (e.function.__module__, e.function.__name__, e.table)
-            for name, e in REPRODUCTIONS.items() if isinstance(e, Analysis)}
 
 
 def get(name: str) -> Entry:
@@ -68,10 +65,6 @@ def run(name: str, out_dir: str | os.PathLike | None = None, quick: bool = False
     return get(name).run(out, quick=quick, only=only, progress=progress, command=command, **overrides)
 
 
-def run_analysis(name: str, out_dir: str | os.PathLike, quick: bool = False) -> Path:
-    return run(name, out_dir, quick=quick)
-
-
-__all__ = ["ANALYSES", "METRICS", "PAPERS", "REPRODUCTIONS", "Analysis", "Entry", "Reproduction",
+__all__ = ["METRICS", "PAPERS", "REPRODUCTIONS", "Analysis", "Entry", "Reproduction",
            "default_out", "describe", "get", "known_models", "listing", "missing_piece", "provenance",
-           "results_table", "run", "run_analysis", "run_config", "run_reproduction"]
+           "results_table", "run", "run_config", "run_reproduction"]

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-import nowt
+from nowt.models import MODELS
 from nowt.report import markdown_table, report_runs
-from nowt.targetprop.networks import NETWORKS
+from nowt.rules import rules
 from nowt.train import TrainConfig, fit
 
 #: metric name -> how to read it from a run's history
@@ -132,13 +132,13 @@ def run_config(repro: Reproduction, label: str, quick: bool, out_dir: str | os.P
 
 
 def known_models() -> set[str]:
-    """Every model name `nowt train --model` accepts (nowt.models' registry and the Bartunov networks)."""
-    return set(nowt.models.models()) | set(NETWORKS)
+    """Every model name `nowt train --model` accepts (the one registry; the Bartunov networks are in it)."""
+    return set(MODELS)
 
 
 def missing_piece(cfg: TrainConfig) -> str | None:
     """Why this install cannot run `cfg`, or None when it can."""
-    if cfg.rule not in nowt.rules():  # target propagation's names are registered there too
+    if cfg.rule not in rules():  # target propagation's names are registered there too
         return f"rule {cfg.rule!r} not in this install"
     if cfg.model not in known_models():
         return f"model {cfg.model!r} not in this install"
