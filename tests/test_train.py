@@ -12,6 +12,7 @@ import nowt.train as train_mod
 import nowt.train.loop as loop_mod
 from nowt.checkpoint import load_checkpoint, save_checkpoint
 from nowt.cli import main
+from nowt.rules import rule_class
 from nowt.train import TrainConfig, fit
 
 
@@ -159,8 +160,9 @@ def test_cuda_device_on_a_cpu_machine_is_refused():
 
 
 def test_rule_options_go_to_the_rules_that_declare_them():
-    assert train_mod.rule_options(TrainConfig(rule="wm", mirror_steps=3)) == \
-        {"mirror_steps": 3, "mirror_warmup": 300}
+    wm = train_mod.rule_options(TrainConfig(rule="wm", mirror_steps=3))
+    assert wm["mirror_steps"] == 3 and wm["mirror_warmup"] == 300 and wm["mirror_every"] == 2
+    assert set(wm) == {k for k in rule_class("wm").options if k.startswith("mirror_")}
     assert train_mod.rule_options(TrainConfig(rule="dtp", schedule="alternating")) == \
         {"schedule": "alternating"}
     assert train_mod.rule_options(TrainConfig(rule="fa")) == {}

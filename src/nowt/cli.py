@@ -19,7 +19,7 @@ from typing import NoReturn, Union, get_args, get_origin, get_type_hints
 
 from nowt import distributed
 from nowt.train.config import TrainConfig, check_device, check_out_dir, choices_of, flag_name, parse_widths
-from nowt.train.factories import rules_declaring
+from nowt.train.factories import load_data, rules_declaring
 
 
 class Parser(argparse.ArgumentParser):
@@ -170,7 +170,6 @@ def train_command(args: argparse.Namespace) -> int:
 
 
 def compare_command(args: argparse.Namespace) -> int:
-    from nowt.data import load_dataset
     from nowt.report import load_run, summary_table, write_report
     from nowt.train import fit
 
@@ -180,8 +179,7 @@ def compare_command(args: argparse.Namespace) -> int:
     out = check_out_dir(args.out_dir) if args.out_dir is not None else Path(f"runs/compare-{args.dataset}")
     configs = [config_from_args(args, rule=rule, out_dir=str(out / rule)) for rule in rules]
     first = configs[0]  # checked: every config differs only in its rule and directory
-    data = load_dataset(first.dataset, root=first.data_dir, download=first.download, augment=first.augment,
-                        train_size=first.train_size)
+    data = load_data(first)
     for cfg in configs:  # the very same tensors, model recipe, seed and budget for every rule
         fit(cfg, data.train, data.test, resume=args.resume, progress=not args.no_progress)
     dirs = [cfg.out_dir for cfg in configs]

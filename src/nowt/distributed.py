@@ -112,9 +112,22 @@ def randn_for_shard(shape: torch.Size | tuple[int, ...], *, generator: torch.Gen
     """Gaussian noise for this rank's slice of a global batch (`shape` is the local batch's): every rank
     draws the whole global batch from the same generator state and keeps its own slice, so the numbers do
     not depend on how many ranks share the batch."""
+    return noise_for_shard(shape, "normal", generator=generator, device=device, dtype=dtype)
+
+
+def noise_for_shard(shape: torch.Size | tuple[int, ...], distribution: str = "normal", *,
+                    generator: torch.Generator | None = None, device=None, dtype=None) -> Tensor:
+    """`randn_for_shard` for a named distribution: "normal" N(0, 1) or "uniform" U[-sqrt(3), sqrt(3)) (also
+    zero mean and unit variance, so a caller scales both by the same standard deviation)."""
     rank, size = world()
     n = shape[0]
-    noise = torch.randn((n * size, *shape[1:]), generator=generator, device=device, dtype=dtype)
+    full = (n * size, *shape[1:])
+    if distribution == "normal":
+        noise = torch.randn(full, generator=generator, device=device, dtype=dtype)
+    elif distribution == "uniform":
+        noise = torch.rand(full, generator=generator, device=device, dtype=dtype).sub_(0.5).mul_(12 ** 0.5)
+    else:
+        raise ValueError(f"unknown noise distribution {distribution!r}; choose normal or uniform")
     return noise[rank * n:(rank + 1) * n]
 
 

@@ -43,14 +43,19 @@ class Data:
     input_shape: tuple[int, ...]
 
 
+def _unchanged(x: Tensor) -> Tensor:
+    return x
+
+
 def load_dataset(name: str, *, root: str | os.PathLike | None = None, download: bool = False,
-                 augment: bool = False, train_size: int | None = None) -> Data:
+                 augment: bool = False, train_size: int | None = None, standardize: bool = True) -> Data:
     """Train and test data of `name` (see DATASETS), normalised.
 
     `root`: where the files are (defaults: MNIST embedded, Fashion-MNIST from the Debian package, CIFAR-10
     and downloads in the nowt cache directory). `download`: fetch MNIST, Fashion-MNIST or CIFAR-10 there
     first. `augment`: CIFAR crop and flip, ImageNet random resized crop and flip. `train_size`: keep only the
-    first n training examples (quick runs).
+    first n training examples (quick runs). `standardize=False`: MNIST, Fashion-MNIST and CIFAR-10 pixels stay
+    in [0, 1] (pixels / 255), as in Akrout et al.'s official code.
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
@@ -59,15 +64,19 @@ def load_dataset(name: str, *, root: str | os.PathLike | None = None, download: 
     if name in ("mnist", "fashion-mnist"):
         load = load_mnist if name == "mnist" else load_fashion_mnist
         (xtr, ytr), (xte, yte) = (load(split, root=root) for split in ("train", "test"))
-        train, test = (mnist_normalize(xtr), ytr), (mnist_normalize(xte), yte)
+        norm = mnist_normalize if standardize else _unchanged
+        train, test = (norm(xtr), ytr), (norm(xte), yte)
     elif name == "cifar10":
         (xtr, ytr), (xte, yte) = (load_cifar10(split, root) for split in ("train", "test"))
-        train, test = (cifar_normalize(xtr), ytr), (cifar_normalize(xte), yte)
+        norm = cifar_normalize if standardize else _unchanged
+        train, test = (norm(xtr), ytr), (norm(xte), yte)
     elif name == "synthetic":
         train, test = synthetic(n_train=2000, n_test=500, shape=(1, 8, 8), num_classes=4)
     else:
         if root is None:
             raise ValueError("imagenet needs --data-dir pointing at a folder with train/ and val/")
+        if not standardize:
+            raise ValueError("--no-standardize: image folders are always standardised (ImageNet mean/std)")
         train_set, test_set = load_image_folders(root, augment=augment)  # checked: the same classes
         num_classes = len(train_set.classes)
         if train_size is not None:

@@ -7,13 +7,22 @@ Each mirror step moves B by
 
     B <- (1 - decay) B + lr * W_hat
 
-With the default decay = lr this is an exponential moving average of estimates of W: B converges to W and
-stays bounded by construction (the official code's growth control was a no-op assignment). Training with
-`wm` is a normal optimizer step plus mirror steps, run by the rule's own hooks (`nowt train` and noise
-pretraining call them): `begin_training` warms B up with `mirror_warmup` steps of a 256-example noise batch,
-and `after_step` runs `mirror_steps` steps with a noise batch of 1/4 of the training batch after every second
-optimizer step (~17% of an MLP step on a CPU, where a mirror step is memory-bound: it reads W twice whatever
-its batch, so fewer, larger mirror steps cost less for the same number of noise samples).
+With the default decay = lr this is a moving average of estimates of W, bounded by construction (the
+official code's growth control was a no-op assignment). Its step starts at `lr_auto` (fast alignment) and
+then shrinks as evidence accumulates, lr_t = min(lr_auto, MIRROR_ANNEAL / t) for the layer's t-th mirror
+step: B averages over a window that grows with training (the last ~third of it), so its noise keeps falling
+while W, late in training, moves slowly. A fixed step held B at a noise floor near 13 degrees.
+
+Training with `wm` is a normal optimizer step plus mirror steps, run by the rule's own hooks (`nowt train`
+and noise pretraining call them): `begin_training` warms B up with `mirror_warmup` steps of a noise batch of
+`mirror_warmup_batch`, and `after_step` runs `mirror_steps` steps after every `mirror_every`-th optimizer
+step, with a noise batch of `mirror_batch` (0: mirror_every / 8 of the training batch; ~17% of an MLP
+step on a CPU, where a mirror step is memory-bound: it reads W twice whatever its batch).
+
+The paper's own recipe is a set of options: `mirror_every=1, mirror_batch=128, mirror_warmup=468,
+mirror_warmup_batch=128, mirror_noise="uniform", mirror_noise_std=0.1/sqrt(12), mirror_activation="sigmoid"`
+(the response is sigmoid(W x + b), bias included), `mirror_normalize=False, mirror_lr=0.01, mirror_decay=0`
+(B += 0.01 x y^T, unbounded), as `nowt reproduce akrout2019` runs it.
 """
 
 from __future__ import annotations
@@ -23,63 +32,103 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from nowt.distributed import all_reduce_sum_, randn_for_shard, world
+from nowt.distributed import all_reduce_sum_, noise_for_shard, world
 from nowt.ops import LinearOp
-from nowt.rules.base import RandomFeedbackRule, host_value
+from nowt.rules.base import RandomFeedbackRule, host_value, increment_buffer
 
-#: The schedule: warm-up noise batch (per process); a mirror step after every MIRROR_EVERY optimizer steps
-#: with a noise batch of MIRROR_EVERY / MIRROR_BATCH_DIVISOR of the training batch.
+#: The default schedule: warm-up noise batch (per process); a mirror step after every MIRROR_EVERY optimizer
+#: steps with a noise batch of MIRROR_EVERY / MIRROR_BATCH_DIVISOR of the training batch.
 MIRROR_WARMUP_BATCH, MIRROR_BATCH_DIVISOR, MIRROR_EVERY = 256, 8, 2
+#: The automatic step after the layer's t-th training mirror step is min(lr_auto, MIRROR_ANNEAL / t): a
+#: moving average whose window grows as a fixed fraction (about 1 / (MIRROR_ANNEAL + 1)) of the steps so far.
+MIRROR_ANNEAL = 2.0
+ACTIVATIONS = {"none": None, "sigmoid": torch.sigmoid, "tanh": torch.tanh, "relu": torch.relu}
+NOISES = ("normal", "uniform")
 
 
 class WeightMirror(RandomFeedbackRule):
     """B learned by mirror steps (`mirror_layers`); the rule's hooks run them on the training schedule."""
 
     name = "wm"
-    options: ClassVar[dict[str, Any]] = {**RandomFeedbackRule.options, "mirror_steps": 1,
-                                         "mirror_warmup": 300}
+    options: ClassVar[dict[str, Any]] = {
+        **RandomFeedbackRule.options, "mirror_steps": 1, "mirror_warmup": 300, "mirror_every": MIRROR_EVERY,
+        "mirror_batch": 0, "mirror_warmup_batch": MIRROR_WARMUP_BATCH, "mirror_lr": None,
+        "mirror_decay": None, "mirror_noise": "normal", "mirror_noise_std": 1.0, "mirror_activation": "none",
+        "mirror_normalize": True,
+    }
 
     def validate(self) -> None:
         super().validate()
-        for key in ("mirror_steps", "mirror_warmup"):
+        for key in ("mirror_steps", "mirror_warmup", "mirror_batch"):
             value = getattr(self, key)
-            if not (isinstance(value, int) and value >= 0):
+            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
                 raise ValueError(f"{key} must be an int >= 0, got {value!r}")
+        for key in ("mirror_every", "mirror_warmup_batch"):
+            value = getattr(self, key)
+            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+                raise ValueError(f"{key} must be an int >= 1, got {value!r}")
+        if self.mirror_noise not in NOISES:
+            raise ValueError(f"mirror_noise must be one of {', '.join(NOISES)}, got {self.mirror_noise!r}")
+        if self.mirror_activation not in ACTIVATIONS:
+            raise ValueError(f"mirror_activation must be one of {', '.join(ACTIVATIONS)}, "
+                             f"got {self.mirror_activation!r}")
+        _check_step(self.mirror_lr, self.mirror_decay, self.mirror_noise_std)
 
     def setup(self, layer, generator: torch.Generator) -> None:
         super().setup(layer, generator)
-        # The global training batch the noise batch is a fraction of; a buffer, so a resumed run has it.
+        # The global training batch the noise batch is a fraction of, and the count of training mirror
+        # steps the automatic step shrinks with: buffers, so a resumed run has them.
         layer.register_buffer("mirror_batch_size", torch.tensor(0, device=layer.weight.device))
+        layer.register_buffer("mirror_count", torch.tensor(0, device=layer.weight.device))
+
+    def _mirror(self, layers: dict[str, nn.Module], steps: int, batch_size: int | None, anneal: bool) -> None:
+        mirror_layers(layers, steps, lr=self.mirror_lr, decay=self.mirror_decay, noise=self.mirror_noise,
+                      noise_std=self.mirror_noise_std, activation=self.mirror_activation,
+                      normalize=self.mirror_normalize, batch_size=batch_size, anneal=anneal)
 
     def begin_training(self, model: nn.Module, batch_size: int) -> None:
         """Notes the training batch and aligns B from its random start: `mirror_warmup` mirror steps."""
         layers = self.layers(model)
         for layer in layers.values():
             layer.mirror_batch_size.fill_(batch_size)
-        mirror_layers(layers, self.mirror_warmup, batch_size=MIRROR_WARMUP_BATCH)
+        self._mirror(layers, self.mirror_warmup, max(1, self.mirror_warmup_batch // world()[1]), anneal=False)
 
     def after_step(self, model: nn.Module, step: int) -> None:
-        """`mirror_steps` mirror steps after every MIRROR_EVERY-th optimizer step, so B tracks W."""
+        """`mirror_steps` mirror steps after every `mirror_every`-th optimizer step, so B tracks W."""
         layers = self.layers(model)
-        if step % MIRROR_EVERY == 0 and layers:
-            mirror_layers(layers, self.mirror_steps, batch_size=self.noise_batch(next(iter(layers.values()))))
+        if step % self.mirror_every == 0 and layers:
+            batch = self.noise_batch(next(iter(layers.values())))
+            self._mirror(layers, self.mirror_steps, batch, anneal=True)
 
     def noise_batch(self, layer) -> int | None:
-        """Per process: MIRROR_EVERY / MIRROR_BATCH_DIVISOR of the global training batch (split over the
+        """Per process: `mirror_batch`, or mirror_every / 8 of the global training batch (split over the
         ranks, so every rank mirrors with the same numbers), or, where `begin_training` has not told it
         (noise pretraining), of the batch the layer last saw."""
+        size = world()[1]
+        if self.mirror_batch:
+            return max(1, self.mirror_batch // size)
         batch = host_value(layer, "mirror_batch_size")
         if batch:
-            return max(1, batch * MIRROR_EVERY // (MIRROR_BATCH_DIVISOR * world()[1]))
+            return max(1, batch * self.mirror_every // (MIRROR_BATCH_DIVISOR * size))
         if layer.last_input_shape is None:
             return None  # mirror_layers says: run a forward pass first
-        return max(1, layer.last_input_shape[0] * MIRROR_EVERY // MIRROR_BATCH_DIVISOR)
+        return max(1, layer.last_input_shape[0] * self.mirror_every // MIRROR_BATCH_DIVISOR)
 
 
-def _local_estimate(layer, x: Tensor, scale: Tensor | float) -> Tensor:
-    """sum over the batch (and positions) of y x^T for y = W x, times `scale`: the layer's own weight-gradient
-    op. A scalar scale is folded into the (small) noise batch rather than applied to the weight-sized sum."""
-    y = layer.op.forward(x, layer.weight, None)
+def _check_step(lr: float | None, decay: float | None, noise_std: float) -> None:
+    if not ((lr is None or lr > 0) and (decay is None or 0 <= decay < 1) and noise_std > 0):
+        raise ValueError(f"the mirror needs lr > 0 (or None: automatic), 0 <= decay < 1 (or None: = lr) and "
+                         f"noise_std > 0; got lr={lr}, decay={decay}, noise_std={noise_std}")
+
+
+def _local_estimate(layer, x: Tensor, scale: Tensor | float, activation: str = "none") -> Tensor:
+    """sum over the batch (and positions) of y x^T for the layer's response y (W x, or act(W x + b) with an
+    activation), times `scale`: the layer's own weight-gradient op. A scalar scale is folded into the (small)
+    noise batch rather than applied to the weight-sized sum."""
+    act = ACTIVATIONS[activation]
+    y = layer.op.forward(x, layer.weight, None if act is None else layer.bias)
+    if act is not None:
+        y = act(y)
     if isinstance(layer.op, LinearOp):
         return layer.op.weight_grad(x * scale, y)
     return layer.op.weight_grad(x, y, layer.weight.shape) * scale
@@ -113,26 +162,33 @@ def mirror_layers(
     *,
     lr: float | None = None,
     decay: float | None = None,
+    noise: str = "normal",
     noise_std: float = 1.0,
+    activation: str = "none",
+    normalize: bool = True,
     batch_size: int | None = None,
+    anneal: bool = False,
     generator: torch.Generator | None = None,
 ) -> int:
     """Runs `steps` mirror-mode steps on each of `layers` (wm layers by name); returns how many it updated.
 
-    The noise has the shape of each layer's most recent input (run one forward pass first), with the batch
-    dimension replaced by `batch_size` when given. `decay` defaults to `lr` (see the module docstring).
-    `lr=None` picks, per layer, lr = min(0.1, 0.1 * samples / fan_in), where samples is the number of
+    The noise ("normal" or "uniform", zero mean, standard deviation `noise_std`) has the shape of each
+    layer's most recent input (run one forward pass first), with the batch dimension replaced by
+    `batch_size` when given. `normalize`: the estimate is y x^T / (s^2 n), an estimate of W; otherwise the
+    raw sum y x^T (the paper's B += lr x y^T). `decay` defaults to the step (a moving average).
+    `lr=None` picks, per layer, lr_auto = min(0.1, 0.1 * samples / fan_in), where samples is the number of
     noise pairs each weight entry averages over in one step (the batch, times positions for a conv): the
-    estimate's noise then stays at ~13 degrees whatever the batch, and B aligns in about 2.3 / lr steps
-    (a few hundred steps on an MNIST MLP with the training batch; more with a small `batch_size`).
+    estimate's noise then stays at ~13 degrees whatever the batch, and B aligns in about 2.3 / lr steps.
+    With `anneal` (the training schedule) that step shrinks as evidence accumulates:
+    min(lr_auto, MIRROR_ANNEAL / t) at the layer's t-th annealed step (counted in its `mirror_count`).
     Under torch.distributed every rank draws the noise of the global batch from the same generator state
     and uses its own slice; estimates are summed over ranks, so all ranks get one process's B.
     """
-    if not ((lr is None or lr > 0) and (decay is None or 0 <= decay < 1) and noise_std > 0 and steps >= 0
-            and (batch_size is None or batch_size >= 1)):
-        raise ValueError(f"mirror needs lr > 0, 0 <= decay < 1, noise_std > 0, steps >= 0, batch_size >= 1 "
-                         f"(got lr={lr}, decay={decay}, noise_std={noise_std}, steps={steps}, "
-                         f"batch_size={batch_size})")
+    _check_step(lr, decay, noise_std)
+    if steps < 0 or (batch_size is not None and batch_size < 1) or activation not in ACTIVATIONS:
+        raise ValueError(f"mirror needs steps >= 0, batch_size >= 1 and an activation of "
+                         f"{', '.join(ACTIVATIONS)} (got steps={steps}, batch_size={batch_size}, "
+                         f"activation={activation!r})")
     size = world()[1]
     for name, layer in layers.items():
         if layer.last_input_shape is None:
@@ -143,17 +199,23 @@ def mirror_layers(
         counts, samples = _pair_counts(layer, shape)
         counts, samples = counts * size, samples * size
         w = layer.weight
-        step = lr if lr is not None else min(0.1, AUTO_LR_SCALE * samples / w[0].numel())
-        keep = 1 - (step if decay is None else decay)
-        scale = 1 / (counts * noise_std**2)
+        auto = min(0.1, AUTO_LR_SCALE * samples / w[0].numel())
+        scale = 1 / (counts * noise_std**2) if normalize else 1.0
         for _ in range(steps):
-            x = randn_for_shard(shape, generator=generator, device=w.device, dtype=w.dtype) * noise_std
-            estimate = all_reduce_sum_(_local_estimate(layer, x, scale))
-            if keep == 1 - step:  # the default moving average, in one pass over B
+            step = lr if lr is not None else auto
+            if anneal and lr is None and hasattr(layer, "mirror_count"):
+                step = min(auto, MIRROR_ANNEAL / (increment_buffer(layer, "mirror_count") + 1))
+            keep = 1 - (step if decay is None else decay)
+            x = noise_for_shard(shape, noise, generator=generator, device=w.device, dtype=w.dtype)
+            estimate = all_reduce_sum_(_local_estimate(layer, x * noise_std, scale, activation))
+            if decay is None:  # the default moving average, in one pass over B
                 layer.feedback.lerp_(estimate, step)
             else:
-                layer.feedback.mul_(keep).add_(estimate, alpha=step)
+                if keep != 1:
+                    layer.feedback.mul_(keep)
+                layer.feedback.add_(estimate, alpha=step)
     return len(layers)
 
 
-__all__ = ["MIRROR_BATCH_DIVISOR", "MIRROR_EVERY", "MIRROR_WARMUP_BATCH", "WeightMirror", "mirror_layers"]
+__all__ = ["MIRROR_ANNEAL", "MIRROR_BATCH_DIVISOR", "MIRROR_EVERY", "MIRROR_WARMUP_BATCH", "WeightMirror",
+           "mirror_layers"]

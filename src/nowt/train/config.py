@@ -82,12 +82,31 @@ class TrainConfig:
     amp: str = _f("off", "bf16: forward and backward under torch.autocast in bfloat16 (weights stay fp32)",
                   choices=("off", "bf16"))
     channels_last: bool = _f(False, "NHWC memory format for the model and image batches (faster GPU convs)")
-    mirror_steps: int = _f(1, "mirror steps after every 2nd optimizer step, noise batch 1/4 of the batch",
-                           min=0, rule_option=True)
+    mirror_steps: int = _f(1, "mirror steps after every --mirror-every-th optimizer step", min=0,
+                           rule_option=True)
     mirror_warmup: int = _f(300, "mirror steps before training", min=0, rule_option=True)
+    mirror_every: int = _f(2, "optimizer steps between mirror steps", min=1, rule_option=True)
+    mirror_batch: int = _f(0, "noise batch of a training mirror step; 0: mirror_every / 8 of the batch",
+                           min=0, rule_option=True)
+    mirror_warmup_batch: int = _f(256, "noise batch of a warm-up mirror step", min=1, rule_option=True)
+    mirror_lr: float | None = _f(None, "mirror step size; default: automatic, shrinking as evidence "
+                                 "accumulates", gt=0.0, rule_option=True)
+    mirror_decay: float | None = _f(None, "decay of B per mirror step; default: the step (a moving average); "
+                                    "0: accumulate", min=0.0, lt=1.0, rule_option=True)
+    mirror_noise: str = _f("normal", "distribution of the mirror's noise", choices=("normal", "uniform"),
+                           rule_option=True)
+    mirror_noise_std: float = _f(1.0, "standard deviation of the mirror's noise", gt=0.0, rule_option=True)
+    mirror_activation: str = _f("none", "the mirror's response: W x (none) or act(W x + b)",
+                                choices=("none", "sigmoid", "tanh", "relu"), rule_option=True)
+    mirror_normalize: bool = _f(True, "the mirror's estimate is y x^T / (s^2 n), an estimate of W; "
+                                "--no-mirror-normalize: the raw sum y x^T (the paper's)", rule_option=True)
     schedule: str = _f("parallel", "target propagation: train inverses with the forward weights "
                        "(parallel) or alternate by epoch", choices=("parallel", "alternating"),
                        rule_option=True)
+    standardize: bool = _f(True, "standardise inputs (per-channel mean/std); --no-standardize: pixels / 255")
+    shuffle: bool = _f(True, "shuffle the training set every epoch; --no-shuffle: batches in dataset order")
+    drop_last: bool = _f(False, "drop the last, incomplete training batch of each epoch")
+    bias_lr_scale: float = _f(1.0, "learning rate of the biases relative to --lr", gt=0.0)
     noise_pretrain: int = _f(0, "steps of random-noise pretraining before training (Cheon et al. 2024)",
                              min=0, metavar="STEPS")
     dataset: str = _f("mnist", "dataset (used when fit() is given no data)", choices=_datasets)

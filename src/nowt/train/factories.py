@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 import nowt.targetprop  # noqa: F401  (registers the Bartunov networks in nowt.models.MODELS)
 from nowt.convert import convert
+from nowt.data import Data, load_dataset
 from nowt.models import MODELS
 from nowt.rules import WholeNetworkRule, rule_class, rules
 from nowt.train.config import TrainConfig, flag_name, is_default
@@ -29,30 +30,49 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 class TensorLoader:
     """Shuffled mini-batches of in-memory tensors, with a generator whose state is checkpointed."""
 
-    def __init__(self, x: Tensor, y: Tensor, batch_size: int, shuffle: bool = False, seed: int = 0):
+    def __init__(self, x: Tensor, y: Tensor, batch_size: int, shuffle: bool = False, seed: int = 0,
+                 drop_last: bool = False):
         if len(x) != len(y):
             raise ValueError(f"inputs and targets differ in length: {len(x)} vs {len(y)}")
-        self.x, self.y, self.batch_size, self.shuffle = x, y, batch_size, shuffle
+        self.x, self.y, self.batch_size, self.shuffle, self.drop_last = x, y, batch_size, shuffle, drop_last
         self.generator = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
-        return math.ceil(len(self.x) / self.batch_size)
+        n = len(self.x)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         order = torch.randperm(len(self.x), generator=self.generator) if self.shuffle else None
-        for i in range(0, len(self.x), self.batch_size):
+        for i in range(0, len(self) * self.batch_size, self.batch_size):
             idx = order[i:i + self.batch_size] if order is not None else slice(i, i + self.batch_size)
             yield self.x[idx], self.y[idx]
 
 
 def make_loader(data: tuple[Tensor, Tensor] | Dataset, batch_size: int, *, shuffle: bool = False,
-                seed: int = 0, num_workers: int = 0) -> TensorLoader | DataLoader:
+                seed: int = 0, num_workers: int = 0, drop_last: bool = False) -> TensorLoader | DataLoader:
     """Tensors batch themselves (fast); a Dataset goes through a DataLoader. Both shuffle with a generator
     of their own (`.generator`), whose state the checkpoint keeps."""
     if isinstance(data, tuple):
-        return TensorLoader(*data, batch_size, shuffle=shuffle, seed=seed)
-    return DataLoader(data, batch_size, shuffle=shuffle, num_workers=num_workers,
+        return TensorLoader(*data, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)
+    return DataLoader(data, batch_size, shuffle=shuffle, num_workers=num_workers, drop_last=drop_last,
                       generator=torch.Generator().manual_seed(seed), persistent_workers=False)
+
+
+def load_data(cfg: TrainConfig) -> Data:
+    """The dataset `cfg` names, prepared as it asks (root, download, augmentation, size, standardisation)."""
+    return load_dataset(cfg.dataset, root=cfg.data_dir, download=cfg.download, augment=cfg.augment,
+                        train_size=cfg.train_size, standardize=cfg.standardize)
+
+
+def parameter_groups(model: nn.Module, lr: float, bias_lr_scale: float = 1.0) -> list[dict[str, Any]]:
+    """The model's parameters in one group, or two where the biases learn at `bias_lr_scale` x `lr` (the
+    official Akrout et al. code moves biases by the batch-mean error times lr / batch size)."""
+    params = dict(model.named_parameters())
+    if bias_lr_scale == 1.0:
+        return [{"params": list(params.values())}]
+    bias = [p for n, p in params.items() if n.rsplit(".", 1)[-1] == "bias"]
+    rest = [p for n, p in params.items() if n.rsplit(".", 1)[-1] != "bias"]
+    return [{"params": rest}, {"params": bias, "lr": lr * bias_lr_scale}]
 
 
 def make_optimizer(name: str, params: Iterable, lr: float, momentum: float = 0.9,

@@ -16,7 +16,14 @@ from nowt import distributed
 from nowt.layers import feedback_rules
 from nowt.rules import rule_class
 from nowt.train.config import TrainConfig
-from nowt.train.factories import make_loss, make_optimizer, make_scheduler, rule_options, trains_whole_network
+from nowt.train.factories import (
+    make_loss,
+    make_optimizer,
+    make_scheduler,
+    parameter_groups,
+    rule_options,
+    trains_whole_network,
+)
 
 
 class Learner(Protocol):
@@ -47,8 +54,8 @@ class RuleLearner:
         self.autocast = dict(device_type=torch.device(cfg.device).type, dtype=torch.bfloat16,
                              enabled=cfg.amp == "bf16")
         self.channels_last = cfg.channels_last
-        self.optimizer = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.momentum,
-                                        cfg.weight_decay)
+        groups = parameter_groups(model, cfg.lr, cfg.bias_lr_scale)
+        self.optimizer = make_optimizer(cfg.optimizer, groups, cfg.lr, cfg.momentum, cfg.weight_decay)
         self.scheduler = make_scheduler(cfg.lr_schedule, self.optimizer, cfg.epochs * steps_per_epoch)
         self.rules = feedback_rules(model)
 

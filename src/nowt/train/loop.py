@@ -25,7 +25,7 @@ from nowt.checkpoint import load_checkpoint, save_checkpoint
 from nowt.layers import feedback_layers
 from nowt.metrics import backprop_mode, evaluate, update_angles, weight_angles
 from nowt.train.config import TrainConfig
-from nowt.train.factories import build_model, make_loader, make_loss, trains_whole_network
+from nowt.train.factories import build_model, load_data, make_loader, make_loss, trains_whole_network
 from nowt.train.learners import Learner, make_learner
 
 #: Steps between reads of the running loss (progress bar, NaN check); every epoch end is read too.
@@ -42,10 +42,7 @@ def fit(cfg: TrainConfig, train=None, test=None, *, resume: bool = False,
     """
     cfg.validate()
     if train is None or test is None:
-        from nowt.data import load_dataset
-
-        data = load_dataset(cfg.dataset, root=cfg.data_dir, download=cfg.download, augment=cfg.augment,
-                            train_size=cfg.train_size)
+        data = load_data(cfg)
         train, test = data.train, data.test
     if distributed.launched_by_torchrun():
         device = distributed.setup()
@@ -57,8 +54,8 @@ def fit(cfg: TrainConfig, train=None, test=None, *, resume: bool = False,
 
 
 def _fit(cfg: TrainConfig, train, test, resume: bool, progress: bool) -> list[dict]:
-    train_loader = make_loader(train, cfg.batch_size, shuffle=True, seed=cfg.seed,
-                               num_workers=cfg.num_workers)
+    train_loader = make_loader(train, cfg.batch_size, shuffle=cfg.shuffle, seed=cfg.seed,
+                               num_workers=cfg.num_workers, drop_last=cfg.drop_last)
     test_loader = make_loader(test, 1000 if isinstance(test, tuple) else cfg.batch_size,
                               num_workers=cfg.num_workers)
     if len(test if not isinstance(test, tuple) else test[1]) == 0:
