@@ -161,3 +161,31 @@ def test_cheon2024_trains_through_nowt_train_and_writes_its_report(tmp_path):
     assert "`nowt reproduce cheon2024`" in text and "| fa+noise |" in text and "borne out" in text
     for png in ("noise_pretraining.png", "learning_mnist.png", "ood_mnist.png"):
         assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_akrout_runs_follow_the_official_recipe_and_compare_with_the_authors_logs(tmp_path, monkeypatch):
+    import json
+
+    from nowt.reproduce import akrout2019, get, run_config
+
+    repro = get("akrout2019")
+    cfg = run_config(repro, "wm", quick=True, out_dir=tmp_path)
+    assert (cfg.standardize, cfg.shuffle, cfg.drop_last, cfg.bias_lr_scale) == (False, False, True, 1 / 128)
+    assert (cfg.mirror_every, cfg.mirror_batch, cfg.mirror_lr, cfg.mirror_decay) == (1, 128, 0.01, 0.0)
+    assert cfg.mirror_activation == "sigmoid" and not cfg.mirror_normalize and cfg.mirror_noise == "uniform"
+    # the authors' log layout: epoch keys, test accuracy, weight angles of layer_0 (hidden) and layer_1
+    logs = tmp_path / "authors" / "experiments" / "mnist" / "fa-V0"
+    logs.mkdir(parents=True)
+    theirs = {f"epoch_{i}": {"test_accuracy": 80.0 + i, "weight_angles": {"layer_0": 90.0, "layer_1": 40.0}}
+              for i in range(6)}
+    (logs / "results.json").write_text(json.dumps(theirs))
+    (tmp_path / "fa").mkdir()
+    ours = [{"test_accuracy": 80.5 + i, "weight_angles": {"1": 89.0, "3": 43.0}} for i in range(6)]
+    (tmp_path / "fa" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ours))
+    monkeypatch.setenv(akrout2019.LOGS_ENV, str(tmp_path / "authors"))
+    parts = repro.compare(tmp_path)
+    row = next(line for line in "\n".join(parts).splitlines() if line.startswith("| fa |"))
+    assert row.split(" | ")[1:4] == ["6", "0.50", "85.50"] and row.endswith("| 3.00 |")
+    assert (tmp_path / "official_curves.png").read_bytes()[:4] == b"\x89PNG"
+    monkeypatch.delenv(akrout2019.LOGS_ENV)
+    assert akrout2019.LOGS_ENV in repro.compare(tmp_path)[0]

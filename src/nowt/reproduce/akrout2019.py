@@ -7,6 +7,12 @@ copy of the paper, so no published numbers).
 
 from __future__ import annotations
 
+import json
+import math
+import os
+from pathlib import Path
+
+from nowt.report import figure, markdown_table, save, style
 from nowt.reproduce.entry import Reproduction
 
 PAPER = "Akrout, Wilson, Humphreys, Lillicrap, Tweed 2019, Deep Learning without Weight Transport"
@@ -30,6 +36,88 @@ _NOTES = ("The official recipe as the authors' numpy code runs it (shared/papers
           "angles are between each layer's B and W; theirs are layer_0 (hidden) and layer_1 (output).")
 
 
+#: Where the authors' per-epoch logs are: a clone of their repository makrout/Deep-Learning-without-Weight-
+#: Transport (experiments/<dataset>/<rule>-V0/results.json). They are the authors' files: nowt ships none.
+LOGS_ENV = "NOWT_AKROUT_LOGS"
+
+
+def official_log(root: Path, dataset: str, rule: str) -> list[dict] | None:
+    """The authors' per-epoch record of one run: test accuracy, B-W angles (hidden, output) where logged."""
+    path = root / "experiments" / dataset / f"{rule}-V0" / "results.json"
+    if not path.is_file():
+        return None
+    epochs = json.loads(path.read_text())
+    ordered = sorted(epochs.items(), key=lambda kv: int(kv[0].replace("epoch", "").strip("_")))
+    return [{"test_accuracy": e["test_accuracy"],
+             "angles": [e["weight_angles"][k] for k in sorted(e.get("weight_angles", {}))]}
+            for _, e in ordered]
+
+
+def _ours(run_dir: Path) -> list[dict] | None:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    history = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [{"test_accuracy": r["test_accuracy"], "angles": list(r["weight_angles"].values())}
+            for r in history]
+
+
+def compare_with_official(dataset: str):
+    """A `Reproduction.compare` hook: with $NOWT_AKROUT_LOGS set, a table of our per-epoch test accuracy and
+    angles against the authors' logs (mean gap over epochs 1-5, gap at the last epoch both have) and a figure
+    of our curves drawn over theirs."""
+
+    def compare(out_dir: Path) -> list[str]:
+        root = os.environ.get(LOGS_ENV)
+        if not root:
+            return [f"## Against the authors' per-epoch logs\n\nSet {LOGS_ENV} to a clone of the authors' "
+                    "repository to compare our curves with their logs."]
+        rows, fig_runs = [], []
+        for rule in _RULES:
+            ours, theirs = _ours(out_dir / rule), official_log(Path(root), dataset, rule)
+            if not ours or not theirs:
+                continue
+            n = min(len(ours), len(theirs))
+            first = min(5, n)
+            pairs = zip(ours[:first], theirs[:first], strict=True)
+            gap5 = sum(abs(o["test_accuracy"] - t["test_accuracy"]) for o, t in pairs) / first
+            last = ours[n - 1]["test_accuracy"] - theirs[n - 1]["test_accuracy"]
+            a_ours = ours[n - 1]["angles"] or [math.nan] * 2
+            a_theirs = theirs[n - 1]["angles"] or [math.nan] * 2
+            angle_gap = max(abs(a - b) for a, b in zip(a_ours[:2], a_theirs[:2], strict=True))
+            rows.append([rule, n, gap5, ours[n - 1]["test_accuracy"], theirs[n - 1]["test_accuracy"], last,
+                         *a_ours[:2], *a_theirs[:2], angle_gap])
+            fig_runs.append((rule, ours[:n], theirs[:n]))
+        if not rows:
+            return [f"## Against the authors' per-epoch logs\n\nNo run here has a log under {root}."]
+        fig, axes = figure(2, 1, width=6.0)
+        for rule, ours, theirs in fig_runs:
+            epochs = range(1, len(ours) + 1)
+            (line,) = axes[0, 0].plot(epochs, [r["test_accuracy"] for r in ours], label=f"{rule} nowt")
+            axes[0, 0].plot(range(1, len(theirs) + 1), [r["test_accuracy"] for r in theirs], ls="--",
+                            color=line.get_color(), label=f"{rule} authors")
+            if theirs[0]["angles"]:
+                for k, ls in ((0, "-"), (1, ":")):
+                    which = "hidden" if k == 0 else "output"
+                    axes[0, 1].plot(epochs, [r["angles"][k] for r in ours], ls=ls, color=line.get_color(),
+                                    label=f"{rule} {which} nowt")
+                    axes[0, 1].plot(epochs, [r["angles"][k] for r in theirs], ls=ls, color=line.get_color(),
+                                    alpha=0.4)
+        style(axes[0, 0], title="test accuracy: nowt (solid) over the authors' logs (dashed)", xscale="log",
+              xlabel="epoch", ylabel="%", ylim=(75, 100))
+        style(axes[0, 1], title="B-W angle: nowt (dark) over the authors' logs (light)", xscale="log",
+              xlabel="epoch", ylabel="degrees")
+        save(fig, out_dir / "official_curves.png")
+        table = markdown_table(["run", "epochs", "mean abs gap, epochs 1-5 (pp)", "ours, last epoch",
+                                "authors, last epoch", "gap (pp)", "ours hidden angle", "ours output angle",
+                                "authors hidden angle", "authors output angle", "max angle gap"], rows)
+        return ["## Against the authors' per-epoch logs", "Read from the authors' results.json files "
+                f"({LOGS_ENV}); test accuracy in %, angles in degrees between B and W.", table,
+                "![nowt over the authors' logs](official_curves.png)"]
+
+    return compare
+
+
 def _fc(name: str, dataset: str, hidden: int, quick: dict, accuracy: dict[str, tuple[float, float]],
         angles: dict[str, tuple[float, float]]) -> Reproduction:
     """An official fully connected run, its published (best, final) test accuracies and (hidden, output)
@@ -40,7 +128,8 @@ def _fc(name: str, dataset: str, hidden: int, quick: dict, accuracy: dict[str, t
     title, inputs = {"mnist": ("MNIST", 784), "cifar10": ("CIFAR-10", 3072)}[dataset]
     return Reproduction(name=name, paper=PAPER, table=f"official fully connected runs, {title} "
                         f"{inputs}-{hidden}-10", config=dict(dataset=dataset, hidden=(hidden,), **_FC),
-                        runs=_RULES, published=published, quick=quick, notes=_NOTES)
+                        runs=_RULES, published=published, quick=quick, notes=_NOTES,
+                        compare=compare_with_official(dataset))
 
 
 ENTRIES = [

@@ -82,6 +82,8 @@ class Reproduction(Entry):
     runs: dict[str, dict]
     published: dict[str, dict[str, float]]
     quick: dict = field(default_factory=dict)
+    #: out_dir -> extra markdown sections (e.g. our curves against the authors' per-epoch logs)
+    compare: Callable[[Path], list[str]] | None = None
 
     def describe(self) -> str:
         lines = [super().describe()]
@@ -99,6 +101,8 @@ class Reproduction(Entry):
                  provenance(command or self.command(quick)), results_table(rows)]
         if ran:
             parts += ["## Our runs", *report_runs(ran, out_dir)]
+        if self.compare is not None:
+            parts += self.compare(Path(out_dir))
         path = Path(out_dir) / "RESULTS.md"
         path.write_text("\n\n".join(p.strip("\n") for p in parts) + "\n")
         return path
