@@ -74,6 +74,7 @@ def test_pretrain_noise_trains_on_exactly_those_batches():
         2,
         batch_size=7,
         noise="uniform",
+        pool=6400,  # pretrain_noise's default: a fixed noise set
         generator=torch.Generator().manual_seed(11),
         dtype=torch.double,
     )
@@ -135,3 +136,31 @@ def test_pretrain_noise_rejects_bad_input():
         pretrain_noise(nowt.convert(tiny_mlp(), "fa", seed=0), (5,), steps=-1, progress=False)
     with pytest.raises(ValueError, match="unknown noise"):
         pretrain_noise(nowt.convert(tiny_mlp(), "fa", seed=0), (5,), steps=1, noise="pink", progress=False)
+
+
+def test_a_pool_is_a_fixed_labelled_set_served_in_new_orders():
+    gen = torch.Generator().manual_seed(0)
+    batches = noise_batches((3,), 4, batch_size=2, pool=6, generator=gen)
+    first, second = [[next(batches) for _ in range(3)] for _ in range(2)]
+
+    def pairs(batches):
+        return sorted((tuple(x.tolist()), int(y)) for xb, yb in batches for x, y in zip(xb, yb, strict=True))
+
+    assert pairs(first) == pairs(second) and len(set(pairs(first))) == 6  # the same 6 examples each pass
+    assert not all(torch.equal(a[0], b[0]) for a, b in zip(first, second, strict=True))  # in a new order
+    with pytest.raises(ValueError, match="at least one batch"):
+        next(noise_batches((3,), 4, batch_size=8, pool=6))
+
+
+def test_the_default_noise_pretraining_aligns_an_fa_readout():
+    """Issue 11: with its defaults, pretrain_noise lowers the readout's B-W angle of an FA 784-100-10 ReLU
+    net by far more than a few degrees (fresh noise every batch does not: the alignment is memorisation)."""
+    def readout_angles(**options):
+        torch.manual_seed(0)
+        model = nowt.convert(nn.Sequential(nn.Linear(784, 100), nn.ReLU(), nn.Linear(100, 10)), "fa", seed=0)
+        history = pretrain_noise(model, (784,), steps=3000, progress=False, log_every=3000, **options)
+        return history[0]["weight_angles"]["2"], history[-1]["weight_angles"]["2"]
+
+    before, after = readout_angles()
+    assert before > 85 and after < before - 30, (before, after)
+    assert readout_angles(pool=None)[1] > before - 5

@@ -32,6 +32,7 @@ def noise_batches(
     *,
     batch_size: int,
     noise: str = "gaussian",
+    pool: int | None = None,
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
@@ -41,7 +42,8 @@ def noise_batches(
     "gaussian": every entry of x ~ N(0, 1); "uniform": every entry ~ U(-sqrt 3, sqrt 3), which also has
     mean 0 and variance 1, so the two differ only in shape. Labels are drawn separately from x, so they
     carry no information about it. Drawn on the CPU with `generator`, so a seed gives the same batches on
-    every device.
+    every device. `pool`: draw that many labelled examples once and serve them in a new random order every
+    pass (a fixed noise data set the network can memorise); None: fresh noise in every batch.
     """
     if noise not in NOISES:
         raise ValueError(f"unknown noise {noise!r}; choose one of {', '.join(NOISES)}")
@@ -50,13 +52,25 @@ def noise_batches(
         raise ValueError(f"batch_size and every input dimension must be positive, got {shape}")
     if num_classes < 2:
         raise ValueError(f"need at least two classes, got {num_classes}")
-    while True:
+    if pool is not None and pool < batch_size:
+        raise ValueError(f"pool must hold at least one batch ({batch_size}), got {pool}")
+
+    def draw(n: int) -> tuple[Tensor, Tensor]:
         if noise == "gaussian":
-            x = torch.randn(shape, generator=generator)
+            x = torch.randn((n, *shape[1:]), generator=generator)
         else:
-            x = (torch.rand(shape, generator=generator) * 2 - 1) * math.sqrt(3)
-        y = torch.randint(0, num_classes, (batch_size,), generator=generator)
-        yield x.to(device, dtype), y.to(device)
+            x = (torch.rand((n, *shape[1:]), generator=generator) * 2 - 1) * math.sqrt(3)
+        return x.to(device, dtype), torch.randint(0, num_classes, (n,), generator=generator).to(device)
+
+    if pool is None:
+        while True:
+            yield draw(batch_size)
+    xs, ys = draw(pool)
+    while True:
+        order = torch.randperm(pool, generator=generator).to(device)
+        for i in range(0, pool - batch_size + 1, batch_size):
+            idx = order[i:i + batch_size]
+            yield xs[idx], ys[idx]
 
 
 def _optimizer(name: str, params: list[nn.Parameter], lr: float, momentum: float,
@@ -115,6 +129,7 @@ def pretrain_noise(
     *,
     steps: int,
     noise: str = "gaussian",
+    pool: int | None = 6400,
     batch_size: int = 64,
     lr: float = 0.01,
     optimizer: str | torch.optim.Optimizer = "sgd",
@@ -134,6 +149,11 @@ def pretrain_noise(
     input_shape: one input without the batch dimension, e.g. (1, 28, 28) or (784,).
     steps: number of noise batches (0 only records the starting alignment).
     noise: "gaussian" (x ~ N(0, I), the paper's choice) or "uniform" (U(-sqrt 3, sqrt 3), unit variance).
+    pool: size of the fixed noise data set (random inputs with random labels) trained on, pass after pass;
+        None: fresh noise every batch. The alignment comes from memorising a fixed set: with fresh noise a
+        hidden unit's change for one input says nothing about the next, and the FA readout does not align
+        (784-100-10 ReLU, 3,000 steps of 64: 91.6 -> 95.4 degrees fresh, 91.6 -> 23.7 with a pool of 6400;
+        results/cheon2024/).
     batch_size, lr, momentum, weight_decay: of the optimizer built here ("sgd", "adam", "adamw",
         "rmsprop"; momentum is used by sgd and rmsprop only). Pass a ready `torch.optim.Optimizer` instead
         to use it as it is (lr, momentum and weight_decay are then ignored).
@@ -162,6 +182,7 @@ def pretrain_noise(
         num_classes,
         batch_size=batch_size,
         noise=noise,
+        pool=pool,
         generator=generator,
         device=device,
         dtype=dtype,
