@@ -85,3 +85,99 @@ def test_a_hung_rank_ends_the_collective_after_the_timeout(tmp_path):
     seconds, outcome = (tmp_path / "rank0.txt").read_text().split("\n", 1)
     assert 1.5 < float(seconds) < 30, seconds
     assert "timed out" in outcome.lower() or "timeout" in outcome.lower(), outcome
+
+
+# --- a run directory belongs to one run; resume heals the metrics; clear errors (issue 12) ---
+
+def _synthetic(rule: str, out, epochs: int = 2):
+    from nowt.train import TrainConfig
+
+    return TrainConfig(rule=rule, dataset="synthetic", hidden=(8,), epochs=epochs, batch_size=100,
+                       out_dir=str(out))
+
+
+def test_a_run_directory_refuses_another_configuration_and_a_silent_restart(tmp_path):
+    from nowt.train import fit
+
+    out = tmp_path / "run"
+    fit(_synthetic("fa", out), progress=False)
+    with pytest.raises(ValueError, match="another configuration .*rule"):
+        fit(_synthetic("bp", out), progress=False)
+    with pytest.raises(ValueError, match="pass --resume to continue it or --overwrite"):
+        fit(_synthetic("fa", out), progress=False)
+    assert len(fit(_synthetic("fa", out), resume=True, progress=False)) == 2  # continue: nothing to do
+    history = fit(_synthetic("bp", out, epochs=1), overwrite=True, progress=False)
+    assert len(history) == 1 and '"rule": "bp"' in (out / "config.json").read_text()
+
+
+def test_a_run_directory_in_use_is_refused(tmp_path):
+    import fcntl
+
+    from nowt.train import fit
+
+    out = tmp_path / "run"
+    out.mkdir()
+    with open(out / ".lock", "a+") as held:  # another run holds the directory
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("4242\n")
+        held.flush()
+        with pytest.raises(ValueError, match=r"in use by another run \(pid 4242\)"):
+            fit(_synthetic("fa", out), progress=False)
+    assert len(fit(_synthetic("fa", out, epochs=1), progress=False)) == 1  # free again
+
+
+def test_resume_repairs_metrics_from_the_checkpoint(tmp_path):
+    from nowt.train import fit
+
+    out = tmp_path / "run"
+    fit(_synthetic("kp", out), progress=False)
+    full = (out / "metrics.jsonl").read_text()
+    (out / "metrics.jsonl").write_text(full.splitlines(keepends=True)[0])  # killed before the last write
+    fit(_synthetic("kp", out), resume=True, progress=False)
+    assert (out / "metrics.jsonl").read_text() == full
+
+
+def test_update_angles_on_an_unconverted_model_says_so():
+    import nowt
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    with pytest.raises(ValueError, match="no converted layers; call nowt.convert"):
+        nowt.update_angles(model, torch.nn.functional.cross_entropy, torch.randn(2, 4), torch.tensor([0, 1]))
+
+
+def test_an_exclude_that_matches_no_layer_is_named():
+    import nowt
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+    with pytest.raises(ValueError, match=r"exclude: \['haed'\] match\(es\) no layer"):
+        nowt.convert(model, "fa", exclude=["haed"])
+
+
+def test_a_failed_download_is_one_line_naming_the_url(tmp_path, monkeypatch):
+    import urllib.error
+    import urllib.request
+
+    from nowt.data.downloads import download
+
+    def refuse(*args, **kwargs):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+    with pytest.raises(ConnectionError, match="cannot download http://x/y.gz: Name or service not known; "
+                                              ".*--data-dir") as info:
+        download("http://x/y.gz", tmp_path / "y.gz", "0" * 32)
+    assert "\n" not in str(info.value) and not list(tmp_path.iterdir())
+
+
+def test_a_collective_timeout_under_torchrun_becomes_a_clear_error(tmp_path, monkeypatch):
+    import nowt.train.loop as loop
+    from nowt import distributed
+
+    def hung(*args):
+        raise RuntimeError("[Gloo] Timed out waiting 600000ms for recv operation to complete")
+
+    monkeypatch.setattr(loop, "_fit", hung)
+    monkeypatch.setattr(distributed, "launched_by_torchrun", lambda: True)
+    monkeypatch.setattr(distributed, "setup", lambda *a, **k: torch.device("cpu"))
+    with pytest.raises(TimeoutError, match="did not answer within .*process-group timeout"):
+        loop.fit(_synthetic("fa", tmp_path / "run"), progress=False)

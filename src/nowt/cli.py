@@ -69,6 +69,8 @@ def add_training_args(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) ->
             p.add_argument(flag_name(f), dest=f.name, type=_flag_type(hints[f.name]), default=default,
                            metavar=f.metadata.get("metavar", f.name.upper()), help=help_text)
     p.add_argument("--resume", action="store_true", help="continue the run(s) in --out from the checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier run in --out (without it, nowt refuses to write over one)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -163,7 +165,7 @@ def train_command(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if args.resume and not cfg.out_dir:
         raise ValueError("--resume needs --out, the run directory to resume")
-    history = fit(cfg, resume=args.resume, progress=not args.no_progress)
+    history = fit(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     if distributed.world()[0] == 0:
         print(f"test accuracy: {history[-1]['test_accuracy']:.2f}%")
     return 0
@@ -181,7 +183,8 @@ def compare_command(args: argparse.Namespace) -> int:
     first = configs[0]  # checked: every config differs only in its rule and directory
     data = load_data(first)
     for cfg in configs:  # the very same tensors, model recipe, seed and budget for every rule
-        fit(cfg, data.train, data.test, resume=args.resume, progress=not args.no_progress)
+        fit(cfg, data.train, data.test, resume=args.resume, overwrite=args.overwrite,
+            progress=not args.no_progress)
     dirs = [cfg.out_dir for cfg in configs]
     print(summary_table([load_run(d) for d in dirs]), end="")
     report = write_report(dirs, out, title=f"nowt compare on {first.dataset}: {', '.join(rules)}")

@@ -52,6 +52,11 @@ def convert(
     rule = make_rule(rule, **options)
     backprop = make_rule("bp")
     exclude = tuple(exclude)
+    every = list(model.named_modules(remove_duplicate=False))
+    unmatched = [s for s in exclude if isinstance(s, str) and not any(_matches(n, m, (s,)) for n, m in every)]
+    if unmatched:
+        raise ValueError(f"exclude: {unmatched} match(es) no layer of {type(model).__name__}; layer names: "
+                         f"{', '.join(n for n, _ in every if n)[:300]}")
     if seed is None:
         seed = int(torch.randint(0, 2**62, ()))
     # Every name of every module: a layer registered twice (`m.b = m.a`) must be converted under both.

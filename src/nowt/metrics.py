@@ -85,6 +85,9 @@ def update_angles(
     are left exactly as they were.
     """
     layers = feedback_layers(model)
+    if not layers:
+        raise ValueError("update_angles: the model has no converted layers; call nowt.convert(model, rule) "
+                         "first")
     weights = [layer.weight for layer in layers.values()]
 
     def grads() -> tuple[Tensor | None, ...]:

@@ -62,12 +62,17 @@ def download(url: str, dest: str | os.PathLike, md5: str) -> Path:
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
     try:
         h = hashlib.md5()
-        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=60) as response:
-            for chunk in iter(lambda: response.read(_CHUNK), b""):
-                h.update(chunk)
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=60) as response:
+                for chunk in iter(lambda: response.read(_CHUNK), b""):
+                    h.update(chunk)
+                    f.write(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:  # URLError, timeouts, refused connections: one line, not urllib's traceback
+            reason = getattr(e, "reason", None) or e
+            raise ConnectionError(f"cannot download {url}: {reason}; check the network, or fetch the file "
+                                  f"yourself and pass --data-dir (expected at {dest})") from None
         if h.hexdigest() != md5:
             raise ValueError(f"download of {url} is corrupt: md5 {h.hexdigest()}, expected {md5}; try again")
         os.replace(tmp, dest)

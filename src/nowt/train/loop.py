@@ -24,6 +24,7 @@ from nowt import distributed, noise
 from nowt.checkpoint import load_checkpoint, save_checkpoint
 from nowt.layers import feedback_layers
 from nowt.metrics import backprop_mode, evaluate, update_angles, weight_angles
+from nowt.train import rundir
 from nowt.train.config import TrainConfig
 from nowt.train.factories import build_model, load_data, make_loader, make_loss, trains_whole_network
 from nowt.train.learners import Learner, make_learner
@@ -32,13 +33,15 @@ from nowt.train.learners import Learner, make_learner
 LOG_EVERY = 50
 
 
-def fit(cfg: TrainConfig, train=None, test=None, *, resume: bool = False,
+def fit(cfg: TrainConfig, train=None, test=None, *, resume: bool = False, overwrite: bool = False,
         progress: bool = True) -> list[dict]:
     """Trains `cfg.model` with `cfg.rule`; returns one metrics dict per epoch.
 
     `train`/`test`: (inputs, labels) tensors or Datasets; None loads `cfg.dataset`. With `cfg.out_dir`,
     writes `config.json`, `metrics.jsonl` and `checkpoint.pt` there after every epoch; `resume=True`
-    continues from that checkpoint and ends with the numbers an unbroken run would have.
+    continues from that checkpoint and ends with the numbers an unbroken run would have. The directory is
+    locked while the run writes there, and an earlier run in it is refused unless `resume` (continue it:
+    same configuration) or `overwrite` (replace it) says what to do with it (see `rundir.claim`).
     """
     cfg.validate()
     if train is None or test is None:
@@ -49,8 +52,15 @@ def fit(cfg: TrainConfig, train=None, test=None, *, resume: bool = False,
         if device.type == "cuda":
             cfg.device = str(device)
         progress = progress and distributed.world()[0] == 0
-    with _deterministic(cfg.deterministic):
-        return _fit(cfg, train, test, resume, progress)
+    owns_dir = cfg.out_dir is not None and distributed.world()[0] == 0  # rank 0 alone writes
+    claim = rundir.claim(Path(cfg.out_dir), cfg, resume=resume, overwrite=overwrite) if owns_dir else None
+    try:
+        with _deterministic(cfg.deterministic), claim or contextlib.nullcontext():
+            return _fit(cfg, train, test, resume, progress)
+    except (RuntimeError, torch.distributed.DistError) as e:
+        if distributed.launched_by_torchrun() and "timed out" in str(e).lower():
+            raise TimeoutError(distributed.timeout_message()) from e
+        raise
 
 
 def _fit(cfg: TrainConfig, train, test, resume: bool, progress: bool) -> list[dict]:
@@ -81,6 +91,8 @@ def _fit(cfg: TrainConfig, train, test, resume: bool, progress: bool) -> list[di
         train_loader.generator.set_state(state["loader_rng"])
         _set_rng_state(state["rng"])
         history = state["history"]
+        if writes:  # a kill between the checkpoint and the metrics write is healed from the checkpoint
+            _write_metrics(out, history)
     elif hasattr(learner, "begin_training"):
         _show_one_batch(model, probe_x[:cfg.batch_size])
         learner.begin_training()
@@ -136,7 +148,11 @@ def _write_epoch(out: Path, cfg: TrainConfig, epoch: int, model: nn.Module, lear
         "learner": learner.state_dict(), "loader_rng": train_loader.generator.get_state(),
         "rng": _rng_state(), "history": history,
     })
-    # Rewritten whole from the checkpointed history, so a resumed run never logs an epoch twice.
+    _write_metrics(out, history)
+
+
+def _write_metrics(out: Path, history: list[dict]) -> None:
+    """Rewritten whole from the checkpointed history, so a resumed run never logs an epoch twice."""
     (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
 
 

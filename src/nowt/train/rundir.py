@@ -1,0 +1,64 @@
+"""A run directory belongs to one run: an exclusive lock while a run writes there, and a refusal to start a
+different configuration, or to start again, on top of an earlier run's files unless asked to."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from nowt.train.config import NOT_IDENTITY, TrainConfig
+
+#: What a run writes into its directory (`--overwrite` removes them).
+RUN_FILES = ("checkpoint.pt", "metrics.jsonl", "config.json")
+
+
+@contextlib.contextmanager
+def claim(out: Path, cfg: TrainConfig, *, resume: bool, overwrite: bool) -> Iterator[None]:
+    """Holds `out/.lock` for the whole run (a second run there is refused at once, naming the first one's
+    pid) and checks that `out` holds no other run: one of another configuration is refused unless
+    `overwrite`, one of the same configuration unless `resume` (continue it) or `overwrite` (start again)."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".lock", "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "?"
+            raise ValueError(f"run directory {out} is in use by another run (pid {holder}); wait for it to "
+                             f"end or choose another --out") from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        try:
+            _check_owner(out, cfg, resume=resume, overwrite=overwrite)
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _check_owner(out: Path, cfg: TrainConfig, *, resume: bool, overwrite: bool) -> None:
+    config = out / "config.json"
+    if overwrite:
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
+        return
+    if not config.exists():
+        return
+    try:
+        earlier = {k: v for k, v in json.loads(config.read_text()).items() if k not in NOT_IDENTITY}
+    except (OSError, ValueError) as e:
+        raise ValueError(f"run directory {out}: cannot read its config.json ({e}); choose another --out or "
+                         f"pass --overwrite") from None
+    ours = json.loads(json.dumps(cfg.identity()))
+    differ = sorted(k for k in set(earlier) | set(ours) if earlier.get(k) != ours.get(k))
+    if differ:
+        raise ValueError(f"run directory {out} holds a run of another configuration (it differs in "
+                         f"{', '.join(differ)}); choose another --out, or pass --overwrite to replace it")
+    if not resume and (out / "checkpoint.pt").exists():
+        raise ValueError(f"run directory {out} holds an earlier run of this configuration; pass --resume to "
+                         f"continue it or --overwrite to start again")
