@@ -379,3 +379,8 @@ ENTRIES = [
                     "several seeds; alignment, effective rank, learning speed, OOD accuracy (the paper's "
                     "table numbers are not readable in our copy: its claims are checked instead)")),
 ]
+
+# The conditions study (which settings make noise pretraining align) is an entry of this paper too.
+from nowt.reproduce.cheon2024_conditions import ENTRIES as _CONDITIONS  # noqa: E402
+
+ENTRIES += _CONDITIONS
