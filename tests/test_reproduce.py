@@ -97,7 +97,7 @@ def test_analysis_reproductions_are_listed_and_run(tmp_path, capsys):
     assert main(["reproduce", "song2021", "--quick", "--out", str(tmp_path / "song")]) == 0
     assert (tmp_path / "song" / "RESULTS.md").exists()
     analyses = {n for n, e in reproduce.REPRODUCTIONS.items() if isinstance(e, reproduce.Analysis)}
-    assert analyses == {"cheon2024", "song2021"}
+    assert analyses == {"cheon2024", "cheon2024-conditions", "song2021"}
 
 
 def test_every_run_names_a_model_and_rule_that_exist(tmp_path):
@@ -189,3 +189,16 @@ def test_akrout_runs_follow_the_official_recipe_and_compare_with_the_authors_log
     assert (tmp_path / "official_curves.png").read_bytes()[:4] == b"\x89PNG"
     monkeypatch.delenv(akrout2019.LOGS_ENV)
     assert akrout2019.LOGS_ENV in repro.compare(tmp_path)[0]
+
+
+def test_cheon_conditions_study_reports_angles_accuracy_and_a_verdict(tmp_path, monkeypatch):
+    from nowt.reproduce import cheon2024_conditions as study
+
+    monkeypatch.setitem(study.BASE, "steps", 200)
+    monkeypatch.setitem(study.BASE, "pool", 640)
+    result = study.reproduce_conditions(tmp_path, quick=True, seeds=2, command="test")
+    assert set(result["angles"]) == {"base", "fresh noise (pool=None)"}
+    assert result["angles"]["base"]["after"] < result["angles"]["base"]["before"]
+    assert set(result["accuracy"]) == {"no pretraining", "base", "fresh noise"}
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "| base |" in text and "Learning speed: pretrained" in text and "Command: `test`" in text
