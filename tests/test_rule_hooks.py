@@ -116,3 +116,25 @@ def test_target_propagation_registers_whole_network_rules_with_a_learner():
     assert (learner.algorithm.name, learner.schedule) == ("sdtp", "alternating")
     with pytest.raises(ValueError, match="unknown option"):
         cls.learner(net, lr=0.01, seed=0, shedule="parallel")
+
+
+def test_the_mirror_step_shrinks_as_evidence_accumulates():
+    """Issue 11: with W fixed, the annealed default keeps lowering B's noise where a fixed step (anneal 0)
+    holds it at a floor; the count of training mirror steps is kept in a buffer (so a resume continues)."""
+    import nowt
+
+    angles = {}
+    for anneal in (0.0, 2.0):
+        torch.manual_seed(0)
+        model = nowt.convert(torch.nn.Sequential(torch.nn.Linear(200, 20)), "wm", seed=0,
+                             mirror_anneal=anneal, mirror_warmup=100)
+        model(torch.randn(32, 200))
+        rule = nowt.feedback_rules(model)[0]
+        rule.begin_training(model, 32)
+        for step in range(1, 3001):
+            rule.after_step(model, step)
+        assert int(model[0].mirror_count) == (1500 if anneal else 0)
+        angles[anneal] = nowt.weight_angles(model)["0"]
+    assert angles[2.0] < 0.75 * angles[0.0], angles  # 8.4 vs 12.5 degrees here
+    with pytest.raises(ValueError, match="mirror_anneal must be a number >= 0"):
+        nowt.convert(torch.nn.Linear(3, 2), "wm", mirror_anneal=-1.0)

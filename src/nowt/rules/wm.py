@@ -54,7 +54,7 @@ class WeightMirror(RandomFeedbackRule):
         **RandomFeedbackRule.options, "mirror_steps": 1, "mirror_warmup": 300, "mirror_every": MIRROR_EVERY,
         "mirror_batch": 0, "mirror_warmup_batch": MIRROR_WARMUP_BATCH, "mirror_lr": None,
         "mirror_decay": None, "mirror_noise": "normal", "mirror_noise_std": 1.0, "mirror_activation": "none",
-        "mirror_normalize": True,
+        "mirror_normalize": True, "mirror_anneal": MIRROR_ANNEAL,
     }
 
     def validate(self) -> None:
@@ -73,6 +73,9 @@ class WeightMirror(RandomFeedbackRule):
             raise ValueError(f"mirror_activation must be one of {', '.join(ACTIVATIONS)}, "
                              f"got {self.mirror_activation!r}")
         _check_step(self.mirror_lr, self.mirror_decay, self.mirror_noise_std)
+        if isinstance(self.mirror_anneal, bool) or not self.mirror_anneal >= 0:
+            raise ValueError(f"mirror_anneal must be a number >= 0 (0: a fixed step), "
+                             f"got {self.mirror_anneal!r}")
 
     def setup(self, layer, generator: torch.Generator) -> None:
         super().setup(layer, generator)
@@ -84,7 +87,8 @@ class WeightMirror(RandomFeedbackRule):
     def _mirror(self, layers: dict[str, nn.Module], steps: int, batch_size: int | None, anneal: bool) -> None:
         mirror_layers(layers, steps, lr=self.mirror_lr, decay=self.mirror_decay, noise=self.mirror_noise,
                       noise_std=self.mirror_noise_std, activation=self.mirror_activation,
-                      normalize=self.mirror_normalize, batch_size=batch_size, anneal=anneal)
+                      normalize=self.mirror_normalize, batch_size=batch_size,
+                      anneal=self.mirror_anneal if anneal else 0.0)
 
     def begin_training(self, model: nn.Module, batch_size: int) -> None:
         """Notes the training batch and aligns B from its random start: `mirror_warmup` mirror steps."""
@@ -167,7 +171,7 @@ def mirror_layers(
     activation: str = "none",
     normalize: bool = True,
     batch_size: int | None = None,
-    anneal: bool = False,
+    anneal: float = 0.0,
     generator: torch.Generator | None = None,
 ) -> int:
     """Runs `steps` mirror-mode steps on each of `layers` (wm layers by name); returns how many it updated.
@@ -179,8 +183,8 @@ def mirror_layers(
     `lr=None` picks, per layer, lr_auto = min(0.1, 0.1 * samples / fan_in), where samples is the number of
     noise pairs each weight entry averages over in one step (the batch, times positions for a conv): the
     estimate's noise then stays at ~13 degrees whatever the batch, and B aligns in about 2.3 / lr steps.
-    With `anneal` (the training schedule) that step shrinks as evidence accumulates:
-    min(lr_auto, MIRROR_ANNEAL / t) at the layer's t-th annealed step (counted in its `mirror_count`).
+    With `anneal` > 0 (the training schedule: MIRROR_ANNEAL) that step shrinks as evidence accumulates:
+    min(lr_auto, anneal / t) at the layer's t-th annealed step (counted in its `mirror_count`).
     Under torch.distributed every rank draws the noise of the global batch from the same generator state
     and uses its own slice; estimates are summed over ranks, so all ranks get one process's B.
     """
@@ -204,7 +208,7 @@ def mirror_layers(
         for _ in range(steps):
             step = lr if lr is not None else auto
             if anneal and lr is None and hasattr(layer, "mirror_count"):
-                step = min(auto, MIRROR_ANNEAL / (increment_buffer(layer, "mirror_count") + 1))
+                step = min(auto, anneal / (increment_buffer(layer, "mirror_count") + 1))
             keep = 1 - (step if decay is None else decay)
             x = noise_for_shard(shape, noise, generator=generator, device=w.device, dtype=w.dtype)
             estimate = all_reduce_sum_(_local_estimate(layer, x * noise_std, scale, activation))

@@ -91,6 +91,8 @@ class TrainConfig:
     mirror_warmup_batch: int = _f(256, "noise batch of a warm-up mirror step", min=1, rule_option=True)
     mirror_lr: float | None = _f(None, "mirror step size; default: automatic, shrinking as evidence "
                                  "accumulates", gt=0.0, rule_option=True)
+    mirror_anneal: float = _f(2.0, "the automatic mirror step after the t-th training mirror step is "
+                              "min(lr_auto, A / t); 0: a fixed step", min=0.0, rule_option=True)
     mirror_decay: float | None = _f(None, "decay of B per mirror step; default: the step (a moving average); "
                                     "0: accumulate", min=0.0, lt=1.0, rule_option=True)
     mirror_noise: str = _f("normal", "distribution of the mirror's noise", choices=("normal", "uniform"),
