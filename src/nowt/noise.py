@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from nowt.layers import feedback_layers, feedback_rules
 from nowt.measures import effective_ranks, mean_neuron_angles
 from nowt.metrics import weight_angles
+from nowt.optim import make_optimizer
 
 NOISES = ("gaussian", "uniform")
 
@@ -71,18 +72,6 @@ def noise_batches(
         for i in range(0, pool - batch_size + 1, batch_size):
             idx = order[i:i + batch_size]
             yield xs[idx], ys[idx]
-
-
-def _optimizer(name: str, params: list[nn.Parameter], lr: float, momentum: float,
-               weight_decay: float) -> torch.optim.Optimizer:
-    """One of the optimizers `nowt train` offers, by name (momentum for sgd and rmsprop only)."""
-    kinds = {"sgd": (torch.optim.SGD, True), "adam": (torch.optim.Adam, False),
-             "adamw": (torch.optim.AdamW, False), "rmsprop": (torch.optim.RMSprop, True)}
-    if name.lower() not in kinds:
-        raise ValueError(f"unknown optimizer {name!r}; choose sgd, adam, adamw or rmsprop")
-    cls, uses_momentum = kinds[name.lower()]
-    extra = {"momentum": momentum} if uses_momentum else {}
-    return cls(params, lr=lr, weight_decay=weight_decay, **extra)
 
 
 def _alignment(model: nn.Module, layers: list[str]) -> dict:
@@ -190,7 +179,7 @@ def pretrain_noise(
     opt = (
         optimizer
         if isinstance(optimizer, torch.optim.Optimizer)
-        else _optimizer(optimizer, params, lr, momentum, weight_decay)
+        else make_optimizer(optimizer, params, lr, momentum, weight_decay)
     )
     rules = feedback_rules(model)
 

@@ -7,13 +7,13 @@
 """
 
 from nowt.metrics import evaluate
+from nowt.optim import make_optimizer
 from nowt.train.config import TrainConfig
 from nowt.train.factories import (
     TensorLoader,
     build_model,
     make_loader,
     make_loss,
-    make_optimizer,
     make_scheduler,
     model_factories,
     rule_options,

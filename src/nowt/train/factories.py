@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import fields
 from typing import Any
 
@@ -73,20 +73,6 @@ def parameter_groups(model: nn.Module, lr: float, bias_lr_scale: float = 1.0) ->
     bias = [p for n, p in params.items() if n.rsplit(".", 1)[-1] == "bias"]
     rest = [p for n, p in params.items() if n.rsplit(".", 1)[-1] != "bias"]
     return [{"params": rest}, {"params": bias, "lr": lr * bias_lr_scale}]
-
-
-def make_optimizer(name: str, params: Iterable, lr: float, momentum: float = 0.9,
-                   weight_decay: float = 0.0) -> torch.optim.Optimizer:
-    name = name.lower()
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    if name == "rmsprop":
-        return torch.optim.RMSprop(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    raise ValueError(f"unknown optimizer {name!r}; choose sgd, adam, adamw or rmsprop")
 
 
 def make_scheduler(name: str, optimizer: torch.optim.Optimizer,

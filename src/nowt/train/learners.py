@@ -14,11 +14,11 @@ from torch import Tensor, nn
 
 from nowt import distributed
 from nowt.layers import feedback_rules
+from nowt.optim import make_optimizer
 from nowt.rules import rule_class
 from nowt.train.config import TrainConfig
 from nowt.train.factories import (
     make_loss,
-    make_optimizer,
     make_scheduler,
     parameter_groups,
     rule_options,
