@@ -14,10 +14,7 @@ from nowt.rules import Rule, make_rule
 
 #: Layers whose weights also carry errors backwards but that no rule converts yet. Converting a model that
 #: holds one raises, rather than silently leaving those weights on backprop.
-UNSUPPORTED: tuple[type[nn.Module], ...] = (
-    nn.Conv1d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Bilinear,
-    nn.MultiheadAttention, nn.RNNBase, nn.RNNCellBase,
-)
+UNSUPPORTED: tuple[type[nn.Module], ...] = (nn.Bilinear, nn.RNNBase, nn.RNNCellBase)
 
 Selector = str | type[nn.Module]
 
@@ -39,7 +36,7 @@ def convert(
     exclude: Iterable[Selector] = (),
     **options: Any,
 ) -> nn.Module:
-    """Swaps every `nn.Linear` and `nn.Conv2d` of `model`, in place, for a layer trained by `rule`.
+    """Swaps every `nn.Linear`, convolution (1-3d, plain or transposed) and attention of `model`, in place, for a layer trained by `rule`.
 
     Weights, biases, devices and dtypes are kept (the very same Parameter objects, so an optimizer built
     earlier still holds them; rules that add parameters, like `kp`, need them added to it).
@@ -87,8 +84,10 @@ def convert(
         module = modules[key]
         layer_rule = backprop if _matches(layer_names[0], module, exclude) else rule
         layer = CONVERTIBLE[type(module)].from_module(module, layer_rule)
-        layer_rule.setup(layer, torch.Generator().manual_seed(layer_seed))
-        _tag_rule(layer)
+        generator = torch.Generator().manual_seed(layer_seed)
+        for part in getattr(layer, "rule_parts", lambda: [layer])():  # noqa: B023 (attention: per projection)
+            layer_rule.setup(part, generator)
+            _tag_rule(part)
         if layer_names == [""]:
             model = layer
             break
