@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from nowt import attention  # noqa: F401  (adds nn.MultiheadAttention to CONVERTIBLE)
 from nowt.layers import CONVERTIBLE, FeedbackLayer
 from nowt.rules import Rule, make_rule
 
@@ -36,7 +37,8 @@ def convert(
     exclude: Iterable[Selector] = (),
     **options: Any,
 ) -> nn.Module:
-    """Swaps every `nn.Linear`, convolution (1-3d, plain or transposed) and attention of `model`, in place, for a layer trained by `rule`.
+    """Swaps every `nn.Linear`, convolution (1-3d, plain or transposed) and `nn.MultiheadAttention` of
+    `model`, in place, for a layer trained by `rule`.
 
     Weights, biases, devices and dtypes are kept (the very same Parameter objects, so an optimizer built
     earlier still holds them; rules that add parameters, like `kp`, need them added to it).
@@ -90,7 +92,7 @@ def convert(
             _tag_rule(part)
         if layer_names == [""]:
             model = layer
-            break
+            continue  # a composite root (attention) still has its children to convert
         for name in layer_names:  # the same converted layer under every name of the module
             parent_name, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent_name), child, layer)
