@@ -169,3 +169,17 @@ def test_causal_and_unbatched_calls_match_torch():
                                ref(x, x, x, attn_mask=mask, is_causal=True, need_weights=False)[0])
     with pytest.raises(RuntimeError, match="is_causal"):
         model(x, x, x, is_causal=True)
+
+
+@pytest.mark.parametrize("name", ["vit", "conv1d"])
+@pytest.mark.parametrize("rule", RULES)
+def test_registered_vit_and_conv1d_train_a_step(name, rule):
+    torch.manual_seed(0)
+    model = nowt.convert(nowt.models.create_model(name, in_channels=1, num_classes=10, image_size=28), rule,
+                         seed=0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    x, y = torch.randn(4, 1, 28, 28), torch.tensor([0, 1, 2, 3])
+    loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    opt.step()
+    assert torch.isfinite(loss) and all(torch.isfinite(p).all() for p in model.parameters())
