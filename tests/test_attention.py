@@ -183,3 +183,12 @@ def test_registered_vit_and_conv1d_train_a_step(name, rule):
     loss.backward()
     opt.step()
     assert torch.isfinite(loss) and all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_encoder_layer_in_eval_without_grad_still_runs_the_converted_layers():
+    model = nowt.convert(nowt.models.create_model("vit"), "wm", seed=0).eval()
+    ref = model(torch.randn(2, 1, 28, 28))
+    with torch.no_grad():
+        model(torch.randn(3, 1, 28, 28))
+    assert ref.shape == (2, 10)
+    assert all(m.last_input_shape[0] == 3 for m in nowt.feedback_layers(model).values())

@@ -60,6 +60,9 @@ class MultiheadAttention(nn.MultiheadAttention):
             for i, name in enumerate("qkv"):
                 setattr(layer, f"{name}_proj", Projection(layer, f"{name}_proj_weight",
                                                           slice(i * e, (i + 1) * e), rule))
+        # Any forward hook in a TransformerEncoderLayer turns off its fused inference path, which would read
+        # in_proj_weight itself and skip these layers (the weight mirror then never sees their inputs).
+        layer.register_forward_pre_hook(_keep_module_path)
         return layer.train(m.training)
 
     def rule_parts(self) -> list[Projection]:
@@ -118,6 +121,10 @@ class MultiheadAttention(nn.MultiheadAttention):
         if unbatched:
             return out.squeeze(0), None if weights is None else weights.squeeze(0)
         return (out if self.batch_first else out.transpose(0, 1)), weights
+
+
+def _keep_module_path(module: nn.Module, args: tuple) -> None:
+    """A no-op forward pre-hook: its presence keeps `nn.TransformerEncoderLayer` off its fused fast path."""
 
 
 def _same_objects(fn, *tensors: Tensor) -> list[Tensor]:
