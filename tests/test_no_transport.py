@@ -7,6 +7,7 @@ version counter does not see); upstream updates must not move. Under backprop th
 import pytest
 import torch
 from conftest import tiny_convnet, tiny_mlp
+from torch import nn
 
 import nowt
 
@@ -24,8 +25,36 @@ def _first_layer_grads(make, rule, x, tamper: bool):
     return first.weight.grad.clone(), first.bias.grad.clone()
 
 
-@pytest.mark.parametrize("make,shape", [(tiny_mlp, (4, 5)), (tiny_convnet, (2, 4, 8, 8))])
-@pytest.mark.parametrize("rule", ["fa", "kp", "wm", "bp"])
+def conv1d_net() -> nn.Sequential:
+    return nn.Sequential(nn.Conv1d(2, 3, 3, padding=1), nn.Tanh(), nn.Conv1d(3, 2, 2, stride=2), nn.Flatten(),
+                         nn.Linear(2 * 4, 2)).double()
+
+
+def conv_transpose_net() -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(2, 3, 3), nn.Tanh(),
+                         nn.ConvTranspose2d(3, 2, 3, stride=2, output_padding=1), nn.Tanh(), nn.Flatten(),
+                         nn.Linear(2 * 8 * 8, 2)).double()
+
+
+class TinyTransformer(nn.Module):
+    """Embedding Linear (the upstream layer), one encoder layer, a readout."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(3, 8)
+        self.encoder = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(self.embed(x)).mean(1))
+
+
+NETS = [(tiny_mlp, (4, 5)), (tiny_convnet, (2, 4, 8, 8)), (conv1d_net, (2, 2, 8)),
+        (conv_transpose_net, (2, 2, 5, 5)), (lambda: TinyTransformer().double(), (2, 4, 3))]
+
+
+@pytest.mark.parametrize("make,shape", NETS)
+@pytest.mark.parametrize("rule", ["fa", "kp", "wm", "dfa", "bp"])
 def test_upstream_updates_do_not_depend_on_downstream_weights(make, shape, rule):
     x = torch.randn(*shape, dtype=torch.double)
     clean = _first_layer_grads(make, rule, x, tamper=False)

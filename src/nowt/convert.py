@@ -9,15 +9,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from nowt import attention  # noqa: F401  (adds nn.MultiheadAttention to CONVERTIBLE)
 from nowt.layers import CONVERTIBLE, FeedbackLayer
 from nowt.rules import Rule, make_rule
 
 #: Layers whose weights also carry errors backwards but that no rule converts yet. Converting a model that
 #: holds one raises, rather than silently leaving those weights on backprop.
-UNSUPPORTED: tuple[type[nn.Module], ...] = (
-    nn.Conv1d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Bilinear,
-    nn.MultiheadAttention, nn.RNNBase, nn.RNNCellBase,
-)
+UNSUPPORTED: tuple[type[nn.Module], ...] = (nn.Bilinear, nn.RNNBase, nn.RNNCellBase)
 
 Selector = str | type[nn.Module]
 
@@ -39,7 +37,8 @@ def convert(
     exclude: Iterable[Selector] = (),
     **options: Any,
 ) -> nn.Module:
-    """Swaps every `nn.Linear` and `nn.Conv2d` of `model`, in place, for a layer trained by `rule`.
+    """Swaps every `nn.Linear`, convolution (1-3d, plain or transposed) and `nn.MultiheadAttention` of
+    `model`, in place, for a layer trained by `rule`.
 
     Weights, biases, devices and dtypes are kept (the very same Parameter objects, so an optimizer built
     earlier still holds them; rules that add parameters, like `kp`, need them added to it).
@@ -87,11 +86,13 @@ def convert(
         module = modules[key]
         layer_rule = backprop if _matches(layer_names[0], module, exclude) else rule
         layer = CONVERTIBLE[type(module)].from_module(module, layer_rule)
-        layer_rule.setup(layer, torch.Generator().manual_seed(layer_seed))
-        _tag_rule(layer)
+        generator = torch.Generator().manual_seed(layer_seed)
+        for part in getattr(layer, "rule_parts", lambda: [layer])():  # noqa: B023 (attention: per projection)
+            layer_rule.setup(part, generator)
+            _tag_rule(part)
         if layer_names == [""]:
             model = layer
-            break
+            continue  # a composite root (attention) still has its children to convert
         for name in layer_names:  # the same converted layer under every name of the module
             parent_name, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent_name), child, layer)

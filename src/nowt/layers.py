@@ -1,13 +1,17 @@
-"""Thin layers: a torch layer whose backward is decided by a rule. They subclass `nn.Linear` and `nn.Conv2d`,
-so code that checks types or reads `.weight`, `.in_features`, `.kernel_size` keeps working."""
+"""Thin layers: a torch layer whose backward is decided by a rule. They subclass the torch layer
+(`nn.Linear`, `nn.Conv2d`, ...), so code that checks types or reads `.weight`, `.in_features`, `.kernel_size`
+keeps working."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
 
 from nowt import lc
-from nowt.ops import Conv2dOp, LinearOp, LocallyConnected2dOp
+from nowt.ops import ConvOp, LinearOp, LocallyConnected2dOp
 from nowt.rules import Rule
 
 
@@ -15,7 +19,7 @@ class FeedbackLayer(nn.Module):
     """Mixin for rule-trained layers: `.weight`, `.bias`, `.rule`, `.feedback` (B, the weight's shape)."""
 
     rule: Rule
-    op: LinearOp | Conv2dOp | LocallyConnected2dOp
+    op: LinearOp | ConvOp | LocallyConnected2dOp
     last_input_shape = None  # the most recent input's shape (weight mirrors drive noise of this shape)
     backprop_only = False  # set by `nowt.metrics.backprop_mode` to compute the true gradient
 
@@ -50,17 +54,25 @@ class Linear(FeedbackLayer, nn.Linear):
         return layer.train(m.training)
 
 
-class Conv2d(FeedbackLayer, nn.Conv2d):
+class _Conv(FeedbackLayer):
+    """Shared by every convolution, plain or transposed, of any dimension: one `ConvOp` geometry."""
+
     @classmethod
-    def from_module(cls, m: nn.Conv2d, rule: Rule) -> Conv2d:
-        layer = cls(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation, m.groups,
-                    m.bias is not None, m.padding_mode, device="meta")
+    def from_module(cls, m: nn.modules.conv._ConvNd, rule: Rule) -> _Conv:
+        args = (m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding)
+        if m.transposed:  # ConvTranspose's signature: output_padding, groups, bias, dilation, padding_mode
+            layer = cls(*args, m.output_padding, m.groups, m.bias is not None, m.dilation, m.padding_mode,
+                        device="meta")
+        else:
+            layer = cls(*args, m.dilation, m.groups, m.bias is not None, m.padding_mode, device="meta")
         layer.weight, layer.bias = m.weight, m.bias
         # String paddings ("same") and non-zero padding modes are applied by an explicit pad, so the op
         # itself only ever sees symmetric integer zero padding.
         explicit = isinstance(m.padding, str) or m.padding_mode != "zeros"
-        padding = (0, 0) if explicit else tuple(m.padding)
-        layer.rule, layer.op = rule, Conv2dOp(tuple(m.stride), padding, tuple(m.dilation), m.groups)
+        padding = (0,) * len(m.kernel_size) if explicit else tuple(m.padding)
+        layer.rule = rule
+        layer.op = ConvOp(tuple(m.stride), padding, tuple(m.dilation), m.groups, m.transposed,
+                          tuple(m.output_padding) if m.transposed else ())
         return layer.train(m.training)
 
     def prepare_input(self, x: Tensor) -> Tensor:
@@ -68,6 +80,46 @@ class Conv2d(FeedbackLayer, nn.Conv2d):
             mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
             return F.pad(x, self._reversed_padding_repeated_twice, mode=mode)
         return x
+
+
+class _ConvTranspose(_Conv):
+    def forward(self, x: Tensor, output_size: list[int] | None = None) -> Tensor:
+        """As `nn.ConvTranspose*d`: `output_size` picks the output padding for this call only."""
+        if output_size is None:
+            return super().forward(x)
+        dims = len(self.kernel_size)
+        pad = tuple(self._output_padding(x, output_size, list(self.stride), list(self.padding),
+                                         list(self.kernel_size), dims, list(self.dilation)))
+        op = self.op
+        self.op = replace(op, output_padding=pad)  # read by the forward; backward keeps its own copy
+        try:
+            return super().forward(x)
+        finally:
+            self.op = op
+
+
+class Conv1d(_Conv, nn.Conv1d):
+    pass
+
+
+class Conv2d(_Conv, nn.Conv2d):
+    pass
+
+
+class Conv3d(_Conv, nn.Conv3d):
+    pass
+
+
+class ConvTranspose1d(_ConvTranspose, nn.ConvTranspose1d):
+    pass
+
+
+class ConvTranspose2d(_ConvTranspose, nn.ConvTranspose2d):
+    pass
+
+
+class ConvTranspose3d(_ConvTranspose, nn.ConvTranspose3d):
+    pass
 
 
 class LocallyConnected2d(FeedbackLayer, lc.LocallyConnected2d):
@@ -82,7 +134,9 @@ class LocallyConnected2d(FeedbackLayer, lc.LocallyConnected2d):
 
 #: torch layer type -> rule-trained counterpart; `nowt.convert` swaps these.
 CONVERTIBLE: dict[type[nn.Module], type[FeedbackLayer]] = {
-    nn.Linear: Linear, nn.Conv2d: Conv2d, lc.LocallyConnected2d: LocallyConnected2d,
+    nn.Linear: Linear, NonDynamicallyQuantizableLinear: Linear, nn.Conv1d: Conv1d, nn.Conv2d: Conv2d,
+    nn.Conv3d: Conv3d, nn.ConvTranspose1d: ConvTranspose1d, nn.ConvTranspose2d: ConvTranspose2d,
+    nn.ConvTranspose3d: ConvTranspose3d, lc.LocallyConnected2d: LocallyConnected2d,
 }
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 #: The one model registry, name -> factory (timm-style): nowt's own models, torchvision's resnets and the
 #: target-propagation networks of Bartunov et al. (registered by `nowt.targetprop.networks`).
@@ -71,6 +72,65 @@ def convnet(
         nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
         nn.Flatten(), nn.Linear(flat, 256), nn.ReLU(), nn.Linear(256, num_classes),
     )
+
+
+class _Rows(nn.Module):
+    """(N, C, H, W) -> (N, C * W, H): an image as a sequence of H rows of C * W features."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.permute(0, 1, 3, 2).flatten(1, 2)
+
+
+@register_model
+def conv1d(
+    in_channels: int = 1, num_classes: int = 10, image_size: int = 28, width: int = 64
+) -> nn.Sequential:
+    """A 1-D ConvNet reading an image row by row: two Conv1d-ReLU-pool stages over the rows, a readout."""
+    return nn.Sequential(
+        _Rows(), nn.Conv1d(in_channels * image_size, width, 3, padding=1), nn.ReLU(), nn.MaxPool1d(2),
+        nn.Conv1d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool1d(1), nn.Flatten(),
+        nn.Linear(2 * width, num_classes),
+    )
+
+
+class ViT(nn.Module):
+    """A small vision transformer: patch embedding (a strided Conv2d), learned positions, pre-norm encoder
+    layers (`nn.TransformerEncoderLayer`, batch first, so DFA sees the batch on dim 0), cls or mean pool."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, image_size: int = 28, patch: int = 7,
+                 dim: int = 64, depth: int = 2, heads: int = 4, mlp_ratio: int = 2, dropout: float = 0.0,
+                 pool: str = "cls") -> None:
+        super().__init__()
+        if image_size % patch or pool not in ("cls", "mean"):
+            raise ValueError(f"vit needs image_size ({image_size}) divisible by patch ({patch}) and pool "
+                             f"'cls' or 'mean' (got {pool!r})")
+        self.pool = pool
+        self.embed = nn.Conv2d(in_channels, dim, patch, stride=patch)
+        tokens = (image_size // patch) ** 2 + (pool == "cls")
+        self.cls = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos = nn.Parameter(torch.randn(1, tokens, dim) * 0.02)
+        self.blocks = nn.ModuleList(nn.TransformerEncoderLayer(
+            dim, heads, mlp_ratio * dim, dropout, activation="gelu", batch_first=True, norm_first=True)
+            for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.embed(x).flatten(2).transpose(1, 2)
+        if self.pool == "cls":
+            x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], 1)
+        x = x + self.pos
+        for block in self.blocks:
+            x = block(x)
+        x = self.norm(x)
+        return self.head(x[:, 0] if self.pool == "cls" else x.mean(1))
+
+
+@register_model
+def vit(in_channels: int = 1, num_classes: int = 10, image_size: int = 28, dropout: float = 0.0,
+        patch: int = 7, dim: int = 64, depth: int = 2, heads: int = 4) -> ViT:
+    """`ViT` for 28x28 MNIST / Fashion-MNIST by default: 16 patches of 7x7, dim 64, 2 layers, 4 heads."""
+    return ViT(in_channels, num_classes, image_size, patch, dim, depth, heads, dropout=dropout)
 
 
 @register_model

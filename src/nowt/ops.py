@@ -36,30 +36,45 @@ class LinearOp:
 
 
 @dataclass(frozen=True)
-class Conv2dOp:
-    stride: tuple[int, int]
-    padding: tuple[int, int]
-    dilation: tuple[int, int]
+class ConvOp:
+    """Any N-d convolution, plain or transposed (`nn.Conv1d/2d/3d`, `nn.ConvTranspose1d/2d/3d`).
+
+    One geometry for every case because ATen's `convolution` and `convolution_backward` take `transposed`
+    and `output_padding` themselves: a transposed convolution's input gradient is the plain convolution of
+    grad_out with `matrix`, and that is what ATen forms when told `transposed=True`.
+    """
+
+    stride: tuple[int, ...]
+    padding: tuple[int, ...]
+    dilation: tuple[int, ...]
     groups: int
+    transposed: bool = False
+    output_padding: tuple[int, ...] = ()
+
+    def _geometry(self) -> tuple[list[int], list[int], list[int], bool, list[int], int]:
+        out_pad = list(self.output_padding) or [0] * len(self.stride)
+        return (list(self.stride), list(self.padding), list(self.dilation), self.transposed, out_pad,
+                self.groups)
 
     def forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+        return torch.convolution(x, weight, bias, *self._geometry())
 
     def backward(
         self, grad_out: Tensor, x: Tensor, matrix: Tensor, needs: tuple[bool, bool, bool]
     ) -> Grads:
-        # One fused ATen call, as autograd itself makes for conv2d: the input gradient is the transposed
-        # convolution with `matrix`; the weight gradient never reads the weight, only its shape.
-        bias_sizes = [matrix.shape[0]] if needs[2] else None
-        return torch.ops.aten.convolution_backward(
-            grad_out, x, matrix, bias_sizes, list(self.stride), list(self.padding), list(self.dilation),
-            False, [0, 0], self.groups, list(needs),
-        )
+        # One fused ATen call, as autograd itself makes for a convolution: the input gradient goes through
+        # `matrix`; the weight gradient never reads the weight, only its shape.
+        bias_sizes = [grad_out.shape[1]] if needs[2] else None
+        return torch.ops.aten.convolution_backward(grad_out, x, matrix, bias_sizes, *self._geometry(),
+                                                   list(needs))
 
     def weight_grad(self, x: Tensor, grad_out: Tensor, weight_shape: torch.Size) -> Tensor:
-        return torch.nn.grad.conv2d_weight(
-            x, weight_shape, grad_out, self.stride, self.padding, self.dilation, self.groups
-        )
+        stand_in = grad_out.new_zeros(()).expand(weight_shape)  # only its shape is read
+        return self.backward(grad_out, x, stand_in, (False, True, False))[1]
+
+
+#: The 2-d case under its earlier name: `Conv2dOp(stride, padding, dilation, groups)`.
+Conv2dOp = ConvOp
 
 
 @dataclass(frozen=True)

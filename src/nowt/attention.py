@@ -1,0 +1,158 @@
+"""Rule-trained `nn.MultiheadAttention`: its input projections and `out_proj` learn by the rule, while
+softmax(QK^T)V keeps autograd's gradients (it multiplies activations, not weights).
+
+The layer keeps `nn.MultiheadAttention`'s parameters and state-dict keys. Each input projection is a
+`Projection` child: a `FeedbackLayer` whose `.weight`/`.bias` are the owner's (packed) parameters, so every
+rule (its feedback state, KP's learned B, the mirror, DFA, angles) sees an ordinary linear layer.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from nowt.layers import CONVERTIBLE, FeedbackLayer
+from nowt.ops import LinearOp
+from nowt.rules import Rule
+
+
+class Projection(FeedbackLayer):
+    """A linear input projection of attention: W is the owner's `weight_name` parameter (the whole packed
+    `in_proj_weight`, a leaf, so angles and optimizers see the real parameter), b rows of `in_proj_bias`."""
+
+    def __init__(self, owner: nn.MultiheadAttention, weight_name: str, rows: slice, rule: Rule) -> None:
+        super().__init__()
+        object.__setattr__(self, "_owner", owner)  # not a submodule: no cycle in named_modules
+        self.weight_name, self.rows, self.rule, self.op = weight_name, rows, rule, LinearOp()
+
+    @property
+    def weight(self) -> Tensor:
+        return getattr(self._owner, self.weight_name)
+
+    @property
+    def bias(self) -> Tensor | None:
+        b = self._owner.in_proj_bias
+        return None if b is None else b[self.rows]
+
+    def extra_repr(self) -> str:
+        return f"{self.weight_name}, rule={self.rule}"
+
+
+class MultiheadAttention(nn.MultiheadAttention):
+    """`nn.MultiheadAttention` whose projections go through a rule; attention itself is
+    `F.scaled_dot_product_attention` (or, with `need_weights`, the same maths written out)."""
+
+    @classmethod
+    def from_module(cls, m: nn.MultiheadAttention, rule: Rule) -> MultiheadAttention:
+        layer = cls(m.embed_dim, m.num_heads, m.dropout, bias=m.in_proj_bias is not None,
+                    add_bias_kv=m.bias_k is not None, add_zero_attn=m.add_zero_attn, kdim=m.kdim, vdim=m.vdim,
+                    batch_first=m.batch_first, device="meta")
+        for name, p in m.named_parameters(recurse=False):
+            setattr(layer, name, p)
+        layer.out_proj = m.out_proj  # a Linear: `nowt.convert` swaps it as one
+        e = m.embed_dim
+        if m._qkv_same_embed_dim:
+            layer.in_proj = Projection(layer, "in_proj_weight", slice(0, 3 * e), rule)
+        else:
+            for i, name in enumerate("qkv"):
+                setattr(layer, f"{name}_proj", Projection(layer, f"{name}_proj_weight",
+                                                          slice(i * e, (i + 1) * e), rule))
+        # Any forward hook in a TransformerEncoderLayer turns off its fused inference path, which would read
+        # in_proj_weight itself and skip these layers (the weight mirror then never sees their inputs).
+        layer.register_forward_pre_hook(_keep_module_path)
+        return layer.train(m.training)
+
+    def rule_parts(self) -> list[Projection]:
+        """The layers `nowt.convert` sets up with the rule (out_proj is converted on its own)."""
+        return [m for m in self.children() if isinstance(m, Projection)]
+
+    def _project(self, query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        e = self.embed_dim
+        if not self._qkv_same_embed_dim:
+            return self.q_proj(query), self.k_proj(key), self.v_proj(value)
+        if query is key and key is value:  # self-attention: one packed matmul, as torch does
+            return self.in_proj(query).chunk(3, dim=-1)
+        # Distinct inputs: the packed projection of each input, keeping its rows. The other rows get a
+        # zero gradient, so W's, B's and the inputs' gradients are exactly those of the three slices.
+        if key is value:
+            kv = self.in_proj(key)
+            return self.in_proj(query)[..., :e], kv[..., e:2 * e], kv[..., 2 * e:]
+        return self.in_proj(query)[..., :e], self.in_proj(key)[..., e:2 * e], self.in_proj(value)[..., 2 * e:]
+
+    def forward(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Tensor | None = None,
+                need_weights: bool = True, attn_mask: Tensor | None = None, average_attn_weights: bool = True,
+                is_causal: bool = False) -> tuple[Tensor, Tensor | None]:
+        """As `nn.MultiheadAttention.forward`. Inside, tensors are batch-first, so every projection sees
+        the batch along dim 0 (as DFA needs)."""
+        unbatched = query.dim() == 2
+        if unbatched or not self.batch_first:
+            query, key, value = _same_objects(
+                (lambda t: t.unsqueeze(0)) if unbatched else (lambda t: t.transpose(0, 1)), query, key, value)
+            if unbatched and key_padding_mask is not None:
+                key_padding_mask = key_padding_mask.unsqueeze(0)
+        if is_causal and attn_mask is None:
+            raise RuntimeError("Need attn_mask if specifying the is_causal hint (as nn.MultiheadAttention)")
+        q, k, v = self._project(query, key, value)
+        for extra in (self.bias_k, self.bias_v), (k.new_zeros(()),) * 2 if self.add_zero_attn else None:
+            if extra is None or extra[0] is None:
+                continue  # one more key and value (learned, or zeros), which no mask hides
+            k, v = (torch.cat([t, e.expand(t.shape[0], 1, t.shape[2])], 1)
+                    for t, e in zip((k, v), extra, strict=True))
+            attn_mask, key_padding_mask = (None if m is None else F.pad(m, (0, 1))
+                                           for m in (attn_mask, key_padding_mask))
+        n, length, s, h = q.shape[0], q.shape[1], k.shape[1], self.num_heads
+        q, k, v = (t.unflatten(-1, (h, -1)).transpose(1, 2) for t in (q, k, v))
+        causal = is_causal and key_padding_mask is None and not need_weights
+        mask = None if causal else _merge_masks(attn_mask, key_padding_mask, n, h, length, s, q.dtype)
+        dropout = self.dropout if self.training else 0.0
+        weights = None
+        if need_weights:
+            scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+            weights = torch.softmax(scores if mask is None else scores + mask, dim=-1)
+            weights = F.dropout(weights, dropout)  # returned after dropout, as torch's own layer does
+            out = weights @ v
+            weights = weights.mean(1) if average_attn_weights else weights
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal)
+        out = self.out_proj(out.transpose(1, 2).flatten(2))
+        if unbatched:
+            return out.squeeze(0), None if weights is None else weights.squeeze(0)
+        return (out if self.batch_first else out.transpose(0, 1)), weights
+
+
+def _keep_module_path(module: nn.Module, args: tuple) -> None:
+    """A no-op forward pre-hook: its presence keeps `nn.TransformerEncoderLayer` off its fused fast path."""
+
+
+def _same_objects(fn, *tensors: Tensor) -> list[Tensor]:
+    """`fn` of each tensor, keeping which arguments were one object (self-attention's packed projection)."""
+    done: dict[int, Tensor] = {}
+    return [done.setdefault(id(t), fn(t)) if id(t) not in done else done[id(t)] for t in tensors]
+
+
+def _merge_masks(attn_mask: Tensor | None, key_padding_mask: Tensor | None, n: int, h: int, length: int,
+                 s: int, dtype: torch.dtype) -> Tensor | None:
+    """One additive float mask broadcastable to (N, H, L, S), from torch's boolean (True: masked) or float
+    attn_mask of (L, S) or (N * H, L, S) and key_padding_mask of (N, S)."""
+
+    def additive(m: Tensor) -> Tensor:
+        return torch.zeros_like(m, dtype=dtype).masked_fill_(m, float("-inf")) if m.dtype == torch.bool \
+            else m.to(dtype)
+
+    mask = None
+    if attn_mask is not None:
+        mask = additive(attn_mask)
+        mask = mask.view(n, h, length, s) if mask.dim() == 3 else mask
+    if key_padding_mask is not None:
+        pad = additive(key_padding_mask).view(n, 1, 1, s)
+        mask = pad if mask is None else mask + pad
+    return mask
+
+
+# Registered here, not in nowt.layers, which this module imports.
+CONVERTIBLE[nn.MultiheadAttention] = MultiheadAttention  # type: ignore[assignment]
+
+__all__ = ["MultiheadAttention", "Projection"]
