@@ -313,7 +313,7 @@ class FakeTargetProp:
         self.opt.step()
         return {"loss": loss.item(), "accuracy": 100.0 * float((out.argmax(1) == y).float().mean())}
 
-    def end_epoch(self):
+    def end_epoch(self, train_metrics=None):
         self.epochs_ended += 1
 
     def state_dict(self):
@@ -417,3 +417,74 @@ def test_weight_mirror_runs_every_second_step_with_a_quarter_noise_batch(monkeyp
         progress=False)
     assert calls[0] == (5, 256)  # the warm-up
     assert calls[1:] == [(1, 12)] * 5  # after steps 2, 4, 6, 8 and 10
+
+
+def test_nokland_options_input_dropout_and_zero_init():
+    from nowt.train import build_model
+    cfg = TrainConfig(rule="dfa", hidden=(16, 16), activation="tanh", dropout=0.5, input_dropout=0.1,
+                      init="zeros")
+    model = build_model(cfg, (20,), 3)
+    assert isinstance(model[1], torch.nn.Dropout) and model[1].p == 0.1  # right after Flatten
+    weights = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(weights) == 3 and all(not m.weight.any() and not m.bias.any() for m in weights)
+    assert all(b.abs().sum() > 0 for m in model.modules() if hasattr(m, "rule")
+               for b in m.rule.feedback_tensors(m))  # the feedback stays random
+    with pytest.raises(ValueError, match="input_dropout"):
+        build_model(TrainConfig(model="convnet", input_dropout=0.1), (3, 32, 32), 10)
+    # DFA leaves zero: the random feedback alone breaks the symmetry of the hidden units
+    train, test = _task()
+    history = fit(TrainConfig(rule="dfa", hidden=(32, 32), activation="tanh", init="zeros", epochs=3,
+                              batch_size=50, lr=0.05, lr_schedule="constant"), train, test, progress=False)
+    assert history[-1]["test_accuracy"] > 80
+
+
+def test_plateau_schedule_is_noklands_running_mean_rule():
+    from nowt.train import build_model
+    from nowt.train.learners import RuleLearner
+    cfg = TrainConfig(rule="fa", hidden=(8,), lr=0.1, lr_schedule="plateau", optimizer="sgd")
+    learner = RuleLearner(build_model(cfg, (20,), 3), cfg, steps_per_epoch=10)
+    x, y = torch.randn(10, 20), torch.randint(0, 3, (10,))
+    learner.train_step(x, y)
+    assert learner.lr() == 0.1 and learner.steps == 1  # not stepped per batch
+    # running means by hand: 0.75 * 1 + 0.25 * 0.5 = 0.875; then 0.75875 ... e >= m halves
+    lrs = []
+    for train_error in (50, 20, 60, 10, 90):
+        learner.end_epoch({"train_accuracy": 100.0 - train_error})
+        lrs.append(learner.lr())
+    # m: 0.875, 0.70625, 0.6797, 0.5348, 0.626 -> halve at e=0.6 (>= 0.6797? no), at e=0.9 (>= 0.626)
+    assert lrs == [0.1, 0.1, 0.1, 0.1, 0.05]
+    state = learner.state_dict()
+    again = RuleLearner(build_model(cfg, (20,), 3), cfg, steps_per_epoch=10)
+    again.load_state_dict(state)
+    assert again.lr() == 0.05 and again.steps == 1 and not again.finished
+    for _ in range(7):  # an error that never falls: halve every epoch up to 8 halvings, then finish
+        again.end_epoch({"train_accuracy": 0.0})
+    assert again.scheduler.halvings == 8 and not again.finished
+    again.end_epoch({"train_accuracy": 0.0})
+    assert again.finished
+
+
+def test_a_run_that_the_plateau_rule_finishes_stops_early(monkeypatch):
+    from nowt.optim import HalveOnPlateau
+    monkeypatch.setattr(HalveOnPlateau, "step", lambda self, error: setattr(self, "finished", True))
+    train, test = _task()
+    history = fit(TrainConfig(rule="fa", hidden=(8,), epochs=5, batch_size=100, lr_schedule="plateau"),
+                  train, test, progress=False)
+    assert len(history) == 1  # the schedule finished the run after its first epoch
+
+
+def test_a_run_made_before_a_config_field_existed_still_resumes(tmp_path):
+    train, test = _task()
+    cfg = TrainConfig(rule="fa", hidden=(8,), epochs=2, batch_size=100, out_dir=str(tmp_path))
+    first = fit(cfg, train, test, progress=False)
+    # an older nowt wrote no input_dropout: its absence means the default
+    saved = json.loads((tmp_path / "config.json").read_text())
+    del saved["input_dropout"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    del state["config"]["input_dropout"]
+    save_checkpoint(tmp_path / "checkpoint.pt", state)
+    assert cfg.identity_differences(saved) == []
+    assert fit(cfg, train, test, resume=True, progress=False) == first
+    with pytest.raises(ValueError, match="input_dropout"):
+        fit(TrainConfig(**{**cfg.__dict__, "input_dropout": 0.2}), train, test, resume=True, progress=False)

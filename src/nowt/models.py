@@ -48,9 +48,12 @@ def mlp(
     num_classes: int = 10,
     activation: str = "relu",
     dropout: float = 0.0,
+    input_dropout: float = 0.0,
 ) -> nn.Sequential:
-    """Flatten, then Linear-activation(-dropout) per hidden width, then a Linear readout."""
+    """Flatten(-dropout), then Linear-activation(-dropout) per hidden width, then a Linear readout."""
     layers: list[nn.Module] = [nn.Flatten()]
+    if input_dropout:
+        layers.append(nn.Dropout(input_dropout))
     width = in_features
     for h in hidden:
         layers += [nn.Linear(width, h), _activation(activation)]

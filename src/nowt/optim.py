@@ -20,3 +20,29 @@ def make_optimizer(name: str, params: Iterable, lr: float, momentum: float = 0.9
     cls, uses_momentum = OPTIMIZERS[name.lower()]
     extra = {"momentum": momentum} if uses_momentum else {}
     return cls(params, lr=lr, weight_decay=weight_decay, **extra)
+
+
+class HalveOnPlateau:
+    """Nøkland 2016's learning-rate rule, stepped once per epoch with the epoch's training error e (a
+    fraction): a running mean m <- 0.75 m + 0.25 e (from m = 1); the lr halves when e >= m, and training is
+    `finished` once it has halved `max_halvings` times or m falls to 1e-4."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, max_halvings: int = 8):
+        self.optimizer, self.max_halvings = optimizer, max_halvings
+        self.mean_error, self.halvings, self.finished = 1.0, 0, False
+
+    def step(self, train_error: float) -> None:
+        self.mean_error = 0.75 * self.mean_error + 0.25 * train_error
+        if self.halvings >= self.max_halvings or self.mean_error <= 1e-4:
+            self.finished = True
+        elif train_error >= self.mean_error:
+            for group in self.optimizer.param_groups:
+                group["lr"] /= 2
+            self.halvings += 1
+
+    def state_dict(self) -> dict:
+        return {"mean_error": self.mean_error, "halvings": self.halvings, "finished": self.finished}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.mean_error, self.halvings = state["mean_error"], state["halvings"]
+        self.finished = state["finished"]

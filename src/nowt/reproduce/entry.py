@@ -31,6 +31,7 @@ METRICS = {
     "best_test_accuracy": lambda h: max(r["test_accuracy"] for r in h),
     "final_test_accuracy": lambda h: h[-1]["test_accuracy"],
     "best_test_error": lambda h: min(r["test_top1_error"] for r in h),
+    "final_test_error": lambda h: h[-1]["test_top1_error"],
     "final_train_error": lambda h: 100.0 - h[-1]["train_accuracy"],
     "best_top5_error": lambda h: min(r["test_top5_error"] for r in h),
     "output_angle": lambda h: _angle(h, -1),

@@ -171,7 +171,7 @@ class TargetPropTrainer:
             return "both"
         return "inverse" if self.epoch % 2 == 0 else "forward"
 
-    def end_epoch(self) -> None:
+    def end_epoch(self, train_metrics: dict[str, float] | None = None) -> None:
         self.epoch += 1
 
     # -- the algorithm -------------------------------------------------------------------------------------

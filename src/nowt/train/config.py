@@ -11,6 +11,7 @@ each entry of a tuple), cli (False: no flag), rule_option (True: passed to the r
 
 from __future__ import annotations
 
+import json
 import types
 from collections.abc import Mapping
 from dataclasses import MISSING, Field, asdict, dataclass, field, fields
@@ -64,8 +65,11 @@ class TrainConfig:
                                  metavar="W[,W...]")
     activation: str = _f("relu", "hidden-layer activation of the MLP", choices=_activations)
     dropout: float = _f(0.0, "dropout probability after each hidden layer of the MLP", min=0.0, lt=1.0)
+    input_dropout: float = _f(0.0, "dropout probability on the MLP's input (Nøkland 2016: 0.1)", min=0.0,
+                              lt=1.0)
     init: str = _f("default", "weight init; normal_fan_avg: W, b and B ~ N(0, 1/(fan_in + fan_out)) "
-                   "(Akrout et al.)", choices=("default", "normal_fan_avg"))
+                   "(Akrout et al.); zeros: forward weights and biases start at 0, feedback stays random "
+                   "(Nøkland's FA/DFA tanh nets)", choices=("default", "normal_fan_avg", "zeros"))
     loss: str = _f("ce", "ce: softmax cross-entropy; bce: sigmoid cross-entropy on one-hot targets",
                    choices=("ce", "bce"))
     epochs: int = _f(5, "passes over the training set", min=1)
@@ -75,8 +79,10 @@ class TrainConfig:
     lr: float = _f(0.01, "learning rate", gt=0.0)
     momentum: float = _f(0.9, "momentum (sgd, rmsprop)", min=0.0)
     weight_decay: float = _f(0.0, "L2 weight decay", min=0.0)
-    lr_schedule: str = _f("cosine", "cosine: to 0, per batch; constant; step: x0.1 at 1/3 and 2/3 of the run",
-                          choices=("cosine", "constant", "step"))
+    lr_schedule: str = _f("cosine", "cosine: to 0, per batch; constant; step: x0.1 at 1/3 and 2/3 of the "
+                          "run; plateau: Nøkland 2016's x0.5 when an epoch's training error is not under its "
+                          "running mean, ending after 8 halvings",
+                          choices=("cosine", "constant", "step", "plateau"))
     seed: int = _f(0, "seed of the init, feedback matrices and data order", min=0)
     deterministic: bool = _f(False, "torch deterministic algorithms only")
     amp: str = _f("off", "bf16: forward and backward under torch.autocast in bfloat16 (weights stay fp32)",
@@ -151,6 +157,14 @@ class TrainConfig:
             d.pop(key)
         d["hidden"] = list(d["hidden"])
         return d
+
+    def identity_differences(self, earlier: dict[str, Any]) -> list[str]:
+        """The identity fields in which `earlier` (a saved identity) differs from this config. A field the
+        earlier run did not know (added to nowt since) counts as its default, so old runs still resume."""
+        ours = json.loads(json.dumps(self.identity()))  # tuples as lists, as saved
+        defaults = json.loads(json.dumps(TrainConfig().identity()))
+        return sorted(k for k in set(earlier) | set(ours) if k not in NOT_IDENTITY
+                      and earlier.get(k, defaults.get(k)) != ours.get(k, defaults.get(k)))
 
 
 def flag_name(f: Field) -> str:

@@ -21,6 +21,7 @@ import nowt.targetprop  # noqa: F401  (registers the Bartunov networks in nowt.m
 from nowt.convert import convert
 from nowt.data import Data, load_dataset
 from nowt.models import MODELS
+from nowt.optim import HalveOnPlateau
 from nowt.rules import WholeNetworkRule, rule_class, rules
 from nowt.train.config import TrainConfig, flag_name, is_default
 
@@ -75,9 +76,10 @@ def parameter_groups(model: nn.Module, lr: float, bias_lr_scale: float = 1.0) ->
     return [{"params": rest}, {"params": bias, "lr": lr * bias_lr_scale}]
 
 
-def make_scheduler(name: str, optimizer: torch.optim.Optimizer,
-                   total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
-    """Stepped once per batch, so `cosine` reaches 0 at the last step of the run."""
+def make_scheduler(name: str, optimizer: torch.optim.Optimizer, total_steps: int,
+                   ) -> torch.optim.lr_scheduler.LRScheduler | HalveOnPlateau:
+    """Stepped once per batch, so `cosine` reaches 0 at the last step of the run; `plateau` once per epoch,
+    on the epoch's training error (and it may end the run early)."""
     if name == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1))
     if name == "constant":
@@ -85,7 +87,9 @@ def make_scheduler(name: str, optimizer: torch.optim.Optimizer,
     if name == "step":
         milestones = [total_steps // 3, 2 * total_steps // 3]
         return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.1)
-    raise ValueError(f"unknown lr schedule {name!r}; choose cosine, constant or step")
+    if name == "plateau":
+        return HalveOnPlateau(optimizer)
+    raise ValueError(f"unknown lr schedule {name!r}; choose cosine, constant, step or plateau")
 
 
 def make_loss(name: str) -> LossFn:
@@ -138,11 +142,12 @@ def build_model(cfg: TrainConfig, input_shape: tuple[int, ...], num_classes: int
     if factory is None:
         raise ValueError(f"unknown model {cfg.model!r}; known models: {', '.join(MODELS)}")
     offered = dict(in_features=math.prod(input_shape), hidden=cfg.hidden, activation=cfg.activation,
-                   dropout=cfg.dropout, num_classes=num_classes, in_channels=input_shape[0],
-                   image_size=input_shape[-1], input_shape=input_shape)
+                   dropout=cfg.dropout, input_dropout=cfg.input_dropout, num_classes=num_classes,
+                   in_channels=input_shape[0], image_size=input_shape[-1], input_shape=input_shape)
     accepted = inspect.signature(factory).parameters
-    if cfg.dropout and "dropout" not in accepted:
-        raise ValueError(f"model {cfg.model!r} has no dropout option")
+    for option in ("dropout", "input_dropout"):
+        if getattr(cfg, option) and option not in accepted:
+            raise ValueError(f"model {cfg.model!r} has no {option} option")
     model = factory(**{k: v for k, v in offered.items() if k in accepted})
     options = rule_options(cfg)
     if not trains_whole_network(cfg):
@@ -150,10 +155,23 @@ def build_model(cfg: TrainConfig, input_shape: tuple[int, ...], num_classes: int
                         **options)
     if cfg.init == "normal_fan_avg":
         _normal_fan_avg_(model, cfg.seed)
+    elif cfg.init == "zeros":
+        _zero_forward_(model)
     elif cfg.init != "default":
-        raise ValueError(f"unknown init {cfg.init!r}; choose default or normal_fan_avg")
+        raise ValueError(f"unknown init {cfg.init!r}; choose default, normal_fan_avg or zeros")
     model = model.to(cfg.device)
     return model.to(memory_format=torch.channels_last) if cfg.channels_last else model
+
+
+@torch.no_grad()
+def _zero_forward_(model: nn.Module) -> None:
+    """Forward weights and biases at 0 (Nøkland 2016's FA/DFA tanh nets: the random feedback alone breaks
+    the symmetry; under backprop such a net cannot leave 0 in its hidden layers)."""
+    for m in model.modules():
+        if isinstance(m, nn.Linear | nn.modules.conv._ConvNd):
+            for t in (m.weight, m.bias):
+                if t is not None:
+                    t.zero_()
 
 
 @torch.no_grad()

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from nowt import distributed
 from nowt.layers import feedback_rules
-from nowt.optim import make_optimizer
+from nowt.optim import HalveOnPlateau, make_optimizer
 from nowt.rules import rule_class
 from nowt.train.config import TrainConfig
 from nowt.train.factories import (
@@ -37,7 +37,7 @@ class Learner(Protocol):
         the loop reads it once per logging interval, not once per step."""
         ...
 
-    def end_epoch(self) -> None: ...
+    def end_epoch(self, train_metrics: dict[str, float]) -> None: ...
     def state_dict(self) -> dict[str, Any]: ...
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
@@ -57,6 +57,8 @@ class RuleLearner:
         groups = parameter_groups(model, cfg.lr, cfg.bias_lr_scale)
         self.optimizer = make_optimizer(cfg.optimizer, groups, cfg.lr, cfg.momentum, cfg.weight_decay)
         self.scheduler = make_scheduler(cfg.lr_schedule, self.optimizer, cfg.epochs * steps_per_epoch)
+        self.per_epoch_schedule = isinstance(self.scheduler, HalveOnPlateau)
+        self.steps = 0  # optimizer steps taken, for the rules' after-step hooks
         self.rules = feedback_rules(model)
 
     def begin_training(self) -> None:
@@ -76,23 +78,36 @@ class RuleLearner:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        self.scheduler.step()
+        if not self.per_epoch_schedule:
+            self.scheduler.step()
+        self.steps += 1
         for rule in self.rules:
-            rule.after_step(self.model, self.scheduler.last_epoch)
+            rule.after_step(self.model, self.steps)
         return {"loss": mean_loss.detach(), "output": out.detach()}
 
-    def end_epoch(self) -> None:
-        """Nothing changes at epoch ends for per-layer rules (target propagation switches phases there)."""
+    def end_epoch(self, train_metrics: dict[str, float]) -> None:
+        """The plateau schedule judges the epoch's training error (target propagation switches phases
+        here)."""
+        if self.per_epoch_schedule:
+            self.scheduler.step(1.0 - train_metrics["train_accuracy"] / 100)
+
+    @property
+    def finished(self) -> bool:
+        """True when the schedule has ended the run before its last epoch."""
+        return getattr(self.scheduler, "finished", False)
 
     def lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "steps": self.steps}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        # checkpoints from before "steps" was kept counted steps in the (per-batch) scheduler
+        self.steps = state.get("steps", state["scheduler"].get("last_epoch", 0))
 
 
 def make_learner(cfg: TrainConfig, model: nn.Module, steps_per_epoch: int) -> Learner:

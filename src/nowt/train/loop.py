@@ -84,7 +84,7 @@ def _fit(cfg: TrainConfig, train, test, resume: bool, progress: bool) -> list[di
     history: list[dict] = []
     if resuming:
         state = load_checkpoint(checkpoint)
-        if state["config"] != cfg.identity():
+        if cfg.identity_differences(state["config"]):
             raise ValueError(f"checkpoint in {out} was made with another configuration; use a new --out")
         model.load_state_dict(state["model"])
         learner.load_state_dict(state["learner"])
@@ -102,10 +102,12 @@ def _fit(cfg: TrainConfig, train, test, resume: bool, progress: bool) -> list[di
     writer = _tensorboard(out) if writes else None
     has_feedback = not trains_whole_network(cfg) and bool(feedback_layers(model))
     for epoch in range(len(history), cfg.epochs):
+        if getattr(learner, "finished", False):  # the lr schedule has ended the run
+            break
         t0 = time.perf_counter()
         train_metrics = train_epoch(learner, train_loader, f"{cfg.rule} epoch {epoch + 1}/{cfg.epochs}",
                                     cfg.device, progress)
-        learner.end_epoch()
+        learner.end_epoch(train_metrics)
         test_metrics = evaluate(model, test_loader, loss_fn, cfg.device)
         record = {
             "epoch": epoch + 1, **train_metrics,

@@ -54,8 +54,7 @@ def _check_owner(out: Path, cfg: TrainConfig, *, resume: bool, overwrite: bool) 
     except (OSError, ValueError) as e:
         raise ValueError(f"run directory {out}: cannot read its config.json ({e}); choose another --out or "
                          f"pass --overwrite") from None
-    ours = json.loads(json.dumps(cfg.identity()))
-    differ = sorted(k for k in set(earlier) | set(ours) if earlier.get(k) != ours.get(k))
+    differ = cfg.identity_differences(earlier)
     if differ:
         raise ValueError(f"run directory {out} holds a run of another configuration (it differs in "
                          f"{', '.join(differ)}); choose another --out, or pass --overwrite to replace it")
