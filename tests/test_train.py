@@ -488,3 +488,38 @@ def test_a_run_made_before_a_config_field_existed_still_resumes(tmp_path):
     assert fit(cfg, train, test, resume=True, progress=False) == first
     with pytest.raises(ValueError, match="input_dropout"):
         fit(TrainConfig(**{**cfg.__dict__, "input_dropout": 0.2}), train, test, resume=True, progress=False)
+
+
+def test_biotorch_options_resize_xavier_lenet_and_milestones(tmp_path):
+    from nowt.data import load_dataset
+    from nowt.train import build_model
+    from nowt.train.learners import RuleLearner
+    data = load_dataset("mnist", train_size=50, standardize=False, image_size=32)
+    x = data.train[0]
+    assert x.shape[1:] == (1, 32, 32) and data.input_shape == (1, 32, 32)
+    assert torch.equal(torch.round(x * 255) / 255, x)  # 8-bit levels, as a resized image file
+    plain = load_dataset("mnist", train_size=50, standardize=False).train[0]
+    assert abs(float(x.mean()) - float(plain.mean())) < 0.01  # a resize keeps the mean brightness
+    with pytest.raises(ValueError, match="image-size"):
+        load_dataset("synthetic", image_size=32)
+    model = build_model(TrainConfig(rule="fa", model="lenet", init="xavier"), (1, 32, 32), 10)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.kernel_size for c in convs] == [(5, 5), (5, 5), (5, 5)] and convs[2].out_channels == 120
+    assert isinstance(model[1], torch.nn.ReLU)
+    for m in convs:
+        fan_in, fan_out = m.weight[0].numel(), m.weight.shape[0] * m.weight[0, 0].numel()
+        bound = math.sqrt(6 / (fan_in + fan_out))
+        w = m.weight.detach()
+        assert float(w.abs().max()) <= bound and float(w.abs().max()) > 0.9 * bound
+        assert not m.bias.any()
+        (b,) = m.rule.feedback_tensors(m)
+        assert float(b.abs().max()) <= bound and not torch.equal(b, m.weight)
+    cfg = TrainConfig(rule="bp", hidden=(8,), lr=0.1, lr_schedule="step", lr_milestones=(2, 3), epochs=4)
+    learner = RuleLearner(build_model(cfg, (20,), 3), cfg, steps_per_epoch=5)
+    lrs = []
+    for _ in range(20):
+        learner.train_step(torch.randn(4, 20), torch.randint(0, 3, (4,)))
+        lrs.append(learner.lr())
+    assert [round(v, 6) for v in lrs[4::5]] == [0.1, 0.01, 0.001, 0.001]  # x0.1 after epochs 2 and 3
+    with pytest.raises(ValueError, match="lr-milestones"):
+        RuleLearner(build_model(cfg, (20,), 3), TrainConfig(lr_milestones=(2,)), steps_per_epoch=5)

@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset, Subset
 
@@ -47,15 +48,29 @@ def _unchanged(x: Tensor) -> Tensor:
     return x
 
 
+def _resized(x: Tensor, size: int | None) -> Tensor:
+    """[0, 1] images (N, C, H, W) at size x size, bilinear, on the 1/255 grid of 8-bit pixels."""
+    if size is None or x.shape[-2:] == (size, size):
+        return x
+    if size < 1:
+        raise ValueError(f"--image-size must be at least 1, got {size}")
+    out = torch.cat([F.interpolate(part, size=(size, size), mode="bilinear", align_corners=False,
+                                   antialias=size < x.shape[-1]) for part in x.split(10000)])
+    return out.mul_(255).round_().clamp_(0, 255).div_(255)
+
+
 def load_dataset(name: str, *, root: str | os.PathLike | None = None, download: bool = False,
-                 augment: bool = False, train_size: int | None = None, standardize: bool = True) -> Data:
+                 augment: bool = False, train_size: int | None = None, standardize: bool = True,
+                 image_size: int | None = None) -> Data:
     """Train and test data of `name` (see DATASETS), normalised.
 
     `root`: where the files are (defaults: MNIST embedded, Fashion-MNIST from the Debian package, CIFAR-10
     and downloads in the nowt cache directory). `download`: fetch MNIST, Fashion-MNIST or CIFAR-10 there
     first. `augment`: CIFAR crop and flip, ImageNet random resized crop and flip. `train_size`: keep only the
     first n training examples (quick runs). `standardize=False`: MNIST, Fashion-MNIST and CIFAR-10 pixels stay
-    in [0, 1] (pixels / 255), as in Akrout et al.'s official code.
+    in [0, 1] (pixels / 255), as in Akrout et al.'s official code. `image_size`: MNIST, Fashion-MNIST and
+    CIFAR-10 images resized to that square size first (bilinear, rounded to 8-bit levels as a resize of the
+    image files would be; BioTorch's LeNet runs see MNIST at 32 x 32).
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
@@ -64,12 +79,16 @@ def load_dataset(name: str, *, root: str | os.PathLike | None = None, download: 
     if name in ("mnist", "fashion-mnist"):
         load = load_mnist if name == "mnist" else load_fashion_mnist
         (xtr, ytr), (xte, yte) = (load(split, root=root) for split in ("train", "test"))
+        xtr, xte = _resized(xtr, image_size), _resized(xte, image_size)
         norm = mnist_normalize if standardize else _unchanged
         train, test = (norm(xtr), ytr), (norm(xte), yte)
     elif name == "cifar10":
         (xtr, ytr), (xte, yte) = (load_cifar10(split, root) for split in ("train", "test"))
+        xtr, xte = _resized(xtr, image_size), _resized(xte, image_size)
         norm = cifar_normalize if standardize else _unchanged
         train, test = (norm(xtr), ytr), (norm(xte), yte)
+    elif image_size is not None:
+        raise ValueError(f"--image-size: nowt resizes mnist, fashion-mnist and cifar10 only, not {name!r}")
     elif name == "synthetic":
         train, test = synthetic(n_train=2000, n_test=500, shape=(1, 8, 8), num_classes=4)
     else:

@@ -68,8 +68,9 @@ class TrainConfig:
     input_dropout: float = _f(0.0, "dropout probability on the MLP's input (Nøkland 2016: 0.1)", min=0.0,
                               lt=1.0)
     init: str = _f("default", "weight init; normal_fan_avg: W, b and B ~ N(0, 1/(fan_in + fan_out)) "
-                   "(Akrout et al.); zeros: forward weights and biases start at 0, feedback stays random "
-                   "(Nøkland's FA/DFA tanh nets)", choices=("default", "normal_fan_avg", "zeros"))
+                   "(Akrout et al.); xavier: W and B Glorot uniform, b 0 (BioTorch); zeros: forward "
+                   "weights and biases start at 0, feedback stays random (Nøkland's FA/DFA tanh nets)",
+                   choices=("default", "normal_fan_avg", "xavier", "zeros"))
     loss: str = _f("ce", "ce: softmax cross-entropy; bce: sigmoid cross-entropy on one-hot targets",
                    choices=("ce", "bce"))
     epochs: int = _f(5, "passes over the training set", min=1)
@@ -79,10 +80,12 @@ class TrainConfig:
     lr: float = _f(0.01, "learning rate", gt=0.0)
     momentum: float = _f(0.9, "momentum (sgd, rmsprop)", min=0.0)
     weight_decay: float = _f(0.0, "L2 weight decay", min=0.0)
-    lr_schedule: str = _f("cosine", "cosine: to 0, per batch; constant; step: x0.1 at 1/3 and 2/3 of the "
-                          "run; plateau: Nøkland 2016's x0.5 when an epoch's training error is not under its "
-                          "running mean, ending after 8 halvings",
+    lr_schedule: str = _f("cosine", "cosine: to 0, per batch; constant; step: x0.1 at --lr-milestones "
+                          "(default 1/3 and 2/3 of the run); plateau: Nøkland 2016's x0.5 when an epoch's "
+                          "training error is not under its running mean, ending after 8 halvings",
                           choices=("cosine", "constant", "step", "plateau"))
+    lr_milestones: tuple[int, ...] = _f((), "epochs after which the step schedule multiplies the lr by 0.1, "
+                                        "e.g. 50,75", min=1, metavar="E[,E...]")
     seed: int = _f(0, "seed of the init, feedback matrices and data order", min=0)
     deterministic: bool = _f(False, "torch deterministic algorithms only")
     amp: str = _f("off", "bf16: forward and backward under torch.autocast in bfloat16 (weights stay fp32)",
@@ -118,6 +121,8 @@ class TrainConfig:
     noise_pretrain: int = _f(0, "steps of random-noise pretraining before training (Cheon et al. 2024)",
                              min=0, metavar="STEPS")
     dataset: str = _f("mnist", "dataset (used when fit() is given no data)", choices=_datasets)
+    image_size: int | None = _f(None, "resize mnist / fashion-mnist / cifar10 images to N x N first "
+                                "(bilinear; BioTorch's LeNet: 32)", min=1, metavar="N")
     train_size: int | None = _f(None, "use only the first N training examples", min=1, metavar="N")
     augment: bool = _f(False, "CIFAR crop+flip, ImageNet resized crop+flip")
     data_dir: str | None = _f(None, "where the dataset files are (default: embedded or the cache)")
@@ -155,8 +160,7 @@ class TrainConfig:
         d = asdict(self)
         for key in NOT_IDENTITY:
             d.pop(key)
-        d["hidden"] = list(d["hidden"])
-        return d
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
     def identity_differences(self, earlier: dict[str, Any]) -> list[str]:
         """The identity fields in which `earlier` (a saved identity) differs from this config. A field the

@@ -62,7 +62,7 @@ def make_loader(data: tuple[Tensor, Tensor] | Dataset, batch_size: int, *, shuff
 def load_data(cfg: TrainConfig) -> Data:
     """The dataset `cfg` names, prepared as it asks (root, download, augmentation, size, standardisation)."""
     return load_dataset(cfg.dataset, root=cfg.data_dir, download=cfg.download, augment=cfg.augment,
-                        train_size=cfg.train_size, standardize=cfg.standardize)
+                        train_size=cfg.train_size, standardize=cfg.standardize, image_size=cfg.image_size)
 
 
 def parameter_groups(model: nn.Module, lr: float, bias_lr_scale: float = 1.0) -> list[dict[str, Any]]:
@@ -76,16 +76,22 @@ def parameter_groups(model: nn.Module, lr: float, bias_lr_scale: float = 1.0) ->
     return [{"params": rest}, {"params": bias, "lr": lr * bias_lr_scale}]
 
 
+Scheduler = torch.optim.lr_scheduler.LRScheduler | HalveOnPlateau
+
+
 def make_scheduler(name: str, optimizer: torch.optim.Optimizer, total_steps: int,
-                   ) -> torch.optim.lr_scheduler.LRScheduler | HalveOnPlateau:
+                   milestones: list[int] | None = None) -> Scheduler:
     """Stepped once per batch, so `cosine` reaches 0 at the last step of the run; `plateau` once per epoch,
-    on the epoch's training error (and it may end the run early)."""
+    on the epoch's training error (and it may end the run early). `milestones`: the steps at which `step`
+    multiplies the lr by 0.1 (default a third and two thirds of the run)."""
+    if milestones and name != "step":
+        raise ValueError(f"--lr-milestones applies to --lr-schedule step only, not {name!r}")
     if name == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1))
     if name == "constant":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     if name == "step":
-        milestones = [total_steps // 3, 2 * total_steps // 3]
+        milestones = milestones or [total_steps // 3, 2 * total_steps // 3]
         return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.1)
     if name == "plateau":
         return HalveOnPlateau(optimizer)
@@ -155,12 +161,27 @@ def build_model(cfg: TrainConfig, input_shape: tuple[int, ...], num_classes: int
                         **options)
     if cfg.init == "normal_fan_avg":
         _normal_fan_avg_(model, cfg.seed)
+    elif cfg.init == "xavier":
+        _xavier_(model, cfg.seed)
     elif cfg.init == "zeros":
         _zero_forward_(model)
     elif cfg.init != "default":
-        raise ValueError(f"unknown init {cfg.init!r}; choose default, normal_fan_avg or zeros")
+        raise ValueError(f"unknown init {cfg.init!r}; choose default, normal_fan_avg, xavier or zeros")
     model = model.to(cfg.device)
     return model.to(memory_format=torch.channels_last) if cfg.channels_last else model
+
+
+@torch.no_grad()
+def _xavier_(model: nn.Module, seed: int) -> None:
+    """W and the random feedback ~ Glorot uniform, biases 0: BioTorch's benchmark init."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.Linear | nn.modules.conv._ConvNd):
+            tensors = [m.weight] + (m.rule.feedback_tensors(m) if hasattr(m, "rule") else [])
+            for t in tensors:
+                t.copy_(nn.init.xavier_uniform_(torch.empty(t.shape), generator=g))
+            if m.bias is not None:
+                m.bias.zero_()
 
 
 @torch.no_grad()

@@ -56,7 +56,8 @@ class RuleLearner:
         self.channels_last = cfg.channels_last
         groups = parameter_groups(model, cfg.lr, cfg.bias_lr_scale)
         self.optimizer = make_optimizer(cfg.optimizer, groups, cfg.lr, cfg.momentum, cfg.weight_decay)
-        self.scheduler = make_scheduler(cfg.lr_schedule, self.optimizer, cfg.epochs * steps_per_epoch)
+        self.scheduler = make_scheduler(cfg.lr_schedule, self.optimizer, cfg.epochs * steps_per_epoch,
+                                        [e * steps_per_epoch for e in cfg.lr_milestones])
         self.per_epoch_schedule = isinstance(self.scheduler, HalveOnPlateau)
         self.steps = 0  # optimizer steps taken, for the rules' after-step hooks
         self.rules = feedback_rules(model)
