@@ -523,3 +523,17 @@ def test_biotorch_options_resize_xavier_lenet_and_milestones(tmp_path):
     assert [round(v, 6) for v in lrs[4::5]] == [0.1, 0.01, 0.001, 0.001]  # x0.1 after epochs 2 and 3
     with pytest.raises(ValueError, match="lr-milestones"):
         RuleLearner(build_model(cfg, (20,), 3), TrainConfig(lr_milestones=(2,)), steps_per_epoch=5)
+
+
+def test_patience_stops_once_the_best_test_error_is_that_many_epochs_old(monkeypatch):
+    errors = iter([30.0, 20.0, 25.0, 21.0, 20.0, 5.0, 5.0])  # the best (20) is 2 epochs old after epoch 4
+
+    def scripted_evaluate(*args, **kwargs):
+        e = next(errors)
+        return {"loss": 1.0, "accuracy": 100 - e, "top1_error": e, "top5_error": 0.0}
+
+    monkeypatch.setattr(loop_mod, "evaluate", scripted_evaluate)
+    train, test = _task()
+    history = fit(TrainConfig(rule="bp", hidden=(8,), epochs=7, batch_size=100, patience=3), train, test,
+                  progress=False)
+    assert [r["test_top1_error"] for r in history] == [30.0, 20.0, 25.0, 21.0, 20.0]  # 20 again is not better

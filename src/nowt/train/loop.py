@@ -102,8 +102,8 @@ def _fit(cfg: TrainConfig, train, test, resume: bool, progress: bool) -> list[di
     writer = _tensorboard(out) if writes else None
     has_feedback = not trains_whole_network(cfg) and bool(feedback_layers(model))
     for epoch in range(len(history), cfg.epochs):
-        if getattr(learner, "finished", False):  # the lr schedule has ended the run
-            break
+        if getattr(learner, "finished", False) or _out_of_patience(history, cfg.patience):
+            break  # the lr schedule or --patience has ended the run
         t0 = time.perf_counter()
         train_metrics = train_epoch(learner, train_loader, f"{cfg.rule} epoch {epoch + 1}/{cfg.epochs}",
                                     cfg.device, progress)
@@ -131,6 +131,14 @@ def _fit(cfg: TrainConfig, train, test, resume: bool, progress: bool) -> list[di
 
 
 @torch.no_grad()
+def _out_of_patience(history: list[dict], patience: int | None) -> bool:
+    """True when the best test error so far is `patience` or more epochs old."""
+    if patience is None or not history:
+        return False
+    errors = [r["test_top1_error"] for r in history]
+    return len(errors) - 1 - errors.index(min(errors)) >= patience
+
+
 def _show_one_batch(model: nn.Module, x: Tensor) -> None:
     """One forward pass, so that rules see each layer's input shape (the weight mirror drives noise of
     it). Eval mode, plain ops: no dropout or brSF draw, no batch-norm statistics from this (test) batch."""
