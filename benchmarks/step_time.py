@@ -2,11 +2,13 @@
 
     python benchmarks/step_time.py [--threads N] [--rounds R] [--out benchmarks/step_time.json]
     python benchmarks/step_time.py --device cuda --workload resnet18 --amp --out benchmarks/step_time_gpu.json
+    python benchmarks/step_time.py --workload vit --out benchmarks/step_time_vit.json
 
 A step is forward, backward and an SGD step. Models: the MLP 784-1000-1000-10 at batch 128 and a small
-ConvNet on 32x32x3 at batch 64. Timings are interleaved in rounds (every variant once per round, in an
-order that rotates) and the median per-step time over rounds is reported, so that load drifting during the
-run hits all variants alike.
+ConvNet on 32x32x3 at batch 64; `--workload vit`: nowt's `vit` on 28x28x1 at batch 128 (its attention
+projections, MLPs, patch embedding and head rule-trained). Timings are interleaved in rounds (every
+variant once per round, in an order that rotates) and the median per-step time over rounds is reported,
+so that load drifting during the run hits all variants alike.
 The weight-mirror row times one mirror step as `nowt train` makes it (a noise batch of 1/4 of the training
 batch, every 2nd step) and reports its cost per training step (half a mirror step) as a fraction of one.
 BioTorch's FA is timed too when `biotorch` is importable (`pip install --no-deps biotorch==0.0.16`).
@@ -37,6 +39,11 @@ def workloads(name: str, device: str, batch: int | None):
         model = nowt.models.resnet18(num_classes=1000).to(device, memory_format=torch.channels_last)
         x = torch.randn(n, 3, 224, 224, device=device).contiguous(memory_format=torch.channels_last)
         return {f"resnet18 224x224, batch {n}": (model, x, torch.randint(0, 1000, (n,), device=device))}
+    if name == "vit":  # a transformer: attention through the rule, softmax(QK^T)V by autograd
+        n = batch or 128
+        x = torch.randn(n, 1, 28, 28, device=device)
+        return {f"vit 28x28x1, batch {n}": (nowt.models.vit().to(device), x,
+                                            torch.randint(0, 10, (n,), device=device))}
     mlp = nowt.models.mlp(784, (1000, 1000), 10).to(device)
     conv = nowt.models.convnet(3, 10, 32, 32).to(device)
     return {
@@ -84,9 +91,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="steps per variant per round")
     parser.add_argument("--out", default="benchmarks/step_time.json")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--workload", default="small", choices=["small", "resnet18"],
-                        help="small: the MLP and ConvNet; resnet18: ImageNet-sized (for a GPU)")
-    parser.add_argument("--batch", type=int, default=None, help="resnet18 batch (default 256)")
+    parser.add_argument("--workload", default="small", choices=["small", "resnet18", "vit"],
+                        help="small: the MLP and ConvNet; resnet18: ImageNet-sized (for a GPU); "
+                             "vit: nowt's vit")
+    parser.add_argument("--batch", type=int, default=None, help="resnet18 / vit batch (default 256 / 128)")
     parser.add_argument("--amp", action="store_true", help="bf16 autocast")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -192,3 +192,73 @@ def test_encoder_layer_in_eval_without_grad_still_runs_the_converted_layers():
         model(torch.randn(3, 1, 28, 28))
     assert ref.shape == (2, 10)
     assert all(m.last_input_shape[0] == 3 for m in nowt.feedback_layers(model).values())
+
+
+class _Window(nn.Module):
+    """Swin-style: tokens folded into windows of 2 (batch * windows rows), qkv and proj applied by F.linear
+    on the children's weights (`functional`) or by calling the children; V2's key-bias copy optional."""
+
+    functional: bool
+
+    def __init__(self, zero_key_bias: bool = False) -> None:
+        super().__init__()
+        self.zero_key_bias, self.qkv, self.proj = zero_key_bias, nn.Linear(4, 12), nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = x.unflatten(1, (-1, 2)).flatten(0, 1)  # (N * L / 2, 2, C)
+        bias = self.qkv.bias
+        if self.zero_key_bias:
+            bias = torch.cat([bias[:4], torch.zeros_like(bias[4:8]), bias[8:]])
+        qkv = F.linear(w, self.qkv.weight, bias) if self.functional else self.qkv(w)
+        q, k, v = (t.unflatten(-1, (2, 2)).transpose(1, 2) for t in qkv.chunk(3, -1))
+        a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2)
+        return (F.linear(a, self.proj.weight, self.proj.bias) if self.functional else self.proj(a)).view_as(x)
+
+
+class WindowAttention(_Window):
+    functional = True
+
+
+class CalledWindowAttention(_Window):
+    functional = False
+
+
+class WindowNet(nn.Module):
+    def __init__(self, attention: type[nn.Module] = WindowAttention, **kwargs) -> None:
+        super().__init__()
+        self.embed, self.attn, self.head = nn.Linear(3, 4), attention(**kwargs), nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.attn(self.embed(x)).mean(1))
+
+
+@pytest.mark.parametrize("rule", ["fa", "kp", "bp"])
+def test_routed_f_linear_calls_train_like_module_calls(monkeypatch, rule):
+    """A module calling F.linear on its children's weights (as torchvision's Swin does) learns by the rule
+    exactly as if it called the children; under bp it is the unconverted module, key-bias copy included."""
+    from nowt.attention import RoutedAttention
+    from nowt.layers import CONVERTIBLE
+
+    routed = type("Routed", (RoutedAttention, WindowAttention), {"linear_names": ("qkv", "proj")})
+    monkeypatch.setitem(CONVERTIBLE, WindowAttention, routed)
+    x = torch.randn(3, 6, 3, dtype=torch.double)
+    grads, state = [], None
+    for attention in (WindowAttention, CalledWindowAttention):
+        model = nowt.convert(WindowNet(attention).double(), rule, seed=0)
+        state = state or model.state_dict()
+        model.load_state_dict(state)  # the same W and B (the routed module takes a seed of its own)
+        model(x).square().sum().backward()
+        grads.append([p.grad for p in model.parameters()])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b)
+    torch.manual_seed(0)
+    ref = WindowNet(zero_key_bias=True).double()
+    model = nowt.convert(copy.deepcopy(ref), "bp")
+    assert isinstance(model.attn, routed) and model.attn.qkv.last_input_shape is None
+    for m in (ref, model):
+        m(x).square().sum().backward()
+    assert model.attn.qkv.last_input_shape == (3, 6, 4)  # refolded to the batch: DFA sees it on dim 0
+    torch.testing.assert_close(model(x), ref(x))
+    for a, b in zip(model.parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad)
+    assert ref.attn.qkv.bias.grad[4:8].abs().sum() == 0 < ref.attn.qkv.bias.grad[:4].abs().sum()

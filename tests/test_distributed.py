@@ -1,5 +1,6 @@
 """DDP on CPU (gloo): 2 ranks with the global batch split in two end with the weights of 1 process that
-sees the whole batch, for every rule, feedback state included."""
+sees the whole batch, for every rule, feedback state included; and so do a vit (rule-trained attention) and
+a Conv1d net."""
 
 import os
 import socket
@@ -16,6 +17,12 @@ from nowt import distributed
 RULES = [r for r in ("bp", "fa", "kp", "wm", "brsf", "dfa", "dtp", "sdtp") if r in nowt.rules()]
 TARGETPROP = ("dtp", "sdtp")
 STEPS = 4
+#: name -> (factory, input shape of one example): the convnet runs every rule, the new layers fa, kp and wm.
+NETS = {"convnet": (lambda: nowt.models.convnet(2, 3, width=4, image_size=8), (2, 8, 8)),
+        "vit": (lambda: nowt.models.vit(2, 3, image_size=8, patch=4, dim=8, depth=1, heads=2), (2, 8, 8)),
+        "conv1d": (lambda: nowt.models.conv1d(2, 3, image_size=8, width=4), (2, 8, 8))}
+RUNS = [("convnet", rule) for rule in RULES] + [(net, rule) for net in ("vit", "conv1d")
+                                                for rule in ("fa", "kp", "wm")]
 
 
 def _train_targetprop(algorithm: str, ddp: bool) -> dict[str, torch.Tensor]:
@@ -31,20 +38,21 @@ def _train_targetprop(algorithm: str, ddp: bool) -> dict[str, torch.Tensor]:
     return {**state["model"], **{f"inverse.{k}": v for k, v in state["inverses"].items()}}
 
 
-def _train(rule: str, ddp: bool) -> dict[str, torch.Tensor]:
+def _train(net: str, rule: str, ddp: bool) -> dict[str, torch.Tensor]:
     if rule in TARGETPROP:
         return _train_targetprop(rule, ddp)
+    make, shape = NETS[net]
     torch.manual_seed(0)
-    model = nowt.models.convnet(in_channels=2, num_classes=3, width=4, image_size=8).double()
+    model = make().double()
     nowt.convert(model, rule, seed=0)
     data = torch.Generator().manual_seed(1)
-    x0 = torch.randn(8, 2, 8, 8, generator=data, dtype=torch.double)
+    x0 = torch.randn(8, *shape, generator=data, dtype=torch.double)
     model(distributed.shard(x0)[0] if ddp else x0)  # wm needs an input shape; dfa its feedback
     net = distributed.wrap(model) if ddp else model
     opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
     mirror_noise = torch.Generator().manual_seed(2)
     for _ in range(STEPS):
-        x = torch.randn(8, 2, 8, 8, generator=data, dtype=torch.double)
+        x = torch.randn(8, *shape, generator=data, dtype=torch.double)
         y = torch.randint(0, 3, (8,), generator=data)
         if ddp:
             x, y = distributed.shard(x, y)
@@ -62,7 +70,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=2)
     try:
-        results = {rule: _train(rule, ddp=True) for rule in RULES}
+        results = {f"{net}/{rule}": _train(net, rule, ddp=True) for net, rule in RUNS}
         if rank == 1:  # rank 1 holds what it computed itself; rank 0's copy is checked for equality too
             torch.save(results, os.path.join(out_dir, "rank1.pt"))
         else:
@@ -84,20 +92,28 @@ def two_rank_results(tmp_path_factory):
     return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
 
 
-@pytest.mark.parametrize("rule", RULES)
-def test_two_ranks_match_one_process_with_the_whole_batch(two_rank_results, rule):
-    single = _train(rule, ddp=False)
+@pytest.mark.parametrize(("net", "rule"), RUNS)
+def test_two_ranks_match_one_process_with_the_whole_batch(two_rank_results, net, rule):
+    single = _train(net, rule, ddp=False)
     torch.manual_seed(0)
     start = (nowt.models.mlp(16, (12, 10), 3, activation="tanh").double() if rule in TARGETPROP else
-             nowt.convert(nowt.models.convnet(2, 3, 4, 8).double(), rule, seed=0)).state_dict()
+             nowt.convert(NETS[net][0]().double(), rule, seed=0)).state_dict()
     moved = False
     for ranks in two_rank_results:
-        got = ranks[rule]
+        got = ranks[f"{net}/{rule}"]
         assert got.keys() == single.keys()
         for k in single:
-            torch.testing.assert_close(got[k], single[k], rtol=1e-9, atol=1e-12, msg=f"{rule}: {k}")
+            torch.testing.assert_close(got[k], single[k], rtol=1e-9, atol=1e-12, msg=f"{net} {rule}: {k}")
             moved |= k in start and k.endswith("weight") and not torch.allclose(single[k], start[k])
     assert moved, "training must change the weights, or the comparison proves nothing"
+    feedback = [k for k in single if k.endswith("feedback")]
+    if net != "convnet":  # every layer's B, attention projections included, is one tensor on both ranks
+        names = {k.rsplit(".", 1)[0] for k in feedback}
+        assert (net != "vit" or "blocks.0.self_attn.in_proj" in names) and len(names) >= 3
+        rank0, rank1 = (ranks[f"{net}/{rule}"] for ranks in two_rank_results)
+        assert all(torch.equal(rank0[k], rank1[k]) for k in feedback)
+        learned = any(not torch.equal(single[k], start[k]) for k in feedback)
+        assert learned == (rule != "fa"), "kp and wm learn B (so equal B across ranks is no accident)"
 
 
 def test_shard_splits_the_global_batch_in_rank_order(monkeypatch):

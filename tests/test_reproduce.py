@@ -23,13 +23,14 @@ def test_every_reproduction_builds_valid_configs_and_names_known_metrics(tmp_pat
     assert {"akrout2019", "akrout2019-cifar10", "akrout2019-imagenet", "bartunov2018-mnist-fc",
             "bartunov2018-mnist-lc", "bartunov2018-cifar-fc", "bartunov2018-cifar-lc",
             "bartunov2018-imagenet", "nokland2016", "biotorch-mnist",
-            "biotorch-cifar10", "cheon2024", "song2021"} <= set(REPRODUCTIONS)
+            "biotorch-cifar10", "cheon2024", "song2021", "vit-rules"} <= set(REPRODUCTIONS)
     for repro in TABLES.values():
         assert set(repro.published) <= set(repro.runs), repro.name
         for label in repro.runs:
             for quick in (False, True):
                 cfg = run_config(repro, label, quick, tmp_path)
                 assert cfg.out_dir == str(tmp_path / label)
+                cfg.validate()  # what `fit` checks first: e.g. a rule option given to another rule's run
             assert set(repro.published.get(label, {})) <= set(METRICS)
 
 
@@ -202,3 +203,56 @@ def test_cheon_conditions_study_reports_angles_accuracy_and_a_verdict(tmp_path, 
     assert set(result["accuracy"]) == {"no pretraining", "base", "fresh noise"}
     text = (tmp_path / "RESULTS.md").read_text()
     assert "| base |" in text and "Learning speed: pretrained" in text and "Command: `test`" in text
+
+
+def test_vit_rules_runs_every_rule_and_seed_at_one_budget(tmp_path):
+    from dataclasses import asdict
+
+    repro = REPRODUCTIONS["vit-rules"]
+    assert len(repro.runs) == 2 * 6 * 3 and not repro.run_figures
+    budget = None
+    for label in repro.runs:
+        cfg = asdict(run_config(repro, label, False, tmp_path))
+        assert label == f"{cfg['dataset']}-{cfg['rule']}-s{cfg['seed']}" and cfg["model"] == "vit"
+        rest = {k: v for k, v in cfg.items() if k not in ("dataset", "rule", "seed", "out_dir")}
+        assert budget in (None, rest), label  # the same optimizer, schedule and epochs for every run
+        budget = rest
+    assert {(c.rule, c.seed) for c in (run_config(repro, n, False, tmp_path) for n in repro.runs)} == {
+        (r, s) for r in ("bp", "fa", "usf", "kp", "wm", "dfa") for s in (0, 1, 2)}
+    quick = run_config(repro, "mnist-wm-s1", True, tmp_path)
+    assert (quick.epochs, quick.train_size) == (1, 2000)
+
+
+def test_vit_rules_summary_averages_seeds_and_layers(tmp_path):
+    import json
+
+    from nowt.reproduce.vit_rules import summarize
+
+    def write(label, accuracies, angles):
+        (tmp_path / label).mkdir()
+        records = [{"epoch": i + 1, "test_accuracy": a, "weight_angles": angles[i]}
+                   for i, a in enumerate(accuracies)]
+        (tmp_path / label / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+    write("mnist-fa-s0", [80.0, 90.0], [{"embed": 90.0, "head": 50.0}, {"embed": 80.0, "head": 40.0}])
+    write("mnist-fa-s1", [85.0, 94.0], [{"embed": 88.0, "head": 46.0}, {"embed": 70.0, "head": 30.0}])
+    write("mnist-dfa-s0", [70.0], [{"embed": math.nan, "head": math.nan}])
+    text = "\n".join(summarize(tmp_path))
+    # 90 and 94: mean 92, sample sd 2 sqrt(2); the last epoch's angles averaged per layer
+    assert "| fa | 92.00 ± 2.83 | – | 2 | 0 |" in text and "| dfa | 70.00 | – | 1 | 0 |" in text
+    assert "| fa | 75.0 | 35.0 |" in text and "| dfa | – | – |" in text and "| bp | – | – | 0 | 0 |" in text
+    assert (tmp_path / "vit_rules.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_vit_rules_quick_run_trains_and_records_attention_alignment(tmp_path):
+    path = reproduce.run("vit-rules", tmp_path, quick=True, only=["mnist-usf-s1"], progress=False)
+    text = path.read_text()
+    assert "| mnist-usf-s1 | best_test_accuracy | – |" in text and "| usf |" in text
+    assert "vit_rules.png" in text
+    assert not (tmp_path / "alignment.png").exists()  # one figure for the whole table, not one per run
+    from nowt.report import load_run
+
+    (record,) = load_run(tmp_path / "mnist-usf-s1").history
+    angles = record["weight_angles"]
+    assert {"blocks.0.self_attn.in_proj", "blocks.1.self_attn.out_proj", "embed", "head"} <= set(angles)
+    assert all(20 < a < 45 for a in angles.values()) and record["test_accuracy"] > 15  # B = sign(W) mean|W|

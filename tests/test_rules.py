@@ -248,3 +248,18 @@ def test_brsf_magnitudes_follow_the_init_distribution(init):
     for q in (0.1, 0.5, 0.9, 0.99):
         assert abs(float(mag.quantile(q) - ref.quantile(q))) < 0.03 * float(ref.max()), (q, init)
     assert mag.min() > 0
+
+
+@pytest.mark.parametrize("rule", ["fa", "kp", "dfa", "bp"])
+def test_a_linear_on_sequences_may_be_followed_by_an_in_place_activation(rule):
+    """F.linear of a 3-d input is a view of its 2-d product: out of a custom Function it must still accept
+    ReLU(inplace=True) (torchvision's Swin V2 has one), with the gradients of the out-of-place network."""
+    grads = []
+    for inplace in (False, True):
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Linear(2, 4), nn.ReLU(inplace=inplace), nn.Linear(4, 3), nn.Flatten())
+        model = nowt.convert(net, rule, seed=0)
+        model(torch.randn(3, 5, 2)).square().sum().backward()
+        grads.append([p.grad for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*grads, strict=True))
+    assert grads[0][0].abs().sum() > 0

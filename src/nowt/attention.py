@@ -4,15 +4,22 @@ softmax(QK^T)V keeps autograd's gradients (it multiplies activations, not weight
 The layer keeps `nn.MultiheadAttention`'s parameters and state-dict keys. Each input projection is a
 `Projection` child: a `FeedbackLayer` whose `.weight`/`.bias` are the owner's (packed) parameters, so every
 rule (its feedback state, KP's learned B, the mirror, DFA, angles) sees an ordinary linear layer.
+
+Attention modules that hold `nn.Linear` children but call `F.linear` on their weights (torchvision's Swin
+window attention) would leave those weights on backprop once the children are converted: `RoutedLinear`
+sends such calls to the converted children (`register_torchvision`).
 """
 
 from __future__ import annotations
 
+import copy
 import math
+import sys
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
 from nowt.layers import CONVERTIBLE, FeedbackLayer
 from nowt.ops import LinearOp
@@ -152,7 +159,70 @@ def _merge_masks(attn_mask: Tensor | None, key_padding_mask: Tensor | None, n: i
     return mask
 
 
+class RoutedLinear(TorchFunctionMode):
+    """Within it, `F.linear(x, W, b)` with W the weight of one of `layers` runs that rule-trained layer.
+
+    x's leading dimensions are refolded to (batch, -1) for the call (Swin's windows are batch * windows
+    rows), so DFA sees the model's batch on dim 0; a linear map acts per row, so nothing else changes. A b
+    other than the layer's own (Swin V2 zeroes the key bias in a copy) is swapped in by adding b - bias:
+    its gradient reaches the copy's source, and the layer's own bias gets none from that term."""
+
+    def __init__(self, layers: list[FeedbackLayer], batch: int) -> None:
+        super().__init__()
+        self.layers, self.batch = {id(m.weight): m for m in layers}, batch
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        layer = None
+        if func is F.linear:
+            layer = self.layers.get(id(args[1] if len(args) > 1 else kwargs.get("weight")))
+        if layer is None:
+            return func(*args, **kwargs)  # the mode is off in here: nested calls are not routed
+        x, bias = args[0], args[2] if len(args) > 2 else kwargs.get("bias")
+        out = layer(x.reshape(self.batch, -1, x.shape[-1])).view(*x.shape[:-1], -1)
+        if bias is not layer.bias:
+            out = out + ((0 if bias is None else bias) - (0 if layer.bias is None else layer.bias))
+        return out
+
+
+class RoutedAttention(nn.Module):
+    """Mixin over an attention module whose forward calls `F.linear` on its `nn.Linear` children's weights
+    (`linear_names`) and never calls those children themselves (their own F.linear would be routed again),
+    input (batch, ...): its own forward runs with those calls routed to the children, which `nowt.convert`
+    converts like any Linear."""
+
+    linear_names: tuple[str, ...] = ()
+
+    @classmethod
+    def from_module(cls, m: nn.Module, rule: Rule) -> RoutedAttention:
+        layer = cls.__new__(cls)
+        # The same parameters and buffers, in dicts of its own: converting its children leaves m intact.
+        layer.__dict__.update({k: copy.copy(v) if isinstance(v, dict) else v for k, v in vars(m).items()})
+        return layer
+
+    def rule_parts(self) -> list[FeedbackLayer]:
+        return []  # nothing of its own: the Linear children are converted on their own
+
+    def forward(self, x: Tensor, *args, **kwargs):
+        linears = [getattr(self, n) for n in self.linear_names]
+        if not all(isinstance(m, FeedbackLayer) for m in linears):  # not (yet) converted: plain forward
+            return super().forward(x, *args, **kwargs)
+        with RoutedLinear(linears, x.shape[0]):
+            return super().forward(x, *args, **kwargs)
+
+
+def register_torchvision() -> None:
+    """Makes torchvision's Swin window attention (V1 and V2: qkv and proj by `F.linear`) convertible, once
+    torchvision has defined it: nowt never imports torchvision itself. `nowt.convert` calls this."""
+    swin = sys.modules.get("torchvision.models.swin_transformer")
+    for name in ("ShiftedWindowAttention", "ShiftedWindowAttentionV2"):
+        base = getattr(swin, name, None)
+        if base is not None and base not in CONVERTIBLE:
+            CONVERTIBLE[base] = type(base.__name__, (RoutedAttention, base),  # type: ignore[assignment]
+                                     {"linear_names": ("qkv", "proj"), "__module__": __name__})
+
+
 # Registered here, not in nowt.layers, which this module imports.
 CONVERTIBLE[nn.MultiheadAttention] = MultiheadAttention  # type: ignore[assignment]
 
-__all__ = ["MultiheadAttention", "Projection"]
+__all__ = ["MultiheadAttention", "Projection", "RoutedAttention", "RoutedLinear", "register_torchvision"]

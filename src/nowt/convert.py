@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from nowt import attention  # noqa: F401  (adds nn.MultiheadAttention to CONVERTIBLE)
+from nowt import attention  # adds nn.MultiheadAttention to CONVERTIBLE
 from nowt.layers import CONVERTIBLE, FeedbackLayer
 from nowt.rules import Rule, make_rule
 
@@ -38,16 +38,18 @@ def convert(
     **options: Any,
 ) -> nn.Module:
     """Swaps every `nn.Linear`, convolution (1-3d, plain or transposed) and `nn.MultiheadAttention` of
-    `model`, in place, for a layer trained by `rule`.
+    `model`, in place, for a layer trained by `rule` (torchvision's Swin window attention too, whose qkv and
+    proj it calls through `F.linear`: see `nowt.attention.RoutedAttention`).
 
     Weights, biases, devices and dtypes are kept (the very same Parameter objects, so an optimizer built
     earlier still holds them; rules that add parameters, like `kp`, need them added to it).
     `seed` makes the random feedback reproducible (None draws one from torch's global RNG).
     `exclude`: layers to leave on backprop, by qualified name (glob patterns allowed, a prefix covers a
-    submodule) or by type; they become `bp` layers. Layers nowt cannot convert (e.g. `nn.Conv1d`,
-    `nn.MultiheadAttention`) raise a ValueError unless excluded. `options` go to the rule (see each rule's
+    submodule) or by type; they become `bp` layers. Layers nowt cannot convert (e.g. `nn.Bilinear`,
+    `nn.LSTM`) raise a ValueError unless excluded. `options` go to the rule (see each rule's
     `options`). Returns the model; a bare `nn.Linear`/`nn.Conv2d` is returned converted, not in place.
     """
+    attention.register_torchvision()  # Swin's window attention, if torchvision made this model
     rule = make_rule(rule, **options)
     backprop = make_rule("bp")
     exclude = tuple(exclude)

@@ -20,7 +20,11 @@ Grads = tuple[Tensor | None, Tensor | None, Tensor | None]
 @dataclass(frozen=True)
 class LinearOp:
     def forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        return F.linear(x, weight, bias)
+        out = F.linear(x, weight, bias)
+        # F.linear of an N-d input returns a view of its 2-d product, and a view out of a custom autograd
+        # Function may not be modified in place (a ReLU(inplace=True) after the layer raises): the same
+        # memory, re-wrapped as a tensor of its own (nothing else holds the 2-d product).
+        return torch.ops.aten._unsafe_view(out, out.shape) if out._is_view() else out
 
     def backward(
         self, grad_out: Tensor, x: Tensor, matrix: Tensor, needs: tuple[bool, bool, bool]

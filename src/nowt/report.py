@@ -142,9 +142,10 @@ def summary_table(runs: list[Run]) -> str:
     return markdown_table(header, rows)
 
 
-def report_runs(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike) -> list[str]:
-    """Draws `curves.png` and `alignment.png` of the runs into `out_dir`; returns the markdown parts (the
-    summary table and the figure links) for a document there."""
+def report_runs(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike,
+                figures: bool = True) -> list[str]:
+    """Draws `curves.png` and `alignment.png` of the runs into `out_dir` (unless not `figures`); returns the
+    markdown parts (the summary table and the figure links) for a document there."""
     if not run_dirs:
         raise ValueError("report needs at least one run directory")
     runs = [load_run(d) for d in run_dirs]
@@ -154,6 +155,8 @@ def report_runs(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike) -
             run.name = f"{Path(run_dirs[i]).parent.name}/{run.name}"
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if not figures:
+        return [summary_table(runs)]
     curves = plot_learning_curves(runs, out / "curves.png")
     parts = [summary_table(runs), f"![learning curves]({curves.name})"]
     alignment = plot_alignment(runs, out / "alignment.png")

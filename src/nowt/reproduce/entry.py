@@ -85,6 +85,9 @@ class Reproduction(Entry):
     quick: dict = field(default_factory=dict)
     #: out_dir -> extra markdown sections (e.g. our curves against the authors' per-epoch logs)
     compare: Callable[[Path], list[str]] | None = None
+    #: learning-curve and alignment figures with a line or column per run; a table of many runs turns them
+    #: off and draws its own summary in `compare`
+    run_figures: bool = True
 
     def describe(self) -> str:
         lines = [super().describe()]
@@ -101,7 +104,7 @@ class Reproduction(Entry):
         parts = [f"# {self.name}{' (quick)' if quick else ''}", self.paper, f"{self.table}. {self.notes}",
                  provenance(command or self.command(quick)), results_table(rows)]
         if ran:
-            parts += ["## Our runs", *report_runs(ran, out_dir)]
+            parts += ["## Our runs", *report_runs(ran, out_dir, figures=self.run_figures)]
         if self.compare is not None:
             parts += self.compare(Path(out_dir))
         path = Path(out_dir) / "RESULTS.md"

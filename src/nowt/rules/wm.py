@@ -138,20 +138,26 @@ def _local_estimate(layer, x: Tensor, scale: Tensor | float, activation: str = "
     return layer.op.weight_grad(x, y, layer.weight.shape) * scale
 
 
-def _pair_counts(layer, shape: torch.Size) -> tuple[Tensor | float, float]:
+def _pair_counts(layer, shape: torch.Size) -> tuple[Tensor | float, float, float]:
     """How many (input, output) pairs each weight entry sums over (n for Linear, per kernel tap for conv),
-    and their mean as a float, computed once per shape so a GPU does not sync on every mirror step."""
+    their mean, and the fan-in: how many inputs feed one output on average, the number of terms in each y of
+    the y x^T estimate, which sets its noise. Computed once per shape, so a GPU does not sync on every
+    mirror step.
+
+    The fan-in is counted, not read off the weight's shape: a transposed convolution's weight is
+    (in, out/groups, k...), and each output sums over in/groups channels times only about k/stride taps per
+    dimension (fewer at the borders)."""
     if isinstance(layer.op, LinearOp):
         n = float(torch.Size(shape[:-1]).numel())
-        return n, n
+        return n, n, float(shape[-1])
     cached = getattr(layer, "_mirror_counts", None)
     if cached is not None and cached[0] == shape:
         return cached[1:]
     w = layer.weight
     ones = torch.ones(shape, device=w.device, dtype=w.dtype)
-    out = layer.op.forward(ones, torch.ones_like(w), None)
+    out = layer.op.forward(ones, torch.ones_like(w), None)  # each output: the count of its terms
     counts = layer.op.weight_grad(ones, torch.ones_like(out), w.shape).clamp_min(1.0)
-    layer._mirror_counts = (shape, counts, float(counts.mean()))
+    layer._mirror_counts = (shape, counts, float(counts.mean()), float(out.mean()))
     return layer._mirror_counts[1:]
 
 
@@ -181,8 +187,9 @@ def mirror_layers(
     `batch_size` when given. `normalize`: the estimate is y x^T / (s^2 n), an estimate of W; otherwise the
     raw sum y x^T (the paper's B += lr x y^T). `decay` defaults to the step (a moving average).
     `lr=None` picks, per layer, lr_auto = min(0.1, 0.1 * samples / fan_in), where samples is the number of
-    noise pairs each weight entry averages over in one step (the batch, times positions for a conv): the
-    estimate's noise then stays at ~13 degrees whatever the batch, and B aligns in about 2.3 / lr steps.
+    noise pairs each weight entry averages over in one step (the batch, times positions for a conv) and
+    fan_in the mean number of inputs that feed one output (see `_pair_counts`): the estimate's noise stays
+    at ~13 degrees whatever the batch, and B aligns in about 2.3 / lr steps.
     With `anneal` > 0 (the training schedule: MIRROR_ANNEAL) that step shrinks as evidence accumulates:
     min(lr_auto, anneal / t) at the layer's t-th annealed step (counted in its `mirror_count`).
     Under torch.distributed every rank draws the noise of the global batch from the same generator state
@@ -200,10 +207,10 @@ def mirror_layers(
         shape = layer.last_input_shape
         if batch_size is not None:
             shape = torch.Size((batch_size, *shape[1:]))
-        counts, samples = _pair_counts(layer, shape)
+        counts, samples, fan_in = _pair_counts(layer, shape)
         counts, samples = counts * size, samples * size
         w = layer.weight
-        auto = min(0.1, AUTO_LR_SCALE * samples / w[0].numel())
+        auto = min(0.1, AUTO_LR_SCALE * samples / fan_in)
         scale = 1 / (counts * noise_std**2) if normalize else 1.0
         for _ in range(steps):
             step = lr if lr is not None else auto

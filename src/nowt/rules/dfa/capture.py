@@ -43,7 +43,9 @@ class Pass:
         for (layer, shape), fb_shape in zip(self.pending, shapes, strict=True):
             if shape[0] != n:
                 raise ValueError(f"dfa: a layer's input has batch size {shape[0]} but the output has {n}; "
-                                 f"dfa needs every converted layer to see the model's batch along dim 0")
+                                 f"dfa needs every converted layer to see the model's batch along dim 0 "
+                                 f"(nowt.convert(..., exclude=[...]) leaves a layer that does not, such as "
+                                 f"one computing a position bias, on backprop)")
             self.rule.note_shape(layer, fb_shape)  # all shapes first: the shared matrix spans the widest
         for (layer, _), fb_shape in zip(self.pending, shapes, strict=True):
             self.projections.append(self.rule.projection(model, layer, fb_shape))
