@@ -11,7 +11,8 @@ variant once per round, in an order that rotates) and the median per-step time o
 so that load drifting during the run hits all variants alike.
 The weight-mirror row times one mirror step as `nowt train` makes it (a noise batch of 1/4 of the training
 batch, every 2nd step) and reports its cost per training step (half a mirror step) as a fraction of one.
-BioTorch's FA is timed too when `biotorch` is importable (`pip install --no-deps biotorch==0.0.16`).
+BioTorch's fa, usf, brsf and frsf are timed too when `biotorch` is importable
+(`pip install --no-deps biotorch==0.0.16`).
 """
 
 from __future__ import annotations
@@ -66,12 +67,17 @@ def make_step(model, x, y, amp: bool = False):
     return step
 
 
-def biotorch_fa(model):
+#: the rules BioTorch has too (its DFA needs the targets in forward, a different step, so it is left out)
+BIOTORCH_RULES = ("fa", "usf", "brsf", "frsf")
+
+
+def biotorch(model, rule: str):
+    """BioTorch's conversion of `model` for `rule`, or None when BioTorch is not installed."""
     try:
         from biotorch.module.biomodule import BioModule
     except Exception:
         return None
-    return BioModule(copy.deepcopy(model), mode="fa")
+    return BioModule(copy.deepcopy(model), mode=rule)
 
 
 def time_it(fn, steps: int) -> float:
@@ -110,9 +116,10 @@ def main() -> None:
         # the documented per-step pattern: one mirror step with a noise batch of 1/8 of the training batch
         noise_batch = max(1, len(x) * MIRROR_EVERY // MIRROR_BATCH_DIVISOR)
         variants["wm mirror step"] = lambda m=models["wm"], n=noise_batch: nowt.mirror(m, 1, batch_size=n)
-        bio = biotorch_fa(base)
-        if bio is not None:
-            variants["biotorch fa"] = make_step(bio, x, y)
+        for rule in BIOTORCH_RULES:
+            bio = biotorch(base, rule)
+            if bio is not None:
+                variants[f"biotorch {rule}"] = make_step(bio, x, y, args.amp)
         for fn in variants.values():  # warm-up
             time_it(fn, 3)
         times: dict[str, list[float]] = {k: [] for k in variants}
