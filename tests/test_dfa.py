@@ -293,3 +293,20 @@ def test_clear_errors():
     with pytest.raises(AttributeError, match="first forward"):
         _ = nowt.convert(tiny_mlp(), "dfa")[0].feedback
 
+
+
+def test_seeded_chunks_drawn_by_threads_are_the_chunks_drawn_in_turn():
+    from nowt.rules.dfa import storage
+    shape, e = torch.Size((10, 7, 9)), torch.randn(3, 10)
+    proj = storage.seeded(5, shape, 0.1, chunk=8, like=torch.empty(0))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = proj(e), proj.matrix(torch.empty(0))
+        torch.set_num_threads(3)
+        assert len(list(proj.spans())) == 8
+        several = proj(e), proj.matrix(torch.empty(0))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(one, several, strict=True))
+    torch.testing.assert_close(one[0], e @ one[1].flatten(1))

@@ -4,8 +4,9 @@
 - "shared": one matrix `S` of `n_out x max(D)` (a `dfa_feedback` buffer on the converted model), as TinyDFA;
   layer `l` uses `S[:, :D_l] * scale / sqrt(D_l)`.
 - "seeded": nothing but the seed is stored; backward redraws B chunk by chunk, so the extra memory is one
-  `n_out x chunk` block (plus the input gradient itself). Costs one random number per entry of B per step.
-  On a GPU the chunks are drawn on the CPU (slow).
+  `n_out x chunk` block per torch thread (plus the input gradient itself). Costs one random number per
+  entry of B per step; the chunks are drawn by up to `torch.get_num_threads()` threads at once (a CPU
+  generator is serial, so one thread would draw them all). On a GPU the chunks are drawn on the CPU (slow).
 B is drawn in column chunks of `chunk` columns of `B.flatten(1)`, chunk k from a CPU generator seeded with
 (layer seed, k), so one seed gives one B on every device, and B depends on (seed, chunk) only.
 """
@@ -13,7 +14,8 @@ B is drawn in column chunks of `chunk` columns of `B.flatten(1)`, chunk k from a
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch import Tensor, nn
@@ -30,35 +32,65 @@ def draw_chunk(seed: int, k: int, n_out: int, cols: int, scale: float, like: Ten
     return raw.to(like.device, like.dtype).mul_(scale)
 
 
-class Projection:
-    """`e -> e @ B.flatten(1)` for one layer, computed chunk by chunk from `block(k, j0, j1)`."""
+_POOL: ThreadPoolExecutor | None = None
 
-    def __init__(self, shape: torch.Size, chunk: int, block: Callable[[int, int, int], Tensor]) -> None:
-        self.shape, self.chunk, self.block = shape, chunk, block
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=max(torch.get_num_threads(), 1), thread_name_prefix="nowt-dfa")
+    return _POOL
+
+
+class Projection:
+    """`e -> e @ B.flatten(1)` for one layer, computed chunk by chunk from `block(k, j0, j1)`. With
+    `drawn=True` (blocks that are drawn, not sliced) up to `torch.get_num_threads()` blocks are made ahead
+    by worker threads while the caller multiplies the one before: the same blocks in the same order."""
+
+    def __init__(self, shape: torch.Size, chunk: int, block: Callable[[int, int, int], Tensor],
+                 drawn: bool = False) -> None:
+        self.shape, self.chunk, self.block, self.drawn = shape, chunk, block, drawn
         self.cols = math.prod(shape[1:])
 
     def spans(self):
         return enumerate((j, min(j + self.chunk, self.cols)) for j in range(0, self.cols, self.chunk))
 
+    def blocks(self) -> Iterator[tuple[int, int, Tensor]]:
+        """(j0, j1, block) for every chunk in order; drawn blocks are made `ahead` at a time in threads."""
+        spans = list(self.spans())
+        ahead = torch.get_num_threads() if self.drawn and len(spans) > 1 else 0
+        if ahead <= 1:
+            yield from ((j0, j1, self.block(k, j0, j1)) for k, (j0, j1) in spans)
+            return
+        pool, pending = _pool(), []
+        for k, (j0, j1) in spans:
+            pending.append((j0, j1, pool.submit(self.block, k, j0, j1)))
+            if len(pending) >= ahead:  # at most `ahead` blocks exist at once: memory stays bounded
+                a, b, future = pending.pop(0)
+                yield a, b, future.result()
+        for a, b, future in pending:
+            yield a, b, future.result()
+
     def __call__(self, e: Tensor) -> Tensor:
         if self.cols <= self.chunk:
             return e @ self.block(0, 0, self.cols).to(e.dtype)
         out = e.new_empty(e.shape[0], self.cols)
-        for k, (j0, j1) in self.spans():
-            out[:, j0:j1] = e @ self.block(k, j0, j1).to(e.dtype)
+        for j0, j1, block in self.blocks():
+            out[:, j0:j1] = e @ block.to(e.dtype)
         return out
 
     def matrix(self, like: Tensor) -> Tensor:
         out = like.new_empty(self.shape[0], self.cols)
-        for k, (j0, j1) in self.spans():
-            out[:, j0:j1] = self.block(k, j0, j1)
+        for j0, j1, block in self.blocks():
+            out[:, j0:j1] = block
         return out.view(self.shape)
 
 
 def seeded(seed: int, shape: torch.Size, scale: float, chunk: int, like: Tensor) -> Projection:
     """B redrawn from `seed` chunk by chunk whenever it is used."""
     n_out = shape[0]
-    return Projection(shape, chunk, lambda k, j0, j1: draw_chunk(seed, k, n_out, j1 - j0, scale, like))
+    return Projection(shape, chunk, lambda k, j0, j1: draw_chunk(seed, k, n_out, j1 - j0, scale, like),
+                      drawn=True)
 
 
 def dense(layer: nn.Module, seed: int, shape: torch.Size, scale: float, chunk: int) -> Projection:
