@@ -38,7 +38,7 @@ ENTRIES = [
                "not under its running mean (0.75 m + 0.25 e), ending after 8 halvings or 300 epochs. DFA and "
                "FA start from zero forward weights (the official FA code leaves the first layer at its "
                "default init; ours zeroes it too). The paper reports one test error; we give the final and "
-               "the best epoch's. The paper chose the dropout runs' lr decay and training time on a validation "
-               "set and does not give them: `dfa-constant-lr` is the same run without decay for all 300 "
-               "epochs. One seed.")),
+               "the best epoch's. The paper chose the dropout runs' lr decay and training time on a "
+               "validation set and does not give them: `dfa-constant-lr` is the same run without decay for "
+               "all 300 epochs. One seed.")),
 ]
