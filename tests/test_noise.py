@@ -121,8 +121,10 @@ def test_pretrain_noise_with_other_rules_and_models():
     assert not torch.equal(fb, model[0].feedback)  # KP learns B through the same backward
     model = nowt.convert(tiny_mlp(), "wm", seed=0)
     fb = model[0].feedback.detach().clone()
-    pretrain_noise(model, (5,), steps=2, progress=False)
-    assert not torch.equal(fb, model[0].feedback)  # the mirror ran after each step
+    pretrain_noise(model, (5,), steps=7, progress=False)
+    assert torch.equal(fb, model[0].feedback)  # the mirror's schedule: no mirror step before the eighth
+    pretrain_noise(model, (5,), steps=8, progress=False)
+    assert not torch.equal(fb, model[0].feedback)
     bp = nowt.convert(tiny_mlp(), "bp")
     w = bp[0].weight.detach().clone()
     assert pretrain_noise(bp, (5,), steps=2, progress=False)[-1]["weight_angles"] == {"2": 0.0, "4": 0.0}

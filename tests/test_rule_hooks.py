@@ -19,9 +19,9 @@ def test_weight_mirror_schedule_runs_from_its_hooks(monkeypatch):
     model(torch.randn(48, 5, dtype=torch.double))
     (rule,) = nowt.feedback_rules(model)
     rule.begin_training(model, 48)
-    for step in range(1, 7):
+    for step in range(1, 25):
         rule.after_step(model, step)
-    assert calls == [(7, 256)] + [(3, 12)] * 3  # warm-up, then after steps 2, 4 and 6: 48 * 2 // 8
+    assert calls == [(7, 256)] + [(3, 48)] * 3  # warm-up, then after steps 8, 16 and 24: 48 * 8 // 8
     for name in ("0", "2", "4"):
         assert int(model.get_submodule(name).mirror_batch_size) == 48  # checkpointed: a resume has it
 
@@ -40,12 +40,12 @@ def test_weight_mirror_without_begin_training_uses_the_last_batch(monkeypatch):
     model = nowt.convert(tiny_mlp(), "wm", seed=0)
     (rule,) = nowt.feedback_rules(model)
     with pytest.raises(RuntimeError, match="run a forward pass first"):
-        rule.after_step(model, 2)
+        rule.after_step(model, 8)
     calls.clear()
     model(torch.randn(40, 5, dtype=torch.double))
-    rule.after_step(model, 1)
-    rule.after_step(model, 2)
-    assert calls == [(1, 10)]  # noise pretraining: a quarter of the batch last seen, every second step
+    for step in range(1, 9):
+        rule.after_step(model, step)
+    assert calls == [(1, 40)]  # noise pretraining: the batch last seen, every eighth step
 
 
 def test_weight_mirror_options_are_checked():
@@ -133,7 +133,7 @@ def test_the_mirror_step_shrinks_as_evidence_accumulates():
         rule.begin_training(model, 32)
         for step in range(1, 3001):
             rule.after_step(model, step)
-        assert int(model[0].mirror_count) == (1500 if anneal else 0)
+        assert int(model[0].mirror_count) == (375 if anneal else 0)  # every 8th of 3000 steps
         angles[anneal] = nowt.weight_angles(model)["0"]
     assert angles[2.0] < 0.75 * angles[0.0], angles  # 8.4 vs 12.5 degrees here
     with pytest.raises(ValueError, match="mirror_anneal must be a number >= 0"):

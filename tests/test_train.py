@@ -161,7 +161,7 @@ def test_cuda_device_on_a_cpu_machine_is_refused():
 
 def test_rule_options_go_to_the_rules_that_declare_them():
     wm = train_mod.rule_options(TrainConfig(rule="wm", mirror_steps=3))
-    assert wm["mirror_steps"] == 3 and wm["mirror_warmup"] == 300 and wm["mirror_every"] == 2
+    assert wm["mirror_steps"] == 3 and wm["mirror_warmup"] == 300 and wm["mirror_every"] == 8
     assert set(wm) == {k for k in rule_class("wm").options if k.startswith("mirror_")}
     assert train_mod.rule_options(TrainConfig(rule="dtp", schedule="alternating")) == \
         {"schedule": "alternating"}
@@ -410,13 +410,13 @@ def test_bf16_autocast_and_channels_last_train_a_convnet():
             progress=False)
 
 
-def test_weight_mirror_runs_every_second_step_with_a_quarter_noise_batch(monkeypatch):
+def test_weight_mirror_runs_every_eighth_step_with_a_batch_of_noise(monkeypatch):
     calls = mirror_calls(monkeypatch)
-    train, test = _task()  # 500 training examples: 11 steps of 48 (the last one partial)
-    fit(TrainConfig(rule="wm", hidden=(8,), epochs=1, batch_size=48, mirror_warmup=5), train, test,
+    train, test = _task()  # 500 training examples: 21 steps of 24 (the last one partial)
+    fit(TrainConfig(rule="wm", hidden=(8,), epochs=1, batch_size=24, mirror_warmup=5), train, test,
         progress=False)
     assert calls[0] == (5, 256)  # the warm-up
-    assert calls[1:] == [(1, 12)] * 5  # after steps 2, 4, 6, 8 and 10
+    assert calls[1:] == [(1, 24)] * 2  # after steps 8 and 16
 
 
 def test_nokland_options_input_dropout_and_zero_init():

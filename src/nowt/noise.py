@@ -134,7 +134,7 @@ def pretrain_noise(
         a batch is [batch, classes]; the number of classes is read from it. Every rule trains as it does on
         data: one `loss.backward()` and optimizer step per batch (per-layer rules, KP, and any rule that
         works through backward), plus each rule's `after_step` hook (for `wm`, its mirror schedule: a
-        quarter-batch mirror step after every second step).
+        mirror step of a batch of noise after every eighth step).
     input_shape: one input without the batch dimension, e.g. (1, 28, 28) or (784,).
     steps: number of noise batches (0 only records the starting alignment).
     noise: "gaussian" (x ~ N(0, I), the paper's choice) or "uniform" (U(-sqrt 3, sqrt 3), unit variance).

@@ -16,8 +16,11 @@ while W, late in training, moves slowly. A fixed step held B at a noise floor ne
 Training with `wm` is a normal optimizer step plus mirror steps, run by the rule's own hooks (`nowt train`
 and noise pretraining call them): `begin_training` warms B up with `mirror_warmup` steps of a noise batch of
 `mirror_warmup_batch`, and `after_step` runs `mirror_steps` steps after every `mirror_every`-th optimizer
-step, with a noise batch of `mirror_batch` (0: mirror_every / 8 of the training batch; ~17% of an MLP
-step on a CPU, where a mirror step is memory-bound: it reads W twice whatever its batch).
+step, with a noise batch of `mirror_batch` (0: mirror_every / 8 of the training batch). The default, one
+mirror step of a training batch of noise after every 8th optimizer step, costs about 2/3 x 1/8 of the
+training step's multiply-adds plus one pass over B per 8 steps: 7-9% of an MLP step on a CPU, where a
+step every 2nd optimizer step with a quarter batch (the same noise per step) cost 14-25%, for the same
+alignment (results/wm-default).
 
 The paper's own recipe is a set of options: `mirror_every=1, mirror_batch=128, mirror_warmup=468,
 mirror_warmup_batch=128, mirror_noise="uniform", mirror_noise_std=0.1/sqrt(12), mirror_activation="sigmoid"`
@@ -38,7 +41,7 @@ from nowt.rules.base import RandomFeedbackRule, host_value, increment_buffer
 
 #: The default schedule: warm-up noise batch (per process); a mirror step after every MIRROR_EVERY optimizer
 #: steps with a noise batch of MIRROR_EVERY / MIRROR_BATCH_DIVISOR of the training batch.
-MIRROR_WARMUP_BATCH, MIRROR_BATCH_DIVISOR, MIRROR_EVERY = 256, 8, 2
+MIRROR_WARMUP_BATCH, MIRROR_BATCH_DIVISOR, MIRROR_EVERY = 256, 8, 8
 #: The automatic step after the layer's t-th training mirror step is min(lr_auto, MIRROR_ANNEAL / t): a
 #: moving average whose window grows as a fixed fraction (about 1 / (MIRROR_ANNEAL + 1)) of the steps so far.
 MIRROR_ANNEAL = 2.0

@@ -20,6 +20,8 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import torch
 
+from nowt.rules.wm import MIRROR_EVERY, MIRROR_WARMUP_BATCH
+
 #: Config fields that say where and how fast a run goes, not what it computes: a resume may change them.
 NOT_IDENTITY = ("out_dir", "data_dir", "download", "device", "num_workers")
 
@@ -96,10 +98,11 @@ class TrainConfig:
     mirror_steps: int = _f(1, "mirror steps after every --mirror-every-th optimizer step", min=0,
                            rule_option=True)
     mirror_warmup: int = _f(300, "mirror steps before training", min=0, rule_option=True)
-    mirror_every: int = _f(2, "optimizer steps between mirror steps", min=1, rule_option=True)
+    mirror_every: int = _f(MIRROR_EVERY, "optimizer steps between mirror steps", min=1, rule_option=True)
     mirror_batch: int = _f(0, "noise batch of a training mirror step; 0: mirror_every / 8 of the batch",
                            min=0, rule_option=True)
-    mirror_warmup_batch: int = _f(256, "noise batch of a warm-up mirror step", min=1, rule_option=True)
+    mirror_warmup_batch: int = _f(MIRROR_WARMUP_BATCH, "noise batch of a warm-up mirror step", min=1,
+                                  rule_option=True)
     mirror_lr: float | None = _f(None, "mirror step size; default: automatic, shrinking as evidence "
                                  "accumulates", gt=0.0, rule_option=True)
     mirror_anneal: float = _f(2.0, "the automatic mirror step after the t-th training mirror step is "
