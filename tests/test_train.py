@@ -485,6 +485,10 @@ def test_a_run_made_before_a_config_field_existed_still_resumes(tmp_path):
     del state["config"]["input_dropout"]
     save_checkpoint(tmp_path / "checkpoint.pt", state)
     assert cfg.identity_differences(saved) == []
+    # an option of another rule cannot change an fa run (it is refused when set): not part of its identity
+    assert cfg.identity_differences({**saved, "mirror_every": 2}) == []
+    assert TrainConfig(rule="wm").identity_differences({**TrainConfig(rule="wm").identity(),
+                                                         "mirror_every": 2}) == ["mirror_every"]
     assert fit(cfg, train, test, resume=True, progress=False) == first
     with pytest.raises(ValueError, match="input_dropout"):
         fit(TrainConfig(**{**cfg.__dict__, "input_dropout": 0.2}), train, test, resume=True, progress=False)

@@ -160,19 +160,27 @@ class TrainConfig:
             check_out_dir(self.out_dir)
         return self
 
+    def _not_identity(self) -> set[str]:
+        """Where and how fast a run goes, and the rule options its rule does not have (refused when set,
+        so they cannot change what it computes)."""
+        from nowt.rules import rule_class, rules
+
+        declared = rule_class(self.rule).options if self.rule in rules() else {}
+        return set(NOT_IDENTITY) | {f.name for f in fields(self)
+                                    if f.metadata.get("rule_option") and f.name not in declared}
+
     def identity(self) -> dict[str, Any]:
         """The fields that decide what a run computes: a checkpoint resumes only under the same identity."""
-        d = asdict(self)
-        for key in NOT_IDENTITY:
-            d.pop(key)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+        skip = self._not_identity()
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items() if k not in skip}
 
     def identity_differences(self, earlier: dict[str, Any]) -> list[str]:
         """The identity fields in which `earlier` (a saved identity) differs from this config. A field the
         earlier run did not know (added to nowt since) counts as its default, so old runs still resume."""
         ours = json.loads(json.dumps(self.identity()))  # tuples as lists, as saved
-        defaults = json.loads(json.dumps(TrainConfig().identity()))
-        return sorted(k for k in set(earlier) | set(ours) if k not in NOT_IDENTITY
+        defaults = json.loads(json.dumps(asdict(TrainConfig())))
+        skip = self._not_identity()
+        return sorted(k for k in set(earlier) | set(ours) if k not in skip
                       and earlier.get(k, defaults.get(k)) != ours.get(k, defaults.get(k)))
 
 
