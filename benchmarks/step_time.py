@@ -118,8 +118,15 @@ def main() -> None:
         variants["wm mirror step"] = lambda m=models["wm"], n=noise_batch: nowt.mirror(m, 1, batch_size=n)
         for rule in BIOTORCH_RULES:
             bio = biotorch(base, rule)
-            if bio is not None:
-                variants[f"biotorch {rule}"] = make_step(bio, x, y, args.amp)
+            if bio is None:
+                continue
+            step = make_step(bio, x, y, args.amp)
+            try:
+                step()
+            except RuntimeError as e:  # BioTorch's layers take 2-d (Linear) / 4-d (Conv2d) inputs only
+                print(f"  biotorch {rule}: cannot train this model ({str(e).splitlines()[0]})")
+                continue
+            variants[f"biotorch {rule}"] = step
         for fn in variants.values():  # warm-up
             time_it(fn, 3)
         times: dict[str, list[float]] = {k: [] for k in variants}
