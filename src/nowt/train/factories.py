@@ -171,28 +171,31 @@ def build_model(cfg: TrainConfig, input_shape: tuple[int, ...], num_classes: int
     return model.to(memory_format=torch.channels_last) if cfg.channels_last else model
 
 
+def _weight_layers(model: nn.Module) -> Iterator[nn.Module]:
+    """The Linear and convolution layers (converted or not) that an init rewrites."""
+    return (m for m in model.modules() if isinstance(m, nn.Linear | nn.modules.conv._ConvNd))
+
+
 @torch.no_grad()
 def _xavier_(model: nn.Module, seed: int) -> None:
     """W and the random feedback ~ Glorot uniform, biases 0: BioTorch's benchmark init."""
     g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.Linear | nn.modules.conv._ConvNd):
-            tensors = [m.weight] + (m.rule.feedback_tensors(m) if hasattr(m, "rule") else [])
-            for t in tensors:
-                t.copy_(nn.init.xavier_uniform_(torch.empty(t.shape), generator=g))
-            if m.bias is not None:
-                m.bias.zero_()
+    for m in _weight_layers(model):
+        tensors = [m.weight] + (m.rule.feedback_tensors(m) if hasattr(m, "rule") else [])
+        for t in tensors:
+            t.copy_(nn.init.xavier_uniform_(torch.empty(t.shape), generator=g))
+        if m.bias is not None:
+            m.bias.zero_()
 
 
 @torch.no_grad()
 def _zero_forward_(model: nn.Module) -> None:
     """Forward weights and biases at 0 (Nøkland 2016's FA/DFA tanh nets: the random feedback alone breaks
     the symmetry; under backprop such a net cannot leave 0 in its hidden layers)."""
-    for m in model.modules():
-        if isinstance(m, nn.Linear | nn.modules.conv._ConvNd):
-            for t in (m.weight, m.bias):
-                if t is not None:
-                    t.zero_()
+    for m in _weight_layers(model):
+        for t in (m.weight, m.bias):
+            if t is not None:
+                t.zero_()
 
 
 @torch.no_grad()
