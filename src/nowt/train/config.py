@@ -20,7 +20,8 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import torch
 
-from nowt.rules.wm import MIRROR_EVERY, MIRROR_WARMUP_BATCH
+from nowt.rules import rule_class, rules
+from nowt.rules.wm import MIRROR_ANNEAL, MIRROR_EVERY, MIRROR_WARMUP_BATCH
 
 #: Config fields that say where and how fast a run goes, not what it computes: a resume may change them.
 NOT_IDENTITY = ("out_dir", "data_dir", "download", "device", "num_workers")
@@ -105,8 +106,8 @@ class TrainConfig:
                                   rule_option=True)
     mirror_lr: float | None = _f(None, "mirror step size; default: automatic, shrinking as evidence "
                                  "accumulates", gt=0.0, rule_option=True)
-    mirror_anneal: float = _f(2.0, "the automatic mirror step after the t-th training mirror step is "
-                              "min(lr_auto, A / t); 0: a fixed step", min=0.0, rule_option=True)
+    mirror_anneal: float = _f(MIRROR_ANNEAL, "the automatic mirror step after the t-th training mirror step "
+                              "is min(lr_auto, A / t); 0: a fixed step", min=0.0, rule_option=True)
     mirror_decay: float | None = _f(None, "decay of B per mirror step; default: the step (a moving average); "
                                     "0: accumulate", min=0.0, lt=1.0, rule_option=True)
     mirror_noise: str = _f("normal", "distribution of the mirror's noise", choices=("normal", "uniform"),
@@ -163,8 +164,6 @@ class TrainConfig:
     def _not_identity(self) -> set[str]:
         """Where and how fast a run goes, and the rule options its rule does not have (refused when set,
         so they cannot change what it computes)."""
-        from nowt.rules import rule_class, rules
-
         declared = rule_class(self.rule).options if self.rule in rules() else {}
         return set(NOT_IDENTITY) | {f.name for f in fields(self)
                                     if f.metadata.get("rule_option") and f.name not in declared}
