@@ -4,13 +4,14 @@
     python benchmarks/step_time.py --device cuda --workload resnet18 --amp --out benchmarks/step_time_gpu.json
     python benchmarks/step_time.py --workload vit --out benchmarks/step_time_vit.json
 
-A step is forward, backward and an SGD step. Models: the MLP 784-1000-1000-10 at batch 128 and a small
+A step is forward, backward and an SGD step (nowt's `make_optimizer`, fused where torch has it, for every
+column alike). Models: the MLP 784-1000-1000-10 at batch 128 and a small
 ConvNet on 32x32x3 at batch 64; `--workload vit`: nowt's `vit` on 28x28x1 at batch 128 (its attention
 projections, MLPs, patch embedding and head rule-trained). Timings are interleaved in rounds (every
 variant once per round, in an order that rotates) and the median per-step time over rounds is reported,
 so that load drifting during the run hits all variants alike.
-The weight-mirror row times one mirror step as `nowt train` makes it (a noise batch of 1/4 of the training
-batch, every 2nd step) and reports its cost per training step (half a mirror step) as a fraction of one.
+The weight-mirror row times one mirror step as `nowt train` makes it (a noise batch as large as the training
+batch, every MIRROR_EVERY-th step) and reports its amortised cost per training step as a fraction of one.
 BioTorch's fa, usf, brsf and frsf are timed too when `biotorch` is importable
 (`pip install --no-deps biotorch==0.0.16`).
 """
@@ -29,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 import nowt
+from nowt.optim import make_optimizer
 from nowt.rules.wm import MIRROR_BATCH_DIVISOR, MIRROR_EVERY
 
 RULES = ["bp", "fa", "usf", "brsf", "frsf", "kp", "wm"]
@@ -56,7 +58,7 @@ def workloads(name: str, device: str, batch: int | None):
 
 
 def make_step(model, x, y, amp: bool = False):
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    opt = make_optimizer("sgd", model.parameters(), lr=1e-3, momentum=0.9)  # nowt train's (fused) SGD
 
     def step():
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
@@ -113,7 +115,8 @@ def main() -> None:
             models[rule] = nowt.convert(copy.deepcopy(base), rule, seed=0)
             variants[rule] = make_step(models[rule], x, y, args.amp)
         models["wm"](x)
-        # the documented per-step pattern: one mirror step with a noise batch of 1/8 of the training batch
+        # the default pattern: every MIRROR_EVERY-th step, a noise batch of
+        # MIRROR_EVERY / MIRROR_BATCH_DIVISOR of the training batch (8 / 8: a whole batch)
         noise_batch = max(1, len(x) * MIRROR_EVERY // MIRROR_BATCH_DIVISOR)
         variants["wm mirror step"] = lambda m=models["wm"], n=noise_batch: nowt.mirror(m, 1, batch_size=n)
         for rule in BIOTORCH_RULES:
