@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from nowt.distributed import average_gradients
 from nowt.lc import LocallyConnected2d
 from nowt.metrics import angle
+from nowt.optim import make_optimizer
 from nowt.rules import WholeNetworkRule
 from nowt.targetprop.algorithms import (
     get_algorithm,
@@ -159,9 +160,10 @@ class TargetPropTrainer:
                     self.blocks[layer - 1], shapes[layer - 1], readout_width if layer == depth else None)
                 for layer in self.inverse_layers
             })
-        self.forward_optimizer = torch.optim.Adam(network.parameters(), lr=lr)
+        self.forward_optimizer = make_optimizer("adam", network.parameters(), lr)  # fused where torch has it
         inverse_params = list(self.inverses.parameters())
-        self.inverse_optimizer = torch.optim.Adam(inverse_params, lr=inverse_lr) if inverse_params else None
+        self.inverse_optimizer = (make_optimizer("adam", inverse_params, inverse_lr) if inverse_params
+                                  else None)
         self.generator = torch.Generator(param.device).manual_seed(seed)
 
     @property
