@@ -386,6 +386,20 @@ def test_akrout_init_and_sigmoid_cross_entropy():
         train_mod.build_model(TrainConfig(model="lenet", dropout=0.5), (1, 28, 28), 10)
 
 
+def test_akrout_init_counts_the_fans_of_any_convolution():
+    """Conv1d and transposed convolutions get N(0, 1/(fan_in + fan_out)) too, fans as Glorot counts them
+    (channels x kernel size), and their random feedback is redrawn alike."""
+    from nowt.train.factories import _normal_fan_avg_
+    model = nowt.convert(torch.nn.Sequential(torch.nn.Conv1d(8, 40, 5), torch.nn.Tanh(),
+                                             torch.nn.ConvTranspose2d(40, 24, 3)), "fa", seed=1)
+    before = model[0].feedback.clone()
+    _normal_fan_avg_(model, seed=0)
+    for layer, std in ((model[0], (8 * 5 + 40 * 5) ** -0.5), (model[2], (40 * 9 + 24 * 9) ** -0.5)):
+        for t in (layer.weight, layer.feedback):
+            assert abs(float(t.std()) / std - 1) < 0.1, (type(layer).__name__, float(t.std()), std)
+    assert not torch.equal(model[0].feedback, before)
+
+
 def test_bf16_autocast_and_channels_last_train_a_convnet():
     from nowt.train import RuleLearner, build_model
 

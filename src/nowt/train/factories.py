@@ -200,15 +200,16 @@ def _zero_forward_(model: nn.Module) -> None:
 
 @torch.no_grad()
 def _normal_fan_avg_(model: nn.Module, seed: int) -> None:
-    """W, b and fixed random B ~ N(0, 1/(fan_in + fan_out)), as in Akrout et al.'s official code."""
+    """W, b and fixed random B ~ N(0, 1/(fan_in + fan_out)), as in Akrout et al.'s official code (fans as
+    Glorot counts them: a convolution's are its channels times the kernel's size, in any dimension and for
+    transposed ones too, whose fan-in and fan-out sum the same)."""
     g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.Linear | nn.Conv2d):
-            fan_out, fan_in = m.weight.shape[0], m.weight[0].numel()
-            std = (fan_in + fan_out) ** -0.5
-            tensors = [m.weight, m.bias]
-            if hasattr(m, "rule"):  # a converted layer: the random feedback its rule lets an init redraw
-                tensors += m.rule.feedback_tensors(m)
-            for t in tensors:
-                if t is not None:
-                    t.copy_(torch.randn(t.shape, generator=g) * std)
+    for m in _weight_layers(model):
+        fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(m.weight)
+        std = (fan_in + fan_out) ** -0.5
+        tensors = [m.weight, m.bias]
+        if hasattr(m, "rule"):  # a converted layer: the random feedback its rule lets an init redraw
+            tensors += m.rule.feedback_tensors(m)
+        for t in tensors:
+            if t is not None:
+                t.copy_(torch.randn(t.shape, generator=g) * std)
