@@ -134,23 +134,24 @@ def _tag_rule(layer: FeedbackLayer) -> None:
     """A layer whose rule keeps state beyond W and b (fa's B, kp's learned B, ...) writes its rule's name
     into the state dict, and refuses to load the state another rule wrote: fa's B loaded as kp's would
     otherwise be taken silently (same key, same shape). State dicts without the name (written by older
-    versions of nowt) load as before."""
-
-    def write(module, state_dict, prefix, local_metadata):
-        if any(k.startswith(prefix) and k[len(prefix):] not in ("weight", "bias") for k in state_dict):
-            state_dict[prefix + RULE_KEY] = _encode(module.rule.name)
-
-    def check(module, state_dict, prefix, *args):
-        stored = state_dict.pop(prefix + RULE_KEY, None)
-        if stored is None:
-            return
-        writer = bytes(stored.tolist()).decode(errors="replace")
-        if writer != module.rule.name:
-            layer = prefix[:-1] or type(module).__name__
-            raise ValueError(f"state_dict of layer {layer!r} was written by rule {writer!r}, but this layer "
-                             f"is trained by {module.rule.name!r}: load it into a model converted with "
-                             f"rule={writer!r}")
-
+    versions of nowt) load as before. (Module-level hooks: a converted model pickles whole.)"""
     register = getattr(layer, "register_state_dict_post_hook", None) or layer._register_state_dict_hook
-    register(write)
-    layer.register_load_state_dict_pre_hook(check)
+    register(_write_rule_name)
+    layer.register_load_state_dict_pre_hook(_check_rule_name)
+
+
+def _write_rule_name(module, state_dict, prefix, local_metadata) -> None:
+    if any(k.startswith(prefix) and k[len(prefix):] not in ("weight", "bias") for k in state_dict):
+        state_dict[prefix + RULE_KEY] = _encode(module.rule.name)
+
+
+def _check_rule_name(module, state_dict, prefix, *args) -> None:
+    stored = state_dict.pop(prefix + RULE_KEY, None)
+    if stored is None:
+        return
+    writer = bytes(stored.tolist()).decode(errors="replace")
+    if writer != module.rule.name:
+        layer = prefix[:-1] or type(module).__name__
+        raise ValueError(f"state_dict of layer {layer!r} was written by rule {writer!r}, but this layer "
+                         f"is trained by {module.rule.name!r}: load it into a model converted with "
+                         f"rule={writer!r}")

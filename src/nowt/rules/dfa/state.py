@@ -3,6 +3,7 @@ fresh model must create them from the state it loads."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable
 
@@ -16,13 +17,15 @@ def buffer(module: nn.Module, name: str) -> Tensor | None:
 
 
 def adopt_buffers(names: tuple[str, ...]) -> Callable[..., None]:
-    """load_state_dict pre-hook: buffers created at the first forward are created from the state to load."""
+    """load_state_dict pre-hook: buffers created at the first forward are created from the state to load.
+    (A partial of a module-level function, not a closure: the model stays picklable.)"""
+    return functools.partial(_adopt_buffers, names)
 
-    def hook(module: nn.Module, state_dict, prefix: str, *args) -> None:
-        for name in names:
-            key = prefix + name
-            if key in state_dict and buffer(module, name) is None:
-                # the module's own device (a whole model has no .weight): not the state's, often the CPU
-                ref = next(itertools.chain(module.parameters(), module.buffers()), state_dict[key])
-                module.register_buffer(name, torch.empty_like(state_dict[key], device=ref.device))
-    return hook
+
+def _adopt_buffers(names: tuple[str, ...], module: nn.Module, state_dict, prefix: str, *args) -> None:
+    for name in names:
+        key = prefix + name
+        if key in state_dict and buffer(module, name) is None:
+            # the module's own device (a whole model has no .weight): not the state's, often the CPU
+            ref = next(itertools.chain(module.parameters(), module.buffers()), state_dict[key])
+            module.register_buffer(name, torch.empty_like(state_dict[key], device=ref.device))
