@@ -256,3 +256,24 @@ def test_vit_rules_quick_run_trains_and_records_attention_alignment(tmp_path):
     angles = record["weight_angles"]
     assert {"blocks.0.self_attn.in_proj", "blocks.1.self_attn.out_proj", "embed", "head"} <= set(angles)
     assert all(20 < a < 45 for a in angles.values()) and record["test_accuracy"] > 15  # B = sign(W) mean|W|
+
+
+def test_bartunov_rows_take_the_papers_table5_configuration(tmp_path):
+    """Every Table 1 row runs with its column's Table 5 values (AO-SDTP with SDTP's): forward Adam for all,
+    the inverses' Adam and sigma for target propagation, alpha for DTP."""
+    from nowt.reproduce.bartunov2018 import TABLE5
+    from nowt.reproduce.entry import run_config
+    for name in ("bartunov2018-mnist-fc", "bartunov2018-mnist-lc", "bartunov2018-cifar-fc",
+                 "bartunov2018-cifar-lc", "bartunov2018-imagenet"):
+        entry = reproduce.get(name)
+        column = TABLE5[name.removeprefix("bartunov2018-")]
+        for label in entry.runs:
+            cfg = run_config(entry, label, False, tmp_path)
+            source = label.replace("ao-sdtp", "sdtp")
+            assert (cfg.lr, *cfg.adam_betas, cfg.adam_eps) == column["forward"][source], (name, label)
+            if cfg.rule in ("dtp", "sdtp", "ao-sdtp"):
+                i = ("dtp-parallel", "dtp-alternating", "sdtp-parallel", "sdtp-alternating").index(source)
+                assert (cfg.inverse_lr, *cfg.inverse_betas, cfg.inverse_eps) == column["inverse"][i]
+                assert cfg.sigma == column["sigma"][i]
+                assert cfg.rule != "dtp" or cfg.alpha == column["alpha"][i]
+    assert run_config(reproduce.get("bartunov2018-mnist-fc"), "dtp-parallel", False, tmp_path).lr == 7.57e-4

@@ -108,7 +108,10 @@ def test_alignment_pairs_come_from_each_rule():
 def test_target_propagation_registers_whole_network_rules_with_a_learner():
     assert nowt.rules()[-4:] == ["tp", "dtp", "sdtp", "ao-sdtp"] and len(nowt.rules()) == 13
     cls = rule_class("sdtp")
-    assert issubclass(cls, WholeNetworkRule) and cls.options == {"schedule": "parallel"}
+    assert issubclass(cls, WholeNetworkRule) and cls.options == {
+        "schedule": "parallel", "inverse_lr": 1e-4, "inverse_betas": (0.9, 0.999), "inverse_eps": 1e-8,
+        "sigma": 0.1}  # no alpha: sdtp's top target comes through g_L, not a gradient step
+    assert rule_class("dtp").options["alpha"] == 0.1
     assert not issubclass(rule_class("dfa"), WholeNetworkRule)
     net = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))
     learner = cls.learner(net, lr=0.01, seed=0, schedule="alternating")

@@ -286,3 +286,31 @@ def test_paper_networks_and_their_inverses_have_the_right_shapes():
         assert all(e >= 0 for e in tp.reconstruction_errors(x).values())
     net = nowt.targetprop.imagenet_lc(image_size=32)
     assert net(torch.rand(1, 3, 32, 32)).shape == (1, 1000)
+
+
+def test_adam_settings_of_forward_and_inverse_optimizers_reach_torch(tmp_path):
+    """Bartunov et al. tune betas and epsilon per run (their Table 5): nowt train's --adam-betas/--adam-eps
+    set the forward Adam, --inverse-lr/--inverse-betas/--inverse-eps the inverses', --sigma and --alpha the
+    targets; sdtp takes no alpha (it has no gradient target) and says so."""
+    from nowt.train import TrainConfig, build_model
+    from nowt.train.learners import make_learner
+    cfg = TrainConfig(rule="dtp", model="mnist_fc", activation="tanh", optimizer="adam", lr=7.57e-4,
+                      adam_betas="0.99,0.95", adam_eps=1e-3, inverse_lr=7.68e-4, inverse_betas=(0.99, 0.999),
+                      inverse_eps=1e-4, sigma=0.36, alpha=0.15).validate()
+    tp = make_learner(cfg, build_model(cfg, (1, 28, 28), 10), 1)
+    fwd, inv = tp.forward_optimizer.param_groups[0], tp.inverse_optimizer.param_groups[0]
+    assert (fwd["lr"], fwd["betas"], fwd["eps"]) == (7.57e-4, (0.99, 0.95), 1e-3)
+    assert (inv["lr"], inv["betas"], inv["eps"]) == (7.68e-4, (0.99, 0.999), 1e-4)
+    assert (tp.sigma, tp.alpha) == (0.36, 0.15)
+    # a per-layer rule's Adam takes the same flags
+    cfg = TrainConfig(rule="fa", optimizer="adam", adam_betas=(0.9, 0.95), adam_eps=1e-3).validate()
+    learner = make_learner(cfg, build_model(cfg, (1, 28, 28), 10), 1)
+    group = learner.optimizer.param_groups[0]
+    assert (group["betas"], group["eps"]) == ((0.9, 0.95), 1e-3)
+    with pytest.raises(ValueError, match="--alpha applies only to: tp, dtp"):
+        make_learner(TrainConfig(rule="sdtp", alpha=0.2, optimizer="adam"), build_model(
+            TrainConfig(rule="sdtp"), (1, 28, 28), 10), 1)
+    with pytest.raises(ValueError, match="Adam and AdamW only"):
+        TrainConfig(rule="fa", optimizer="sgd", adam_eps=1e-3).validate()
+    with pytest.raises(ValueError, match="two numbers"):
+        TrainConfig(optimizer="adam", adam_betas=(0.9, 0.99, 0.9)).validate()

@@ -18,7 +18,7 @@ from types import UnionType
 from typing import NoReturn, Union, get_args, get_origin, get_type_hints
 
 from nowt import distributed
-from nowt.train.config import TrainConfig, check_device, check_out_dir, choices_of, flag_name, parse_widths
+from nowt.train.config import TrainConfig, check_device, check_out_dir, choices_of, flag_name, parse_list
 from nowt.train.factories import load_data, rules_declaring
 
 
@@ -29,11 +29,14 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _widths(text: str) -> tuple[int, ...]:
-    try:
-        return parse_widths(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+def _list_of(kind: type):
+    """argparse's type for a tuple field of `kind` ("500,500", "0.9,0.999")."""
+    def parse(text: str) -> tuple:
+        try:
+            return parse_list(text, kind)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return parse
 
 
 def _flag_type(hint) -> type | None:
@@ -42,7 +45,7 @@ def _flag_type(hint) -> type | None:
         hint = next(a for a in get_args(hint) if a is not type(None))
     kind = hint
     if get_origin(kind) is tuple:
-        return _widths
+        return _list_of(get_args(kind)[0])
     return kind if kind in (int, float) else None
 
 

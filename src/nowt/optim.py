@@ -13,13 +13,16 @@ OPTIMIZERS = {"sgd": (torch.optim.SGD, True), "adam": (torch.optim.Adam, False),
 
 
 def make_optimizer(name: str, params: Iterable, lr: float, momentum: float = 0.9,
-                   weight_decay: float = 0.0) -> torch.optim.Optimizer:
+                   weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.999),
+                   eps: float = 1e-8) -> torch.optim.Optimizer:
     """`name` (sgd, adam, adamw, rmsprop) over `params` (tensors or parameter groups); momentum is used by
-    sgd and rmsprop only."""
+    sgd and rmsprop only, betas by adam and adamw, eps by all but sgd."""
     if name.lower() not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; choose {', '.join(OPTIMIZERS)}")
     cls, uses_momentum = OPTIMIZERS[name.lower()]
-    extra = {"momentum": momentum} if uses_momentum else {}
+    extra: dict = {"momentum": momentum} if uses_momentum else {"betas": tuple(betas)}
+    if cls is not torch.optim.SGD:
+        extra["eps"] = eps
     params = [_listed(p) for p in params]
     if _can_fuse(cls, params):
         # One kernel per tensor instead of four or five passes over memory: on a CPU the default SGD step

@@ -19,9 +19,13 @@ from nowt.targetprop.networks import (
 )
 from nowt.targetprop.trainer import SCHEDULES, TargetPropagationRule, TargetPropTrainer, split_blocks
 
-# The rule names `nowt.rules()` lists after the per-layer ones: tp, dtp, sdtp, ao-sdtp.
-for _name in ALGORITHMS:
-    register(type(f"TargetPropagation_{_name.replace('-', '_')}", (TargetPropagationRule,), {"name": _name}))
+# The rule names `nowt.rules()` lists after the per-layer ones: tp, dtp, sdtp, ao-sdtp. alpha (the step of
+# the gradient target) is an option only of those that take one, so `--alpha` with sdtp is refused.
+for _name, _algorithm in ALGORITHMS.items():
+    _options = {k: v for k, v in TargetPropagationRule.options.items()
+                if k != "alpha" or _algorithm.gradient_top}
+    register(type(f"TargetPropagation_{_name.replace('-', '_')}", (TargetPropagationRule,),
+                  {"name": _name, "options": _options}))
 
 __all__ = [
     "ALGORITHMS", "NETWORKS", "SCHEDULES", "Algorithm", "TargetPropTrainer", "TargetPropagationRule",

@@ -94,7 +94,8 @@ class TargetPropTrainer:
       schedule: "parallel" (forward and inverse weights learn on every batch) or "alternating" (inverse
         weights only during even epochs, starting with epoch 0, forward weights only during odd ones;
         `end_epoch()` switches). `phase` says which.
-      lr, inverse_lr: Adam learning rates of the forward and the inverse weights (separate optimizers).
+      lr, inverse_lr: Adam learning rates of the forward and the inverse weights (separate optimizers);
+        betas, eps, inverse_betas, inverse_eps: their other Adam settings (Bartunov et al. tune them all).
       sigma: std of the noise that corrupts h_{l-1} in the inverse loss. alpha: the step size of the DTP/TP
         penultimate target. aux_size: number of AO-SDTP auxiliary features z. denoise: reconstruct the
         clean h_{l-1} instead of the corrupted one.
@@ -114,6 +115,10 @@ class TargetPropTrainer:
         *,
         lr: float = 1e-4,
         inverse_lr: float = 1e-4,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        inverse_betas: tuple[float, float] = (0.9, 0.999),
+        inverse_eps: float = 1e-8,
         sigma: float = 0.1,
         alpha: float = 0.1,
         aux_size: int = 512,
@@ -160,10 +165,11 @@ class TargetPropTrainer:
                     self.blocks[layer - 1], shapes[layer - 1], readout_width if layer == depth else None)
                 for layer in self.inverse_layers
             })
-        self.forward_optimizer = make_optimizer("adam", network.parameters(), lr)  # fused where torch has it
+        # fused where torch has it
+        self.forward_optimizer = make_optimizer("adam", network.parameters(), lr, betas=betas, eps=eps)
         inverse_params = list(self.inverses.parameters())
-        self.inverse_optimizer = (make_optimizer("adam", inverse_params, inverse_lr) if inverse_params
-                                  else None)
+        self.inverse_optimizer = (make_optimizer("adam", inverse_params, inverse_lr, betas=inverse_betas,
+                                                 eps=inverse_eps) if inverse_params else None)
         self.generator = torch.Generator(param.device).manual_seed(seed)
 
     @property
@@ -305,7 +311,9 @@ class TargetPropagationRule(WholeNetworkRule):
     """The registry entry of one target-propagation algorithm (its `name`): `nowt train --rule dtp` and
     `rule_class("dtp").learner(net, lr=..., seed=...)` build a `TargetPropTrainer`."""
 
-    options: ClassVar[dict[str, Any]] = {"schedule": "parallel"}
+    options: ClassVar[dict[str, Any]] = {"schedule": "parallel", "inverse_lr": 1e-4,
+                                         "inverse_betas": (0.9, 0.999), "inverse_eps": 1e-8, "sigma": 0.1,
+                                         "alpha": 0.1}
 
     @classmethod
     def usage(cls) -> str:
@@ -313,6 +321,7 @@ class TargetPropagationRule(WholeNetworkRule):
                 f"schedule='parallel'|'alternating')")
 
     @classmethod
-    def learner(cls, model: nn.Module, *, lr: float, seed: int, **options: Any) -> TargetPropTrainer:
-        schedule = cls.resolve_options(options)["schedule"]
-        return TargetPropTrainer(model, algorithm=cls.name, schedule=schedule, lr=lr, seed=seed)
+    def learner(cls, model: nn.Module, *, lr: float, seed: int, betas: tuple[float, float] = (0.9, 0.999),
+                eps: float = 1e-8, **options: Any) -> TargetPropTrainer:
+        return TargetPropTrainer(model, algorithm=cls.name, lr=lr, seed=seed, betas=betas, eps=eps,
+                                 **cls.resolve_options(options))

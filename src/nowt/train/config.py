@@ -20,7 +20,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import torch
 
-from nowt.rules import rule_class, rules
+from nowt.rules import WholeNetworkRule, rule_class, rules
 from nowt.rules.wm import MIRROR_ANNEAL, MIRROR_EVERY, MIRROR_WARMUP_BATCH
 
 #: Config fields that say where and how fast a run goes, not what it computes: a resume may change them.
@@ -84,6 +84,10 @@ class TrainConfig:
                         choices=("sgd", "adam", "adamw", "rmsprop"))
     lr: float = _f(0.01, "learning rate", gt=0.0)
     momentum: float = _f(0.9, "momentum (sgd, rmsprop)", min=0.0)
+    adam_betas: tuple[float, ...] = _f((0.9, 0.999), "Adam's / AdamW's betas (target propagation's forward "
+                                       "optimizer too)", min=0.0, lt=1.0, metavar="B1,B2")
+    adam_eps: float = _f(1e-8, "Adam's / AdamW's epsilon (target propagation's forward optimizer too)",
+                         gt=0.0)
     weight_decay: float = _f(0.0, "L2 weight decay", min=0.0)
     lr_schedule: str = _f("cosine", "cosine: to 0, per batch; constant; step: x0.1 at --lr-milestones "
                           "(default 1/3 and 2/3 of the run); plateau: Nøkland 2016's x0.5 when an epoch's "
@@ -120,6 +124,15 @@ class TrainConfig:
     schedule: str = _f("parallel", "target propagation: train inverses with the forward weights "
                        "(parallel) or alternate by epoch", choices=("parallel", "alternating"),
                        rule_option=True)
+    inverse_lr: float = _f(1e-4, "target propagation: Adam lr of the inverses g", gt=0.0, rule_option=True)
+    inverse_betas: tuple[float, ...] = _f((0.9, 0.999), "target propagation: Adam betas of the inverses",
+                                          min=0.0, lt=1.0, metavar="B1,B2", rule_option=True)
+    inverse_eps: float = _f(1e-8, "target propagation: Adam epsilon of the inverses", gt=0.0,
+                            rule_option=True)
+    sigma: float = _f(0.1, "target propagation: std of the noise that corrupts h in the inverse loss",
+                      min=0.0, rule_option=True)
+    alpha: float = _f(0.1, "target propagation (tp, dtp): step size of the penultimate layer's target",
+                      gt=0.0, rule_option=True)
     standardize: bool = _f(True, "standardise inputs (per-channel mean/std); --no-standardize: pixels / 255")
     shuffle: bool = _f(True, "shuffle the training set every epoch; --no-shuffle: batches in dataset order")
     drop_last: bool = _f(False, "drop the last, incomplete training batch of each epoch")
@@ -156,6 +169,17 @@ class TrainConfig:
         hints = get_type_hints(type(self))
         for f in fields(self):
             setattr(self, f.name, check_value(f, hints[f.name], getattr(self, f.name)))
+        for name in ("adam_betas", "inverse_betas"):
+            if len(getattr(self, name)) != 2:
+                raise ValueError(f"{name} (--{name.replace('_', '-')}) takes two numbers B1,B2, got "
+                                 f"{getattr(self, name)!r}")
+        adam = self.optimizer in ("adam", "adamw") or (
+            self.rule in rules() and issubclass(rule_class(self.rule), WholeNetworkRule))
+        changed = [f"--{n.replace('_', '-')}" for n in ("adam_betas", "adam_eps")
+                   if not is_default(_FIELDS[n], getattr(self, n))]
+        if changed and not adam:
+            raise ValueError(f"{' and '.join(changed)} {'apply' if len(changed) > 1 else 'applies'} to Adam "
+                             f"and AdamW only, not --optimizer {self.optimizer}")
         check_device(self.device)
         if self.out_dir is not None:
             check_out_dir(self.out_dir)
@@ -183,6 +207,9 @@ class TrainConfig:
                       and earlier.get(k, defaults.get(k)) != ours.get(k, defaults.get(k)))
 
 
+_FIELDS = {f.name: f for f in fields(TrainConfig)}
+
+
 def flag_name(f: Field) -> str:
     return f.metadata.get("flag", "--" + f.name.replace("_", "-"))
 
@@ -195,6 +222,9 @@ def choices_of(f: Field) -> list[str] | None:
 def is_default(f: Field, value: Any) -> bool:
     default = f.default_factory() if f.default is MISSING else f.default  # type: ignore[misc]
     return value == default
+
+
+_PLURAL = {int: "integers", float: "numbers"}
 
 
 def _describe(kind: Any) -> str:
@@ -229,12 +259,14 @@ def _scalar(kind: type, value: Any) -> Any:
     return float(value) if kind is float else value
 
 
-def parse_widths(text: str) -> tuple[int, ...]:
-    """"500,500" -> (500, 500): the --hidden flag's (and a TOML string's) form of a tuple of widths."""
+def parse_list(text: str, kind: type = int) -> tuple:
+    """"500,500" -> (500, 500), "0.9,0.999" -> (0.9, 0.999) (kind float): a tuple field's flag (and TOML
+    string) form."""
     try:
-        return tuple(int(h) for h in text.split(",") if h.strip())
+        return tuple(kind(h) for h in text.split(",") if h.strip())
     except ValueError:
-        raise ValueError(f"takes comma-separated widths like 1000 or 500,500, got {text!r}") from None
+        example = "1000 or 500,500" if kind is int else "0.9,0.999"
+        raise ValueError(f"takes comma-separated {_PLURAL[kind]} like {example}, got {text!r}") from None
 
 
 def check_value(f: Field, hint: Any, value: Any) -> Any:
@@ -247,17 +279,18 @@ def check_value(f: Field, hint: Any, value: Any) -> Any:
     bounds = _bounds(f)
     try:
         if get_origin(kind) is tuple:
+            element = get_args(kind)[0]
             if isinstance(value, str):
-                value = parse_widths(value)
+                value = parse_list(value, element)
             if not isinstance(value, list | tuple):
                 raise TypeError
-            value = tuple(_scalar(int, v) for v in value)
+            value = tuple(_scalar(element, v) for v in value)
             items = value
         else:
             value = _scalar(get_origin(kind) or kind, value)
             items = (value,) if isinstance(value, int | float) and not isinstance(value, bool) else ()
     except TypeError:
-        what = "a list of integers" if get_origin(kind) is tuple else _describe(kind)
+        what = f"a list of {_PLURAL[get_args(kind)[0]]}" if get_origin(kind) is tuple else _describe(kind)
         what += f" {bounds}" if bounds else ""
         what += " or none" if optional else ""
         raise ValueError(f"{name} expects {what}, got {value!r} ({type(value).__name__})") from None

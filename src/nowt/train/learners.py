@@ -55,7 +55,8 @@ class RuleLearner:
                              enabled=cfg.amp == "bf16")
         self.channels_last = cfg.channels_last
         groups = parameter_groups(model, cfg.lr, cfg.bias_lr_scale)
-        self.optimizer = make_optimizer(cfg.optimizer, groups, cfg.lr, cfg.momentum, cfg.weight_decay)
+        self.optimizer = make_optimizer(cfg.optimizer, groups, cfg.lr, cfg.momentum, cfg.weight_decay,
+                                        cfg.adam_betas, cfg.adam_eps)
         self.scheduler = make_scheduler(cfg.lr_schedule, self.optimizer, cfg.epochs * steps_per_epoch,
                                         [e * steps_per_epoch for e in cfg.lr_milestones])
         self.per_epoch_schedule = isinstance(self.scheduler, HalveOnPlateau)
@@ -122,4 +123,5 @@ def make_learner(cfg: TrainConfig, model: nn.Module, steps_per_epoch: int) -> Le
     if ignored:
         raise ValueError(f"rule {cfg.rule!r} (target propagation) does not support {', '.join(ignored)}; "
                          "it trains with Adam at --lr on its own layer-local losses")
-    return rule_class(cfg.rule).learner(model, lr=cfg.lr, seed=cfg.seed, **rule_options(cfg))
+    return rule_class(cfg.rule).learner(model, lr=cfg.lr, seed=cfg.seed, betas=cfg.adam_betas,
+                                        eps=cfg.adam_eps, **rule_options(cfg))
