@@ -171,11 +171,11 @@ class TrainConfig:
             setattr(self, f.name, check_value(f, hints[f.name], getattr(self, f.name)))
         for name in ("adam_betas", "inverse_betas"):
             if len(getattr(self, name)) != 2:
-                raise ValueError(f"{name} (--{name.replace('_', '-')}) takes two numbers B1,B2, got "
+                raise ValueError(f"{name} ({flag_name(_FIELDS[name])}) takes two numbers B1,B2, got "
                                  f"{getattr(self, name)!r}")
         adam = self.optimizer in ("adam", "adamw") or (
             self.rule in rules() and issubclass(rule_class(self.rule), WholeNetworkRule))
-        changed = [f"--{n.replace('_', '-')}" for n in ("adam_betas", "adam_eps")
+        changed = [flag_name(_FIELDS[n]) for n in ("adam_betas", "adam_eps")
                    if not is_default(_FIELDS[n], getattr(self, n))]
         if changed and not adam:
             raise ValueError(f"{' and '.join(changed)} {'apply' if len(changed) > 1 else 'applies'} to Adam "
