@@ -118,6 +118,23 @@ def test_default_feedback_is_uniform_scaled_by_layer_size_and_seeded():
     assert nowt.convert(nn.Linear(3, 2), "dfa", zero_init=True).weight.abs().sum() == 0
 
 
+def test_xavier_feedback_is_glorot_uniform_and_train_init_xavier_selects_it():
+    from nowt.train import TrainConfig, build_model
+    model = nowt.convert(nowt.models.mlp(100, (400,), 10), "dfa", seed=0, feedback_init="xavier")
+    model(torch.randn(2, 100))
+    plain = nowt.convert(nowt.models.mlp(100, (400,), 10), "dfa", seed=0)
+    plain(torch.randn(2, 100))
+    bound = math.sqrt(6 / (400 + 10))  # fans: the 400 inputs it feeds and the 10 errors
+    b = model[3].feedback
+    assert b.abs().max() <= bound and b.abs().max() > 0.99 * bound
+    torch.testing.assert_close(b, plain[3].feedback * bound * math.sqrt(400))  # same draws, Glorot bound
+    built = build_model(TrainConfig(rule="dfa", hidden=(400,), init="xavier"), (100,), 10)
+    built(torch.randn(2, 100))
+    assert built[3].feedback.abs().max() > 0.99 * bound
+    with pytest.raises(ValueError, match="feedback_init"):
+        nowt.convert(nn.Linear(3, 2), "dfa", feedback_init="glorot")
+
+
 def _first_layer_grads(make, rule, x, tamper):
     torch.manual_seed(0)
     model = nowt.convert(make(), rule, seed=0)

@@ -156,6 +156,8 @@ def build_model(cfg: TrainConfig, input_shape: tuple[int, ...], num_classes: int
             raise ValueError(f"model {cfg.model!r} has no {option} option")
     model = factory(**{k: v for k, v in offered.items() if k in accepted})
     options = rule_options(cfg)
+    if cfg.init == "xavier" and "feedback_init" in rule_class(cfg.rule).options:
+        options["feedback_init"] = "xavier"  # DFA's B is drawn at the first forward, after the init below
     if not trains_whole_network(cfg):
         model = convert(model, cfg.rule, seed=cfg.seed,
                         **options)

@@ -8,9 +8,10 @@ skips, batch norm, ReLU, pooling, additions) still carry gradients exactly, so i
 input gets `B_conv1 e` plus, through the skip, what the block's output got. The first layer's input gets
 its projection only when that input requires grad.
 
-B is uniform in `[-1, 1] * scale / sqrt(D)`, `D = prod(input.shape[1:])`, as in Nøkland's code; where it is
-kept: `storage.py`. `zero_init=True` zeroes every converted layer's weight and bias (Nøkland trains tanh
-nets from zero).
+B is uniform in `[-1, 1] * scale / sqrt(D)`, `D = prod(input.shape[1:])`, as in Nøkland's code, or with
+`feedback_init="xavier"` in `[-1, 1] * scale * sqrt(6 / (D + n_out))` (Glorot uniform, as BioTorch draws it;
+`nowt train --init xavier` selects it); where it is kept: `storage.py`. `zero_init=True` zeroes every
+converted layer's weight and bias (Nøkland trains tanh nets from zero).
 """
 
 from __future__ import annotations
@@ -63,7 +64,9 @@ class DirectFeedbackFunction(torch.autograd.Function):
 
 class DirectFeedback(Rule):
     name = "dfa"
-    options: ClassVar[dict[str, Any]] = {"storage": "dense", "chunk": 4096, "scale": 1.0, "zero_init": False}
+    options: ClassVar[dict[str, Any]] = {"storage": "dense", "chunk": 4096, "scale": 1.0, "zero_init": False,
+                                         "feedback_init": "uniform"}
+    FEEDBACK_INITS = ("uniform", "xavier")
     transports_weights = False
 
     def validate(self) -> None:
@@ -73,6 +76,9 @@ class DirectFeedback(Rule):
             raise ValueError(f"chunk must be a positive int (columns of B per chunk), got {self.chunk!r}")
         if not self.scale > 0:
             raise ValueError(f"scale must be positive, got {self.scale}")
+        if self.feedback_init not in self.FEEDBACK_INITS:
+            raise ValueError(f"unknown feedback_init {self.feedback_init!r}; choose "
+                             f"{' or '.join(self.FEEDBACK_INITS)}")
 
     def setup(self, layer: FeedbackLayer, generator: torch.Generator) -> None:
         seed = int(torch.randint(0, 2**32, (), generator=generator))
@@ -122,7 +128,11 @@ class DirectFeedback(Rule):
         if not self.has_feedback(layer):
             return None
         seed = int(host_value(layer, "feedback_seed"))
-        scale = self.scale / math.sqrt(math.prod(shape[1:]))
+        fan_in = math.prod(shape[1:])
+        if self.feedback_init == "xavier":
+            scale = self.scale * math.sqrt(6 / (fan_in + shape[0]))
+        else:
+            scale = self.scale / math.sqrt(fan_in)
         if self.storage == "dense":
             return storage.dense(layer, seed, shape, scale, self.chunk)
         if self.storage == "shared":
