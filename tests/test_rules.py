@@ -263,3 +263,22 @@ def test_a_linear_on_sequences_may_be_followed_by_an_in_place_activation(rule):
         grads.append([p.grad for p in model.parameters()])
     assert all(torch.equal(a, b) for a, b in zip(*grads, strict=True))
     assert grads[0][0].abs().sum() > 0
+
+
+def test_sign_rules_form_no_feedback_where_no_gradient_reaches_the_input():
+    model = nowt.convert(nowt.models.mlp(6, (5,), 3), "brsf", seed=0)
+    first, second = nowt.feedback_layers(model).values()
+    x = torch.randn(4, 6)
+    drawn = int(first.feedback_draws), int(second.feedback_draws)  # setup's draw
+    with torch.no_grad():
+        model(x)  # evaluation forms no B and draws nothing
+    assert (int(first.feedback_draws), int(second.feedback_draws)) == drawn
+    model(x).sum().backward()  # the first layer's input takes no gradient: its B is not drawn
+    assert (int(first.feedback_draws), int(second.feedback_draws)) == (drawn[0], drawn[1] + 1)
+    model = nowt.convert(nowt.models.mlp(6, (5,), 3), "usf", seed=0)
+    first = next(iter(nowt.feedback_layers(model).values()))
+    with torch.no_grad():
+        first.weight.neg_()
+    (name, (b, w)), *_ = first.rule.alignment_pairs(model).items()
+    assert w is first.weight
+    assert torch.equal(torch.sign(b), torch.sign(w))  # the angle reads W's current signs

@@ -84,6 +84,8 @@ class Rule:
         return None
 
     def forward(self, layer: FeedbackLayer, x: Tensor) -> Tensor:
+        if not torch.is_grad_enabled():  # evaluation: no backward, so no B to form (a sign rule's costs)
+            return layer.op.forward(x, layer.weight, layer.bias)
         matrix = self.feedback(layer)
         if matrix is None:
             return layer.op.forward(x, layer.weight, layer.bias)

@@ -1,4 +1,5 @@
-"""Sign symmetry: B = magnitude * sign(W), recomputed from the current W at every forward.
+"""Sign symmetry: B = magnitude * sign(W), recomputed from the current W at every forward that sends a
+gradient to the layer's input.
 
 - usf (uniform sign-concordant feedback, Liao et al. 2016; Xiao et al. 2018): one positive scalar per layer,
   mean(|W|), the c minimising ||W - c sign(W)||.
@@ -34,6 +35,16 @@ class _SignSymmetry(RandomFeedbackRule):
 
     def feedback_tensors(self, layer) -> list[torch.Tensor]:
         return []  # B follows W's signs: nothing random to redraw
+
+    def forward(self, layer, x: torch.Tensor) -> torch.Tensor:
+        if not x.requires_grad:  # a first layer: W and b get the same gradients without B, which costs
+            return layer.op.forward(x, layer.weight, layer.bias)  # passes over W (and brsf a draw)
+        return super().forward(layer, x)
+
+    def alignment_pairs(self, model):
+        # B with W's current signs: a layer whose input takes no gradient (the first) forms no B per step.
+        return {name: (torch.copysign(layer.feedback, layer.weight.detach()), layer.weight)
+                for name, layer in self.layers(model).items()}
 
     def feedback(self, layer) -> torch.Tensor:
         # A fresh tensor each step: the one saved by an earlier forward must stay as it was.
