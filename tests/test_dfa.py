@@ -327,3 +327,24 @@ def test_seeded_chunks_drawn_by_threads_are_the_chunks_drawn_in_turn():
         torch.set_num_threads(threads)
     assert all(torch.equal(a, b) for a, b in zip(one, several, strict=True))
     torch.testing.assert_close(one[0], e @ one[1].flatten(1))
+
+
+class _WithTableBias(nn.Module):
+    """A layer fed a fixed table, not the batch (as Swin V2's position-bias MLP is)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body, self.table_mlp = nn.Linear(4, 3), nn.Linear(2, 3)
+        self.register_buffer("table", torch.randn(1, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x) + self.table_mlp(self.table)
+
+
+def test_a_layer_off_the_batch_is_named_and_can_be_excluded():
+    model = nowt.convert(_WithTableBias(), "dfa", seed=0)
+    with pytest.raises(ValueError, match=r"layer 'table_mlp'.*exclude=\['table_mlp'\]"):
+        model(torch.randn(5, 4))
+    model = nowt.convert(_WithTableBias(), "dfa", seed=0, exclude=["table_mlp"])
+    model(torch.randn(5, 4)).sum().backward()
+    assert model.table_mlp.weight.grad is not None and model.body.weight.grad is not None

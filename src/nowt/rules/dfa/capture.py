@@ -42,10 +42,11 @@ class Pass:
         shapes = [torch.Size((n_out, *shape[1:])) for _, shape in self.pending]
         for (layer, shape), fb_shape in zip(self.pending, shapes, strict=True):
             if shape[0] != n:
-                raise ValueError(f"dfa: a layer's input has batch size {shape[0]} but the output has {n}; "
-                                 f"dfa needs every converted layer to see the model's batch along dim 0 "
-                                 f"(nowt.convert(..., exclude=[...]) leaves a layer that does not, such as "
-                                 f"one computing a position bias, on backprop)")
+                name = next((k for k, m in model.named_modules() if m is layer), "?")
+                raise ValueError(f"dfa: layer {name!r}'s input has batch size {shape[0]} but the output has "
+                                 f"{n}; dfa needs every converted layer to see the model's batch along dim 0 "
+                                 f"(nowt.convert(..., exclude=[{name!r}]) leaves a layer that does not, such "
+                                 f"as one computing a position bias, on backprop)")
             self.rule.note_shape(layer, fb_shape)  # all shapes first: the shared matrix spans the widest
         for (layer, _), fb_shape in zip(self.pending, shapes, strict=True):
             self.projections.append(self.rule.projection(model, layer, fb_shape))
