@@ -261,7 +261,7 @@ def test_vit_rules_quick_run_trains_and_records_attention_alignment(tmp_path):
 def test_bartunov_rows_take_the_papers_table5_configuration(tmp_path):
     """Every Table 1 row runs with its column's Table 5 values (AO-SDTP with SDTP's): forward Adam for all,
     the inverses' Adam and sigma for target propagation, alpha for DTP."""
-    from nowt.reproduce.bartunov2018 import TABLE5
+    from nowt.reproduce.bartunov2018 import DEVIATIONS, TABLE5
     from nowt.reproduce.entry import run_config
     for name in ("bartunov2018-mnist-fc", "bartunov2018-mnist-lc", "bartunov2018-cifar-fc",
                  "bartunov2018-cifar-lc", "bartunov2018-imagenet"):
@@ -273,7 +273,14 @@ def test_bartunov_rows_take_the_papers_table5_configuration(tmp_path):
             assert (cfg.lr, *cfg.adam_betas, cfg.adam_eps) == column["forward"][source], (name, label)
             if cfg.rule in ("dtp", "sdtp", "ao-sdtp"):
                 i = ("dtp-parallel", "dtp-alternating", "sdtp-parallel", "sdtp-alternating").index(source)
-                assert (cfg.inverse_lr, *cfg.inverse_betas, cfg.inverse_eps) == column["inverse"][i]
+                printed = column["inverse"][i]
+                betas = DEVIATIONS.get(name.removeprefix("bartunov2018-"), {}).get(source, {}).get(
+                    "inverse_betas", printed[1:3])
+                ours = (cfg.inverse_lr, *cfg.inverse_betas, cfg.inverse_eps)
+                assert ours == (printed[0], *betas, printed[3])
                 assert cfg.sigma == column["sigma"][i]
                 assert cfg.rule != "dtp" or cfg.alpha == column["alpha"][i]
     assert run_config(reproduce.get("bartunov2018-mnist-fc"), "dtp-parallel", False, tmp_path).lr == 7.57e-4
+    for label in ("sdtp-parallel", "ao-sdtp-parallel"):  # the one deviation: beta1^2 < beta2, as Adam needs
+        assert run_config(reproduce.get("bartunov2018-mnist-fc"), label, False,
+                          tmp_path).inverse_betas == (0.9, 0.95)

@@ -85,8 +85,16 @@ TABLE5 = {
 }
 
 
+#: Where we run a value other than Table 5's, and why (measured; results/bartunov2018/table5/README.md).
+#: MNIST FC SDTP parallel: Table 5 prints the inverses' Adam as beta1 0.99, beta2 0.95, so beta1^2 > beta2,
+#: outside Adam's stable range and outside Table 4, which fixes beta1 at 0.9. With it our run falls to chance
+#: within two epochs (inputs standardised or not, inverse loss denoising or not); with beta1 0.9 it learns.
+DEVIATIONS: dict[str, dict[str, dict]] = {"mnist-fc": {"sdtp-parallel": {"inverse_betas": (0.9, 0.95)}}}
+
+
 def table5_runs(column: str) -> dict[str, dict]:
-    """TrainConfig overrides of every row of a Table 1 column from Table 5 (AO-SDTP: SDTP's values)."""
+    """TrainConfig overrides of every row of a Table 1 column from Table 5 (AO-SDTP: SDTP's values), with
+    the DEVIATIONS applied."""
     t = TABLE5[column]
     runs: dict[str, dict] = {}
     for label, (lr, b1, b2, eps) in t["forward"].items():
@@ -95,6 +103,8 @@ def table5_runs(column: str) -> dict[str, dict]:
         runs[label].update(inverse_lr=ilr, inverse_betas=(ib1, ib2), inverse_eps=ieps, sigma=t["sigma"][i])
         if i < 2:
             runs[label]["alpha"] = t["alpha"][i]
+    for label, values in DEVIATIONS.get(column, {}).items():
+        runs[label].update(values)
     for schedule in ("parallel", "alternating"):
         if f"sdtp-{schedule}" in runs:
             runs[f"ao-sdtp-{schedule}"] = dict(runs[f"sdtp-{schedule}"])
@@ -108,11 +118,13 @@ _COLUMNS = {  # column -> (dataset, network; the "BP convnet" row is the network
 NOTES = ("The paper's tanh networks with Glorot init (nowt.targetprop.networks; the BP convnet is the LC "
          "network with convolutions in place of the locally connected layers), Adam with each row's best "
          "configuration from the paper's Table 5 (forward and inverse lr, betas and epsilon, sigma, alpha; "
-         "TABLE5 in nowt.reproduce.bartunov2018); AO-SDTP, which Table 5 lacks, takes SDTP's values. The "
-         "paper reports the best test error within 500 epochs; we stop a run once its best test error is "
-         "100 epochs old. The batch size is not published: ours is 128. Our train error is the final "
-         "epoch's running error (each batch scored before its update), not the train set evaluated after "
-         "training as in the paper.")
+         "TABLE5 in nowt.reproduce.bartunov2018); AO-SDTP, which Table 5 lacks, takes SDTP's values. One "
+         "deviation (DEVIATIONS there): MNIST FC SDTP and AO-SDTP parallel train their inverses with beta1 "
+         "0.9, not the printed 0.99, with which they diverge. SDTP and AO-SDTP train their inverses "
+         "denoising, as the paper's Algorithm 1 does. The paper reports the best test error within 500 "
+         "epochs; we stop a run once its best test error is 100 epochs old. The batch size is not published:"
+         " ours is 128. Our train error is the final epoch's running error (each batch scored before its "
+         "update), not the train set evaluated after training as in the paper.")
 
 
 def _convnet(network: str) -> dict[str, dict]:

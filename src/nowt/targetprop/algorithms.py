@@ -9,8 +9,9 @@ Notation: h_0 = x, h_l = f_l(h_{l-1}) for l = 1..L (h_L the logits); g_l(h_l) ap
            a_hat_L the one-hot label (the argmin of the loss): no gradient anywhere.
 - AO-SDTP: as SDTP with a_L = [softmax(h_L), z], a_hat_L = [one-hot, z], z fixed random features of h_{L-1}.
 - Layer loss ||f_l(h_{l-1}) - t_l||^2 (h_{l-1} detached); the readout trains on the task loss.
-- Inverse loss ||h~ - g_l(f_l(h~))||^2, h~ = h_{l-1} + eps, eps ~ N(0, sigma^2) (Lee et al.: the corrupted
-  activity is reconstructed); with `denoise=True`, ||h_{l-1} - g_l(f_l(h~))||^2 (the clean one).
+- Inverse loss ||h~ - g_l(f_l(h~))||^2, h~ = h_{l-1} + eps, eps ~ N(0, sigma^2) (TP, DTP: Lee et al.'s
+  noise-preserving loss, the corrupted activity is reconstructed); SDTP and AO-SDTP denoise, as Bartunov et
+  al. do (their Algorithm 1, appendix 5.1): ||h_{l-1} - g_l(f_l(h~))||^2, the clean activity.
 
 Squared errors are summed over units and averaged over the batch.
 """
@@ -35,13 +36,14 @@ class Algorithm:
     difference: bool  # t_{l-1} = h_{l-1} + g(t_l) - g(h_l); plain TP uses g(t_l)
     gradient_top: bool  # the penultimate target is a gradient step (tp, dtp), else it comes through g_L
     auxiliary: bool = False  # the readout also emits fixed random features z (ao-sdtp)
+    denoise: bool = False  # the inverse reconstructs the clean activity from the corrupted one (sdtp)
 
 
 ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (
     Algorithm("tp", difference=False, gradient_top=True),
     Algorithm("dtp", difference=True, gradient_top=True),
-    Algorithm("sdtp", difference=True, gradient_top=False),
-    Algorithm("ao-sdtp", difference=True, gradient_top=False, auxiliary=True),
+    Algorithm("sdtp", difference=True, gradient_top=False, denoise=True),
+    Algorithm("ao-sdtp", difference=True, gradient_top=False, auxiliary=True, denoise=True),
 )}
 
 

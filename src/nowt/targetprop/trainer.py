@@ -98,7 +98,7 @@ class TargetPropTrainer:
         betas, eps, inverse_betas, inverse_eps: their other Adam settings (Bartunov et al. tune them all).
       sigma: std of the noise that corrupts h_{l-1} in the inverse loss. alpha: the step size of the DTP/TP
         penultimate target. aux_size: number of AO-SDTP auxiliary features z. denoise: reconstruct the
-        clean h_{l-1} instead of the corrupted one.
+        clean h_{l-1} instead of the corrupted one (None: the algorithm's own, True for SDTP and AO-SDTP).
       inverses: {l: module} to use as g_l in place of a learned tanh(V h + c) (tests: exact inverses).
       seed: seeds the inverses' init, the auxiliary features and the noise (the network is the caller's).
 
@@ -122,7 +122,7 @@ class TargetPropTrainer:
         sigma: float = 0.1,
         alpha: float = 0.1,
         aux_size: int = 512,
-        denoise: bool = False,
+        denoise: bool | None = None,
         inverses: Mapping[int, nn.Module] | None = None,
         seed: int = 0,
     ) -> None:
@@ -134,7 +134,8 @@ class TargetPropTrainer:
                              f"inverse_lr={inverse_lr}, sigma={sigma}, alpha={alpha}")
         if self.algorithm.auxiliary and not (isinstance(aux_size, int) and aux_size > 0):
             raise ValueError(f"aux_size must be a positive int, got {aux_size!r}")
-        self.schedule, self.sigma, self.alpha, self.denoise = schedule, sigma, alpha, denoise
+        self.schedule, self.sigma, self.alpha = schedule, sigma, alpha
+        self.denoise = self.algorithm.denoise if denoise is None else denoise
         self.model = network
         self.blocks = split_blocks(network)
         self.epoch = 0
