@@ -8,10 +8,10 @@ reconstruction error (mean squared error per unit, without noise).
 
     # SDTP parallel: the printed inverse betas (0.99, 0.95), beta1^2 > beta2, against beta1 0.9
     OMP_NUM_THREADS=1 python benchmarks/bartunov_sdtp_probe.py --epochs 3 \
-        --out results/bartunov2018/table5/sdtp_parallel_betas.json
+        --out results/bartunov2018/sdtp_parallel_betas.json
     # SDTP alternating as printed, batch 128 and 512
     OMP_NUM_THREADS=1 python benchmarks/bartunov_sdtp_probe.py --schedule alternating --epochs 8 \
-        --inverse-beta1 printed --batch 128 --out results/bartunov2018/table5/sdtp_alternating_b128.json
+        --inverse-beta1 printed --batch 128 --out results/bartunov2018/sdtp_alternating_b128.json
 """
 
 from __future__ import annotations

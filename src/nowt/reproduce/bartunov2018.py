@@ -85,7 +85,7 @@ TABLE5 = {
 }
 
 
-#: Where we run a value other than Table 5's, and why (measured; results/bartunov2018/table5/README.md).
+#: Where we run a value other than Table 5's, and why (measured: results/bartunov2018/).
 #: MNIST FC SDTP parallel: Table 5 prints the inverses' Adam as beta1 0.99, beta2 0.95, so beta1^2 > beta2,
 #: outside Adam's stable range and outside Table 4, which fixes beta1 at 0.9. With it our run falls to chance
 #: within two epochs (inputs standardised or not, inverse loss denoising or not); with beta1 0.9 it learns.
