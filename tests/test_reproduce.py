@@ -284,3 +284,30 @@ def test_bartunov_rows_take_the_papers_table5_configuration(tmp_path):
     for label in ("sdtp-parallel", "ao-sdtp-parallel"):  # the one deviation: beta1^2 < beta2, as Adam needs
         assert run_config(reproduce.get("bartunov2018-mnist-fc"), label, False,
                           tmp_path).inverse_betas == (0.9, 0.95)
+
+
+def test_gather_tabulates_the_runs_in_a_folder_without_training(tmp_path, monkeypatch):
+    tiny = Reproduction(name="tiny", paper="Tiny 2026", table="Table 0",
+                        config=dict(dataset="synthetic", hidden=(8,), epochs=2, batch_size=50),
+                        runs={"bp": {"rule": "bp"}, "fa": {"rule": "fa"}, "kp": {"rule": "kp"}},
+                        published={r: {"best_test_accuracy": 99.0} for r in ("bp", "fa", "kp")})
+    monkeypatch.setitem(REPRODUCTIONS, "tiny", tiny)
+    rows = run_reproduction(tiny, out_dir=tmp_path, only=["bp", "fa"], progress=False)
+    trained = {r["run"]: r for r in rows}
+    (tmp_path / "bp" / "checkpoint.pt").unlink()  # a committed results folder holds only the logs
+    lines = (tmp_path / "fa" / "metrics.jsonl").read_text().splitlines()
+    (tmp_path / "fa" / "metrics.jsonl").write_text(lines[0] + "\n")  # fa stopped after one of two epochs
+    mtimes = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+    rows = {r["run"]: r for r in run_reproduction(tiny, out_dir=tmp_path, gather=True, progress=False)}
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()} == mtimes  # trained nothing
+    assert rows["bp"]["status"] == "ok" and rows["bp"]["ours"] == trained["bp"]["ours"]
+    assert rows["fa"]["status"] == "unfinished (1 of 2 epochs)" and rows["fa"]["epochs"] == 1
+    assert rows["kp"]["status"] == "not run (no metrics.jsonl)" and math.isnan(rows["kp"]["ours"])
+    text = reproduce.run("tiny", tmp_path, gather=True, progress=False).read_text()
+    assert "| kp | best_test_accuracy | 99.00 | – |" in text and "| fa |" in text.split("## Our runs")[1]
+    config = tmp_path / "bp" / "config.json"
+    config.write_text(config.read_text().replace('"hidden": [\n  8\n ]', '"hidden": [\n  9\n ]'))
+    with pytest.raises(ValueError, match="another configuration.*hidden"):
+        run_reproduction(tiny, out_dir=tmp_path, gather=True, progress=False)
+    with pytest.raises(ValueError, match="analysis"):
+        reproduce.run("song2021", tmp_path / "song", gather=True, progress=False)

@@ -120,6 +120,8 @@ def build_parser(config_defaults: dict | None = None) -> argparse.ArgumentParser
     r.add_argument("--download", action="store_true", help="download the datasets first")
     r.add_argument("--device", default=None, help="torch device of every run (default: each run's own)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r.add_argument("--gather", action="store_true", help="train nothing: tabulate the runs already in --out "
+                   "from their metrics.jsonl and config.json")
     rep = sub.add_parser("report", help="markdown report with learning-curve and alignment plots")
     rep.add_argument("runs", nargs="+", help="run directories (made by --out)")
     rep.add_argument("--out", default=None, help="report directory (default: RUN_DIR/report for one run, "
@@ -210,7 +212,7 @@ def reproduce_command(args: argparse.Namespace) -> int:
         overrides["download"] = True
     only = [r.strip() for r in args.runs.split(",")] if args.runs else None
     path = reproduce.run(args.name, args.out, quick=args.quick, only=only, progress=not args.no_progress,
-                         command="nowt " + " ".join(args.argv), **overrides)
+                         command="nowt " + " ".join(args.argv), gather=args.gather, **overrides)
     print(path.read_text() if path.stat().st_size < 20_000 else "", end="")
     print(f"results: {path}")
     return 0

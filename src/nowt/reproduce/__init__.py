@@ -57,12 +57,14 @@ def default_out(name: str, quick: bool = False) -> Path:
 
 def run(name: str, out_dir: str | os.PathLike | None = None, quick: bool = False,
         only: list[str] | None = None, progress: bool = True, command: str | None = None,
-        **overrides) -> Path:
+        gather: bool = False, **overrides) -> Path:
     """Runs reproduction `name` into `out_dir` (default `default_out`); returns its RESULTS.md.
     `only`: the runs of a table to train; `overrides`: TrainConfig fields for every run (data_dir, device,
-    download), or the analysis function's keyword arguments."""
+    download), or the analysis function's keyword arguments. `gather`: train nothing, tabulate the runs
+    already in `out_dir` (their metrics.jsonl and config.json)."""
     out = Path(out_dir) if out_dir is not None else default_out(name, quick)
-    return get(name).run(out, quick=quick, only=only, progress=progress, command=command, **overrides)
+    return get(name).run(out, quick=quick, only=only, progress=progress, command=command, gather=gather,
+                         **overrides)
 
 
 __all__ = ["METRICS", "PAPERS", "REPRODUCTIONS", "Analysis", "Entry", "Reproduction",

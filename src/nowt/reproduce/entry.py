@@ -2,7 +2,9 @@
 
 - `Reproduction`, a table of runs: TrainConfig runs, each trained by `nowt.train.fit` into its own directory
   with resume on (an interrupted reproduction continues where it stopped), beside the published numbers.
-  Runs whose rule, model or data this install lacks are reported as skipped, with the reason.
+  Runs whose rule, model or data this install lacks are reported as skipped, with the reason. `gather`
+  trains nothing: it reads the runs' logs (metrics.jsonl, config.json) from the folder, e.g. a committed
+  results folder whose checkpoints are gone.
 - `Analysis`: a function that computes its own results (simulations, several seeds, claims checked).
 
 Both write `RESULTS.md` (and figures) into the output folder with the command, date and machine.
@@ -22,9 +24,11 @@ from pathlib import Path
 import torch
 
 from nowt.models import MODELS
-from nowt.report import markdown_table, report_runs
+from nowt.report import load_run, markdown_table, report_runs
 from nowt.rules import rules
 from nowt.train import TrainConfig, fit
+from nowt.train.config import NOT_IDENTITY
+from nowt.train.loop import out_of_patience
 
 #: metric name -> how to read it from a run's history
 METRICS = {
@@ -69,8 +73,9 @@ class Entry:
         return f"nowt reproduce {self.name}{' --quick' if quick else ''}"
 
     def run(self, out_dir: str | os.PathLike, *, quick: bool = False, only: list[str] | None = None,
-            progress: bool = True, command: str | None = None, **overrides) -> Path:
-        """Runs the reproduction into `out_dir`; returns the path of the RESULTS.md written there."""
+            progress: bool = True, command: str | None = None, gather: bool = False, **overrides) -> Path:
+        """Runs the reproduction into `out_dir` (with `gather`, reads the runs already there and trains
+        nothing); returns the path of the RESULTS.md written there."""
         raise NotImplementedError
 
 
@@ -98,9 +103,11 @@ class Reproduction(Entry):
         lines.append(f"  full: {self.config.get('epochs')} epochs; --quick: {quick}")
         return "\n".join(lines)
 
-    def run(self, out_dir, *, quick=False, only=None, progress=True, command=None, **overrides) -> Path:
-        rows = run_reproduction(self, quick=quick, out_dir=out_dir, only=only, progress=progress, **overrides)
-        ran = sorted({r["dir"] for r in rows if r["status"] == "ok"})
+    def run(self, out_dir, *, quick=False, only=None, progress=True, command=None, gather=False,
+            **overrides) -> Path:
+        rows = run_reproduction(self, quick=quick, out_dir=out_dir, only=only, progress=progress,
+                                gather=gather, **overrides)
+        ran = sorted({r["dir"] for r in rows if r["epochs"]})
         parts = [f"# {self.name}{' (quick)' if quick else ''}", self.paper, f"{self.table}. {self.notes}",
                  provenance(command or self.command(quick)), results_table(rows)]
         if ran:
@@ -119,9 +126,11 @@ class Analysis(Entry):
 
     function: Callable[..., dict]
 
-    def run(self, out_dir, *, quick=False, only=None, progress=True, command=None, **overrides) -> Path:
-        if only:
-            raise ValueError(f"{self.name} is an analysis: it has no runs to pick (--runs)")
+    def run(self, out_dir, *, quick=False, only=None, progress=True, command=None, gather=False,
+            **overrides) -> Path:
+        if only or gather:
+            raise ValueError(f"{self.name} is an analysis: it has no runs to pick (--runs) or to gather "
+                             f"(--gather)")
         accepted = inspect.signature(self.function).parameters
         unknown = sorted(set(overrides) - set(accepted))
         if unknown:
@@ -154,10 +163,11 @@ def missing_piece(cfg: TrainConfig) -> str | None:
 
 
 def run_reproduction(repro: Reproduction, *, quick: bool = False, out_dir: str | os.PathLike,
-                     only: list[str] | None = None, progress: bool = True, **overrides) -> list[dict]:
+                     only: list[str] | None = None, progress: bool = True, gather: bool = False,
+                     **overrides) -> list[dict]:
     """Trains every run of `repro` (or those in `only`); returns one row per run and published metric:
     {run, metric, published, ours, difference, epochs, status, dir}. `overrides` (TrainConfig fields, e.g.
-    data_dir, device) apply to every run."""
+    data_dir, device) apply to every run. `gather`: train nothing, read each run's log from its folder."""
     labels = only or list(repro.runs)
     unknown = [label for label in labels if label not in repro.runs]
     if unknown:
@@ -168,7 +178,9 @@ def run_reproduction(repro: Reproduction, *, quick: bool = False, out_dir: str |
         for key, value in overrides.items():
             setattr(cfg, key, value)
         status, history = missing_piece(cfg), None
-        if status is None:
+        if status is None and gather:
+            history, status = gathered(cfg)
+        elif status is None:
             try:
                 history = fit(cfg, resume=True, progress=progress)
                 status = "ok"
@@ -181,6 +193,25 @@ def run_reproduction(repro: Reproduction, *, quick: bool = False, out_dir: str |
                          "difference": ours - value, "epochs": len(history) if history else 0,
                          "status": status, "dir": cfg.out_dir})
     return rows
+
+
+def gathered(cfg: TrainConfig) -> tuple[list[dict] | None, str]:
+    """The history of `cfg`'s run read from its folder, training nothing, and its status: ok when the run
+    ended (its epochs or its patience), else how far it got; a folder of another configuration is refused."""
+    try:
+        run = load_run(cfg.out_dir)
+    except FileNotFoundError:
+        return None, "not run (no metrics.jsonl)"
+    except ValueError:
+        return None, "not run (no epoch yet)"
+    differ = cfg.identity_differences({k: v for k, v in run.config.items() if k not in NOT_IDENTITY})
+    if differ:
+        raise ValueError(f"run directory {cfg.out_dir} holds a run of another configuration (it differs in "
+                         f"{', '.join(differ)})")
+    history = run.history
+    if len(history) >= cfg.epochs or out_of_patience(history, cfg.patience):
+        return history, "ok"
+    return history, f"unfinished ({len(history)} of {cfg.epochs} epochs)"
 
 
 def results_table(rows: list[dict]) -> str:

@@ -102,7 +102,7 @@ def _fit(cfg: TrainConfig, train, test, resume: bool, progress: bool) -> list[di
     writer = _tensorboard(out) if writes else None
     has_feedback = not trains_whole_network(cfg) and bool(feedback_layers(model))
     for epoch in range(len(history), cfg.epochs):
-        if getattr(learner, "finished", False) or _out_of_patience(history, cfg.patience):
+        if getattr(learner, "finished", False) or out_of_patience(history, cfg.patience):
             break  # the lr schedule or --patience has ended the run
         t0 = time.perf_counter()
         train_metrics = train_epoch(learner, train_loader, f"{cfg.rule} epoch {epoch + 1}/{cfg.epochs}",
@@ -131,7 +131,7 @@ def _fit(cfg: TrainConfig, train, test, resume: bool, progress: bool) -> list[di
 
 
 @torch.no_grad()
-def _out_of_patience(history: list[dict], patience: int | None) -> bool:
+def out_of_patience(history: list[dict], patience: int | None) -> bool:
     """True when the best test error so far is `patience` or more epochs old."""
     if patience is None or not history:
         return False

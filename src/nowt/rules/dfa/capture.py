@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from nowt.rules.dfa.storage import Projection
+from nowt.rules.dfa.storage import KernelProjection, Projection
 
 if TYPE_CHECKING:
     from nowt.layers import FeedbackLayer
@@ -28,7 +28,7 @@ class Pass:
         self.rule = rule
         self.error: Tensor | None = None
         self.pending: list[tuple[FeedbackLayer, torch.Size]] | None = []
-        self.projections: list[Projection | None] = []
+        self.projections: list[Projection | KernelProjection | None] = []
 
     def register(self, layer: FeedbackLayer, x: Tensor) -> int:
         if self.pending is None:

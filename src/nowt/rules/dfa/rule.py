@@ -12,6 +12,11 @@ B is uniform in `[-1, 1] * scale / sqrt(D)`, `D = prod(input.shape[1:])`, as in 
 `feedback_init="xavier"` in `[-1, 1] * scale * sqrt(6 / (D + n_out))` (Glorot uniform, as BioTorch draws it;
 `nowt train --init xavier` selects it); where it is kept: `storage.py`. `zero_init=True` zeroes every
 converted layer's weight and bias (Nøkland trains tanh nets from zero).
+
+`conv_feedback="kernel"` gives each convolution BioTorch's B instead: `n_out x in_channels x kernel`, e
+spread over the output positions and sent back by the convolution's input gradient with B for W (a few
+thousand numbers where the full B has `n_out * D`); fans as a convolution weight's, `in_channels * taps`
+and `n_out * taps`. Other layers keep the full B.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from nowt.ops import autocast_apply
+from nowt.ops import ConvOp, autocast_apply
 from nowt.rules.base import Rule, host_value, rule_layers
 from nowt.rules.dfa import storage
 from nowt.rules.dfa.capture import Context, Pass
@@ -65,8 +70,9 @@ class DirectFeedbackFunction(torch.autograd.Function):
 class DirectFeedback(Rule):
     name = "dfa"
     options: ClassVar[dict[str, Any]] = {"storage": "dense", "chunk": 4096, "scale": 1.0, "zero_init": False,
-                                         "feedback_init": "uniform"}
+                                         "feedback_init": "uniform", "conv_feedback": "full"}
     FEEDBACK_INITS = ("uniform", "xavier")
+    CONV_FEEDBACKS = ("full", "kernel")
     transports_weights = False
 
     def validate(self) -> None:
@@ -79,8 +85,18 @@ class DirectFeedback(Rule):
         if self.feedback_init not in self.FEEDBACK_INITS:
             raise ValueError(f"unknown feedback_init {self.feedback_init!r}; choose "
                              f"{' or '.join(self.FEEDBACK_INITS)}")
+        if self.conv_feedback not in self.CONV_FEEDBACKS:
+            raise ValueError(f"unknown conv_feedback {self.conv_feedback!r}; choose "
+                             f"{' or '.join(self.CONV_FEEDBACKS)}")
+        if self.conv_feedback == "kernel" and self.storage != "dense":
+            raise ValueError(f"conv_feedback='kernel' keeps its small B dense; storage {self.storage!r} is "
+                             f"for the full B")
 
     def setup(self, layer: FeedbackLayer, generator: torch.Generator) -> None:
+        if self.kernel_form(layer) and (layer.op.transposed or layer.op.groups != 1):
+            raise ValueError(f"{self.name}: conv_feedback='kernel' needs a plain convolution (groups 1, not "
+                             f"transposed); got {type(layer).__name__} with groups {layer.op.groups}"
+                             f"{', transposed' if layer.op.transposed else ''}")
         seed = int(torch.randint(0, 2**32, (), generator=generator))
         layer.register_buffer("feedback_seed", torch.tensor(seed, device=layer.weight.device))
         layer.register_load_state_dict_pre_hook(adopt_buffers(("feedback", "feedback_shape")))
@@ -118,21 +134,29 @@ class DirectFeedback(Rule):
             raise ValueError(f"{self.name}: a layer's feedback has shape (n_out, *input) = {fixed}, fixed at "
                              f"the first forward, but now needs {tuple(shape)}")
 
+    def kernel_form(self, layer: FeedbackLayer) -> bool:
+        """Whether the layer's B is BioTorch's `n_out x in_channels x kernel` (a convolution, with
+        conv_feedback="kernel")."""
+        return self.conv_feedback == "kernel" and isinstance(layer.op, ConvOp)
+
     def has_feedback(self, layer: FeedbackLayer) -> bool:
         """Whether the layer's input gets `B e` (every dfa layer does)."""
         return True
 
     def projection(self, model: nn.Module, layer: FeedbackLayer,
-                   shape: torch.Size) -> storage.Projection | None:
+                   shape: torch.Size) -> storage.Projection | storage.KernelProjection | None:
         """The layer's B as a projection of e, creating its stored state at the first forward."""
         if not self.has_feedback(layer):
             return None
         seed = int(host_value(layer, "feedback_seed"))
-        fan_in = math.prod(shape[1:])
+        taps = math.prod(layer.weight.shape[2:]) if self.kernel_form(layer) else 1
+        fan_in = layer.weight.shape[1] * taps if self.kernel_form(layer) else math.prod(shape[1:])
         if self.feedback_init == "xavier":
-            scale = self.scale * math.sqrt(6 / (fan_in + shape[0]))
+            scale = self.scale * math.sqrt(6 / (fan_in + shape[0] * taps))
         else:
             scale = self.scale / math.sqrt(fan_in)
+        if self.kernel_form(layer):
+            return storage.kernel(layer, seed, shape, scale, self.chunk)
         if self.storage == "dense":
             return storage.dense(layer, seed, shape, scale, self.chunk)
         if self.storage == "shared":

@@ -9,6 +9,9 @@
   generator is serial, so one thread would draw them all). On a GPU the chunks are drawn on the CPU (slow).
 B is drawn in column chunks of `chunk` columns of `B.flatten(1)`, chunk k from a CPU generator seeded with
 (layer seed, k), so one seed gives one B on every device, and B depends on (seed, chunk) only.
+
+`KernelProjection` is another B altogether, for a convolution under `conv_feedback="kernel"` (BioTorch's
+DFA): `n_out x in_channels x kernel`, kept as a dense `feedback` buffer (it is small).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from torch import Tensor, nn
 
+from nowt.ops import ConvOp
 from nowt.rules.dfa.state import buffer
 
 STORAGES = ("dense", "shared", "seeded")
@@ -119,3 +123,34 @@ def shared(model: nn.Module, layers: Sequence[nn.Module], shape: torch.Size, sca
         raise ValueError(f"{name}: the shared feedback matrix is {tuple(matrix.shape)}, fixed at "
                          f"the first forward, but a layer needs {shape[0]} x {cols}")
     return Projection(shape, chunk, lambda k, j0, j1: matrix[:, j0:j1] * scale)
+
+
+class KernelProjection:
+    """BioTorch's DFA for a convolution: e, the same at every output position, goes back to the input by
+    the convolution's own input gradient with B (`n_out x in_channels x kernel`) in W's place. So the
+    input gets, at each position, B's taps that reach it summed and weighted by e."""
+
+    def __init__(self, feedback: Tensor, op: ConvOp, shape: torch.Size) -> None:
+        self.feedback, self.op, self.input_shape = feedback, op, shape[1:]
+        kernel = feedback.shape[2:]
+        self.out_size = [(n + 2 * p - d * (k - 1) - 1) // s + 1 for n, p, d, k, s in
+                         zip(shape[2:], op.padding, op.dilation, kernel, op.stride, strict=True)]
+
+    def __call__(self, e: Tensor) -> Tensor:
+        n, n_out = e.shape
+        spread = e.view(n, n_out, *[1] * len(self.out_size)).expand(n, n_out, *self.out_size).contiguous()
+        stand_in = e.new_zeros(()).expand(n, *self.input_shape)  # only its shape is read
+        return self.op.backward(spread, stand_in, self.feedback.to(e.dtype), (True, False, False))[0]
+
+    def matrix(self, like: Tensor) -> Tensor:
+        return self.feedback
+
+
+def kernel(layer: nn.Module, seed: int, shape: torch.Size, scale: float, chunk: int) -> KernelProjection:
+    """The layer's `n_out x in_channels x kernel` `feedback` buffer, drawn as `seeded` draws, at the first
+    forward; `shape` is `(n_out, *input.shape[1:])`."""
+    w = layer.weight
+    if buffer(layer, "feedback") is None:
+        kernel_shape = torch.Size((shape[0], w.shape[1], *w.shape[2:]))
+        layer.register_buffer("feedback", seeded(seed, kernel_shape, scale, chunk, w).matrix(w))
+    return KernelProjection(layer.feedback, layer.op, shape)
