@@ -225,6 +225,23 @@ def test_weight_mirror_aligns_within_a_few_hundred_steps_and_stays_bounded(make,
         assert 0.8 < ratio < 1.3, ratio
 
 
+@pytest.mark.parametrize("decay,activation", [(None, "none"), (None, "sigmoid"), (0.5, "none")])
+def test_mirror_step_matches_hand_computation(decay, activation):
+    """One mirror step on a Linear layer: B <- (1 - decay) B + lr * y^T x / (s^2 n), y the response to noise x
+    of std s (decay None: decay = lr, the moving average, fused into the product's pass over B)."""
+    model = nowt.convert(nn.Sequential(nn.Linear(6, 4)).double(), "wm", seed=0)
+    model(torch.randn(5, 6, dtype=torch.double))
+    layer, b0, s, lr = model[0], model[0].feedback.detach().clone(), 0.3, 0.2
+    nowt.mirror(model, 1, lr=lr, decay=decay, noise_std=s, activation=activation, batch_size=7,
+                generator=torch.Generator().manual_seed(1))
+    x = torch.randn(7, 6, generator=torch.Generator().manual_seed(1), dtype=torch.double) * s
+    y = x @ layer.weight.detach().T
+    if activation == "sigmoid":
+        y = torch.sigmoid(y + layer.bias.detach())
+    keep = 1 - (lr if decay is None else decay)
+    torch.testing.assert_close(layer.feedback.detach(), keep * b0 + lr * y.T @ x / (s**2 * 7))
+
+
 def test_mirror_errors():
     with pytest.raises(ValueError, match="no layer converted with rule 'wm'"):
         nowt.mirror(nowt.convert(tiny_mlp(), "fa"))

@@ -128,14 +128,18 @@ def _check_step(lr: float | None, decay: float | None, noise_std: float) -> None
                          f"noise_std > 0; got lr={lr}, decay={decay}, noise_std={noise_std}")
 
 
-def _local_estimate(layer, x: Tensor, scale: Tensor | float, activation: str = "none") -> Tensor:
-    """sum over the batch (and positions) of y x^T for the layer's response y (W x, or act(W x + b) with an
-    activation), times `scale`: the layer's own weight-gradient op. A scalar scale is folded into the (small)
-    noise batch rather than applied to the weight-sized sum."""
+def _response(layer, x: Tensor, activation: str) -> Tensor:
+    """The layer's response to noise x: W x, or act(W x + b) with an activation."""
     act = ACTIVATIONS[activation]
     y = layer.op.forward(x, layer.weight, None if act is None else layer.bias)
-    if act is not None:
-        y = act(y)
+    return y if act is None else act(y)
+
+
+def _local_estimate(layer, x: Tensor, scale: Tensor | float, activation: str = "none") -> Tensor:
+    """sum over the batch (and positions) of y x^T for the layer's response y, times `scale`: the layer's
+    own weight-gradient op. A scalar scale is folded into the (small) noise batch rather than applied to the
+    weight-sized sum."""
+    y = _response(layer, x, activation)
     if isinstance(layer.op, LinearOp):
         return layer.op.weight_grad(x * scale, y)
     return layer.op.weight_grad(x, y, layer.weight.shape) * scale
@@ -220,8 +224,15 @@ def mirror_layers(
             if anneal and lr is None and hasattr(layer, "mirror_count"):
                 step = min(auto, anneal / (increment_buffer(layer, "mirror_count") + 1))
             keep = 1 - (step if decay is None else decay)
-            x = noise_for_shard(shape, noise, generator=generator, device=w.device, dtype=w.dtype)
-            estimate = all_reduce_sum_(_local_estimate(layer, x * noise_std, scale, activation))
+            x = noise_for_shard(shape, noise, generator=generator, device=w.device, dtype=w.dtype) * noise_std
+            if decay is None and size == 1 and isinstance(layer.op, LinearOp):
+                # the default moving average fused into the estimate's product: one pass over B, no
+                # weight-sized temporary (the mirror step is two products and this pass)
+                y = _response(layer, x, activation)
+                layer.feedback.addmm_(y.reshape(-1, y.shape[-1]).t(), x.reshape(-1, x.shape[-1]),
+                                      beta=1 - step, alpha=step * scale)
+                continue
+            estimate = all_reduce_sum_(_local_estimate(layer, x, scale, activation))
             if decay is None:  # the default moving average, in one pass over B
                 layer.feedback.lerp_(estimate, step)
             else:
