@@ -19,6 +19,13 @@ def tiny_convnet() -> nn.Sequential:
     ).double()
 
 
+def half_square_error(model, x, t):
+    """Backpropagates 0.5 * |model(x) - t|^2 and returns its output error e = model(x) - t."""
+    y = model(x)
+    (0.5 * (y - t).square().sum()).backward()
+    return (y - t).detach()
+
+
 def mirror_calls(monkeypatch) -> list:
     """Records (steps, batch_size) of every weight-mirror call, which still runs."""
     from nowt.rules import wm

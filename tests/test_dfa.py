@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_convnet, tiny_mlp
+from conftest import half_square_error, tiny_convnet, tiny_mlp
 from torch import nn
 from torch.nn.grad import conv2d_weight
 
@@ -21,18 +21,12 @@ def _fb(layer):
     return layer.feedback.detach().flatten(1)
 
 
-def _half_square_error(model, x, t):
-    y = model(x)
-    (0.5 * (y - t).square().sum()).backward()
-    return (y - t).detach()  # e
-
-
 @pytest.mark.parametrize("storage,chunk", [("dense", 4096), ("dense", 2), ("shared", 3), ("seeded", 2)])
 def test_mlp_matches_hand_computation(storage, chunk):
     model = nowt.convert(tiny_mlp(), "dfa", seed=1, storage=storage, chunk=chunk)
     l1, l2, l3 = model[0], model[2], model[4]
     x = torch.randn(7, 5, dtype=D, requires_grad=True)
-    e = _half_square_error(model, x, torch.randn(7, 2, dtype=D))
+    e = half_square_error(model, x, torch.randn(7, 2, dtype=D))
     with torch.no_grad():
         h1 = torch.tanh(x @ l1.weight.T + l1.bias)
         a2 = h1 @ l2.weight.T + l2.bias
@@ -51,7 +45,7 @@ def test_convnet_with_strided_grouped_conv_matches_hand_computation(storage):
     model = nowt.convert(tiny_convnet(), "dfa", seed=2, storage=storage, chunk=5)
     c1, c2, fc = model[0], model[2], model[4]
     x = torch.randn(3, 4, 8, 8, dtype=D)
-    e = _half_square_error(model, x, torch.randn(3, 2, dtype=D))
+    e = half_square_error(model, x, torch.randn(3, 2, dtype=D))
     with torch.no_grad():
         h1 = torch.tanh(F.conv2d(x, c1.weight, c1.bias, stride=2, padding=1, groups=2))
         h2 = F.conv2d(h1, c2.weight, None, dilation=2)
@@ -175,7 +169,7 @@ class Block(nn.Module):
 def test_residual_block_skip_carries_downstream_projections_exactly():
     model = nowt.convert(Block().double(), "dfa", seed=0)
     x = torch.randn(2, 3, 5, 5, dtype=D)
-    e = _half_square_error(model, x, torch.randn(2, 2, dtype=D))
+    e = half_square_error(model, x, torch.randn(2, 2, dtype=D))
     st, ca, cb, fc = model.stem, model.conv_a, model.conv_b, model.fc
     with torch.no_grad():
         a_s = F.conv2d(x, st.weight, st.bias, padding=1)
@@ -225,7 +219,7 @@ def test_ifa_matches_hand_computation():
     model = nowt.convert(tiny_mlp(), "ifa", seed=1)
     l1, l2, l3 = model[0], model[2], model[4]
     x = torch.randn(7, 5, dtype=D)
-    e = _half_square_error(model, x, torch.randn(7, 2, dtype=D))
+    e = half_square_error(model, x, torch.randn(7, 2, dtype=D))
     with torch.no_grad():
         h1 = torch.tanh(x @ l1.weight.T + l1.bias)
         a2 = h1 @ l2.weight.T + l2.bias

@@ -5,18 +5,13 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import half_square_error
 from torch import nn
 from torch.nn.grad import conv2d_weight
 
 import nowt
 
 D = torch.double
-
-
-def _half_square_error(model, x, t):
-    y = model(x)
-    (0.5 * (y - t).square().sum()).backward()
-    return (y - t).detach()  # e
 
 
 def _kernel_convnet() -> nn.Sequential:
@@ -45,7 +40,7 @@ def test_kernel_conv_feedback_is_biotorchs_spread_error_matching_hand_computatio
     model = nowt.convert(_kernel_convnet(), "dfa", seed=4, conv_feedback="kernel", feedback_init="xavier")
     c1, c2, fc = model[0], model[2], model[4]
     x = torch.randn(2, 3, 8, 8, dtype=D, requires_grad=True)
-    e = _half_square_error(model, x, torch.randn(2, 2, dtype=D))
+    e = half_square_error(model, x, torch.randn(2, 2, dtype=D))
     assert c1.feedback.shape == (2, 3, 3, 3) and c2.feedback.shape == (2, 4, 2, 2)
     assert fc.feedback.shape == (2, 12)  # a Linear keeps the full B
     bound = math.sqrt(6 / (4 * 4 + 2 * 4))  # Glorot fans of a 2 x 4 x 2 x 2 convolution weight
