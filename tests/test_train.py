@@ -386,6 +386,9 @@ def test_akrout_init_and_sigmoid_cross_entropy():
         TrainConfig(init="orthogonal").validate()
     with pytest.raises(ValueError, match="no dropout"):
         train_mod.build_model(TrainConfig(model="lenet", dropout=0.5), (1, 28, 28), 10)
+    with pytest.raises(ValueError, match="'lenet' has fixed layer widths; --hidden applies to: mlp"):
+        train_mod.build_model(TrainConfig(model="lenet", hidden=(500,)), (1, 28, 28), 10)
+    train_mod.build_model(TrainConfig(model="lenet"), (1, 28, 28), 10)  # the default widths are no request
 
 
 def test_akrout_init_counts_the_fans_of_any_convolution():

@@ -154,6 +154,9 @@ def build_model(cfg: TrainConfig, input_shape: tuple[int, ...], num_classes: int
     for option in ("dropout", "input_dropout"):
         if getattr(cfg, option) and option not in accepted:
             raise ValueError(f"model {cfg.model!r} has no {option} option")
+    if tuple(cfg.hidden) != TrainConfig.hidden and "hidden" not in accepted:
+        takes = ", ".join(n for n, f in MODELS.items() if "hidden" in inspect.signature(f).parameters)
+        raise ValueError(f"model {cfg.model!r} has fixed layer widths; --hidden applies to: {takes}")
     model = factory(**{k: v for k, v in offered.items() if k in accepted})
     options = rule_options(cfg)
     if cfg.init == "xavier" and "feedback_init" in rule_class(cfg.rule).options:
