@@ -3,8 +3,9 @@
     python benchmarks/dfa_memory.py [--threads 1] [--steps 2] [--dense] [--rounds 5]
 
 Part 1: nowt.models.resnet18(num_classes=1000), 224x224 inputs, batch 8, one SGD step = forward, backward,
-step. For `bp` and each DFA storage, in a fresh subprocess (so the peak resident memory is its own): the
-feedback it stores, the process's peak RSS, and the median step time after one warm-up step. Dense
+step. For `bp`, each DFA storage and DFA's `conv_feedback="kernel"` (BioTorch's conv DFA: a B of
+1000 x in_channels x kernel per convolution), in a fresh subprocess (so the peak resident memory is its
+own): the feedback it stores, the process's peak RSS, and the median step time after one warm-up step. Dense
 feedback needs ~8 GiB for this network, so it runs only with --dense.
 Part 2: the step-time ratio DFA / backprop on the MLP 784-1000-1000-10 (batch 128) and the ConvNet
 (32x32x3, batch 64) of benchmarks/step_time.py, timed in interleaved rounds, median over rounds.
@@ -38,7 +39,9 @@ def feedback_bytes(model: torch.nn.Module) -> int:
 def resnet_case(variant: str, steps: int, chunk: int) -> dict:
     torch.manual_seed(0)
     model = nowt.models.resnet18(num_classes=1000)
-    if variant != "bp":
+    if variant == "kernel":
+        nowt.convert(model, "dfa", seed=0, conv_feedback="kernel")
+    elif variant != "bp":
         nowt.convert(model, "dfa", seed=0, storage=variant, chunk=chunk)
     x, y = torch.randn(8, 3, 224, 224), torch.randint(0, 1000, (8,))
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
@@ -92,7 +95,7 @@ def main() -> None:
     print("\nResNet-18, 1000 classes, 224x224, batch 8")
     print("| variant | stored feedback MiB | dense equivalent MiB | peak RSS MiB | step s | first step s |")
     print("|---|---|---|---|---|---|")
-    for variant in ["bp", "seeded", "shared"] + (["dense"] if args.dense else []):
+    for variant in ["bp", "kernel", "seeded", "shared"] + (["dense"] if args.dense else []):
         cmd = [sys.executable, __file__, "--case", variant, "--threads", str(args.threads),
                "--steps", str(args.steps), "--chunk", str(args.chunk)]
         r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)

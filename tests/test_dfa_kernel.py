@@ -74,3 +74,25 @@ def test_kernel_conv_feedback_refuses_what_it_cannot_spread():
         nowt.convert(nn.Sequential(nn.Conv2d(4, 4, 3)), "dfa", conv_feedback="kernel", storage="seeded")
     with pytest.raises(ValueError, match="conv_feedback"):
         nowt.convert(nn.Sequential(nn.Conv2d(4, 4, 3)), "dfa", conv_feedback="spread")
+
+
+@pytest.mark.parametrize("conv", [nn.Conv1d(3, 4, 3, stride=2, padding=2, dilation=2),
+                                  nn.Conv3d(2, 3, (1, 3, 2), stride=(1, 2, 1), padding=(0, 1, 1))])
+def test_kernel_conv_feedback_spreads_e_in_any_dimension(conv):
+    """1-d and 3-d: the folded spread (e @ B, then a depthwise pass) equals e repeated at every output
+    position and sent back through the convolution's input gradient with B in W's place."""
+    model = nowt.convert(nn.Sequential(nn.Tanh(), conv.double(), nn.Flatten()), "dfa", seed=0,
+                         conv_feedback="kernel")
+    layer = model[1]
+    x = torch.randn(2, conv.in_channels, *([5] * (conv.weight.dim() - 2)), dtype=D, requires_grad=True)
+    out = model(x)
+    e = torch.randn(out.shape, dtype=D)
+    out.backward(e)
+    b = layer.feedback  # n_out x in_channels x kernel, n_out = the flattened output's width
+    with torch.no_grad():
+        y = conv(torch.tanh(x))
+        spread = e.view(2, -1, *[1] * (y.dim() - 2)).expand(2, e.shape[1], *y.shape[2:])
+        want = torch.ops.aten.convolution_backward(
+            spread.contiguous(), torch.tanh(x), b, None, list(conv.stride), list(conv.padding),
+            list(conv.dilation), False, [0] * (y.dim() - 2), 1, [True, False, False])[0]
+    torch.testing.assert_close(x.grad, want * (1 - torch.tanh(x) ** 2))

@@ -137,10 +137,16 @@ class KernelProjection:
                          zip(shape[2:], op.padding, op.dilation, kernel, op.stride, strict=True)]
 
     def __call__(self, e: Tensor) -> Tensor:
-        n, n_out = e.shape
-        spread = e.view(n, n_out, *[1] * len(self.out_size)).expand(n, n_out, *self.out_size).contiguous()
-        stand_in = e.new_zeros(()).expand(n, *self.input_shape)  # only its shape is read
-        return self.op.backward(spread, stand_in, self.feedback.to(e.dtype), (True, False, False))[0]
+        # e is the same at every output position, so first fold it into each sample's taps,
+        # K = e @ B (n x in_channels x kernel), then spread K over the input: the input gradient of a
+        # depthwise convolution (one group per sample and channel) whose output gradient is all ones.
+        # Spreading e through B directly would cost n_out / out_channels times the layer's own backward.
+        n, c = e.shape[0], self.input_shape[0]
+        taps = (e @ self.feedback.flatten(1).to(e.dtype)).view(n * c, 1, *self.feedback.shape[2:])
+        ones = e.new_ones(1, n * c, *self.out_size)
+        stand_in = e.new_zeros(()).expand(1, n * c, *self.input_shape[1:])  # only its shape is read
+        spread = ConvOp(self.op.stride, self.op.padding, self.op.dilation, n * c)
+        return spread.backward(ones, stand_in, taps, (True, False, False))[0].view(n, *self.input_shape)
 
     def matrix(self, like: Tensor) -> Tensor:
         return self.feedback
