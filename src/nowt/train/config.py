@@ -121,7 +121,7 @@ class TrainConfig:
                                 choices=("none", "sigmoid", "tanh", "relu"), rule_option=True)
     mirror_normalize: bool = _f(True, "the mirror's estimate is y x^T / (s^2 n), an estimate of W; "
                                 "--no-mirror-normalize: the raw sum y x^T (the paper's)", rule_option=True)
-    conv_feedback: str = _f("full", "dfa/ifa: a convolution's B spans its whole input (full) or is "
+    conv_feedback: str = _f("full", "dfa: a convolution's B spans its whole input (full) or is "
                             "BioTorch's n_out x in_channels x kernel, e spread over the output positions "
                             "(kernel)",
                             choices=("full", "kernel"), rule_option=True)
