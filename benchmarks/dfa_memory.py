@@ -64,9 +64,11 @@ def resnet_case(variant: str, steps: int, chunk: int) -> dict:
 
 def ratios(rounds: int, steps: int) -> dict:
     out = {}
-    for wname, (base, x, y) in workloads().items():
+    for wname, (base, x, y) in workloads("mlp+convnet", "cpu", None).items():
         variants = {"bp": make_step(nowt.convert(copy.deepcopy(base), "bp"), x, y),
-                    "dfa": make_step(nowt.convert(copy.deepcopy(base), "dfa", seed=0), x, y)}
+                    "dfa": make_step(nowt.convert(copy.deepcopy(base), "dfa", seed=0), x, y),
+                    "dfa kernel": make_step(nowt.convert(copy.deepcopy(base), "dfa", seed=0,
+                                                         conv_feedback="kernel"), x, y)}
         for fn in variants.values():
             time_it(fn, 3)
         times: dict[str, list[float]] = {k: [] for k in variants}
@@ -74,7 +76,8 @@ def ratios(rounds: int, steps: int) -> dict:
             for k, fn in variants.items():
                 times[k].append(time_it(fn, steps))
         med = {k: statistics.median(v) for k, v in times.items()}
-        out[wname] = {"bp_ms": 1e3 * med["bp"], "dfa_ms": 1e3 * med["dfa"], "dfa/bp": med["dfa"] / med["bp"]}
+        out[wname] = {"bp_ms": 1e3 * med["bp"], "dfa_ms": 1e3 * med["dfa"], "dfa/bp": med["dfa"] / med["bp"],
+                      "dfa kernel/bp": med["dfa kernel"] / med["bp"]}
     return out
 
 
@@ -103,7 +106,8 @@ def main() -> None:
               f"{r['peak_rss_MiB']:.0f} | {r['step_s']:.2f} | {r['first_step_s']:.2f} |", flush=True)
     print(f"\nDFA / backprop step time ({args.rounds} interleaved rounds, median)")
     for wname, r in ratios(args.rounds, 10).items():
-        print(f"  {wname}: bp {r['bp_ms']:.2f} ms, dfa {r['dfa_ms']:.2f} ms, ratio {r['dfa/bp']:.2f}")
+        print(f"  {wname}: bp {r['bp_ms']:.2f} ms, dfa {r['dfa_ms']:.2f} ms, ratio {r['dfa/bp']:.2f}; "
+              f"kernel form {r['dfa kernel/bp']:.2f}")
 
 
 if __name__ == "__main__":
