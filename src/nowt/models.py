@@ -11,6 +11,9 @@ from torch import Tensor, nn
 #: target-propagation networks of Bartunov et al. (registered by `nowt.targetprop.networks`).
 MODELS: dict[str, Callable[..., nn.Module]] = {}
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
+#: model name -> the activation it is built with, for models without an `activation` argument whose
+#: activation a config may state (the Bartunov et al. networks are tanh); others refuse `--activation`
+FIXED_ACTIVATION: dict[str, str] = {}
 
 
 def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:

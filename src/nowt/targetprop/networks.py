@@ -178,7 +178,8 @@ class AuxiliaryFeatures(nn.Module):
 
 
 # The one model registry (`nowt.models.create_model`, `nowt train --model mnist_lc`) holds these networks too.
-from nowt.models import register_model  # noqa: E402
+from nowt.models import FIXED_ACTIVATION, register_model  # noqa: E402
 
-for _network in NETWORKS.values():
+for _name, _network in NETWORKS.items():
     register_model(_network)
+    FIXED_ACTIVATION[_name] = "tanh"

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 import nowt.targetprop  # noqa: F401  (registers the Bartunov networks in nowt.models.MODELS)
 from nowt.convert import convert
 from nowt.data import Data, load_dataset
-from nowt.models import MODELS
+from nowt.models import FIXED_ACTIVATION, MODELS
 from nowt.optim import HalveOnPlateau
 from nowt.rules import WholeNetworkRule, rule_class, rules
 from nowt.train.config import TrainConfig, flag_name, is_default
@@ -154,9 +154,12 @@ def build_model(cfg: TrainConfig, input_shape: tuple[int, ...], num_classes: int
     for option in ("dropout", "input_dropout"):
         if getattr(cfg, option) and option not in accepted:
             raise ValueError(f"model {cfg.model!r} has no {option} option")
-    if tuple(cfg.hidden) != TrainConfig.hidden and "hidden" not in accepted:
-        takes = ", ".join(n for n, f in MODELS.items() if "hidden" in inspect.signature(f).parameters)
-        raise ValueError(f"model {cfg.model!r} has fixed layer widths; --hidden applies to: {takes}")
+    for option, value, fixed in (("hidden", tuple(cfg.hidden), None),
+                                 ("activation", cfg.activation, FIXED_ACTIVATION.get(cfg.model))):
+        if value != getattr(TrainConfig, option) and value != fixed and option not in accepted:
+            takes = ", ".join(n for n, f in MODELS.items() if option in inspect.signature(f).parameters)
+            raise ValueError(f"model {cfg.model!r} fixes its {option}{f' ({fixed})' if fixed else ''}; "
+                             f"--{option} applies to: {takes}")
     model = factory(**{k: v for k, v in offered.items() if k in accepted})
     options = rule_options(cfg)
     if cfg.init == "xavier" and "feedback_init" in rule_class(cfg.rule).options:
