@@ -303,8 +303,11 @@ def test_gather_tabulates_the_runs_in_a_folder_without_training(tmp_path, monkey
     assert rows["bp"]["status"] == "ok" and rows["bp"]["ours"] == trained["bp"]["ours"]
     assert rows["fa"]["status"] == "unfinished (1 of 2 epochs)" and rows["fa"]["epochs"] == 1
     assert rows["kp"]["status"] == "not run (no metrics.jsonl)" and math.isnan(rows["kp"]["ours"])
-    text = reproduce.run("tiny", tmp_path, gather=True, progress=False).read_text()
-    assert "| kp | best_test_accuracy | 99.00 | – |" in text and "| fa |" in text.split("## Our runs")[1]
+    from nowt.cli import main
+    assert main(["reproduce", "tiny", "--gather", "--out", str(tmp_path), "--no-progress"]) == 0
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "`nowt reproduce tiny --gather --out" in text and "| kp | best_test_accuracy | 99.00 | – |" in text
+    assert "| fa |" in text.split("## Our runs")[1]
     config = tmp_path / "bp" / "config.json"
     config.write_text(config.read_text().replace('"hidden": [\n  8\n ]', '"hidden": [\n  9\n ]'))
     with pytest.raises(ValueError, match="another configuration.*hidden"):
