@@ -386,13 +386,13 @@ def test_akrout_init_and_sigmoid_cross_entropy():
         TrainConfig(init="orthogonal").validate()
     with pytest.raises(ValueError, match="no dropout"):
         train_mod.build_model(TrainConfig(model="lenet", dropout=0.5), (1, 28, 28), 10)
-    with pytest.raises(ValueError, match="'lenet' fixes its hidden; --hidden applies to: mlp"):
+    with pytest.raises(ValueError, match="'lenet' has no hidden option; --hidden applies to: mlp"):
         train_mod.build_model(TrainConfig(model="lenet", hidden=(500,)), (1, 28, 28), 10)
     train_mod.build_model(TrainConfig(model="lenet"), (1, 28, 28), 10)  # the default widths are no request
-    fixed = r"'mnist_fc' fixes its activation \(tanh\); --activation applies to: mlp, lenet"
+    fixed = r"'mnist_fc' has no activation option \(its activation is tanh\); --activation applies to: mlp"
     with pytest.raises(ValueError, match=fixed):
         train_mod.build_model(TrainConfig(model="mnist_fc", activation="sigmoid"), (1, 28, 28), 10)
-    with pytest.raises(ValueError, match="'convnet' fixes its activation; --activation applies to"):
+    with pytest.raises(ValueError, match="'convnet' has no activation option; --activation applies to"):
         train_mod.build_model(TrainConfig(model="convnet", activation="tanh"), (3, 32, 32), 10)
     train_mod.build_model(TrainConfig(model="mnist_fc", activation="tanh"), (1, 28, 28), 10)  # what it is
 

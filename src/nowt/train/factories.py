@@ -26,6 +26,7 @@ from nowt.rules import WholeNetworkRule, rule_class, rules
 from nowt.train.config import TrainConfig, flag_name, is_default
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
+_CONFIG_FIELDS = {f.name: f for f in fields(TrainConfig)}
 
 
 class TensorLoader:
@@ -151,15 +152,18 @@ def build_model(cfg: TrainConfig, input_shape: tuple[int, ...], num_classes: int
                    dropout=cfg.dropout, input_dropout=cfg.input_dropout, num_classes=num_classes,
                    in_channels=input_shape[0], image_size=input_shape[-1], input_shape=input_shape)
     accepted = inspect.signature(factory).parameters
-    for option in ("dropout", "input_dropout"):
-        if getattr(cfg, option) and option not in accepted:
-            raise ValueError(f"model {cfg.model!r} has no {option} option")
-    for option, value, fixed in (("hidden", tuple(cfg.hidden), None),
-                                 ("activation", cfg.activation, FIXED_ACTIVATION.get(cfg.model))):
-        if value != getattr(TrainConfig, option) and value != fixed and option not in accepted:
-            takes = ", ".join(n for n, f in MODELS.items() if option in inspect.signature(f).parameters)
-            raise ValueError(f"model {cfg.model!r} fixes its {option}{f' ({fixed})' if fixed else ''}; "
-                             f"--{option} applies to: {takes}")
+    # a model option the factory does not take is refused unless left at its default (or, for the
+    # activation, set to the one the model is built with), rather than silently ignored
+    for name in ("hidden", "activation", "dropout", "input_dropout"):
+        value = getattr(cfg, name)
+        value = tuple(value) if isinstance(value, list) else value
+        built = FIXED_ACTIVATION.get(cfg.model) if name == "activation" else None
+        if name in accepted or is_default(_CONFIG_FIELDS[name], value) or value == built:
+            continue
+        takes = ", ".join(n for n, m in MODELS.items() if name in inspect.signature(m).parameters)
+        its = f" (its {name} is {built})" if built else ""
+        raise ValueError(f"model {cfg.model!r} has no {name} option{its}; {flag_name(_CONFIG_FIELDS[name])} "
+                         f"applies to: {takes}")
     model = factory(**{k: v for k, v in offered.items() if k in accepted})
     options = rule_options(cfg)
     if cfg.init == "xavier" and "feedback_init" in rule_class(cfg.rule).options:

@@ -14,9 +14,9 @@ B is uniform in `[-1, 1] * scale / sqrt(D)`, `D = prod(input.shape[1:])`, as in 
 converted layer's weight and bias (Nøkland trains tanh nets from zero).
 
 `conv_feedback="kernel"` gives each convolution BioTorch's B instead: `n_out x in_channels x kernel`, e
-spread over the output positions and sent back by the convolution's input gradient with B for W (a few
-thousand numbers where the full B has `n_out * D`); fans as a convolution weight's, `in_channels * taps`
-and `n_out * taps`. Other layers keep the full B.
+spread over the output positions and sent back by the convolution's input gradient with B for W
+(`n_out * in_channels * taps` numbers where the full B has `n_out * D`); fans as a convolution weight's,
+`in_channels * taps` and `n_out * taps`. Other layers keep the full B.
 """
 
 from __future__ import annotations
@@ -149,13 +149,14 @@ class DirectFeedback(Rule):
         if not self.has_feedback(layer):
             return None
         seed = int(host_value(layer, "feedback_seed"))
-        taps = math.prod(layer.weight.shape[2:]) if self.kernel_form(layer) else 1
-        fan_in = layer.weight.shape[1] * taps if self.kernel_form(layer) else math.prod(shape[1:])
+        kernel = self.kernel_form(layer)
+        taps = math.prod(layer.weight.shape[2:]) if kernel else 1
+        fan_in = layer.weight.shape[1] * taps if kernel else math.prod(shape[1:])
         if self.feedback_init == "xavier":
             scale = self.scale * math.sqrt(6 / (fan_in + shape[0] * taps))
         else:
             scale = self.scale / math.sqrt(fan_in)
-        if self.kernel_form(layer):
+        if kernel:
             return storage.kernel(layer, seed, shape, scale, self.chunk)
         if self.storage == "dense":
             return storage.dense(layer, seed, shape, scale, self.chunk)
