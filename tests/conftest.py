@@ -19,6 +19,15 @@ def tiny_convnet() -> nn.Sequential:
     ).double()
 
 
+def teacher_task(n=600, d=20, classes=3, seed=0):
+    """A random linear teacher's labels on Gaussian inputs: (train, test) tensors, 500 examples to train."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g)
+    teacher = torch.randn(d, classes, generator=g)
+    y = (x @ teacher).argmax(1)
+    return (x[:500], y[:500]), (x[500:], y[500:])
+
+
 def half_square_error(model, x, t):
     """Backpropagates 0.5 * |model(x) - t|^2 and returns its output error e = model(x) - t."""
     y = model(x)
