@@ -27,7 +27,6 @@ from nowt.models import MODELS
 from nowt.report import load_run, markdown_table, report_runs
 from nowt.rules import rules
 from nowt.train import TrainConfig, fit
-from nowt.train.config import NOT_IDENTITY
 from nowt.train.loop import out_of_patience
 
 #: metric name -> how to read it from a run's history
@@ -204,7 +203,7 @@ def gathered(cfg: TrainConfig) -> tuple[list[dict] | None, str]:
         return None, "not run (no metrics.jsonl)"
     except ValueError:
         return None, "not run (no epoch yet)"
-    differ = cfg.identity_differences({k: v for k, v in run.config.items() if k not in NOT_IDENTITY})
+    differ = cfg.identity_differences(run.config)  # where and how fast a run went are not compared
     if differ:
         raise ValueError(f"run directory {cfg.out_dir} holds a run of another configuration (it differs in "
                          f"{', '.join(differ)})")
