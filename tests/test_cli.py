@@ -113,6 +113,11 @@ def test_bad_flags_are_one_line_errors(tmp_path, capsys):
         (["--device", "foo"], "unknown device 'foo'"),
         (["--rule", "fa", "--schedule", "alternating"], "--schedule applies only to: tp, dtp, sdtp, ao-sdtp"),
         (["--rule", "bp", "--mirror-steps", "4"], "--mirror-steps applies only to: wm"),
+        # given as flags, model options the model lacks are refused even at their default values
+        (["--model", "lenet", "--hidden", "1000"], "'lenet' has no hidden option; --hidden applies to: mlp"),
+        (["--model", "mnist_fc", "--activation", "relu"],
+         "'mnist_fc' has no activation option (its activation is tanh); --activation applies to: mlp"),
+        (["--model", "convnet", "--dropout", "0"], "model 'convnet' has no dropout option"),
     ]:
         _one_line_error(capsys, ["train", "--dataset", "synthetic", "--epochs", "1", *argv], *expected)
     if not torch.cuda.is_available():
@@ -132,8 +137,9 @@ def test_debug_flag_and_env_show_the_traceback(monkeypatch):
 def test_flags_are_generated_from_the_config_fields(tmp_path):
     from dataclasses import fields
 
-    from nowt.cli import build_parser, config_from_args
+    from nowt.cli import _shown, build_parser, config_from_args
     from nowt.train import TrainConfig
+    from nowt.train.factories import MODEL_OPTIONS
 
     parser = build_parser()
     train = parser._subparsers._group_actions[0].choices["train"]
@@ -142,7 +148,10 @@ def test_flags_are_generated_from_the_config_fields(tmp_path):
         if f.name == "extra":
             continue
         assert f.name in flags, f.name
-        assert flags[f.name].default == f.default, f.name  # one source of defaults
+        if f.name in MODEL_OPTIONS:  # None: unset, so that a flag given at its default value is seen
+            assert flags[f.name].default is None and f"(default: {_shown(f.default)})" in flags[f.name].help
+        else:
+            assert flags[f.name].default == f.default, f.name  # one source of defaults
     assert all(a.help for a in train._actions), [a.dest for a in train._actions if not a.help]
     assert flags["num_workers"].option_strings == ["--workers"]
     assert flags["out_dir"].option_strings == ["--out"]
@@ -153,5 +162,27 @@ def test_flags_are_generated_from_the_config_fields(tmp_path):
         ((500, 500), 2, True, False, "kp")
     assert cfg == TrainConfig(hidden=(500, 500), num_workers=2, out_dir=str(tmp_path / "r"),
                               deterministic=True, rule="kp")
+    assert config_from_args(parser.parse_args(["train", "--model", "mnist_fc", "--activation", "tanh"])) == \
+        TrainConfig(model="mnist_fc", activation="tanh")  # the activation it is built with
     assert "bp, fa" in flags["rule"].help and "mnist_lc" in flags["model"].help
     assert "rule option of: wm" in flags["mirror_steps"].help
+
+
+def test_a_whole_config_in_toml_may_hold_model_options_at_their_defaults(tmp_path):
+    """A TOML file may be a run's whole config: `hidden = [1000]` on a model without widths is the default
+    and passes, as in build_model; a value other than the default, or the same as a flag, is refused."""
+    from nowt.cli import _unwrap, build_parser, config_from_args, read_toml
+
+    config = tmp_path / "run.toml"
+    config.write_text('model = "mnist_fc"\nhidden = [1000]\nactivation = "tanh"\ndropout = 0.0\n')
+
+    def parse(*flags: str):
+        argv = ["train", "--config", str(config), *flags]
+        return config_from_args(_unwrap(build_parser(read_toml(str(config))).parse_args(argv)))
+
+    assert parse().model == "mnist_fc"
+    with pytest.raises(ValueError, match="'mnist_fc' has no hidden option"):
+        parse("--hidden", "1000")
+    config.write_text('model = "mnist_fc"\nhidden = [500]\n')
+    with pytest.raises(ValueError, match="'mnist_fc' has no hidden option"):
+        parse()

@@ -18,8 +18,18 @@ from types import UnionType
 from typing import NoReturn, Union, get_args, get_origin, get_type_hints
 
 from nowt import distributed
-from nowt.train.config import TrainConfig, check_device, check_out_dir, choices_of, flag_name, parse_list
-from nowt.train.factories import load_data, rules_declaring
+from nowt.train.config import (
+    TrainConfig,
+    check_device,
+    check_out_dir,
+    choices_of,
+    flag_name,
+    is_default,
+    parse_list,
+)
+from nowt.train.factories import MODEL_OPTIONS, check_model_options, load_data, rules_declaring
+
+FIELDS = {f.name: f for f in fields(TrainConfig)}
 
 
 class Parser(argparse.ArgumentParser):
@@ -64,7 +74,9 @@ def add_training_args(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) ->
             help_text += f"; one of: {', '.join(choices)}"
         if f.metadata.get("rule_option"):
             help_text += f" (rule option of: {', '.join(rules_declaring(f.name))})"
-        help_text += " (default: %(default)s)"
+        help_text += f" (default: {_shown(default)})"
+        if f.name in MODEL_OPTIONS:
+            default = None  # so that config_from_args sees which were given, even at their default value
         if hints[f.name] is bool:
             p.add_argument(flag_name(f), dest=f.name, action=argparse.BooleanOptionalAction,
                            default=default, help=help_text)
@@ -77,6 +89,10 @@ def add_training_args(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) ->
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def _shown(value: object) -> str:
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
 class _Raw:
     """A TOML value passed through argparse untouched; `TrainConfig.validate` checks it."""
 
@@ -85,9 +101,10 @@ class _Raw:
 
 
 def _unwrap(args: argparse.Namespace) -> argparse.Namespace:
-    for key, value in vars(args).items():
-        if isinstance(value, _Raw):
-            setattr(args, key, value.value)
+    """The TOML values' own; `from_config` names those no flag overrode."""
+    args.from_config = {key for key, value in vars(args).items() if isinstance(value, _Raw)}
+    for key in args.from_config:
+        setattr(args, key, getattr(args, key).value)
     return args
 
 
@@ -156,9 +173,15 @@ def read_toml(path: str) -> dict:
 
 def config_from_args(args: argparse.Namespace, **overrides) -> TrainConfig:
     """The run's TrainConfig from flags and TOML values, checked once (TrainConfig.validate)."""
-    names = {f.name for f in fields(TrainConfig)}
-    values = {k: v for k, v in vars(args).items() if k in names}
+    values = {k: v for k, v in vars(args).items() if k in FIELDS}
     values.update(overrides)
+    # a model option given as a flag must apply to the model, even at its default value (a TOML file, which
+    # may be a whole run's config, is held to build_model's check: only values other than the default)
+    given = {k: v for k in MODEL_OPTIONS if (v := values.pop(k, None)) is not None}
+    from_config = getattr(args, "from_config", set())
+    requested = {k: v for k, v in given.items() if k not in from_config or not is_default(FIELDS[k], v)}
+    check_model_options(str(values.get("model", TrainConfig.model)), requested)
+    values.update(given)
     if isinstance(values.get("rule"), str):
         values["rule"] = values["rule"].lower()
     return TrainConfig.from_dict(values)

@@ -225,7 +225,7 @@ def choices_of(f: Field) -> list[str] | None:
 
 def is_default(f: Field, value: Any) -> bool:
     default = f.default_factory() if f.default is MISSING else f.default  # type: ignore[misc]
-    return value == default
+    return (tuple(value) if isinstance(value, list) else value) == default  # a TOML list is a tuple field
 
 
 _PLURAL = {int: "integers", float: "numbers"}

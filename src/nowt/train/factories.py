@@ -141,6 +141,26 @@ def rule_options(cfg: TrainConfig) -> dict[str, Any]:
     return options
 
 
+MODEL_OPTIONS = ("hidden", "activation", "dropout", "input_dropout")
+
+
+def check_model_options(model: str, requested: dict[str, object]) -> None:
+    """Refuses a model option (`MODEL_OPTIONS`) that `model`'s factory does not take, rather than ignore it
+    silently; an activation equal to the one the model is built with (FIXED_ACTIVATION) is accepted."""
+    factory = MODELS.get(model)
+    if factory is None:
+        return  # TrainConfig.validate and build_model name an unknown model
+    accepted = inspect.signature(factory).parameters
+    for name, value in requested.items():
+        built = FIXED_ACTIVATION.get(model) if name == "activation" else None
+        if name in accepted or value == built:
+            continue
+        takes = ", ".join(n for n, m in MODELS.items() if name in inspect.signature(m).parameters)
+        its = f" (its {name} is {built})" if built else ""
+        raise ValueError(f"model {model!r} has no {name} option{its}; {flag_name(_CONFIG_FIELDS[name])} "
+                         f"applies to: {takes}")
+
+
 def build_model(cfg: TrainConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """`cfg.model` for inputs of `input_shape`, initialised from `cfg.seed`, converted to `cfg.rule` (target
     propagation trains the plain network itself)."""
@@ -152,18 +172,9 @@ def build_model(cfg: TrainConfig, input_shape: tuple[int, ...], num_classes: int
                    dropout=cfg.dropout, input_dropout=cfg.input_dropout, num_classes=num_classes,
                    in_channels=input_shape[0], image_size=input_shape[-1], input_shape=input_shape)
     accepted = inspect.signature(factory).parameters
-    # a model option the factory does not take is refused unless left at its default (or, for the
-    # activation, set to the one the model is built with), rather than silently ignored
-    for name in ("hidden", "activation", "dropout", "input_dropout"):
-        value = getattr(cfg, name)
-        value = tuple(value) if isinstance(value, list) else value
-        built = FIXED_ACTIVATION.get(cfg.model) if name == "activation" else None
-        if name in accepted or is_default(_CONFIG_FIELDS[name], value) or value == built:
-            continue
-        takes = ", ".join(n for n, m in MODELS.items() if name in inspect.signature(m).parameters)
-        its = f" (its {name} is {built})" if built else ""
-        raise ValueError(f"model {cfg.model!r} has no {name} option{its}; {flag_name(_CONFIG_FIELDS[name])} "
-                         f"applies to: {takes}")
+    # left at its default, a model option is no request (the CLI also checks the flags given explicitly)
+    check_model_options(cfg.model, {name: getattr(cfg, name) for name in MODEL_OPTIONS
+                                    if not is_default(_CONFIG_FIELDS[name], getattr(cfg, name))})
     model = factory(**{k: v for k, v in offered.items() if k in accepted})
     options = rule_options(cfg)
     if cfg.init == "xavier" and "feedback_init" in rule_class(cfg.rule).options:
