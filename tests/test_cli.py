@@ -186,3 +186,36 @@ def test_a_whole_config_in_toml_may_hold_model_options_at_their_defaults(tmp_pat
     config.write_text('model = "mnist_fc"\nhidden = [500]\n')
     with pytest.raises(ValueError, match="'mnist_fc' has no hidden option"):
         parse()
+
+
+def test_evaluate_scores_a_saved_run_on_its_train_and_test_sets(tmp_path, capsys):
+    """`nowt evaluate RUN` rebuilds the run's model from its checkpoint: its test accuracy is the one the run
+    logged after its last epoch, its train accuracy the argmax of the model on every training example."""
+    from nowt.train import TrainConfig, build_model
+    from nowt.train.factories import load_data
+
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", "synthetic", "--rule", "fa", "--hidden", "16", "--epochs", "2",
+                 "--out", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--no-progress"]) == 0
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines()[2:]]
+    scores = {row[2].strip(): float(row[4]) for row in rows}
+    assert [row[1].strip() for row in rows] == ["2", "2"]
+    logged = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert scores["test"] == pytest.approx(logged["test_accuracy"], abs=0.005)
+    cfg = TrainConfig.from_dict(json.loads((out / "config.json").read_text()))
+    data = load_data(cfg)
+    (x, y), classes = data.train, int(torch.cat([data.train[1], data.test[1]]).max()) + 1
+    model = build_model(cfg, tuple(x.shape[1:]), classes)
+    model.load_state_dict(torch.load(out / "checkpoint.pt", weights_only=True)["model"])
+    with torch.no_grad():
+        by_hand = 100.0 * float((model.eval()(x).argmax(1) == y).float().mean())
+    assert scores["train"] == pytest.approx(by_hand, abs=0.005)
+    assert scores["train"] != pytest.approx(logged["train_accuracy"], abs=0.005)  # not the running accuracy
+
+    _one_line_error(capsys, ["evaluate", str(out), "--split", "val"], "unknown split(s) ['val']")
+    _one_line_error(capsys, ["evaluate", str(tmp_path)], "no checkpoint at")
+    saved = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**saved, "lr": 0.5}))
+    _one_line_error(capsys, ["evaluate", str(out)], "does not describe the checkpoint", "['lr']")

@@ -5,6 +5,7 @@
     nowt compare --rules bp,fa,kp --epochs 3  # same model, data and budget per rule; table and plots
     nowt reproduce --list | nowt reproduce akrout2019 --quick
     nowt report runs/compare-mnist/bp runs/compare-mnist/fa --out report/
+    nowt evaluate runs/compare-mnist/fa       # a saved run's model scored on its train and test sets
 """
 
 from __future__ import annotations
@@ -144,7 +145,13 @@ def build_parser(config_defaults: dict | None = None) -> argparse.ArgumentParser
     rep.add_argument("--out", default=None, help="report directory (default: RUN_DIR/report for one run, "
                      "else the first run's parent/report)")
     rep.add_argument("--title", default="nowt report", help="the report's heading")
-    for p in (t, c, r, rep):
+    ev = sub.add_parser("evaluate", help="score a saved run's model on its train and test sets")
+    ev.add_argument("runs", nargs="+", help="run directories (with checkpoint.pt)")
+    ev.add_argument("--split", default="train,test", help="comma-separated: train, test (default both)")
+    ev.add_argument("--device", default=None, help="torch device (default: the run's own)")
+    ev.add_argument("--data-dir", default=None, help="where the dataset files are (default: the run's own)")
+    ev.add_argument("--no-progress", action="store_true", help="no progress bars")
+    for p in (t, c, r, rep, ev):
         _add_debug(p)
     return parser
 
@@ -250,8 +257,26 @@ def report_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def evaluate_command(args: argparse.Namespace) -> int:
+    from nowt.train import evaluate_run
+
+    if args.device is not None:
+        check_device(args.device)
+    splits = [s.strip() for s in args.split.split(",") if s.strip()]
+    for i, run in enumerate(args.runs):
+        epoch, scores = evaluate_run(run, splits, device=args.device, data_dir=args.data_dir,
+                                     progress=not args.no_progress)
+        if i == 0:
+            print("| run | epoch | split | loss | accuracy % | top-1 error % | top-5 error % |\n"
+                  "|---|---|---|---|---|---|---|")
+        for split, m in scores.items():
+            print(f"| {run} | {epoch} | {split} | {m['loss']:.4f} | {m['accuracy']:.2f} "
+                  f"| {m['top1_error']:.2f} | {m['top5_error']:.2f} |", flush=True)
+    return 0
+
+
 COMMANDS = {"train": train_command, "compare": compare_command, "reproduce": reproduce_command,
-            "report": report_command}
+            "report": report_command, "evaluate": evaluate_command}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,7 @@ import contextlib
 import json
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +128,41 @@ def _fit(cfg: TrainConfig, train, test, resume: bool, progress: bool) -> list[di
     if writer:
         writer.close()
     return history
+
+
+def evaluate_run(run_dir: str | Path, splits: Iterable[str] = ("train", "test"), *, device: str | None = None,
+                 data_dir: str | None = None, progress: bool = False) -> tuple[int, dict[str, dict]]:
+    """The model of `run_dir`'s last checkpoint scored on its dataset (`evaluate`'s loss, accuracy, top-1/5
+    errors per split; the training split without augmentation), with the epoch it was saved after. A run
+    logs the running error of each training epoch; papers often report the training set scored after
+    training, which this gives."""
+    splits = list(splits)
+    unknown = [s for s in splits if s not in ("train", "test")]
+    if unknown:
+        raise ValueError(f"unknown split(s) {unknown}; choose from: train, test")
+    run = Path(run_dir)
+    state = load_checkpoint(run / "checkpoint.pt")
+    saved = run / "config.json"  # the whole config (data_dir, device...); the checkpoint has its identity
+    values = json.loads(saved.read_text()) if saved.is_file() else dict(state["config"])
+    values.update({k: v for k, v in (("device", device), ("data_dir", data_dir)) if v})
+    cfg = TrainConfig.from_dict(values, source=str(saved))
+    differences = cfg.identity_differences(state["config"])
+    if differences:
+        raise ValueError(f"{saved} does not describe the checkpoint in {run} (it differs in {differences})")
+    cfg = replace(cfg, augment=False)
+    data = load_data(cfg)
+    chosen = {"train": data.train, "test": data.test}
+    input_shape = tuple(_probe_batch(data.test, 1)[0].shape[1:])
+    model = build_model(cfg, input_shape, _num_classes(data.train, data.test))
+    model.load_state_dict(state["model"])
+    loss_fn = make_loss(cfg.loss)
+    scores = {}
+    for split in splits:
+        loader = make_loader(chosen[split], 1000 if isinstance(chosen[split], tuple) else cfg.batch_size,
+                             num_workers=cfg.num_workers)
+        batches = tqdm(loader, desc=f"{run} {split}", disable=not progress, leave=False)
+        scores[split] = evaluate(model, batches, loss_fn, cfg.device)
+    return int(state["epoch"]), scores
 
 
 @torch.no_grad()
