@@ -341,3 +341,34 @@ def test_sdtp_inverses_denoise_and_dtp_inverses_preserve_the_noise(algorithm, de
             expected += (reconstructed - (h if denoise else corrupted)).pow(2).sum(1).mean()
     assert tp.train_step(x, y)["inverse_loss"] == pytest.approx(float(expected), rel=1e-12)
     assert TargetPropTrainer(three_layer_net(), algorithm, denoise=not denoise).denoise is not denoise
+
+
+def test_alternating_every_n_batches_switches_what_trains():
+    """alternate_every=2: batches 1-2 train only the inverses, 3-4 only the forward weights, and so on, with
+    epochs not counting; the count survives a checkpoint; another schedule or another rule refuses it."""
+    from nowt.train import TrainConfig
+    from nowt.train.factories import rule_options
+
+    tp = TargetPropTrainer(three_layer_net(), "dtp", "alternating", alternate_every=2, lr=1e-2,
+                           inverse_lr=1e-2)
+    x, y = batch()
+    trained = []
+    for step in range(6):
+        before = [[p.clone() for p in m.parameters()] for m in (tp.model, tp.inverses)]
+        tp.train_step(x, y)
+        trained.append(tuple(any(not torch.equal(a, b) for a, b in zip(old, m.parameters(), strict=True))
+                             for old, m in zip(before, (tp.model, tp.inverses), strict=True)))
+        if step == 2:
+            tp.end_epoch()  # an epoch's end does not switch this schedule
+    assert trained == [(False, True)] * 2 + [(True, False)] * 2 + [(False, True)] * 2
+    resumed = TargetPropTrainer(three_layer_net(), "dtp", "alternating", alternate_every=2)
+    resumed.load_state_dict(tp.state_dict())
+    assert (resumed.steps, resumed.phase) == (6, "forward")
+    with pytest.raises(ValueError, match="applies to schedule='alternating' only"):
+        TargetPropTrainer(three_layer_net(), "dtp", alternate_every=5)
+    with pytest.raises(ValueError, match="number of batches >= 0"):
+        TargetPropTrainer(three_layer_net(), "dtp", "alternating", alternate_every=-1)
+    cfg = TrainConfig(rule="sdtp", schedule="alternating", alternate_every=50)
+    assert rule_options(cfg)["alternate_every"] == 50
+    with pytest.raises(ValueError, match="--alternate-every applies only to: tp, dtp, sdtp, ao-sdtp"):
+        rule_options(TrainConfig(rule="fa", alternate_every=50))

@@ -94,6 +94,7 @@ class TargetPropTrainer:
       schedule: "parallel" (forward and inverse weights learn on every batch) or "alternating" (inverse
         weights only during even epochs, starting with epoch 0, forward weights only during odd ones;
         `end_epoch()` switches). `phase` says which.
+      alternate_every: under "alternating", switch every this many batches instead of every epoch (0).
       lr, inverse_lr: Adam learning rates of the forward and the inverse weights (separate optimizers);
         betas, eps, inverse_betas, inverse_eps: their other Adam settings (Bartunov et al. tune them all).
       sigma: std of the noise that corrupts h_{l-1} in the inverse loss. alpha: the step size of the DTP/TP
@@ -113,6 +114,7 @@ class TargetPropTrainer:
         algorithm: str = "dtp",
         schedule: str = "parallel",
         *,
+        alternate_every: int = 0,
         lr: float = 1e-4,
         inverse_lr: float = 1e-4,
         betas: tuple[float, float] = (0.9, 0.999),
@@ -129,16 +131,20 @@ class TargetPropTrainer:
         self.algorithm = get_algorithm(algorithm)
         if schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        if not (isinstance(alternate_every, int) and alternate_every >= 0):
+            raise ValueError(f"alternate_every must be a number of batches >= 0, got {alternate_every!r}")
+        if alternate_every and schedule != "alternating":
+            raise ValueError(f"alternate_every applies to schedule='alternating' only, not {schedule!r}")
         if not (lr > 0 and inverse_lr > 0 and sigma >= 0 and alpha > 0):
             raise ValueError(f"need lr > 0, inverse_lr > 0, sigma >= 0 and alpha > 0; got lr={lr}, "
                              f"inverse_lr={inverse_lr}, sigma={sigma}, alpha={alpha}")
         if self.algorithm.auxiliary and not (isinstance(aux_size, int) and aux_size > 0):
             raise ValueError(f"aux_size must be a positive int, got {aux_size!r}")
-        self.schedule, self.sigma, self.alpha = schedule, sigma, alpha
+        self.schedule, self.alternate_every, self.sigma, self.alpha = schedule, alternate_every, sigma, alpha
         self.denoise = self.algorithm.denoise if denoise is None else denoise
         self.model = network
         self.blocks = split_blocks(network)
-        self.epoch = 0
+        self.epoch = self.steps = 0
         weights = [weight_layer(b) for b in self.blocks]
         names = {id(m): name for name, m in network.named_modules()}
         self.layer_names = [names[id(w)] for w in weights]
@@ -175,10 +181,12 @@ class TargetPropTrainer:
 
     @property
     def phase(self) -> str:
-        """What trains now: "both" (parallel), else "inverse" in even epochs and "forward" in odd ones."""
+        """What trains now: "both" (parallel), else "inverse" in even epochs and "forward" in odd ones (or in
+        even and odd runs of `alternate_every` batches)."""
         if self.schedule == "parallel":
             return "both"
-        return "inverse" if self.epoch % 2 == 0 else "forward"
+        period = self.steps // self.alternate_every if self.alternate_every else self.epoch
+        return "inverse" if period % 2 == 0 else "forward"
 
     def end_epoch(self, train_metrics: dict[str, float] | None = None) -> None:
         self.epoch += 1
@@ -256,6 +264,7 @@ class TargetPropTrainer:
             self.forward_optimizer.zero_grad(set_to_none=True)
             total.backward()
             _step(self.forward_optimizer)
+        self.steps += 1
         return record
 
     # -- diagnostics ---------------------------------------------------------------------------------------
@@ -286,7 +295,7 @@ class TargetPropTrainer:
     def state_dict(self) -> dict[str, Any]:
         return {
             "algorithm": self.algorithm.name, "schedule": self.schedule, "epoch": self.epoch,
-            "model": self.model.state_dict(), "inverses": self.inverses.state_dict(),
+            "steps": self.steps, "model": self.model.state_dict(), "inverses": self.inverses.state_dict(),
             "auxiliary": self.auxiliary.state_dict() if self.auxiliary is not None else {},
             "forward_optimizer": self.forward_optimizer.state_dict(),
             "inverse_optimizer": self.inverse_optimizer.state_dict() if self.inverse_optimizer else {},
@@ -306,13 +315,14 @@ class TargetPropTrainer:
             self.inverse_optimizer.load_state_dict(state["inverse_optimizer"])
         self.generator.set_state(state["generator"])
         self.epoch = int(state["epoch"])
+        self.steps = int(state.get("steps", 0))  # absent from checkpoints written before alternate_every
 
 
 class TargetPropagationRule(WholeNetworkRule):
     """The registry entry of one target-propagation algorithm (its `name`): `nowt train --rule dtp` and
     `rule_class("dtp").learner(net, lr=..., seed=...)` build a `TargetPropTrainer`."""
 
-    options: ClassVar[dict[str, Any]] = {"schedule": "parallel", "inverse_lr": 1e-4,
+    options: ClassVar[dict[str, Any]] = {"schedule": "parallel", "alternate_every": 0, "inverse_lr": 1e-4,
                                          "inverse_betas": (0.9, 0.999), "inverse_eps": 1e-8, "sigma": 0.1,
                                          "alpha": 0.1}
 

@@ -128,6 +128,8 @@ class TrainConfig:
     schedule: str = _f("parallel", "target propagation: train inverses with the forward weights "
                        "(parallel) or alternate by epoch", choices=("parallel", "alternating"),
                        rule_option=True)
+    alternate_every: int = _f(0, "target propagation, alternating schedule: switch every N batches instead "
+                              "of every epoch (0)", min=0, metavar="N", rule_option=True)
     inverse_lr: float = _f(1e-4, "target propagation: Adam lr of the inverses g", gt=0.0, rule_option=True)
     inverse_betas: tuple[float, ...] = _f((0.9, 0.999), "target propagation: Adam betas of the inverses",
                                           min=0.0, lt=1.0, metavar="B1,B2", rule_option=True)
