@@ -12,6 +12,15 @@ reconstruction error (mean squared error per unit, without noise).
     # SDTP alternating as printed, batch 128 and 512
     OMP_NUM_THREADS=1 python benchmarks/bartunov_sdtp_probe.py --schedule alternating --epochs 8 \
         --inverse-beta1 printed --batch 128 --out results/bartunov2018/sdtp_alternating_b128.json
+    # SDTP alternating with the forward Adam's beta2 at 0.999, with the forward lr at 1e-4, and switching
+    # every 50 or 10 batches instead of every epoch (2026-12-02; written to /tmp, copied to
+    # results/bartunov2018/sdtp_alternating_{forward_beta2,lr1e-4,switch50,switch10}.json)
+    OMP_NUM_THREADS=1 python benchmarks/bartunov_sdtp_probe.py --schedule alternating --epochs 8 \
+        --inverse-beta1 printed --set betas=0.9,0.999 --out sdtp_alternating_forward_beta2.json
+    OMP_NUM_THREADS=1 python benchmarks/bartunov_sdtp_probe.py --schedule alternating --epochs 8 \
+        --inverse-beta1 printed --set lr=1e-4 --out sdtp_alternating_lr1e-4.json
+    OMP_NUM_THREADS=1 python benchmarks/bartunov_sdtp_probe.py --schedule alternating --epochs 8 \
+        --inverse-beta1 printed --switch-every 50 --out sdtp_alternating_switch50.json   # and 10
 """
 
 from __future__ import annotations
@@ -30,7 +39,7 @@ from nowt.targetprop import TargetPropTrainer, mnist_fc
 
 
 def run(schedule: str, inverse_betas: tuple[float, float], epochs: int, batch: int,
-        log_every: int = 100) -> dict[str, list]:
+        overrides: dict | None = None, log_every: int = 100) -> dict[str, list]:
     row = 2 if schedule == "parallel" else 3  # Table 5's inverse columns: dtp-p, dtp-a, sdtp-p, sdtp-a
     lr, b1, b2, eps = TABLE5["mnist-fc"]["forward"][f"sdtp-{schedule}"]
     ilr, _, _, ieps = TABLE5["mnist-fc"]["inverse"][row]
@@ -38,9 +47,9 @@ def run(schedule: str, inverse_betas: tuple[float, float], epochs: int, batch: i
     torch.manual_seed(0)
     data = load_dataset("mnist")
     (x, y), (x_test, y_test) = data.train, data.test
-    trainer = TargetPropTrainer(mnist_fc(), "sdtp", schedule, lr=lr, betas=(b1, b2), eps=eps,
-                                inverse_lr=ilr, inverse_betas=inverse_betas, inverse_eps=ieps, sigma=sigma,
-                                seed=0)
+    settings = dict(lr=lr, betas=(b1, b2), eps=eps, inverse_lr=ilr, inverse_betas=inverse_betas,
+                    inverse_eps=ieps, sigma=sigma)
+    trainer = TargetPropTrainer(mnist_fc(), "sdtp", schedule, seed=0, **{**settings, **(overrides or {})})
     order = torch.Generator().manual_seed(0)
     steps, epoch_log, accuracies = [], [], []
     for epoch in range(1, epochs + 1):
@@ -71,16 +80,31 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--inverse-beta1", default="printed,0.9", help="comma list: printed or a number")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="another value for a TargetPropTrainer setting than Table 5's, e.g. inverse_lr=1e-3 "
+                        "or betas=0.9,0.999 (repeatable)")
+    p.add_argument("--switch-every", type=int, default=0, metavar="STEPS",
+                   help="alternating: switch between inverse and forward training every STEPS batches "
+                        "(the trainer's alternate_every; the paper switches each epoch, 0)")
     p.add_argument("--out", required=True)
     args = p.parse_args()
+    overrides = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        numbers = tuple(float(v) for v in value.split(","))
+        overrides[key] = numbers if len(numbers) > 1 else numbers[0]
+    if args.switch_every:
+        overrides["alternate_every"] = args.switch_every
     torch.set_num_threads(1)
     printed = TABLE5["mnist-fc"]["inverse"][2 if args.schedule == "parallel" else 3][1:3]
     results = {"command": "python benchmarks/bartunov_sdtp_probe.py " + " ".join(sys.argv[1:]),
                "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, 1 torch thread",
-               "torch": torch.__version__, "schedule": args.schedule, "batch": args.batch, "runs": {}}
+               "torch": torch.__version__, "schedule": args.schedule, "batch": args.batch,
+               "overrides": overrides, "switch_every": args.switch_every, "runs": {}}
     for beta1 in args.inverse_beta1.split(","):
         betas = printed if beta1 == "printed" else (float(beta1), printed[1])
-        results["runs"][f"inverse betas {betas}"] = run(args.schedule, betas, args.epochs, args.batch)
+        results["runs"][f"inverse betas {betas}"] = run(args.schedule, betas, args.epochs, args.batch,
+                                                        overrides)
     with open(args.out, "w") as f:
         json.dump(results, f, indent=1)
 
