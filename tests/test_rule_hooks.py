@@ -109,8 +109,8 @@ def test_target_propagation_registers_whole_network_rules_with_a_learner():
     assert nowt.rules()[-4:] == ["tp", "dtp", "sdtp", "ao-sdtp"] and len(nowt.rules()) == 13
     cls = rule_class("sdtp")
     assert issubclass(cls, WholeNetworkRule) and cls.options == {
-        "schedule": "parallel", "inverse_lr": 1e-4, "inverse_betas": (0.9, 0.999), "inverse_eps": 1e-8,
-        "sigma": 0.1}  # no alpha: sdtp's top target comes through g_L, not a gradient step
+        "schedule": "parallel", "alternate_every": 0, "inverse_lr": 1e-4, "inverse_betas": (0.9, 0.999),
+        "inverse_eps": 1e-8, "sigma": 0.1}  # no alpha: the top target is through g_L
     assert rule_class("dtp").options["alpha"] == 0.1
     assert not issubclass(rule_class("dfa"), WholeNetworkRule)
     net = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))

@@ -156,8 +156,8 @@ def test_rule_options_go_to_the_rules_that_declare_them():
     assert wm["mirror_steps"] == 3 and wm["mirror_warmup"] == 300 and wm["mirror_every"] == 8
     assert set(wm) == {k for k in rule_class("wm").options if k.startswith("mirror_")}
     assert train_mod.rule_options(TrainConfig(rule="dtp", schedule="alternating", sigma=0.2)) == \
-        {"schedule": "alternating", "inverse_lr": 1e-4, "inverse_betas": (0.9, 0.999), "inverse_eps": 1e-8,
-         "sigma": 0.2, "alpha": 0.1}
+        {"schedule": "alternating", "alternate_every": 0, "inverse_lr": 1e-4, "inverse_betas": (0.9, 0.999),
+         "inverse_eps": 1e-8, "sigma": 0.2, "alpha": 0.1}
     assert train_mod.rule_options(TrainConfig(rule="fa")) == {}
     with pytest.raises(ValueError, match="--schedule applies only to: tp, dtp, sdtp, ao-sdtp"):
         train_mod.rule_options(TrainConfig(rule="fa", schedule="alternating"))

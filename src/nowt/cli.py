@@ -20,6 +20,7 @@ from typing import NoReturn, Union, get_args, get_origin, get_type_hints
 
 from nowt import distributed
 from nowt.train.config import (
+    FIELDS,
     TrainConfig,
     check_device,
     check_out_dir,
@@ -29,8 +30,6 @@ from nowt.train.config import (
     parse_list,
 )
 from nowt.train.factories import MODEL_OPTIONS, check_model_options, load_data, rules_declaring
-
-FIELDS = {f.name: f for f in fields(TrainConfig)}
 
 
 class Parser(argparse.ArgumentParser):

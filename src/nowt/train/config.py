@@ -126,8 +126,8 @@ class TrainConfig:
                             "(kernel)",
                             choices=("full", "kernel"), rule_option=True)
     schedule: str = _f("parallel", "target propagation: train inverses with the forward weights "
-                       "(parallel) or alternate by epoch", choices=("parallel", "alternating"),
-                       rule_option=True)
+                       "(parallel) or alternate by epoch (or --alternate-every)",
+                       choices=("parallel", "alternating"), rule_option=True)
     alternate_every: int = _f(0, "target propagation, alternating schedule: switch every N batches instead "
                               "of every epoch (0)", min=0, metavar="N", rule_option=True)
     inverse_lr: float = _f(1e-4, "target propagation: Adam lr of the inverses g", gt=0.0, rule_option=True)
@@ -177,12 +177,12 @@ class TrainConfig:
             setattr(self, f.name, check_value(f, hints[f.name], getattr(self, f.name)))
         for name in ("adam_betas", "inverse_betas"):
             if len(getattr(self, name)) != 2:
-                raise ValueError(f"{name} ({flag_name(_FIELDS[name])}) takes two numbers B1,B2, got "
+                raise ValueError(f"{name} ({flag_name(FIELDS[name])}) takes two numbers B1,B2, got "
                                  f"{getattr(self, name)!r}")
         adam = self.optimizer in ("adam", "adamw") or (
             self.rule in rules() and issubclass(rule_class(self.rule), WholeNetworkRule))
-        changed = [flag_name(_FIELDS[n]) for n in ("adam_betas", "adam_eps")
-                   if not is_default(_FIELDS[n], getattr(self, n))]
+        changed = [flag_name(FIELDS[n]) for n in ("adam_betas", "adam_eps")
+                   if not is_default(FIELDS[n], getattr(self, n))]
         if changed and not adam:
             raise ValueError(f"{' and '.join(changed)} {'apply' if len(changed) > 1 else 'applies'} to Adam "
                              f"and AdamW only, not --optimizer {self.optimizer}")
@@ -213,7 +213,7 @@ class TrainConfig:
                       and earlier.get(k, defaults.get(k)) != ours.get(k, defaults.get(k)))
 
 
-_FIELDS = {f.name: f for f in fields(TrainConfig)}
+FIELDS = {f.name: f for f in fields(TrainConfig)}  # by name, for the flags and checks that cite them
 
 
 def flag_name(f: Field) -> str:

@@ -23,10 +23,9 @@ from nowt.data import Data, load_dataset
 from nowt.models import FIXED_ACTIVATION, MODELS
 from nowt.optim import HalveOnPlateau
 from nowt.rules import WholeNetworkRule, rule_class, rules
-from nowt.train.config import TrainConfig, flag_name, is_default
+from nowt.train.config import FIELDS, TrainConfig, flag_name, is_default
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
-_CONFIG_FIELDS = {f.name: f for f in fields(TrainConfig)}
 
 
 class TensorLoader:
@@ -157,7 +156,7 @@ def check_model_options(model: str, requested: dict[str, object]) -> None:
             continue
         takes = ", ".join(n for n, m in MODELS.items() if name in inspect.signature(m).parameters)
         its = f" (its {name} is {built})" if built else ""
-        raise ValueError(f"model {model!r} has no {name} option{its}; {flag_name(_CONFIG_FIELDS[name])} "
+        raise ValueError(f"model {model!r} has no {name} option{its}; {flag_name(FIELDS[name])} "
                          f"applies to: {takes}")
 
 
@@ -174,7 +173,7 @@ def build_model(cfg: TrainConfig, input_shape: tuple[int, ...], num_classes: int
     accepted = inspect.signature(factory).parameters
     # left at its default, a model option is no request (the CLI also checks the flags given explicitly)
     check_model_options(cfg.model, {name: getattr(cfg, name) for name in MODEL_OPTIONS
-                                    if not is_default(_CONFIG_FIELDS[name], getattr(cfg, name))})
+                                    if not is_default(FIELDS[name], getattr(cfg, name))})
     model = factory(**{k: v for k, v in offered.items() if k in accepted})
     options = rule_options(cfg)
     if cfg.init == "xavier" and "feedback_init" in rule_class(cfg.rule).options:
