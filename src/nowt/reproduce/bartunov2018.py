@@ -124,7 +124,8 @@ NOTES = ("The paper's tanh networks with Glorot init (nowt.targetprop.networks; 
          "denoising, as the paper's Algorithm 1 does. The paper reports the best test error within 500 "
          "epochs; we stop a run once its best test error is 100 epochs old. The batch size is not published:"
          " ours is 128. Our train error is the final epoch's running error (each batch scored before its "
-         "update), not the train set evaluated after training as in the paper.")
+         "update), not the train set evaluated after training as in the paper (`nowt evaluate RUN_DIR` gives "
+         "that for a run that kept its checkpoint).")
 
 
 def _convnet(network: str) -> dict[str, dict]:
