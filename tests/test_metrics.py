@@ -1,6 +1,7 @@
 import copy
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 from conftest import tiny_mlp
@@ -58,3 +59,39 @@ def test_update_angles_against_explicit_gradients():
     assert abs(angles["0"] - nowt.angle(rule_grad, model[0].weight.grad)) < 1e-9
     assert angles["4"] == 0.0 and angles["0"] > 1.0
     assert set(nowt.update_angles(nowt.convert(tiny_mlp(), "bp"), loss_fn, x, t).values()) == {0.0}
+
+
+def test_output_collapsed_tells_a_dead_network_from_a_live_one():
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3)).train()
+    x = torch.randn(32, 6)
+    assert not nowt.output_collapsed(model, x)
+    with torch.no_grad():
+        model[0].bias.fill_(-100.0)  # no hidden ReLU fires: the output is the readout bias
+    assert nowt.output_collapsed(model, x)
+    assert model.training  # the mode is restored
+    with pytest.raises(ValueError, match="at least 2 inputs"):
+        nowt.output_collapsed(model, x[:1])
+
+
+def test_training_records_a_collapse_and_warns_once(monkeypatch):
+    from conftest import teacher_task
+
+    from nowt.train import TrainConfig, fit, loop
+
+    real = loop.build_model
+
+    def dead_on_arrival(*args, **kwargs):
+        model = real(*args, **kwargs)
+        with torch.no_grad():
+            model[1].weight.zero_()  # (Flatten, Linear, ReLU, Linear): no hidden unit fires, for any input
+            model[1].bias.fill_(-1.0)
+        return model
+
+    train, test = teacher_task()
+    cfg = TrainConfig(rule="fa", hidden=(8,), activation="relu", epochs=3, batch_size=50, lr=0.1)
+    assert not any(r["collapsed"] for r in fit(cfg, train, test, progress=False))
+    monkeypatch.setattr(loop, "build_model", dead_on_arrival)
+    with pytest.warns(RuntimeWarning, match="epoch 1: the model gives one and the same output") as seen:
+        history = fit(cfg, train, test, progress=False)
+    assert [r["collapsed"] for r in history] == [True, True, True]
+    assert len([w for w in seen if "same output" in str(w.message)]) == 1

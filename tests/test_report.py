@@ -8,7 +8,7 @@ import pytest
 from nowt.report import load_run, markdown_table, write_report
 
 
-def write_run(path, rule: str, accs: list[float], angles: bool = True) -> None:
+def write_run(path, rule: str, accs: list[float], angles: bool = True, collapsed: tuple = ()) -> None:
     path.mkdir(parents=True)
     (path / "config.json").write_text(json.dumps({"rule": rule}))
     lines = []
@@ -18,7 +18,8 @@ def write_run(path, rule: str, accs: list[float], angles: bool = True) -> None:
         lines.append(json.dumps({"epoch": i + 1, "train_loss": 1.0 / (i + 1), "train_accuracy": acc + 1,
                                  "test_loss": 1.2 / (i + 1), "test_accuracy": acc,
                                  "test_top1_error": 100 - acc, "test_top5_error": 0.5, "weight_angles": w,
-                                 "update_angles": u, "seconds": 2.0}))
+                                 "update_angles": u, "seconds": 2.0,
+                                 **({"collapsed": i + 1 in collapsed} if collapsed else {})}))
     (path / "metrics.jsonl").write_text("\n".join(lines) + "\n")
 
 
@@ -51,3 +52,11 @@ def test_report_without_angles_has_no_alignment_plot_and_missing_runs_are_clear(
 def test_markdown_table_formats_floats_and_missing_values():
     table = markdown_table(["a", "b", "c"], [["x", 1.234, math.nan], ["y", 2, "–"]], digits=1)
     assert table == "| a | b | c |\n|---|---|---|\n| x | 1.2 | – |\n| y | 2 | – |\n"
+
+
+def test_report_names_the_epoch_a_run_collapsed_at(tmp_path):
+    write_run(tmp_path / "fa", "fa", [90.0, 91.0, 10.0, 10.0], collapsed=(3, 4))
+    write_run(tmp_path / "bp", "bp", [90.0, 95.0], collapsed=(99,))  # recorded, never collapsed
+    text = write_report([tmp_path / "fa", tmp_path / "bp"], tmp_path / "rep").read_text()
+    assert "- fa: from epoch 3 the model gave one output for every probe input" in text
+    assert "- bp:" not in text

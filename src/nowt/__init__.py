@@ -20,7 +20,7 @@ from nowt.measures import (
     neuron_angles,
     ood_images,
 )
-from nowt.metrics import angle, backprop_mode, update_angles, weight_angles
+from nowt.metrics import angle, backprop_mode, output_collapsed, update_angles, weight_angles
 from nowt.mirror import mirror
 from nowt.noise import noise_batches, pretrain_noise
 from nowt.rules import Rule, make_rule, register, rules
@@ -31,7 +31,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Conv2d", "FeedbackLayer", "Linear", "LocallyConnected2d", "Rule", "TargetPropTrainer", "angle",
     "backprop_mode", "convert", "feedback_layers", "feedback_rules", "make_rule", "mirror", "models",
-    "register", "rules", "targetprop", "update_angles", "weight_angles",
+    "output_collapsed", "register", "rules", "targetprop", "update_angles", "weight_angles",
     # random-noise pretraining (Cheon et al. 2024) and its measures
     "accuracy_and_loss", "affine_images", "area_under_curve", "effective_rank", "effective_ranks",
     "generalization_gap", "mean_neuron_angles", "neuron_angles", "noise_batches", "ood_images",

@@ -105,6 +105,21 @@ def update_angles(
 
 
 @torch.no_grad()
+def output_collapsed(model: nn.Module, inputs: Tensor) -> bool:
+    """Whether `model` (in eval mode) gives exactly one output for every row of `inputs`: its units no
+    longer tell inputs apart, as when every ReLU of a layer is dead. Distinct inputs through a live network
+    never give bit-identical outputs, so this does not fire on a network that is merely bad."""
+    if len(inputs) < 2:
+        raise ValueError(f"output_collapsed needs at least 2 inputs, got {len(inputs)}")
+    was_training = model.training
+    model.eval()
+    out = model(inputs)
+    model.train(was_training)
+    out = out.flatten(1)
+    return bool((out == out[:1]).all())
+
+
+@torch.no_grad()
 def evaluate(
     model: nn.Module, loader, loss_fn=F.cross_entropy, device: str | torch.device | None = None
 ) -> dict[str, float]:

@@ -139,7 +139,11 @@ def summary_table(runs: list[Run]) -> str:
     for run in runs:
         s = run.summary()
         rows.append([*(s[k] for k in keys), f"{s['output_angle']:.1f}", f"{s['seconds_per_epoch']:.1f}"])
-    return markdown_table(header, rows)
+    collapses = [f"- {run.name}: from epoch {first} the model gave one output for every probe input (its "
+                 "units no longer told inputs apart, e.g. dead ReLUs)"
+                 for run in runs if (first := next((r["epoch"] for r in run.history if r.get("collapsed")),
+                                                   None)) is not None]
+    return markdown_table(header, rows) + ("\n" + "\n".join(collapses) + "\n" if collapses else "")
 
 
 def report_runs(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike,

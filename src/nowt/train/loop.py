@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -23,7 +24,7 @@ from tqdm.auto import tqdm
 from nowt import distributed, noise
 from nowt.checkpoint import load_checkpoint, save_checkpoint
 from nowt.layers import feedback_layers
-from nowt.metrics import backprop_mode, evaluate, update_angles, weight_angles
+from nowt.metrics import backprop_mode, evaluate, output_collapsed, update_angles, weight_angles
 from nowt.train import rundir
 from nowt.train.config import TrainConfig
 from nowt.train.factories import build_model, load_data, make_loader, make_loss, trains_whole_network
@@ -74,7 +75,8 @@ def _fit(cfg: TrainConfig, train, test, resume: bool, progress: bool) -> list[di
     input_shape = tuple(probe_x.shape[1:])
     model = build_model(cfg, input_shape, _num_classes(train, test))
     out = Path(cfg.out_dir) if cfg.out_dir else None
-    writes = out is not None and distributed.world()[0] == 0  # under torchrun, rank 0 alone writes
+    rank0 = distributed.world()[0] == 0
+    writes = out is not None and rank0  # under torchrun, rank 0 alone writes
     checkpoint = out / "checkpoint.pt" if out else None
     resuming = resume and checkpoint is not None and checkpoint.exists()
     if cfg.noise_pretrain and not resuming:
@@ -115,8 +117,11 @@ def _fit(cfg: TrainConfig, train, test, resume: bool, progress: bool) -> list[di
             "lr": learner.lr() if hasattr(learner, "lr") else cfg.lr,
             "weight_angles": weight_angles(model) if has_feedback else {},
             "update_angles": update_angles(model, loss_fn, probe_x, probe_y) if has_feedback else {},
+            "collapsed": len(probe_x) > 1 and output_collapsed(model, probe_x),
             "seconds": time.perf_counter() - t0,
         }
+        if record["collapsed"] and not (history and history[-1].get("collapsed")) and rank0:
+            warnings.warn(collapse_message(epoch + 1, len(probe_x)), RuntimeWarning, stacklevel=2)
         history.append(record)
         if progress:
             tqdm.write(f"epoch {epoch + 1}: train loss {record['train_loss']:.4f}, "
@@ -163,6 +168,13 @@ def evaluate_run(run_dir: str | Path, splits: Iterable[str] = ("train", "test"),
         batches = tqdm(loader, desc=f"{run} {split}", disable=not progress, leave=False)
         scores[split] = evaluate(model, batches, loss_fn, cfg.device)
     return int(state["epoch"]), scores
+
+
+def collapse_message(epoch: int, probes: int) -> str:
+    return (f"epoch {epoch}: the model gives one and the same output for all {probes} probe inputs: its "
+            "units no longer tell inputs apart (e.g. every ReLU of a layer is dead). A rule that sends error "
+            "through the layers' derivatives cannot leave this state; try a lower learning rate or another "
+            "seed.")
 
 
 @torch.no_grad()
