@@ -105,3 +105,15 @@ def test_stale_temporary_files_are_removed(tmp_path, on):
         assert torch.equal(load_checkpoint(path)["x"], torch.ones(2))
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["checkpoint.pt", *kept])
     assert remove_stale_temporaries(tmp_path / "absent" / "checkpoint.pt") == []
+
+
+def test_unreadable_files_are_named_without_torchs_advice_to_load_unsafely(tmp_path):
+    path = tmp_path / "ck.pt"
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="corrupt or not a nowt checkpoint") as e:
+        load_checkpoint(path)
+    assert "weights_only" not in str(e.value)
+    save_checkpoint(path, real_state())
+    path.write_bytes(path.read_bytes()[:200])  # truncated
+    with pytest.raises(ValueError, match="corrupt or not a nowt checkpoint"):
+        load_checkpoint(path)

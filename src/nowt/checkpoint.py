@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import socket
 import tempfile
 import time
@@ -119,8 +120,12 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated, not a torch file, or holding objects weights_only refuses
-        reason = f"{type(e).__name__}: {e}"
-        raise ValueError(f"checkpoint {path} is corrupt or not a nowt checkpoint ({reason})") from e
+        # torch's own message for the last case advises weights_only=False: wrong for a damaged file,
+        # unsafe for a foreign one, so it is not passed on.
+        reason = (f"{type(e).__name__}: {e}" if not isinstance(e, pickle.UnpicklingError)
+                  else "not a torch file, or it holds objects a weights-only load refuses")
+        raise ValueError(f"checkpoint {path} is corrupt or not a nowt checkpoint ({reason}); restore it from "
+                         f"a copy or start a new run") from e
     if not isinstance(state, dict) or state.get("format") not in (MAGIC, *LEGACY):
         raise ValueError(f"checkpoint {path} is not a nowt checkpoint (no {MAGIC!r} marker)")
     if state["format"] == MAGIC:
