@@ -60,3 +60,18 @@ def test_report_names_the_epoch_a_run_collapsed_at(tmp_path):
     text = write_report([tmp_path / "fa", tmp_path / "bp"], tmp_path / "rep").read_text()
     assert "- fa: from epoch 3 the model gave one output for every probe input" in text
     assert "- bp:" not in text
+
+
+def test_a_one_epoch_run_is_drawn_as_points_on_whole_epochs(tmp_path, monkeypatch):
+    import nowt.report as report
+
+    figures = []
+    monkeypatch.setattr(report, "save", lambda fig, path: figures.append(fig) or path)
+    write_run(tmp_path / "fa", "fa", [90.0])
+    report.plot_learning_curves([load_run(tmp_path / "fa")], tmp_path / "curves.png")
+    report.plot_alignment([load_run(tmp_path / "fa")], tmp_path / "alignment.png")
+    for fig in figures:
+        for ax in fig.axes:
+            assert ax.lines and all(line.get_marker() not in (None, "None", "") for line in ax.lines)
+            ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+            assert 1 in ticks and all(float(t).is_integer() for t in ticks)

@@ -49,6 +49,10 @@ def style(ax, *, title: str | None = None, legend: bool = True, integer_x: bool 
         ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     if integer_x:
+        low, high = ax.get_xlim()
+        if high - low < 2:  # one epoch: matplotlib would tick fractions of it
+            mid = round((low + high) / 2)
+            ax.set_xlim(mid - 1, mid + 1)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if legend and ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize="small")
@@ -97,10 +101,13 @@ def plot_learning_curves(runs: list[Run], path: Path) -> Path:
     fig, ((err, loss),) = figure(2)
     for run in runs:
         epochs = [r["epoch"] for r in run.history]
-        line = err.plot(epochs, [100 - r["test_accuracy"] for r in run.history], label=f"{run.name} test")[0]
-        err.plot(epochs, [100 - r["train_accuracy"] for r in run.history], "--", color=line.get_color(),
-                 label=f"{run.name} train")
-        loss.plot(epochs, [r["train_loss"] for r in run.history], color=line.get_color(), label=run.name)
+        marker = "." if len(epochs) < 30 else None  # a line through one point draws nothing
+        line = err.plot(epochs, [100 - r["test_accuracy"] for r in run.history], marker=marker,
+                        label=f"{run.name} test")[0]
+        err.plot(epochs, [100 - r["train_accuracy"] for r in run.history], "--", marker=marker,
+                 color=line.get_color(), label=f"{run.name} train")
+        loss.plot(epochs, [r["train_loss"] for r in run.history], marker=marker, color=line.get_color(),
+                  label=run.name)
     style(err, xlabel="epoch", ylabel="error (%)", yscale="log", title="error (solid: test, dashed: train)",
           legend=False, integer_x=True)
     style(loss, xlabel="epoch", ylabel="training loss", yscale="log", title="training loss", integer_x=True)
