@@ -343,3 +343,13 @@ def test_a_layer_off_the_batch_is_named_and_can_be_excluded():
     model(torch.randn(5, 4)).sum().backward()
     assert model.table_mlp.weight.grad is not None and model.body.weight.grad is not None
 
+
+
+def test_seeded_chunks_come_from_a_generator_of_the_layers_device_and_keep_the_cpu_draws(monkeypatch):
+    real, made = torch.Generator, []
+    monkeypatch.setattr(torch, "Generator", lambda *args: made.append(args) or real(*args))
+    chunk = dfa_storage.draw_chunk(7, 2, 3, 5, 0.5, torch.empty(0, dtype=D))
+    assert made == [(torch.device("cpu"),)] and chunk.dtype == D  # the device named: a GPU layer's own
+    # the CPU's draws as before the generator followed the layer's device: seeded runs resume unchanged
+    g = real().manual_seed((7 + 0x9E3779B9 * 2) % 2**32)
+    assert torch.equal(chunk, (torch.empty(3, 5).uniform_(-1.0, 1.0, generator=g) * 0.5).to(D))

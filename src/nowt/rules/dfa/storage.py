@@ -5,10 +5,12 @@
   layer `l` uses `S[:, :D_l] * scale / sqrt(D_l)`.
 - "seeded": nothing but the seed is stored; backward redraws B chunk by chunk, so the extra memory is one
   `n_out x chunk` block per torch thread (plus the input gradient itself). Costs one random number per
-  entry of B per step; the chunks are drawn by up to `torch.get_num_threads()` threads at once (a CPU
-  generator is serial, so one thread would draw them all). On a GPU the chunks are drawn on the CPU (slow).
-B is drawn in column chunks of `chunk` columns of `B.flatten(1)`, chunk k from a CPU generator seeded with
-(layer seed, k), so one seed gives one B on every device, and B depends on (seed, chunk) only.
+  entry of B per step; on a CPU the chunks are drawn by up to `torch.get_num_threads()` threads at once (a
+  CPU generator is serial, so one thread would draw them all).
+B is drawn in column chunks of `chunk` columns of `B.flatten(1)`, chunk k by a generator of the layer's
+device seeded with (layer seed, k): B depends on (seed, chunk, device type) only. A GPU's generator gives
+other numbers than the CPU's for the same seed (drawing on the CPU would cost a GPU step seconds at ImageNet
+scale), so a seeded run moved between device types continues with another fixed random B.
 
 `KernelProjection` is another B altogether, for a convolution under `conv_feedback="kernel"` (BioTorch's
 DFA): `n_out x in_channels x kernel`, kept as a dense `feedback` buffer (it is small).
@@ -31,9 +33,9 @@ STORAGES = ("dense", "shared", "seeded")
 
 def draw_chunk(seed: int, k: int, n_out: int, cols: int, scale: float, like: Tensor) -> Tensor:
     """Chunk k (columns `k * chunk` onwards) of `B.flatten(1)`: U(-1, 1) * scale, in `like`'s dtype/device."""
-    g = torch.Generator().manual_seed((seed + 0x9E3779B9 * k) % 2**32)
-    raw = torch.empty(n_out, cols).uniform_(-1.0, 1.0, generator=g)
-    return raw.to(like.device, like.dtype).mul_(scale)
+    g = torch.Generator(like.device).manual_seed((seed + 0x9E3779B9 * k) % 2**32)
+    raw = torch.empty(n_out, cols, device=like.device).uniform_(-1.0, 1.0, generator=g)
+    return raw.to(like.dtype).mul_(scale)
 
 
 _POOL: ThreadPoolExecutor | None = None
@@ -48,8 +50,8 @@ def _pool() -> ThreadPoolExecutor:
 
 class Projection:
     """`e -> e @ B.flatten(1)` for one layer, computed chunk by chunk from `block(k, j0, j1)`. With
-    `drawn=True` (blocks that are drawn, not sliced) up to `torch.get_num_threads()` blocks are made ahead
-    by worker threads while the caller multiplies the one before: the same blocks in the same order."""
+    `drawn=True` (blocks drawn by a CPU generator, not sliced) up to `torch.get_num_threads()` blocks are
+    made ahead by worker threads while the caller multiplies the one before: the same blocks in order."""
 
     def __init__(self, shape: torch.Size, chunk: int, block: Callable[[int, int, int], Tensor],
                  drawn: bool = False) -> None:
@@ -94,7 +96,7 @@ def seeded(seed: int, shape: torch.Size, scale: float, chunk: int, like: Tensor)
     """B redrawn from `seed` chunk by chunk whenever it is used."""
     n_out = shape[0]
     return Projection(shape, chunk, lambda k, j0, j1: draw_chunk(seed, k, n_out, j1 - j0, scale, like),
-                      drawn=True)
+                      drawn=like.device.type == "cpu")  # a GPU's draws are queued kernels: no threads
 
 
 def dense(layer: nn.Module, seed: int, shape: torch.Size, scale: float, chunk: int) -> Projection:
