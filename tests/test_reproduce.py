@@ -160,6 +160,7 @@ def test_cheon2024_trains_through_nowt_train_and_writes_its_report(tmp_path):
     assert set(runs) == {"bp", "fa", "fa+noise"} and runs["fa"]["0"]["curve"]["step"] == [0, 2, 4]
     text = (tmp_path / "RESULTS.md").read_text()
     assert "`nowt reproduce cheon2024`" in text and "| fa+noise |" in text and "borne out" in text
+    assert "drawn once as a pool of 6400 examples" in text and "sgd lr 0.01 momentum 0.9" in text
     for png in ("noise_pretraining.png", "learning_mnist.png", "ood_mnist.png"):
         assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
 

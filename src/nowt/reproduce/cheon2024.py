@@ -48,11 +48,14 @@ READOUT = "3"  # the readout layer's name in the MLP: the only feedback matrix t
 @dataclass
 class Cheon2024Config:
     hidden: int = 100
-    # Noise phase (dataset independent, so run once per seed and reused for every dataset).
-    noise_steps: int = 10000
+    # Noise phase (dataset independent, so run once per seed and reused for every dataset): the defaults of
+    # `nowt.pretrain_noise`, the settings that align best in the conditions study (cheon2024-conditions).
+    noise_steps: int = 3000
     noise_batch_size: int = 64
-    noise_optimizer: str = "adam"
-    noise_lr: float = 1e-4
+    noise_pool: int | None = 6400  # a fixed set of noise examples, trained on pass after pass
+    noise_optimizer: str = "sgd"
+    noise_lr: float = 0.01
+    noise_momentum: float = 0.9
     # Data phase, the same for all three conditions.
     epochs: int = 5
     batch_size: int = 64
@@ -121,7 +124,8 @@ def _noise_phase(cfg: Cheon2024Config, seeds: Sequence[int], log) -> tuple[dict,
     for seed in seeds:
         model = _model(cfg, "fa+noise", seed)
         hist = pretrain_noise(model, (1, 28, 28), steps=cfg.noise_steps, batch_size=cfg.noise_batch_size,
-                              optimizer=cfg.noise_optimizer, lr=cfg.noise_lr, seed=seed, progress=False,
+                              pool=cfg.noise_pool, optimizer=cfg.noise_optimizer, lr=cfg.noise_lr,
+                              momentum=cfg.noise_momentum, seed=seed, progress=False,
                               log_every=max(cfg.noise_steps // 20, 1))
         pretrained[seed], history[seed] = copy.deepcopy(model.state_dict()), hist
         first, last = hist[0], hist[-1]
@@ -321,8 +325,10 @@ def _report(summary: dict, command: str) -> str:
         f"Setup: 784-{cfg['hidden']}-10 ReLU MLP (PyTorch default init), softmax cross-entropy, {n} seeds "
         f"({', '.join(map(str, seeds))}); inputs standardised with the training set's mean and std.",
         f"Noise phase (FA+noise): {cfg['noise_steps']} steps of batches of {cfg['noise_batch_size']} with "
-        f"x ~ N(0, I) and labels uniform on 0..9 independent of x, {cfg['noise_optimizer']} "
-        f"lr {cfg['noise_lr']}.",
+        f"x ~ N(0, I) and labels uniform on 0..9 independent of x, "
+        + (f"drawn once as a pool of {cfg['noise_pool']} examples and trained on pass after pass"
+           if cfg.get("noise_pool") else "fresh at every step")
+        + f", {cfg['noise_optimizer']} lr {cfg['noise_lr']} momentum {cfg.get('noise_momentum', 0.9)}.",
         f"Data phase (all three): {cfg['epochs']} epoch(s){subset}, batch {cfg['batch_size']}, "
         f"{cfg['optimizer']} lr {cfg['lr']} momentum {cfg['momentum']}, constant lr; "
         f"test accuracy every {cfg['eval_every']} steps. BP, FA and FA+noise of one seed share their initial "
@@ -357,14 +363,13 @@ def _report(summary: dict, command: str) -> str:
         "no evidence either way).", "",
         markdown_table(["claim", "seeds where it holds", "numbers (means)", "verdict"], verdicts),
         "## Notes on the setup", "",
-        "- The noise phase's hyperparameters (Adam, lr 1e-4, batch 64, 10,000 steps) were picked after a "
-        "short exploration of the noise phase alone on seed 0 (never looking at data). SGD with momentum 0.9 "
-        "at batch 64 (lr 0.003 to 0.1) ended at or above the starting angle (88 to 95 degrees); at batch "
-        "512 (lr 0.01, 2,000 steps) it fell to 85. Adam at lr 1e-3 fell to 76 degrees and then drifted back "
-        "to 89. The readout's angle falls while the network is driven to output chance (the systematic part "
-        "of the error) and random-walks under the label noise afterwards. Larger initial weights (more "
-        "initial logit spread) gave more alignment; we kept PyTorch's default init, as in every other nowt "
-        "benchmark.",
+        "- The noise phase uses `nowt.pretrain_noise`'s defaults, the settings under which noise training "
+        "aligns the readout best in `nowt reproduce cheon2024-conditions` (results/cheon2024/conditions/), "
+        "where every setting was varied one at a time with 3 seeds and no data seen. A fixed pool of noise "
+        "is what aligns: with fresh noise at every step the readout's angle does not fall (the conditions "
+        "study: 89.8 -> 92.8 degrees). The first run of this entry (2026-11-23, "
+        "results/cheon2024/fresh-noise/) used fresh noise, Adam lr 1e-4, 10,000 steps: 89.9 -> "
+        "80.7 degrees.",
         "- The paper's own hyperparameters, initialisation and training lengths are not given in our notes "
         "(/work/shared/papers.md), so this is a reproduction of the protocol, not of its exact numbers.",
         "- The data phase is short (CPU budget): the claims about learning speed concern the early curve, "
