@@ -44,8 +44,11 @@ def test_unknown_option_is_named():
 
 
 def test_nothing_to_convert():
-    with pytest.raises(ValueError, match="nothing to convert"):
+    with pytest.raises(ValueError, match="nothing to convert") as e:
         nowt.convert(nn.Sequential(nn.ReLU(), nn.BatchNorm1d(3)), "fa")
+    kinds = ("Linear", "Conv1d", "LocallyConnected2d", "MultiheadAttention")
+    assert all(kind in str(e.value) for kind in kinds)
+    assert "NonDynamicallyQuantizableLinear" not in str(e.value)  # a Linear: named once
 
 
 def test_converting_twice_is_refused():

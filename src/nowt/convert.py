@@ -81,7 +81,10 @@ def convert(
             names.setdefault(id(m), []).append(n)
             modules[id(m)] = m
     if not names:
-        raise ValueError(f"nothing to convert: {type(model).__name__} has no nn.Linear or nn.Conv2d")
+        bases = [t for t in CONVERTIBLE if not set(t.__mro__[1:]) & set(CONVERTIBLE)]  # not MHA's Linear
+        kinds = ", ".join(sorted(t.__name__ for t in bases))
+        raise ValueError(f"nothing to convert: {type(model).__name__} has no layer nowt trains by a rule "
+                         f"({kinds})")
     _check_targets(names, modules, exclude)
     seeds = torch.randint(0, 2**62, (len(names),), generator=torch.Generator().manual_seed(seed))
     for (key, layer_names), layer_seed in zip(names.items(), seeds.tolist(), strict=True):
