@@ -149,7 +149,8 @@ class LocallyConnected2dOp:
 def _positions_first(t: Tensor) -> Tensor:
     """(N, C, L) -> an (L, N, C) view of a contiguous (N, L, C) copy: each position's (N, C) matrix then has
     unit stride along C, which `bmm` takes as it is; a plain permute has stride L there, and `bmm` copies
-    every position's matrix apart first (3x slower on a CPU at MNIST LC's second layer)."""
+    every position's matrix apart first (MNIST LC's second layer took up to twice as long, forward and
+    backward: benchmarks/lc_layer.py)."""
     return t.transpose(1, 2).contiguous().transpose(0, 1)
 
 
