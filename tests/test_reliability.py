@@ -137,6 +137,29 @@ def test_resume_repairs_metrics_from_the_checkpoint(tmp_path):
     assert (out / "metrics.jsonl").read_text() == full
 
 
+def test_a_run_is_lengthened_where_its_lr_schedule_allows(tmp_path):
+    from dataclasses import replace
+
+    from nowt.train import fit
+
+    def constant(out, epochs):
+        return replace(_synthetic("fa", out, epochs=epochs), lr_schedule="constant")
+
+    def timeless(history):
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in history]
+
+    straight = fit(constant(tmp_path / "a", 3), progress=False)
+    fit(constant(tmp_path / "b", 2), progress=False)
+    lengthened = fit(constant(tmp_path / "b", 3), resume=True, progress=False)
+    assert timeless(lengthened) == timeless(straight)  # as if it had been asked for 3 epochs at once
+    assert '"epochs": 3' in (tmp_path / "b" / "config.json").read_text()
+    with pytest.raises(ValueError, match="has done 3 epochs, more than --epochs 2"):
+        fit(constant(tmp_path / "b", 2), resume=True, progress=False)
+    fit(_synthetic("fa", tmp_path / "c", epochs=2), progress=False)  # cosine: the lr depends on the length
+    with pytest.raises(ValueError, match="differs in epochs.*cosine schedule is laid over all epochs"):
+        fit(_synthetic("fa", tmp_path / "c", epochs=3), resume=True, progress=False)
+
+
 def test_update_angles_on_an_unconverted_model_says_so():
     import nowt
 

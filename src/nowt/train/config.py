@@ -203,12 +203,18 @@ class TrainConfig:
         skip = self._not_identity()
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items() if k not in skip}
 
+    def schedule_spans_epochs(self) -> bool:
+        """True when the lr at a step depends on the number of epochs (cosine; step without milestones)."""
+        return self.lr_schedule == "cosine" or (self.lr_schedule == "step" and not self.lr_milestones)
+
     def identity_differences(self, earlier: dict[str, Any]) -> list[str]:
         """The identity fields in which `earlier` (a saved identity) differs from this config. A field the
-        earlier run did not know (added to nowt since) counts as its default, so old runs still resume."""
+        earlier run did not know (added to nowt since) counts as its default, so old runs still resume.
+        `epochs` counts only where the lr schedule spans them: otherwise a longer run continues a shorter
+        one exactly, so a run may be lengthened."""
         ours = json.loads(json.dumps(self.identity()))  # tuples as lists, as saved
         defaults = json.loads(json.dumps(asdict(TrainConfig())))
-        skip = self._not_identity()
+        skip = self._not_identity() | (set() if self.schedule_spans_epochs() else {"epochs"})
         return sorted(k for k in set(earlier) | set(ours) if k not in skip
                       and earlier.get(k, defaults.get(k)) != ours.get(k, defaults.get(k)))
 

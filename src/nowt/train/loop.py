@@ -93,6 +93,9 @@ def _fit(cfg: TrainConfig, train, test, resume: bool, progress: bool) -> list[di
         train_loader.generator.set_state(state["loader_rng"])
         _set_rng_state(state["rng"])
         history = state["history"]
+        if len(history) > cfg.epochs:
+            raise ValueError(f"the run in {out} has done {len(history)} epochs, more than --epochs "
+                             f"{cfg.epochs}")
         if writes:  # a kill between the checkpoint and the metrics write is healed from the checkpoint
             _write_metrics(out, history)
     elif hasattr(learner, "begin_training"):

@@ -56,8 +56,13 @@ def _check_owner(out: Path, cfg: TrainConfig, *, resume: bool, overwrite: bool) 
                          f"pass --overwrite") from None
     differ = cfg.identity_differences(earlier)
     if differ:
+        why = ""
+        if "epochs" in differ:
+            why = (f" (the {cfg.lr_schedule} schedule is laid over all epochs, so a run under it cannot be "
+                   f"lengthened; constant, plateau or step with --lr-milestones can be)")
         raise ValueError(f"run directory {out} holds a run of another configuration (it differs in "
-                         f"{', '.join(differ)}); choose another --out, or pass --overwrite to replace it")
+                         f"{', '.join(differ)}){why}; choose another --out, or pass --overwrite to replace "
+                         f"it")
     if not resume and (out / "checkpoint.pt").exists():
         raise ValueError(f"run directory {out} holds an earlier run of this configuration; pass --resume to "
                          f"continue it or --overwrite to start again")
