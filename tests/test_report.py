@@ -75,3 +75,5 @@ def test_a_one_epoch_run_is_drawn_as_points_on_whole_epochs(tmp_path, monkeypatc
             assert ax.lines and all(line.get_marker() not in (None, "None", "") for line in ax.lines)
             ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
             assert 1 in ticks and all(float(t).is_integer() for t in ticks)
+    legends = [ax.get_legend() for ax in figures[1].axes if ax.get_legend()]
+    assert legends and all(legend.get_title().get_text() == "layer" for legend in legends)

@@ -134,6 +134,8 @@ def plot_alignment(runs: list[Run], path: Path) -> Path | None:
             style(ax, title=f"{run.name}: {'B vs W' if row == 0 else 'update vs backprop'}", xlabel="epoch",
                   ylabel="angle (degrees)" if col == 0 else None, ylim=(0, 95), legend=row == 0,
                   integer_x=True)
+            if ax.get_legend():
+                ax.get_legend().set_title("layer", prop={"size": "small"})  # names like "1", "3" need it
     return save(fig, path)
 
 
