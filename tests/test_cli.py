@@ -43,6 +43,25 @@ def test_compare_prints_a_table_and_writes_plots(tmp_path, capsys):
     assert "nowt compare: error: unknown rule 'zz'" in capsys.readouterr().err
 
 
+def test_compare_over_seeds_reports_mean_and_spread_per_rule(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert main(["compare", "--rules", "bp,fa", "--seeds", "0,1", "--dataset", "synthetic", "--hidden", "16",
+                 "--epochs", "1", "--batch-size", "50", "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    runs = {f"{r}/seed{s}": json.loads((out / r / f"seed{s}" / "metrics.jsonl").read_text().splitlines()[-1])
+            for r in ("bp", "fa") for s in (0, 1)}
+    seeds = {json.loads((out / "fa" / f"seed{s}" / "config.json").read_text())["seed"] for s in (0, 1)}
+    assert seeds == {0, 1}
+    for rule in ("bp", "fa"):
+        accs = [runs[f"{rule}/seed{s}"]["test_accuracy"] for s in (0, 1)]
+        mean, std = sum(accs) / 2, abs(accs[0] - accs[1]) / 2 ** 0.5  # the sample std of two values
+        assert f"| {rule} | 2 | {mean:.2f} ± {std:.2f} |" in printed
+        assert f"| {rule} | 2 | {mean:.2f} ± {std:.2f} |" in (out / "report.md").read_text()
+    assert main(["compare", "--rules", "bp", "--seeds", "0,0", "--dataset", "synthetic", "--out",
+                 str(out)]) == 2
+    assert "--seeds '0,0': give distinct seeds" in capsys.readouterr().err
+
+
 def test_reproduce_list_and_a_tiny_reproduction(tmp_path, capsys, monkeypatch):
     assert main(["reproduce", "--list"]) == 0
     listing = capsys.readouterr().out

@@ -68,6 +68,11 @@ def test_a_one_epoch_run_is_drawn_as_points_on_whole_epochs(tmp_path, monkeypatc
     figures = []
     monkeypatch.setattr(report, "save", lambda fig, path: figures.append(fig) or path)
     write_run(tmp_path / "fa", "fa", [90.0])
+    write_run(tmp_path / "bp", "bp", [90.0, 91.0])
+    report.plot_learning_curves([load_run(tmp_path / "bp")], tmp_path / "curves.png")
+    two_epochs = figures.pop().axes[0]
+    low, high = two_epochs.get_xlim()
+    assert low < 1 and high > 2  # both epochs inside the axes
     report.plot_learning_curves([load_run(tmp_path / "fa")], tmp_path / "curves.png")
     report.plot_alignment([load_run(tmp_path / "fa")], tmp_path / "alignment.png")
     for fig in figures:

@@ -119,6 +119,8 @@ def build_parser(config_defaults: dict | None = None) -> argparse.ArgumentParser
     add_training_args(t)
     c = sub.add_parser("compare", help="train several rules on the same model, data and budget")
     c.add_argument("--rules", default="bp,fa,kp,wm", help="comma-separated rules (default bp,fa,kp,wm)")
+    c.add_argument("--seeds", help="comma-separated seeds: every rule runs with each (in OUT/RULE/seedS), "
+                   "and the report adds mean ± std over them; default: --seed alone")
     add_training_args(c, skip=("rule",))
     c.set_defaults(out_dir=None)
     for action in c._actions:
@@ -206,21 +208,32 @@ def train_command(args: argparse.Namespace) -> int:
 
 
 def compare_command(args: argparse.Namespace) -> int:
-    from nowt.report import load_run, summary_table, write_report
+    from nowt.report import load_run, seed_summary_table, summary_table, write_report
     from nowt.train import fit
 
     rules = [r.strip().lower() for r in str(args.rules).split(",") if r.strip()]
     if not rules:
         raise ValueError("--rules is empty")
     out = check_out_dir(args.out_dir) if args.out_dir is not None else Path(f"runs/compare-{args.dataset}")
-    configs = [config_from_args(args, rule=rule, out_dir=str(out / rule)) for rule in rules]
-    first = configs[0]  # checked: every config differs only in its rule and directory
+    if args.seeds is None:
+        configs = [config_from_args(args, rule=rule, out_dir=str(out / rule)) for rule in rules]
+    else:
+        try:
+            seeds = [int(s) for s in str(args.seeds).split(",") if s.strip()]
+        except ValueError:
+            seeds = []
+        if not seeds or min(seeds) < 0 or len(set(seeds)) < len(seeds):
+            raise ValueError(f"--seeds {args.seeds!r}: give distinct seeds >= 0, e.g. 0,1,2")
+        configs = [config_from_args(args, rule=rule, seed=seed, out_dir=str(out / rule / f"seed{seed}"))
+                   for rule in rules for seed in seeds]
+    first = configs[0]  # checked: every config differs only in its rule, seed and directory
     data = load_data(first)
     for cfg in configs:  # the very same tensors, model recipe, seed and budget for every rule
         fit(cfg, data.train, data.test, resume=args.resume, overwrite=args.overwrite,
             progress=not args.no_progress)
     dirs = [cfg.out_dir for cfg in configs]
-    print(summary_table([load_run(d) for d in dirs]), end="")
+    runs = [load_run(d, name=str(Path(d).relative_to(out))) for d in dirs]
+    print(summary_table(runs) + (f"\n{seeds}" if (seeds := seed_summary_table(runs)) else ""), end="")
     report = write_report(dirs, out, title=f"nowt compare on {first.dataset}: {', '.join(rules)}")
     print(f"report: {report}")
     return 0

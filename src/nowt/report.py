@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +51,7 @@ def style(ax, *, title: str | None = None, legend: bool = True, integer_x: bool 
     ax.grid(alpha=0.3)
     if integer_x:
         low, high = ax.get_xlim()
-        if high - low < 2:  # one epoch: matplotlib would tick fractions of it
+        if high - low < 1:  # one epoch: matplotlib would tick fractions of it
             mid = round((low + high) / 2)
             ax.set_xlim(mid - 1, mid + 1)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -155,6 +156,29 @@ def summary_table(runs: list[Run]) -> str:
     return markdown_table(header, rows) + ("\n" + "\n".join(collapses) + "\n" if collapses else "")
 
 
+def seed_summary_table(runs: list[Run]) -> str:
+    """Mean ± std over seeds of the runs whose configurations differ in their seed alone (one row per such
+    group, named by its rule); "" when no two runs are seeds of one configuration."""
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        recipe = {k: v for k, v in run.config.items() if k not in ("seed", "out_dir")}
+        groups.setdefault(json.dumps(recipe, sort_keys=True), []).append(run)
+    if all(len(g) < 2 for g in groups.values()):
+        return ""
+
+    def spread(values: list[float]) -> str:
+        return f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}" if len(values) > 1 else \
+            f"{values[0]:.2f}"
+
+    rows = []
+    for group in groups.values():
+        s = [run.summary() for run in group]
+        rows.append([s[0]["rule"], len(s), *(spread([x[k] for x in s]) for k in
+                     ("best_test_accuracy", "final_test_accuracy", "output_angle"))])
+    header = ["rule", "seeds", "best test acc %", "final test acc %", "output-layer angle"]
+    return markdown_table(header, rows)
+
+
 def report_runs(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike,
                 figures: bool = True) -> list[str]:
     """Draws `curves.png` and `alignment.png` of the runs into `out_dir` (unless not `figures`); returns the
@@ -168,10 +192,11 @@ def report_runs(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike,
             run.name = f"{Path(run_dirs[i]).parent.name}/{run.name}"
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    tables = [summary_table(runs)] + [t for t in [seed_summary_table(runs)] if t]
     if not figures:
-        return [summary_table(runs)]
+        return tables
     curves = plot_learning_curves(runs, out / "curves.png")
-    parts = [summary_table(runs), f"![learning curves]({curves.name})"]
+    parts = [*tables, f"![learning curves]({curves.name})"]
     alignment = plot_alignment(runs, out / "alignment.png")
     if alignment:
         parts.append(f"![per-layer alignment]({alignment.name})")
