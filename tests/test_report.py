@@ -82,3 +82,31 @@ def test_a_one_epoch_run_is_drawn_as_points_on_whole_epochs(tmp_path, monkeypatc
             assert 1 in ticks and all(float(t).is_integer() for t in ticks)
     legends = [ax.get_legend() for ax in figures[1].axes if ax.get_legend()]
     assert legends and all(legend.get_title().get_text() == "layer" for legend in legends)
+
+
+def test_only_seeds_of_one_recipe_are_grouped(tmp_path):
+    from nowt.report import seed_groups
+
+    for name, seed, lr in [("a", 0, 0.1), ("b", 1, 0.1), ("c", 0, 0.2), ("d", 0, 0.1), ("e", 1, 0.1)]:
+        write_run(tmp_path / name, "fa", [90.0])
+        if name in "abc":
+            (tmp_path / name / "config.json").write_text(json.dumps({"rule": "fa", "seed": seed, "lr": lr}))
+        else:
+            (tmp_path / name / "config.json").unlink()  # nothing known of the recipe: never grouped
+    groups = seed_groups([load_run(tmp_path / n) for n in "abcde"])
+    assert [[r.name for r in g] for g in groups] == [["a", "b"], ["c"], ["d"], ["e"]]
+
+
+def test_seeds_of_one_recipe_share_a_colour_and_one_legend_entry(tmp_path, monkeypatch):
+    import nowt.report as report
+
+    figures = []
+    monkeypatch.setattr(report, "save", lambda fig, path: figures.append(fig) or path)
+    for name, seed, lr in [("a", 0, 0.1), ("b", 1, 0.1), ("c", 0, 0.2)]:
+        write_run(tmp_path / name, "fa", [90.0, 91.0])
+        (tmp_path / name / "config.json").write_text(json.dumps({"rule": "fa", "seed": seed, "lr": lr}))
+    report.plot_learning_curves([load_run(tmp_path / n) for n in "abc"], tmp_path / "curves.png")
+    err, loss = figures[0].axes
+    colours = [line.get_color() for line in loss.lines]
+    assert colours[0] == colours[1] != colours[2]
+    assert [t.get_text() for t in loss.get_legend().get_texts()] == ["fa (2 seeds)", "c"]

@@ -98,17 +98,28 @@ def load_run(run_dir: str | os.PathLike, name: str | None = None) -> Run:
     return Run(name or run_dir.name, config, history)
 
 
+def seed_groups(runs: list[Run]) -> list[list[Run]]:
+    """The runs grouped by configuration less the seed (and directory): the seeds of one recipe together."""
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        recipe = {k: v for k, v in run.config.items() if k not in ("seed", "out_dir")}
+        key = json.dumps(recipe, sort_keys=True) if run.config else f"no config.json: {id(run)}"
+        groups.setdefault(key, []).append(run)
+    return list(groups.values())
+
+
 def plot_learning_curves(runs: list[Run], path: Path) -> Path:
     fig, ((err, loss),) = figure(2)
-    for run in runs:
-        epochs = [r["epoch"] for r in run.history]
-        marker = "." if len(epochs) < 30 else None  # a line through one point draws nothing
-        line = err.plot(epochs, [100 - r["test_accuracy"] for r in run.history], marker=marker,
-                        label=f"{run.name} test")[0]
-        err.plot(epochs, [100 - r["train_accuracy"] for r in run.history], "--", marker=marker,
-                 color=line.get_color(), label=f"{run.name} train")
-        loss.plot(epochs, [r["train_loss"] for r in run.history], marker=marker, color=line.get_color(),
-                  label=run.name)
+    for i, group in enumerate(seed_groups(runs)):  # the seeds of one recipe in one colour, named once
+        for k, run in enumerate(group):
+            name = run.name if len(group) == 1 else f"{run.summary()['rule']} ({len(group)} seeds)"
+            epochs = [r["epoch"] for r in run.history]
+            style_kw = {"marker": "." if len(epochs) < 30 else None,  # a line through one point draws nothing
+                        "color": f"C{i % 10}"}
+            err.plot(epochs, [100 - r["test_accuracy"] for r in run.history], **style_kw)
+            err.plot(epochs, [100 - r["train_accuracy"] for r in run.history], "--", **style_kw)
+            loss.plot(epochs, [r["train_loss"] for r in run.history], label=name if k == 0 else None,
+                      **style_kw)
     style(err, xlabel="epoch", ylabel="error (%)", yscale="log", title="error (solid: test, dashed: train)",
           legend=False, integer_x=True)
     style(loss, xlabel="epoch", ylabel="training loss", yscale="log", title="training loss", integer_x=True)
@@ -159,11 +170,8 @@ def summary_table(runs: list[Run]) -> str:
 def seed_summary_table(runs: list[Run]) -> str:
     """Mean ± std over seeds of the runs whose configurations differ in their seed alone (one row per such
     group, named by its rule); "" when no two runs are seeds of one configuration."""
-    groups: dict[str, list[Run]] = {}
-    for run in runs:
-        recipe = {k: v for k, v in run.config.items() if k not in ("seed", "out_dir")}
-        groups.setdefault(json.dumps(recipe, sort_keys=True), []).append(run)
-    if all(len(g) < 2 for g in groups.values()):
+    groups = seed_groups(runs)
+    if all(len(g) < 2 for g in groups):
         return ""
 
     def spread(values: list[float]) -> str:
@@ -171,7 +179,7 @@ def seed_summary_table(runs: list[Run]) -> str:
             f"{values[0]:.2f}"
 
     rows = []
-    for group in groups.values():
+    for group in groups:
         s = [run.summary() for run in group]
         rows.append([s[0]["rule"], len(s), *(spread([x[k] for x in s]) for k in
                      ("best_test_accuracy", "final_test_accuracy", "output_angle"))])
