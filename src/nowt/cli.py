@@ -233,7 +233,8 @@ def compare_command(args: argparse.Namespace) -> int:
             progress=not args.no_progress)
     dirs = [cfg.out_dir for cfg in configs]
     runs = [load_run(d, name=str(Path(d).relative_to(out))) for d in dirs]
-    print(summary_table(runs) + (f"\n{seeds}" if (seeds := seed_summary_table(runs)) else ""), end="")
+    by_rule = seed_summary_table(runs)
+    print(summary_table(runs) + (f"\n{by_rule}" if by_rule else ""), end="")
     report = write_report(dirs, out, title=f"nowt compare on {first.dataset}: {', '.join(rules)}")
     print(f"report: {report}")
     return 0

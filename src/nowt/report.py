@@ -169,7 +169,8 @@ def summary_table(runs: list[Run]) -> str:
 
 def seed_summary_table(runs: list[Run]) -> str:
     """Mean ± std over seeds of the runs whose configurations differ in their seed alone (one row per such
-    group, named by its rule); "" when no two runs are seeds of one configuration."""
+    group, named by its rule, or a run of its own by its name); "" when no two runs are seeds of one
+    configuration."""
     groups = seed_groups(runs)
     if all(len(g) < 2 for g in groups):
         return ""
@@ -181,8 +182,9 @@ def seed_summary_table(runs: list[Run]) -> str:
     rows = []
     for group in groups:
         s = [run.summary() for run in group]
-        rows.append([s[0]["rule"], len(s), *(spread([x[k] for x in s]) for k in
-                     ("best_test_accuracy", "final_test_accuracy", "output_angle"))])
+        label = s[0]["rule"] if len(s) > 1 else group[0].name
+        rows.append([label, len(s), *(spread([x[k] for x in s]) for k in
+                                      ("best_test_accuracy", "final_test_accuracy", "output_angle"))])
     header = ["rule", "seeds", "best test acc %", "final test acc %", "output-layer angle"]
     return markdown_table(header, rows)
 
