@@ -62,6 +62,20 @@ def test_compare_over_seeds_reports_mean_and_spread_per_rule(tmp_path, capsys):
     assert "--seeds '0,0': give distinct seeds" in capsys.readouterr().err
 
 
+def test_a_run_logging_to_a_file_writes_epoch_lines_and_no_bar_frames(tmp_path, capsys, monkeypatch):
+    import sys
+
+    assert main(["train", "--dataset", "synthetic", "--hidden", "16", "--epochs", "2"]) == 0
+    out, err = capsys.readouterr()
+    assert "epoch 1: train loss" in out and "epoch 2: train loss" in out
+    assert "it/s" not in err and "epoch 1/2" not in err  # stderr is no terminal here: no bar drawn
+    from nowt.progress import progress_bar
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    assert not progress_bar(range(3), "x", True).disable  # on a terminal the bar is drawn
+    assert progress_bar(range(3), "x", False).disable
+
+
 def test_reproduce_list_and_a_tiny_reproduction(tmp_path, capsys, monkeypatch):
     assert main(["reproduce", "--list"]) == 0
     listing = capsys.readouterr().out

@@ -10,7 +10,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "nowt"
 #: Leaf utilities: anyone may import them; they import only torch.
-LEAVES = ("distributed", "checkpoint")
+LEAVES = ("distributed", "checkpoint", "progress")
 #: Left to right; a module may import only those before it (and the other modules of its own package).
 ORDER = ("ops", "rules", "lc", "layers", "attention", "convert", "mirror", "metrics", "measures", "optim",
          "noise", "theory", "models", "targetprop", "data", "train", "report", "reproduce", "cli", "__main__")

@@ -17,12 +17,12 @@ from collections.abc import Iterator, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from nowt.layers import feedback_layers, feedback_rules
 from nowt.measures import effective_ranks, mean_neuron_angles
 from nowt.metrics import weight_angles
 from nowt.optim import make_optimizer
+from nowt.progress import progress_bar
 
 NOISES = ("gaussian", "uniform")
 
@@ -185,7 +185,7 @@ def pretrain_noise(
 
     start = time.perf_counter()
     history = [{"step": 0, "loss": math.nan, **_alignment(model, layers), "seconds": 0.0}]
-    bar = tqdm(range(1, steps + 1), desc="noise pretraining", disable=not progress, leave=False)
+    bar = progress_bar(range(1, steps + 1), "noise pretraining", progress)
     loss_sum, count = 0.0, 0
     for step in bar:
         x, y = next(batches)

@@ -25,6 +25,7 @@ from nowt import distributed, noise
 from nowt.checkpoint import load_checkpoint, save_checkpoint
 from nowt.layers import feedback_layers
 from nowt.metrics import backprop_mode, evaluate, output_collapsed, update_angles, weight_angles
+from nowt.progress import progress_bar
 from nowt.train import rundir
 from nowt.train.config import TrainConfig
 from nowt.train.factories import build_model, load_data, make_loader, make_loss, trains_whole_network
@@ -168,7 +169,7 @@ def evaluate_run(run_dir: str | Path, splits: Iterable[str] = ("train", "test"),
     for split in splits:
         loader = make_loader(chosen[split], 1000 if isinstance(chosen[split], tuple) else cfg.batch_size,
                              num_workers=cfg.num_workers)
-        batches = tqdm(loader, desc=f"{run} {split}", disable=not progress, leave=False)
+        batches = progress_bar(loader, f"{run} {split}", progress)
         scores[split] = evaluate(model, batches, loss_fn, cfg.device)
     return int(state["epoch"]), scores
 
@@ -224,7 +225,7 @@ def train_epoch(learner: Learner, loader: Iterable, desc: str, device: str,
     seen, t0 = 0, time.perf_counter()
     loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
     correct = torch.zeros((), dtype=torch.float64, device=dev)
-    bar = tqdm(loader, desc=desc, disable=not progress, leave=False)
+    bar = progress_bar(loader, desc, progress)
     for i, (x, y) in enumerate(bar, 1):
         x, y = distributed.shard(x, y)  # under torchrun each rank takes its slice of the global batch
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
