@@ -59,7 +59,9 @@ def test_compare_over_seeds_reports_mean_and_spread_per_rule(tmp_path, capsys):
         assert f"| {rule} | 2 | {mean:.2f} ± {std:.2f} |" in (out / "report.md").read_text()
     assert main(["compare", "--rules", "bp", "--seeds", "0,0", "--dataset", "synthetic", "--out",
                  str(out)]) == 2
-    assert "--seeds '0,0': give distinct seeds" in capsys.readouterr().err
+    assert "--seeds 0,0: give distinct seeds" in capsys.readouterr().err
+    _one_line_error(capsys, ["compare", "--rules", "bp", "--seeds", "0,x", "--dataset", "synthetic"],
+                    "--seeds: takes comma-separated integers")
 
 
 def test_a_run_logging_to_a_file_writes_epoch_lines_and_no_bar_frames(tmp_path, capsys, monkeypatch):

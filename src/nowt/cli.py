@@ -119,7 +119,8 @@ def build_parser(config_defaults: dict | None = None) -> argparse.ArgumentParser
     add_training_args(t)
     c = sub.add_parser("compare", help="train several rules on the same model, data and budget")
     c.add_argument("--rules", default="bp,fa,kp,wm", help="comma-separated rules (default bp,fa,kp,wm)")
-    c.add_argument("--seeds", help="comma-separated seeds: every rule runs with each (in OUT/RULE/seedS), "
+    c.add_argument("--seeds", type=_list_of(int), metavar="S[,S...]",
+                   help="comma-separated seeds: every rule runs with each (in OUT/RULE/seedS), "
                    "and the report adds mean ± std over them; default: --seed alone")
     add_training_args(c, skip=("rule",))
     c.set_defaults(out_dir=None)
@@ -218,12 +219,9 @@ def compare_command(args: argparse.Namespace) -> int:
     if args.seeds is None:
         configs = [config_from_args(args, rule=rule, out_dir=str(out / rule)) for rule in rules]
     else:
-        try:
-            seeds = [int(s) for s in str(args.seeds).split(",") if s.strip()]
-        except ValueError:
-            seeds = []
+        seeds = args.seeds
         if not seeds or min(seeds) < 0 or len(set(seeds)) < len(seeds):
-            raise ValueError(f"--seeds {args.seeds!r}: give distinct seeds >= 0, e.g. 0,1,2")
+            raise ValueError(f"--seeds {','.join(map(str, seeds))}: give distinct seeds >= 0, e.g. 0,1,2")
         configs = [config_from_args(args, rule=rule, seed=seed, out_dir=str(out / rule / f"seed{seed}"))
                    for rule in rules for seed in seeds]
     first = configs[0]  # checked: every config differs only in its rule, seed and directory
