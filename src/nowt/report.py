@@ -111,8 +111,8 @@ def seed_groups(runs: list[Run]) -> list[list[Run]]:
 def plot_learning_curves(runs: list[Run], path: Path) -> Path:
     fig, ((err, loss),) = figure(2)
     for i, group in enumerate(seed_groups(runs)):  # the seeds of one recipe in one colour, named once
+        name = group[0].name if len(group) == 1 else f"{group[0].summary()['rule']} ({len(group)} seeds)"
         for k, run in enumerate(group):
-            name = run.name if len(group) == 1 else f"{run.summary()['rule']} ({len(group)} seeds)"
             epochs = [r["epoch"] for r in run.history]
             style_kw = {"marker": "." if len(epochs) < 30 else None,  # a line through one point draws nothing
                         "color": f"C{i % 10}"}
