@@ -109,4 +109,24 @@ def test_seeds_of_one_recipe_share_a_colour_and_one_legend_entry(tmp_path, monke
     err, loss = figures[0].axes
     colours = [line.get_color() for line in loss.lines]
     assert colours[0] == colours[1] != colours[2]
-    assert [t.get_text() for t in loss.get_legend().get_texts()] == ["fa (2 seeds)", "c"]
+    assert [t.get_text() for t in loss.get_legend().get_texts()] == ["fa, 2 seeds", "c"]
+
+
+def test_seed_groups_of_one_rule_are_told_apart_and_an_undefined_angle_is_a_dash(tmp_path):
+    from nowt.report import seed_summary_table
+
+    recipes = {"m0": ("mnist", []), "m1": ("mnist", []), "b0": ("mnist", ["blocks.*"]),
+               "b1": ("mnist", ["blocks.*"]), "f0": ("fashion", []), "f1": ("fashion", [])}
+    for name, (dataset, blocks) in recipes.items():
+        write_run(tmp_path / name, "dfa", [50.0 + int(name[1])], angles=False)  # dfa: no output angle
+        (tmp_path / name / "config.json").write_text(json.dumps(
+            {"rule": "dfa", "seed": int(name[1]), "dataset": dataset, "blocks": blocks}))
+    write_run(tmp_path / "bp0", "bp", [90.0])
+    write_run(tmp_path / "bp1", "bp", [92.0])
+    for seed in (0, 1):
+        (tmp_path / f"bp{seed}" / "config.json").write_text(json.dumps({"rule": "bp", "seed": seed}))
+    table = seed_summary_table([load_run(tmp_path / n) for n in [*recipes, "bp0", "bp1"]])
+    assert '| dfa (blocks=[], dataset=mnist) | 2 | 50.50 ± 0.71 | 50.50 ± 0.71 | – |' in table
+    assert '| dfa (blocks=["blocks.*"], dataset=mnist) | 2 |' in table
+    assert '| dfa (blocks=[], dataset=fashion) | 2 |' in table
+    assert "| bp | 2 | 91.00 ± 1.41 |" in table  # the only bp recipe: its rule alone

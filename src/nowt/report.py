@@ -108,10 +108,33 @@ def seed_groups(runs: list[Run]) -> list[list[Run]]:
     return list(groups.values())
 
 
+def group_labels(groups: list[list[Run]]) -> list[str]:
+    """A name per seed group: a lone run's own; a group's rule, followed by the settings that tell it from
+    the other groups of that rule where there are any, e.g. "dfa (blocks=["blocks.*"], dataset=mnist)"."""
+    def recipe(group: list[Run]) -> dict:
+        return {k: v for k, v in group[0].config.items() if k not in ("seed", "out_dir")}
+
+    def shown(value) -> str:
+        return value if isinstance(value, str) else json.dumps(value)
+
+    labels = []
+    for group in groups:
+        rule = group[0].summary()["rule"]
+        if len(group) == 1:
+            labels.append(group[0].name)
+            continue
+        twins = [recipe(g) for g in groups if len(g) > 1 and g[0].summary()["rule"] == rule]
+        keys = sorted({k for r in twins for k in r if any(t.get(k) != r.get(k) for t in twins)})
+        mine = recipe(group)
+        labels.append(f"{rule} ({', '.join(f'{k}={shown(mine.get(k))}' for k in keys)})" if keys else rule)
+    return labels
+
+
 def plot_learning_curves(runs: list[Run], path: Path) -> Path:
     fig, ((err, loss),) = figure(2)
-    for i, group in enumerate(seed_groups(runs)):  # the seeds of one recipe in one colour, named once
-        name = group[0].name if len(group) == 1 else f"{group[0].summary()['rule']} ({len(group)} seeds)"
+    groups = seed_groups(runs)
+    for i, (group, label) in enumerate(zip(groups, group_labels(groups), strict=True)):
+        name = label if len(group) == 1 else f"{label}, {len(group)} seeds"  # a recipe's seeds: one colour
         for k, run in enumerate(group):
             epochs = [r["epoch"] for r in run.history]
             style_kw = {"marker": "." if len(epochs) < 30 else None,  # a line through one point draws nothing
@@ -176,13 +199,14 @@ def seed_summary_table(runs: list[Run]) -> str:
         return ""
 
     def spread(values: list[float]) -> str:
+        if any(math.isnan(v) for v in values):  # an angle a rule does not define (dfa's output layer)
+            return "–"
         return f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}" if len(values) > 1 else \
             f"{values[0]:.2f}"
 
     rows = []
-    for group in groups:
+    for group, label in zip(groups, group_labels(groups), strict=True):
         s = [run.summary() for run in group]
-        label = s[0]["rule"] if len(s) > 1 else group[0].name
         rows.append([label, len(s), *(spread([x[k] for x in s]) for k in
                                       ("best_test_accuracy", "final_test_accuracy", "output_angle"))])
     header = ["rule", "seeds", "best test acc %", "final test acc %", "output-layer angle"]
