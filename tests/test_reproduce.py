@@ -210,16 +210,25 @@ def test_vit_rules_runs_every_rule_and_seed_at_one_budget(tmp_path):
     from dataclasses import asdict
 
     repro = REPRODUCTIONS["vit-rules"]
-    assert len(repro.runs) == 2 * 6 * 3 and not repro.run_figures
+    assert len(repro.runs) == 2 * 8 * 3 and not repro.run_figures
     budget = None
     for label in repro.runs:
         cfg = asdict(run_config(repro, label, False, tmp_path))
-        assert label == f"{cfg['dataset']}-{cfg['rule']}-s{cfg['seed']}" and cfg["model"] == "vit"
-        rest = {k: v for k, v in cfg.items() if k not in ("dataset", "rule", "seed", "out_dir")}
+        variant = cfg["rule"] + ("-blocks" if cfg["blocks"] else "") + (
+            "-shared" if cfg["position_feedback"] == "shared" else "")
+        assert label == f"{cfg['dataset']}-{variant}-s{cfg['seed']}" and cfg["model"] == "vit"
+        assert cfg["blocks"] == (("blocks.*",) if "blocks" in label else ())
+        rest = {k: v for k, v in cfg.items()
+                if k not in ("dataset", "rule", "seed", "out_dir", "blocks", "position_feedback")}
         assert budget in (None, rest), label  # the same optimizer, schedule and epochs for every run
         budget = rest
-    assert {(c.rule, c.seed) for c in (run_config(repro, n, False, tmp_path) for n in repro.runs)} == {
-        (r, s) for r in ("bp", "fa", "usf", "kp", "wm", "dfa") for s in (0, 1, 2)}
+    from nowt.reproduce.vit_rules import SEEDS
+
+    variants = [*((r, (), "full") for r in ("bp", "fa", "usf", "kp", "wm", "dfa")),
+                ("dfa", ("blocks.*",), "full"), ("dfa", ("blocks.*",), "shared")]
+    configs = [run_config(repro, n, False, tmp_path) for n in repro.runs]
+    assert {(c.rule, c.blocks, c.position_feedback, c.seed) for c in configs} == {
+        (*v, s) for v in variants for s in SEEDS}
     quick = run_config(repro, "mnist-wm-s1", True, tmp_path)
     assert (quick.epochs, quick.train_size) == (1, 2000)
 

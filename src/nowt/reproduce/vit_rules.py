@@ -1,6 +1,8 @@
 """nowt's own experiment, not a paper's: the `vit` model (7x7 patches, dim 64, two pre-norm encoder layers of
-4 heads) on MNIST and Fashion-MNIST under bp, fa, usf, kp, wm and dfa, three seeds each at one budget,
-reporting test accuracy over seeds and each layer's B-W angle (attention projections included)."""
+4 heads) on MNIST and Fashion-MNIST under bp, fa, usf, kp, wm, dfa (every layer), dfa-blocks (DFA to each
+encoder layer's output, backprop inside) and dfa-blocks-shared (the same with one B for every token, Launay et
+al. 2020's form), three seeds each at one budget, reporting test accuracy over seeds and each layer's B-W
+angle (attention projections included)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,11 @@ from nowt.report import figure, load_run, markdown_table, save, style
 from nowt.reproduce.entry import Reproduction
 
 DATASETS = ("mnist", "fashion-mnist")
-RULES = ("bp", "fa", "usf", "kp", "wm", "dfa")
+#: run name -> its rule and rule options
+VARIANTS = {**{r: {"rule": r} for r in ("bp", "fa", "usf", "kp", "wm", "dfa")},
+            "dfa-blocks": {"rule": "dfa", "blocks": ("blocks.*",)},
+            "dfa-blocks-shared": {"rule": "dfa", "blocks": ("blocks.*",), "position_feedback": "shared"}}
+RULES = tuple(VARIANTS)
 SEEDS = (0, 1, 2)
 #: One budget for every rule, at which bp learns well (97.4% MNIST test accuracy, seed 0): AdamW at 3e-3
 #: with the usual ViT weight decay, batch 128, cosine to 0 over 3 epochs.
@@ -24,7 +30,8 @@ def label(dataset: str, rule: str, seed: int) -> str:
     return f"{dataset}-{rule}-s{seed}"
 
 
-RUNS = {label(d, r, s): {"dataset": d, "rule": r, "seed": s} for d in DATASETS for r in RULES for s in SEEDS}
+RUNS = {label(d, r, s): {"dataset": d, **VARIANTS[r], "seed": s}
+        for d in DATASETS for r in RULES for s in SEEDS}
 
 
 def _mean_sd(values: list[float]) -> str:
@@ -103,13 +110,15 @@ def _plot(runs: dict[tuple[str, str], list[list[dict]]], path: Path) -> None:
 
 NOTES = ("Every rule trains with the same optimizer, schedule and epochs; wm runs nowt's default mirror "
          "schedule. kp aligns B with W only through weight decay (W - B shrinks by lr * wd a step), so over "
-         "this short budget its B stays far from W. Fashion-MNIST needs --download or the Debian package "
+         "this short budget its B stays far from W. dfa-blocks and dfa-blocks-shared (block-level DFA, added "
+         "2026-12-03) give each encoder layer's output e @ B and train inside it by backprop; -shared uses one "
+         "B for all 17 tokens. Fashion-MNIST needs --download or the Debian package "
          "dataset-fashion-mnist; without it those runs are reported as skipped.")
 
 ENTRIES = [
     Reproduction(
         name="vit-rules", paper="nowt's own experiment (no paper): learning rules on a small ViT",
-        table="vit on MNIST and Fashion-MNIST, 6 rules x 3 seeds, one budget", config=CONFIG, runs=RUNS,
+        table="vit on MNIST and Fashion-MNIST, 8 rules x 3 seeds, one budget", config=CONFIG, runs=RUNS,
         published={}, quick=dict(epochs=1, train_size=2000), compare=summarize, run_figures=False,
         notes=NOTES),
 ]

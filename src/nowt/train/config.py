@@ -125,6 +125,12 @@ class TrainConfig:
                             "BioTorch's n_out x in_channels x kernel, e spread over the output positions "
                             "(kernel)",
                             choices=("full", "kernel"), rule_option=True)
+    blocks: tuple[str, ...] = _f((), "dfa: modules whose output gets B e as a whole, with backprop inside "
+                                 "them (Launay et al. 2020), by name or glob, e.g. 'blocks.*' for vit",
+                                 metavar="NAME[,NAME...]", rule_option=True)
+    position_feedback: str = _f("full", "dfa: a sequence's B, for Linear inputs and block outputs (N, T, C): "
+                                "n_out x T x C (full) or one n_out x C for every position (shared, as Launay "
+                                "et al. 2020 for transformers)", choices=("full", "shared"), rule_option=True)
     schedule: str = _f("parallel", "target propagation: train inverses with the forward weights "
                        "(parallel) or alternate by epoch (or --alternate-every)",
                        choices=("parallel", "alternating"), rule_option=True)

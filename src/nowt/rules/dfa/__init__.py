@@ -8,6 +8,7 @@ One concern per module:
   through W, and its autograd Function;
 - `storage`: where B lives ("dense", "shared" or "seeded") and how it is drawn;
 - `state`: the state-dict hooks for the buffers made at the first forward;
+- `blocks`: block-level DFA, a whole module's output gets `e @ B` and backprop runs inside it;
 - `ifa`: `IndirectFeedback`, a subclass overriding what differs (which layer has a B, the error's sweep).
 """
 

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from nowt.rules.dfa.storage import KernelProjection, Projection
+from nowt.rules.dfa.blocks import BlockFeedbackFunction
+from nowt.rules.dfa.storage import AnyProjection
 
 if TYPE_CHECKING:
     from nowt.layers import FeedbackLayer
@@ -28,7 +29,7 @@ class Pass:
         self.rule = rule
         self.error: Tensor | None = None
         self.pending: list[tuple[FeedbackLayer, torch.Size]] | None = []
-        self.projections: list[Projection | KernelProjection | None] = []
+        self.projections: list[AnyProjection | None] = []
 
     def register(self, layer: FeedbackLayer, x: Tensor) -> int:
         if self.pending is None:
@@ -84,6 +85,27 @@ class Context:
     def __init__(self, rule: DirectFeedback, model: nn.Module) -> None:
         self.rule, self.model = rule, model  # the model holds the shared matrix
         self.current: Pass | None = None
+        # block -> a converted layer inside it (keyed by the module, so that deepcopy maps both)
+        self.block_layers: dict[nn.Module, FeedbackLayer] = {}
+
+    def add_block(self, block: nn.Module, layer: FeedbackLayer) -> None:
+        self.block_layers[block] = layer
+        block.register_forward_hook(self.block_end)
+
+    def block_end(self, block: nn.Module, args: Any, output: Any) -> Any:
+        """A block's output passes through `BlockFeedbackFunction` (registered with the pass like a layer's
+        input), except where the true gradient is asked for (`nowt.metrics.backprop_mode`)."""
+        if self.block_layers[block].backprop_only or not torch.is_grad_enabled():
+            return output
+        if not isinstance(output, Tensor) or output.dim() < 2:
+            name = next(n for n, m in self.model.named_modules() if m is block)
+            got = f"shape {tuple(output.shape)}" if isinstance(output, Tensor) else type(output).__name__
+            raise ValueError(f"{self.rule.name}: block {name!r} must return one tensor with the batch on dim "
+                             f"0; got {got}")
+        if not output.requires_grad:
+            return output
+        slot = self.current.register(block, output) if self.current is not None else -1
+        return BlockFeedbackFunction.apply(output, self.current, slot)
 
     def begin(self, model: nn.Module, args: Any) -> None:
         self.current = self.rule.new_pass()

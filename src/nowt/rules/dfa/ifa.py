@@ -59,6 +59,11 @@ class IndirectPass(Pass):
 class IndirectFeedback(DirectFeedback):
     name = "ifa"
 
+    def validate(self) -> None:
+        super().validate()
+        if self.blocks:
+            raise ValueError("ifa sends its error through the forward weights of an MLP; blocks are dfa's")
+
     def setup_model(self, model: nn.Module) -> None:
         mods = list(model) if isinstance(model, nn.Sequential) else []
         at = [i for i, m in enumerate(mods) if getattr(m, "rule", None) is self]

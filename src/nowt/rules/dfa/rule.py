@@ -13,6 +13,9 @@ B is uniform in `[-1, 1] * scale / sqrt(D)`, `D = prod(input.shape[1:])`, as in 
 `nowt train --init xavier` selects it); where it is kept: `storage.py`. `zero_init=True` zeroes every
 converted layer's weight and bias (Nøkland trains tanh nets from zero).
 
+`position_feedback="shared"` gives a Linear layer's input and a block's output of shape `(N, *positions, C)`
+one `(n_out, C)` B for every position (`storage.Broadcast`). `blocks` (`blocks.py`): block-level DFA.
+
 `conv_feedback="kernel"` gives each convolution BioTorch's B instead: `n_out x in_channels x kernel`, e
 spread over the output positions and sent back by the convolution's input gradient with B for W
 (`n_out * in_channels * taps` numbers where the full B has `n_out * D`); fans as a convolution weight's,
@@ -27,11 +30,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from nowt.ops import ConvOp, autocast_apply
+from nowt.ops import ConvOp, LinearOp, autocast_apply
 from nowt.rules.base import Rule, host_value, rule_layers
 from nowt.rules.dfa import storage
+from nowt.rules.dfa.blocks import find_blocks
 from nowt.rules.dfa.capture import Context, Pass
-from nowt.rules.dfa.state import adopt_buffers, buffer
+from nowt.rules.dfa.state import adopt_buffers, anchor, buffer
 
 if TYPE_CHECKING:
     from nowt.layers import FeedbackLayer
@@ -70,9 +74,11 @@ class DirectFeedbackFunction(torch.autograd.Function):
 class DirectFeedback(Rule):
     name = "dfa"
     options: ClassVar[dict[str, Any]] = {"storage": "dense", "chunk": 4096, "scale": 1.0, "zero_init": False,
-                                         "feedback_init": "uniform", "conv_feedback": "full"}
+                                         "feedback_init": "uniform", "conv_feedback": "full", "blocks": (),
+                                         "position_feedback": "full"}
     FEEDBACK_INITS = ("uniform", "xavier")
     CONV_FEEDBACKS = ("full", "kernel")
+    POSITION_FEEDBACKS = ("full", "shared")
     transports_weights = False
 
     def validate(self) -> None:
@@ -88,6 +94,15 @@ class DirectFeedback(Rule):
         if self.conv_feedback not in self.CONV_FEEDBACKS:
             raise ValueError(f"unknown conv_feedback {self.conv_feedback!r}; choose "
                              f"{' or '.join(self.CONV_FEEDBACKS)}")
+        if self.position_feedback not in self.POSITION_FEEDBACKS:
+            raise ValueError(f"unknown position_feedback {self.position_feedback!r}; choose "
+                             f"{' or '.join(self.POSITION_FEEDBACKS)}")
+        if isinstance(self.blocks, str) or not all(isinstance(b, str) and b for b in self.blocks):
+            raise ValueError(f"blocks must be a list of module names or glob patterns (e.g. ['blocks.*']), "
+                             f"got {self.blocks!r}")
+        self.blocks = tuple(self.blocks)
+        if self.blocks:
+            self.transports_weights = True  # backprop inside each block reads that block's weights
         if self.conv_feedback == "kernel" and self.storage != "dense":
             raise ValueError(f"conv_feedback='kernel' keeps its small B dense; storage {self.storage!r} is "
                              f"for the full B")
@@ -98,6 +113,7 @@ class DirectFeedback(Rule):
                              f"transposed); got {type(layer).__name__} with groups {layer.op.groups}"
                              f"{', transposed' if layer.op.transposed else ''}")
         seed = int(torch.randint(0, 2**32, (), generator=generator))
+        layer.dfa_block = None  # or the name of the block it is in (`blocks.find_blocks`)
         layer.register_buffer("feedback_seed", torch.tensor(seed, device=layer.weight.device))
         layer.register_load_state_dict_pre_hook(adopt_buffers(("feedback", "feedback_shape")))
         if self.zero_init:
@@ -110,6 +126,8 @@ class DirectFeedback(Rule):
         ctx = Context(self, model)
         for layer in self.layers(model).values():
             layer.dfa_context = ctx
+        for block, layer in find_blocks(self, model):
+            ctx.add_block(block, layer)
         model.register_forward_pre_hook(ctx.begin)
         model.register_forward_hook(ctx.end)
         model.register_load_state_dict_pre_hook(adopt_buffers(("dfa_feedback",)))
@@ -119,6 +137,8 @@ class DirectFeedback(Rule):
         return Pass(self)
 
     def forward(self, layer: FeedbackLayer, x: Tensor) -> Tensor:
+        if layer.dfa_block is not None:  # inside a block: backprop (the block's output gets B e)
+            return layer.op.forward(x, layer.weight, layer.bias)
         pass_ = layer.dfa_context.current
         slot = pass_.register(layer, x) if pass_ is not None else -1
         return autocast_apply(DirectFeedbackFunction.apply, x, layer.weight, layer.bias, layer.op, pass_,
@@ -128,7 +148,7 @@ class DirectFeedback(Rule):
         """Fixes the layer's feedback shape `(n_out, *input.shape[1:])` at its first forward."""
         known = buffer(layer, "feedback_shape")
         if known is None:
-            layer.register_buffer("feedback_shape", torch.tensor(shape, device=layer.weight.device))
+            layer.register_buffer("feedback_shape", torch.tensor(shape, device=anchor(layer).device))
         elif tuple(host_value(layer, "feedback_shape")) != tuple(shape):
             fixed = tuple(host_value(layer, "feedback_shape"))
             raise ValueError(f"{self.name}: a layer's feedback has shape (n_out, *input) = {fixed}, fixed at "
@@ -137,19 +157,27 @@ class DirectFeedback(Rule):
     def kernel_form(self, layer: FeedbackLayer) -> bool:
         """Whether the layer's B is BioTorch's `n_out x in_channels x kernel` (a convolution, with
         conv_feedback="kernel")."""
-        return self.conv_feedback == "kernel" and isinstance(layer.op, ConvOp)
+        return self.conv_feedback == "kernel" and isinstance(getattr(layer, "op", None), ConvOp)
 
-    def has_feedback(self, layer: FeedbackLayer) -> bool:
-        """Whether the layer's input gets `B e` (every dfa layer does)."""
-        return True
+    def has_feedback(self, layer: nn.Module) -> bool:
+        """Whether the layer's input (a block's output) gets `B e`: every dfa layer's but those in blocks."""
+        return getattr(layer, "dfa_block", None) is None
+
+    def feedback_modules(self, model: nn.Module) -> list[nn.Module]:
+        """This rule's layers, then its blocks: every module that may get a B."""
+        layers = list(self.layers(model).values())
+        return layers + list(layers[0].dfa_context.block_layers)
 
     def projection(self, model: nn.Module, layer: FeedbackLayer,
-                   shape: torch.Size) -> storage.Projection | storage.KernelProjection | None:
+                   shape: torch.Size) -> storage.AnyProjection | None:
         """The layer's B as a projection of e, creating its stored state at the first forward."""
         if not self.has_feedback(layer):
             return None
         seed = int(host_value(layer, "feedback_seed"))
         kernel = self.kernel_form(layer)
+        full = shape
+        if self.shares_positions(layer, shape):
+            shape = torch.Size((shape[0], shape[-1]))  # one (n_out, C) B, broadcast over the positions
         taps = math.prod(layer.weight.shape[2:]) if kernel else 1
         fan_in = layer.weight.shape[1] * taps if kernel else math.prod(shape[1:])
         if self.feedback_init == "xavier":
@@ -159,11 +187,19 @@ class DirectFeedback(Rule):
         if kernel:
             return storage.kernel(layer, seed, shape, scale, self.chunk)
         if self.storage == "dense":
-            return storage.dense(layer, seed, shape, scale, self.chunk)
-        if self.storage == "shared":
-            layers = list(self.layers(model).values())
-            return storage.shared(model, layers, shape, scale, self.chunk, self.name)
-        return storage.seeded(seed, shape, scale, self.chunk, layer.weight)
+            project = storage.dense(layer, seed, shape, scale, self.chunk)
+        elif self.storage == "shared":
+            project = storage.shared(model, self.feedback_modules(model), shape, scale, self.chunk, self.name)
+        else:
+            project = storage.seeded(seed, shape, scale, self.chunk, anchor(layer))
+        return storage.Broadcast(project, full) if shape != full else project
+
+    def shares_positions(self, module: nn.Module, shape: torch.Size) -> bool:
+        """Whether a module's B is one `(n_out, C)` for every position of a `(N, *positions, C)` tensor: with
+        position_feedback="shared", for a Linear layer's input (C its features) and a block's output."""
+        op = getattr(module, "op", None)
+        return (self.position_feedback == "shared" and len(shape) > 2
+                and (op is None or isinstance(op, LinearOp)))
 
     def materialized_feedback(self, layer: FeedbackLayer) -> Tensor:
         """`layer.feedback` for the shared and seeded storages (a new tensor on every access)."""

@@ -29,3 +29,10 @@ def _adopt_buffers(names: tuple[str, ...], module: nn.Module, state_dict, prefix
             # the module's own device (a whole model has no .weight): not the state's, often the CPU
             ref = next(itertools.chain(module.parameters(), module.buffers()), state_dict[key])
             module.register_buffer(name, torch.empty_like(state_dict[key], device=ref.device))
+
+
+def anchor(module: nn.Module) -> Tensor:
+    """The tensor whose device (and, where B is stored, dtype) a module's B takes: a layer's weight, or the
+    first parameter of a block (`blocks`)."""
+    weight = getattr(module, "weight", None)
+    return weight if isinstance(weight, Tensor) else next(module.parameters())

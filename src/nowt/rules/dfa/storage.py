@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from nowt.ops import ConvOp
-from nowt.rules.dfa.state import buffer
+from nowt.rules.dfa.state import anchor, buffer
 
 STORAGES = ("dense", "shared", "seeded")
 
@@ -100,8 +100,8 @@ def seeded(seed: int, shape: torch.Size, scale: float, chunk: int, like: Tensor)
 
 
 def dense(layer: nn.Module, seed: int, shape: torch.Size, scale: float, chunk: int) -> Projection:
-    """The layer's `feedback` buffer, drawn (as `seeded` would draw it) at the first forward."""
-    w = layer.weight
+    """The layer's (or block's) `feedback` buffer, drawn (as `seeded` would draw it) at the first forward."""
+    w = anchor(layer)
     if buffer(layer, "feedback") is None:
         layer.register_buffer("feedback", seeded(seed, shape, scale, chunk, w).matrix(w))
     b = layer.feedback.flatten(1)
@@ -117,14 +117,30 @@ def shared(model: nn.Module, layers: Sequence[nn.Module], shape: torch.Size, sca
         shapes = [buffer(m, "feedback_shape") for m in layers]
         width = max(math.prod(s.tolist()[1:]) for s in shapes if s is not None)
         first = layers[0]
-        raw = seeded(int(first.feedback_seed), torch.Size((shape[0], width)), 1.0, chunk, first.weight)
-        model.register_buffer("dfa_feedback", raw.matrix(first.weight))
+        raw = seeded(int(first.feedback_seed), torch.Size((shape[0], width)), 1.0, chunk, anchor(first))
+        model.register_buffer("dfa_feedback", raw.matrix(anchor(first)))
         matrix = model.dfa_feedback
     cols = math.prod(shape[1:])
     if matrix.shape[0] != shape[0] or matrix.shape[1] < cols:
         raise ValueError(f"{name}: the shared feedback matrix is {tuple(matrix.shape)}, fixed at "
                          f"the first forward, but a layer needs {shape[0]} x {cols}")
     return Projection(shape, chunk, lambda k, j0, j1: matrix[:, j0:j1] * scale)
+
+
+class Broadcast:
+    """`position_feedback="shared"`: one B `(n_out, C)` for every position of an `(N, *positions, C)` tensor,
+    as Launay et al. 2020 share a transformer's feedback across tokens; each position gets `e @ B`."""
+
+    def __init__(self, project: Projection, shape: torch.Size) -> None:
+        self.project, self.shape = project, shape  # shape: (n_out, *positions, C)
+
+    def __call__(self, e: Tensor) -> Tensor:
+        g = self.project(e)  # (N, C)
+        middle = (1,) * (len(self.shape) - 2)
+        return g.view(g.shape[0], *middle, g.shape[1]).expand(g.shape[0], *self.shape[1:])
+
+    def matrix(self, like: Tensor) -> Tensor:
+        return self.project.matrix(like)
 
 
 class KernelProjection:
@@ -162,3 +178,7 @@ def kernel(layer: nn.Module, seed: int, shape: torch.Size, scale: float, chunk: 
         kernel_shape = torch.Size((shape[0], w.shape[1], *w.shape[2:]))
         layer.register_buffer("feedback", seeded(seed, kernel_shape, scale, chunk, w).matrix(w))
     return KernelProjection(layer.feedback, layer.op, shape)
+
+
+#: What a module's B is, as `DirectFeedback.projection` makes it: every kind maps e to the module's gradient.
+AnyProjection = Projection | Broadcast | KernelProjection
