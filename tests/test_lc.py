@@ -56,7 +56,9 @@ def test_op_backward_through_another_matrix_matches_the_loop():
     x = torch.randn(4, 2, 5, 6, dtype=torch.double)
     b = torch.randn_like(lc.weight)
     g = torch.randn(4, 3, 3, 5, dtype=torch.double)
-    grad_x, grad_w, grad_b = lc.op.backward(g, x, b, (True, True, True))
+    out, cols = lc.op.forward_saving(x, lc.weight, lc.bias)  # backward takes the patches forward made
+    torch.testing.assert_close(out, lc(x))
+    grad_x, grad_w, grad_b = lc.op.backward(g, cols, b, (True, True, True))
     xr = x.clone().requires_grad_(True)
     wr = b.clone().requires_grad_(True)
     loop_lc(xr, wr, None, lc).backward(g)
@@ -159,3 +161,11 @@ def test_backprop_path_under_bf16_autocast_gives_bf16_and_with_only_the_input_tr
     x_ref = x.double().requires_grad_(True)
     loop_lc(x_ref, lc.weight, lc.bias, lc).backward(g.double())
     torch.testing.assert_close(x_in.grad, x_ref.grad)
+
+
+def test_rule_trained_layer_saves_the_patches_its_forward_made_not_the_input():
+    layer = nowt.convert(torch.nn.Sequential(make_lc()), "fa", seed=0)[0]
+    x = torch.randn(4, 2, 5, 6, dtype=torch.double)
+    saved = layer(x).grad_fn.saved_tensors  # (patches, B): the weight gradient does not unfold x again
+    positions = layer.output_size[0] * layer.output_size[1]
+    assert saved[0].shape == (positions, 4, 2 * 3 * 2) and saved[1] is layer.feedback

@@ -3,7 +3,9 @@ through a *given* matrix (W for backprop, B for the feedback rules) while formin
 of the weight and bias.
 
 Each op is a small frozen description of the layer's geometry, so it can be stored on an autograd context
-without holding the layer (and so without holding its forward weight).
+without holding the layer (and so without holding its forward weight). `forward_saving` also returns what its
+backward reads of the input: the input itself, or the locally connected layer's unfolded patches, which its
+forward makes anyway and its weight gradient would otherwise make again.
 """
 
 from __future__ import annotations
@@ -17,8 +19,17 @@ from torch import Tensor
 Grads = tuple[Tensor | None, Tensor | None, Tensor | None]
 
 
+class _Op:
+    def forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        raise NotImplementedError
+
+    def forward_saving(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor]:
+        """(output, what `backward` takes as its input argument): x itself by default."""
+        return self.forward(x, weight, bias), x
+
+
 @dataclass(frozen=True)
-class LinearOp:
+class LinearOp(_Op):
     def forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         out = F.linear(x, weight, bias)
         # F.linear of an N-d input returns a view of its 2-d product, and a view out of a custom autograd
@@ -40,7 +51,7 @@ class LinearOp:
 
 
 @dataclass(frozen=True)
-class ConvOp:
+class ConvOp(_Op):
     """Any N-d convolution, plain or transposed (`nn.Conv1d/2d/3d`, `nn.ConvTranspose1d/2d/3d`).
 
     One geometry for every case because ATen's `convolution` and `convolution_backward` take `transposed`
@@ -82,7 +93,7 @@ Conv2dOp = ConvOp
 
 
 @dataclass(frozen=True)
-class LocallyConnected2dOp:
+class LocallyConnected2dOp(_Op):
     """A convolution's receptive fields with a separate filter at every output position (no weight sharing).
 
     weight: (out_h * out_w * out_channels, in_channels * kh * kw), one row per output unit, position-major,
@@ -121,9 +132,14 @@ class LocallyConnected2dOp:
         return _positions_first(cols)  # (L, N, K)
 
     def forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        out = torch.bmm(self._columns(x), self._per_position(weight).transpose(1, 2))  # (L, N, O)
+        return self.forward_saving(x, weight, bias)[0]
+
+    def forward_saving(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor]:
+        """(output, the input's patches (L, N, K)): `backward` takes the patches in place of x."""
+        cols = self._columns(x)
+        out = torch.bmm(cols, self._per_position(weight).transpose(1, 2))  # (L, N, O)
         out = out.permute(1, 2, 0).reshape(x.shape[0], self.out_channels, *self.output_size)
-        return out if bias is None else out + bias.to(out.dtype)  # under autocast: bf16 out, as a conv gives
+        return (out if bias is None else out + bias.to(out.dtype)), cols  # autocast: bf16 out, as a conv's
 
     def input_grad(self, grad_out: Tensor, matrix: Tensor) -> Tensor:
         """Sends (N, O, out_h, out_w) back through `matrix` onto the (N, C, H, W) receptive fields."""
@@ -134,14 +150,18 @@ class LocallyConnected2dOp:
 
     def weight_grad(self, x: Tensor, grad_out: Tensor, weight_shape: torch.Size | None = None) -> Tensor:
         # `weight_shape` is accepted so callers may treat this op like Conv2dOp; the shape is fixed here.
+        return self._weight_grad(self._columns(x), grad_out)
+
+    def _weight_grad(self, cols: Tensor, grad_out: Tensor) -> Tensor:
         g = _positions_first(grad_out.flatten(2)).transpose(1, 2)  # (L, O, N)
-        return torch.bmm(g, self._columns(x)).reshape(self.weight_shape)
+        return torch.bmm(g, cols.to(g.dtype)).reshape(self.weight_shape)
 
     def backward(
-        self, grad_out: Tensor, x: Tensor, matrix: Tensor, needs: tuple[bool, bool, bool]
+        self, grad_out: Tensor, cols: Tensor, matrix: Tensor, needs: tuple[bool, bool, bool]
     ) -> Grads:
+        """As the other ops' backward, but given the input's patches (`forward_saving`), not the input."""
         grad_x = self.input_grad(grad_out, matrix) if needs[0] else None
-        grad_w = self.weight_grad(x, grad_out) if needs[1] else None
+        grad_w = self._weight_grad(cols, grad_out) if needs[1] else None
         grad_b = grad_out.sum(0) if needs[2] else None
         return grad_x, grad_w, grad_b
 
@@ -157,15 +177,17 @@ def _positions_first(t: Tensor) -> Tensor:
 class FeedbackFunction(torch.autograd.Function):
     """y = op(x, W, b); in backward the input gradient goes through `feedback` in place of W.
 
-    Only x and the feedback matrix are saved: W itself is never read in backward (no weight transport).
-    When `feedback` requires grad (Kolen-Pollack) it receives exactly W's gradient.
+    Only x (or what the op's backward reads of it) and the feedback matrix are saved: W itself is never read
+    in backward (no weight transport). When `feedback` requires grad (Kolen-Pollack) it receives exactly W's
+    gradient.
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, feedback: Tensor, op) -> Tensor:
         ctx.op = op
-        ctx.save_for_backward(x, feedback)
-        return op.forward(x, weight, bias)
+        out, saved = op.forward_saving(x, weight, bias)
+        ctx.save_for_backward(saved, feedback)
+        return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):

@@ -111,8 +111,8 @@ def _plot(runs: dict[tuple[str, str], list[list[dict]]], path: Path) -> None:
 NOTES = ("Every rule trains with the same optimizer, schedule and epochs; wm runs nowt's default mirror "
          "schedule. kp aligns B with W only through weight decay (W - B shrinks by lr * wd a step), so over "
          "this short budget its B stays far from W. dfa-blocks and dfa-blocks-shared (block-level DFA, added "
-         "2026-12-03) give each encoder layer's output e @ B and train inside it by backprop; -shared uses one "
-         "B for all 17 tokens. Fashion-MNIST needs --download or the Debian package "
+         "2026-12-03) give each encoder layer's output e @ B and train inside it by backprop; -shared uses "
+         "one B for all 17 tokens. Fashion-MNIST needs --download or the Debian package "
          "dataset-fashion-mnist; without it those runs are reported as skipped.")
 
 ENTRIES = [

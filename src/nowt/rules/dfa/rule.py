@@ -44,20 +44,22 @@ if TYPE_CHECKING:
 class DirectFeedbackFunction(torch.autograd.Function):
     """y = op(x, W, b); backward: local W and b gradients, and the input gets the pass's e projected by B.
 
-    Only x is saved; W is never read in backward (a zero-stride stand-in gives the op W's shape).
+    Only x (or what the op's backward reads of it) is saved; W is never read in backward (a zero-stride
+    stand-in gives the op W's shape).
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, op, pass_: Pass | None,
                 slot: int) -> Tensor:
         ctx.op, ctx.pass_, ctx.slot = op, pass_, slot
-        ctx.weight_shape = weight.shape
-        ctx.save_for_backward(x)
-        return op.forward(x, weight, bias)
+        ctx.weight_shape, ctx.input_shape, ctx.input_dtype = weight.shape, x.shape, x.dtype
+        out, saved = op.forward_saving(x, weight, bias)
+        ctx.save_for_backward(saved)
+        return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        (x,) = ctx.saved_tensors
+        (saved,) = ctx.saved_tensors
         if ctx.pass_ is None:
             raise RuntimeError("dfa: this layer ran outside its converted model's forward, so it has no "
                                "output error e; call the model given to nowt.convert")
@@ -65,9 +67,9 @@ class DirectFeedbackFunction(torch.autograd.Function):
         ctx.pass_.check_error()
         grad_x = ctx.pass_.input_grad(ctx.slot) if need_x else None  # the first layer's is skipped
         if grad_x is not None:
-            grad_x = grad_x.view(x.shape).to(x.dtype)
+            grad_x = grad_x.view(ctx.input_shape).to(ctx.input_dtype)
         stand_in = grad_out.new_zeros(()).expand(ctx.weight_shape)
-        _, grad_w, grad_b = ctx.op.backward(grad_out, x, stand_in, (False, need_w, need_b))
+        _, grad_w, grad_b = ctx.op.backward(grad_out, saved, stand_in, (False, need_w, need_b))
         return grad_x, grad_w, grad_b, None, None, None
 
 
