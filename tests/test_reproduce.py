@@ -254,6 +254,15 @@ def test_vit_rules_summary_averages_seeds_and_layers(tmp_path):
     assert (tmp_path / "vit_rules.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_vit_rules_panels_show_update_angles_where_b_vs_w_is_undefined():
+    from nowt.reproduce.vit_rules import _angle_key
+
+    dfa = [[{"weight_angles": {"head": math.nan}, "update_angles": {"head": 80.0}}]]
+    fa = [[{"weight_angles": {"head": 40.0}, "update_angles": {"head": 30.0}}]]
+    assert _angle_key(dfa) == "update_angles" and _angle_key(fa) == "weight_angles" and _angle_key([]) == (
+        "weight_angles")
+
+
 def test_vit_rules_quick_run_trains_and_records_attention_alignment(tmp_path):
     path = reproduce.run("vit-rules", tmp_path, quick=True, only=["mnist-usf-s1"], progress=False)
     text = path.read_text()

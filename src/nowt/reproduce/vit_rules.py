@@ -47,10 +47,19 @@ def _histories(out_dir: Path, dataset: str, rule: str) -> list[list[dict]]:
             if (out_dir / label(dataset, rule, s) / "metrics.jsonl").is_file()]
 
 
-def _mean_angles(histories: list[list[dict]], epoch: int) -> dict[str, float]:
-    """{layer: mean over seeds of its B-W angle after `epoch` (1-based)}; nan where undefined (dfa)."""
-    runs = [h[epoch - 1]["weight_angles"] for h in histories if len(h) >= epoch]
+def _mean_angles(histories: list[list[dict]], epoch: int, key: str = "weight_angles") -> dict[str, float]:
+    """{layer: mean over seeds of its B-W angle (or another per-layer record, `key`) after `epoch` (1-based)};
+    nan where undefined (dfa's B-W)."""
+    runs = [h[epoch - 1][key] for h in histories if len(h) >= epoch]
     return {layer: statistics.mean(r[layer] for r in runs) for layer in runs[0]} if runs else {}
+
+
+def _angle_key(histories: list[list[dict]]) -> str:
+    """The per-layer angle a rule's panel shows: B vs W, or (where that is undefined, dfa's) the angle
+    between its update and backprop's gradient."""
+    last = histories[0][-1] if histories else {}
+    defined = any(not math.isnan(a) for a in last.get("weight_angles", {}).values())
+    return "weight_angles" if defined or not last.get("update_angles") else "update_angles"
 
 
 def _epoch_axis(histories: list[list[dict]]) -> dict:
@@ -82,16 +91,22 @@ def summarize(out_dir: Path) -> list[str]:
 
 def _plot(runs: dict[tuple[str, str], list[list[dict]]], path: Path) -> None:
     """First row: test accuracy per dataset, a line per rule; then a row per dataset, a panel per rule, a
-    line per layer's B-W angle; all means over seeds."""
+    line per layer's B-W angle (where a rule has no B-W angle, dfa's, the angle between its update and
+    backprop's gradient); all means over seeds."""
     fig, axes = figure(len(RULES), len(DATASETS) + 1, width=3.4, height=2.9, sharey="row")
     for row, dataset in enumerate(DATASETS):
+        top = 95 if all(_angle_key(runs[dataset, r]) == "weight_angles" for r in RULES) else 180
         for col, rule in enumerate(RULES):
             histories = runs[dataset, rule]
             epochs = range(1, min(map(len, histories), default=0) + 1)
             ax = axes[row + 1][col]
-            for layer in histories[0][-1]["weight_angles"] if histories else {}:
-                ax.plot(epochs, [_mean_angles(histories, e)[layer] for e in epochs], marker=".", label=layer)
-            style(ax, title=f"{dataset} {rule}: B vs W", xlabel="epoch", ylim=(0, 95), legend=False,
+            key = _angle_key(histories)
+            for layer in histories[0][-1].get(key, {}) if histories else {}:
+                ax.plot(epochs, [_mean_angles(histories, e, key)[layer] for e in epochs], marker=".",
+                        label=layer)
+            what = "B vs W" if key == "weight_angles" else "update vs bp's"
+            style(ax, title=f"{dataset} {rule}: {what}", xlabel="epoch", legend=False,
+                  ylim=(0, top),
                   ylabel="degrees" if col == 0 else None, **_epoch_axis(histories))
             if histories:
                 axes[0][row].plot(epochs, [statistics.mean(h[e - 1]["test_accuracy"] for h in histories)
