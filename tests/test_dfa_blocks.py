@@ -215,3 +215,16 @@ def test_nowt_train_vit_with_blocks(tmp_path, capsys):
     assert json.loads((tmp_path / "run" / "config.json").read_text())["blocks"] == ["blocks.*"]
     assert main(["train", "--rule", "fa", *common, "--out", str(tmp_path / "fa")]) == 2
     assert "--blocks applies only to: dfa" in capsys.readouterr().err
+
+
+def test_compiled_vit_with_blocks_has_the_eager_gradients():
+    torch._dynamo.reset()
+    base = nowt.convert(vit(1, 10, image_size=8, patch=4, dim=8, depth=1, heads=2), "dfa", seed=0,
+                        blocks=["blocks.*"], position_feedback="shared")
+    eager, compiled = copy.deepcopy(base), copy.deepcopy(base)
+    run = torch.compile(compiled, backend="aot_eager")
+    x = torch.randn(4, 1, 8, 8)
+    eager(x).square().sum().backward()
+    run(x).square().sum().backward()
+    for (name, a), b in zip(eager.named_parameters(), compiled.parameters(), strict=True):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-5, msg=name)
