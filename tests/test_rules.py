@@ -299,3 +299,18 @@ def test_sign_rules_form_no_feedback_where_no_gradient_reaches_the_input():
     (name, (b, w)), *_ = first.rule.alignment_pairs(model).items()
     assert w is first.weight
     assert torch.equal(torch.sign(b), torch.sign(w))  # the angle reads W's current signs
+
+
+def test_brsf_cpu_magnitudes_are_the_randint_draws_of_their_seed_and_counter():
+    layer = nowt.convert(tiny_mlp(), "brsf", seed=0)[2]
+    rule = layer.rule
+    w = layer.weight
+    seed = int(layer.feedback_seed)
+    for _ in range(2):
+        draw = int(layer.feedback_draws)  # the counter before the call (setup drew once already)
+        got = rule.magnitude(layer)
+        g = torch.Generator().manual_seed(seed + 1_000_003 * draw)
+        bits = torch.randint(-(2**63), 2**63 - 1, ((w.numel() + 3) // 4,), dtype=torch.int64, generator=g)
+        levels = bits.view(torch.int16)[: w.numel()].view(w.shape).to(w.dtype)
+        bound = 1 / w.shape[1] ** 0.5  # kaiming_uniform's: 1 / sqrt(fan_in)
+        torch.testing.assert_close(got, (levels + 32768.5) * (bound / 65536), rtol=0, atol=0)
