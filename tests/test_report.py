@@ -130,3 +130,17 @@ def test_seed_groups_of_one_rule_are_told_apart_and_an_undefined_angle_is_a_dash
     assert '| dfa (blocks=["blocks.*"], dataset=mnist) | 2 |' in table
     assert '| dfa (blocks=[], dataset=fashion) | 2 |' in table
     assert "| bp | 2 | 91.00 ± 1.41 |" in table  # the only bp recipe: its rule alone
+
+
+def test_a_field_a_run_predates_counts_as_its_default_when_grouping_and_naming(tmp_path):
+    from nowt.report import group_labels, seed_groups
+
+    configs = {"old0": {"rule": "dfa", "seed": 0}, "new1": {"rule": "dfa", "seed": 1, "blocks": []},
+               "b0": {"rule": "dfa", "seed": 0, "blocks": ["blocks.*"]},
+               "b1": {"rule": "dfa", "seed": 1, "blocks": ["blocks.*"]}}
+    for name, config in configs.items():
+        write_run(tmp_path / name, "dfa", [50.0])
+        (tmp_path / name / "config.json").write_text(json.dumps(config))
+    groups = seed_groups([load_run(tmp_path / n) for n in configs])
+    assert [[r.name for r in g] for g in groups] == [["old0", "new1"], ["b0", "b1"]]
+    assert group_labels(groups) == ["dfa (blocks=[])", 'dfa (blocks=["blocks.*"])']

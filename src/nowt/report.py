@@ -20,6 +20,8 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, ScalarFormatter
 
+from nowt.train.config import saved_defaults
+
 DPI = 110
 
 
@@ -98,12 +100,16 @@ def load_run(run_dir: str | os.PathLike, name: str | None = None) -> Run:
     return Run(name or run_dir.name, config, history)
 
 
+def recipe(run: Run) -> dict:
+    """The run's configuration less its seed and directory; a field it predates counts as its default."""
+    return {k: v for k, v in {**saved_defaults(), **run.config}.items() if k not in ("seed", "out_dir")}
+
+
 def seed_groups(runs: list[Run]) -> list[list[Run]]:
     """The runs grouped by configuration less the seed (and directory): the seeds of one recipe together."""
     groups: dict[str, list[Run]] = {}
     for run in runs:
-        recipe = {k: v for k, v in run.config.items() if k not in ("seed", "out_dir")}
-        key = json.dumps(recipe, sort_keys=True) if run.config else f"no config.json: {id(run)}"
+        key = json.dumps(recipe(run), sort_keys=True) if run.config else f"no config.json: {id(run)}"
         groups.setdefault(key, []).append(run)
     return list(groups.values())
 
@@ -111,9 +117,6 @@ def seed_groups(runs: list[Run]) -> list[list[Run]]:
 def group_labels(groups: list[list[Run]]) -> list[str]:
     """A name per seed group: a lone run's own; a group's rule, followed by the settings that tell it from
     the other groups of that rule where there are any, e.g. "dfa (blocks=["blocks.*"], dataset=mnist)"."""
-    def recipe(group: list[Run]) -> dict:
-        return {k: v for k, v in group[0].config.items() if k not in ("seed", "out_dir")}
-
     def shown(value) -> str:
         return value if isinstance(value, str) else json.dumps(value)
 
@@ -123,9 +126,9 @@ def group_labels(groups: list[list[Run]]) -> list[str]:
         if len(group) == 1:
             labels.append(group[0].name)
             continue
-        twins = [recipe(g) for g in groups if len(g) > 1 and g[0].summary()["rule"] == rule]
+        twins = [recipe(g[0]) for g in groups if len(g) > 1 and g[0].summary()["rule"] == rule]
         keys = sorted({k for r in twins for k in r if any(t.get(k) != r.get(k) for t in twins)})
-        mine = recipe(group)
+        mine = recipe(group[0])
         labels.append(f"{rule} ({', '.join(f'{k}={shown(mine.get(k))}' for k in keys)})" if keys else rule)
     return labels
 

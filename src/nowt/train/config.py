@@ -219,10 +219,16 @@ class TrainConfig:
         `epochs` counts only where the lr schedule spans them: otherwise a longer run continues a shorter
         one exactly, so a run may be lengthened."""
         ours = json.loads(json.dumps(self.identity()))  # tuples as lists, as saved
-        defaults = json.loads(json.dumps(asdict(TrainConfig())))
+        defaults = saved_defaults()
         skip = self._not_identity() | (set() if self.schedule_spans_epochs() else {"epochs"})
         return sorted(k for k in set(earlier) | set(ours) if k not in skip
                       and earlier.get(k, defaults.get(k)) != ours.get(k, defaults.get(k)))
+
+
+def saved_defaults() -> dict[str, Any]:
+    """TrainConfig's defaults as a saved config.json holds them (tuples as lists): what a field that a saved
+    run predates counts as."""
+    return json.loads(json.dumps(asdict(TrainConfig())))
 
 
 FIELDS = {f.name: f for f in fields(TrainConfig)}  # by name, for the flags and checks that cite them
