@@ -169,3 +169,9 @@ def test_rule_trained_layer_saves_the_patches_its_forward_made_not_the_input():
     saved = layer(x).grad_fn.saved_tensors  # (patches, B): the weight gradient does not unfold x again
     positions = layer.output_size[0] * layer.output_size[1]
     assert saved[0].shape == (positions, 4, 2 * 3 * 2) and saved[1] is layer.feedback
+
+
+def test_output_is_contiguous_so_the_ops_after_it_run_at_full_speed():
+    x = torch.randn(4, 2, 5, 6, dtype=torch.double)
+    assert make_lc()(x).is_contiguous()
+    assert nowt.convert(torch.nn.Sequential(make_lc()), "fa", seed=0)(x).is_contiguous()

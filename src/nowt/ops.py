@@ -138,7 +138,10 @@ class LocallyConnected2dOp(_Op):
         """(output, the input's patches (L, N, K)): `backward` takes the patches in place of x."""
         cols = self._columns(x)
         out = torch.bmm(cols, self._per_position(weight).transpose(1, 2))  # (L, N, O)
-        out = out.permute(1, 2, 0).reshape(x.shape[0], self.out_channels, *self.output_size)
+        # (L, N, O) -> (N, O, out_h, out_w) as one contiguous copy: the permuted view has stride N*O along
+        # positions, and every elementwise op after the layer (bias, tanh, target propagation's differences)
+        # kept that layout and ran several times slower (a whole MNIST LC step: 10-15% faster this way).
+        out = out.permute(1, 2, 0).reshape(x.shape[0], self.out_channels, *self.output_size).contiguous()
         return (out if bias is None else out + bias.to(out.dtype)), cols  # autocast: bf16 out, as a conv's
 
     def input_grad(self, grad_out: Tensor, matrix: Tensor) -> Tensor:
