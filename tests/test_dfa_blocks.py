@@ -176,7 +176,7 @@ def test_clear_errors():
         nowt.convert(block_mlp(), "dfa", blocks=["2"])
     with pytest.raises(ValueError, match="list of module names"):
         nowt.convert(block_mlp(), "dfa", blocks="1")
-    with pytest.raises(ValueError, match="blocks are dfa's"):
+    with pytest.raises(ValueError, match=r"rule 'ifa' got unknown option\(s\) \['blocks'\]"):
         nowt.convert(block_mlp(), "ifa", blocks=["1"])
 
     class Pair(nn.Module):

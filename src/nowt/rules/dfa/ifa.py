@@ -59,10 +59,8 @@ class IndirectPass(Pass):
 class IndirectFeedback(DirectFeedback):
     name = "ifa"
 
-    def validate(self) -> None:
-        super().validate()
-        if self.blocks:
-            raise ValueError("ifa sends its error through the forward weights of an MLP; blocks are dfa's")
+    # An MLP's error sweep through its forward weights: no blocks, no sequences (dfa's options for those).
+    options = {k: v for k, v in DirectFeedback.options.items() if k not in ("blocks", "position_feedback")}
 
     def setup_model(self, model: nn.Module) -> None:
         mods = list(model) if isinstance(model, nn.Sequential) else []

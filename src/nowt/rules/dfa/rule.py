@@ -82,6 +82,8 @@ class DirectFeedback(Rule):
     CONV_FEEDBACKS = ("full", "kernel")
     POSITION_FEEDBACKS = ("full", "shared")
     transports_weights = False
+    blocks: tuple[str, ...] = ()  # the defaults of the two options a subclass (ifa) does not take
+    position_feedback = "full"
 
     def validate(self) -> None:
         if self.storage not in storage.STORAGES:
