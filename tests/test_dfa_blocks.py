@@ -228,3 +228,14 @@ def test_compiled_vit_with_blocks_has_the_eager_gradients():
     run(x).square().sum().backward()
     for (name, a), b in zip(eager.named_parameters(), compiled.parameters(), strict=True):
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_resnet_residual_blocks_take_block_feedback():
+    torch.manual_seed(0)
+    model = nowt.convert(nowt.models.create_model("resnet20", in_channels=3, num_classes=10), "dfa", seed=0,
+                         blocks=["layer*.*"])
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    fed = sorted(n.rsplit(".", 1)[0] for n, _ in model.named_buffers() if n.endswith(".feedback"))
+    assert fed == ["conv1", "fc", *(f"layer{i}.{j}" for i in (1, 2, 3) for j in (0, 1, 2))]  # 9 blocks
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
