@@ -204,3 +204,67 @@ def test_a_collective_timeout_under_torchrun_becomes_a_clear_error(tmp_path, mon
     monkeypatch.setattr(distributed, "setup", lambda *a, **k: torch.device("cpu"))
     with pytest.raises(TimeoutError, match="did not answer within .*process-group timeout"):
         loop.fit(_synthetic("fa", tmp_path / "run"), progress=False)
+
+
+# --- issue 25: no diverged run called a success; nothing deleted before it is replaced ---
+
+def _float_fields():
+    from dataclasses import fields
+    from typing import get_type_hints
+
+    from nowt.train import TrainConfig
+
+    hints = get_type_hints(TrainConfig)
+    return [f.name for f in fields(TrainConfig) if "float" in str(hints[f.name])]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_every_float_field_refuses_a_non_finite_value(bad):
+    from nowt.train import TrainConfig
+
+    names = _float_fields()
+    assert {"lr", "momentum", "dropout", "adam_betas", "inverse_betas", "mirror_lr"} <= set(names)
+    for name in names:
+        value = (0.9, bad) if name.endswith("betas") else bad
+        with pytest.raises(ValueError, match=f"^{name} .*must be a finite number"):
+            TrainConfig(**{name: value}).validate()
+
+
+def test_cli_refuses_nan_and_inf_flags_in_one_line(capsys):
+    from nowt.cli import main
+
+    for argv in (["--momentum", "nan"], ["--momentum", "inf"], ["--dropout", "nan"],
+                 ["--adam-betas", "nan,0.9"]):
+        assert main(["train", *argv, "--epochs", "1", "--train-size", "64", "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "must be a finite number" in err, err
+
+
+def test_a_non_finite_test_loss_is_divergence(tmp_path):
+    """One step at lr 1e30 leaves a finite training loss (taken before the step) and NaN weights."""
+    from nowt.train import TrainConfig, fit
+
+    cfg = TrainConfig(dataset="synthetic", hidden=(8,), epochs=1, batch_size=2000, lr=1e30,
+                      lr_schedule="constant", out_dir=str(tmp_path / "run"))
+    with pytest.raises(FloatingPointError, match="test loss became nan by the end of epoch 1; lower --lr"):
+        fit(cfg, progress=False)
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_a_non_finite_weight_the_output_does_not_show_is_divergence(tmp_path, monkeypatch):
+    """fa's feedback matrix does not enter the forward pass: a NaN there leaves the losses finite."""
+    from nowt.checkpoint import load_checkpoint
+    from nowt.train import RuleLearner, TrainConfig, fit
+
+    real = RuleLearner.end_epoch
+
+    def poison_in_epoch_two(self, metrics):
+        real(self, metrics)
+        if self.scheduler.last_epoch > 20:  # 20 steps an epoch
+            self.model[1].feedback.fill_(float("nan"))
+
+    monkeypatch.setattr(RuleLearner, "end_epoch", poison_in_epoch_two)
+    cfg = TrainConfig(dataset="synthetic", hidden=(8,), epochs=3, batch_size=100, out_dir=str(tmp_path))
+    with pytest.raises(FloatingPointError, match=r"1\.feedback became non-finite by the end of epoch 2"):
+        fit(cfg, progress=False)
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 1

@@ -12,6 +12,7 @@ each entry of a tuple), cli (False: no flag), rule_option (True: passed to the r
 from __future__ import annotations
 
 import json
+import math
 import types
 from collections.abc import Mapping
 from dataclasses import MISSING, Field, asdict, dataclass, field, fields
@@ -280,7 +281,14 @@ def _scalar(kind: type, value: Any) -> Any:
         ok = isinstance(value, kind)
     if not ok:
         raise TypeError
-    return float(value) if kind is float else value
+    if kind is float:
+        try:
+            value = float(value)
+        except OverflowError:  # an int too large for a float
+            raise ValueError("must be a finite number, got an integer too large for one") from None
+        if not math.isfinite(value):  # NaN passes every bound and compares unequal to itself
+            raise ValueError(f"must be a finite number, got {value!r}")
+    return value
 
 
 def parse_list(text: str, kind: type = int) -> tuple:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import time
 import warnings
 from collections.abc import Iterable, Iterator
@@ -115,6 +116,7 @@ def _fit(cfg: TrainConfig, train, test, resume: bool, progress: bool) -> list[di
                                     cfg.device, progress)
         learner.end_epoch(train_metrics)
         test_metrics = evaluate(model, test_loader, loss_fn, cfg.device)
+        _check_finite(model, test_metrics["loss"], f"the end of epoch {epoch + 1}")  # before any checkpoint
         record = {
             "epoch": epoch + 1, **train_metrics,
             **{f"test_{k}": v for k, v in test_metrics.items()},
@@ -251,10 +253,24 @@ def train_epoch(learner: Learner, loader: Iterable, desc: str, device: str,
 def _finite_mean(loss_sum: Tensor, seen: int, where: str) -> float:
     """The mean loss so far, read from the device; any non-finite step makes the sum non-finite."""
     mean = float(loss_sum) / seen
-    if mean != mean or mean in (float("inf"), float("-inf")):
-        raise FloatingPointError(f"loss became {mean} by {where}; lower --lr "
-                                 "(the last good checkpoint is kept)")
+    if not math.isfinite(mean):
+        raise FloatingPointError(_diverged(f"loss became {mean}", where))
     return mean
+
+
+def _check_finite(model: nn.Module, test_loss: float, where: str) -> None:
+    """The same stop as `_finite_mean` for what the training loss cannot show: a step's update that made a
+    weight (or buffer) non-finite after its loss was taken, seen in the test loss or in the tensors."""
+    if not math.isfinite(test_loss):
+        raise FloatingPointError(_diverged(f"test loss became {test_loss}", where))
+    tensors = {n: t for n, t in model.state_dict().items() if t.is_floating_point()}
+    if tensors and not bool(torch.stack([t.isfinite().all() for t in tensors.values()]).all()):  # one read
+        bad = next(n for n, t in tensors.items() if not t.isfinite().all())
+        raise FloatingPointError(_diverged(f"{bad} became non-finite", where))
+
+
+def _diverged(what: str, where: str) -> str:
+    return f"the run diverged: {what} by {where}; lower --lr (the last good checkpoint is kept)"
 
 
 def _noise_pretrain(cfg: TrainConfig, model: nn.Module, input_shape: tuple[int, ...]) -> None:
