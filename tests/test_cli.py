@@ -64,6 +64,22 @@ def test_compare_over_seeds_reports_mean_and_spread_per_rule(tmp_path, capsys):
                     "--seeds: takes comma-separated integers")
 
 
+def test_compare_runs_each_rule_once_and_refuses_an_unknown_one_before_training(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    args = ["compare", "--rules", " fa,FA ,fa", "--seeds", "0,1", "--dataset", "synthetic", "--hidden", "8",
+            "--epochs", "1", "--batch-size", "100", "--out", str(out), "--no-progress"]
+    for again in ([], ["--resume"]):
+        assert main(args + again) == 0
+        printed = capsys.readouterr().out
+        assert "| fa | 2 | " in printed and "| fa | 4 |" not in printed
+        assert printed.count("| fa/seed0 |") == 1
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["fa"]
+    assert "nowt compare on synthetic: fa\n" in (out / "report.md").read_text()
+    unknown = tmp_path / "unknown"
+    assert main(["compare", "--rules", "kp,nope", "--dataset", "synthetic", "--out", str(unknown)]) == 2
+    assert "unknown rule 'nope'" in capsys.readouterr().err and not unknown.exists()
+
+
 def test_a_run_logging_to_a_file_writes_epoch_lines_and_no_bar_frames(tmp_path, capsys, monkeypatch):
     import sys
 

@@ -212,7 +212,8 @@ def compare_command(args: argparse.Namespace) -> int:
     from nowt.report import load_run, seed_summary_table, summary_table, write_report
     from nowt.train import fit
 
-    rules = [r.strip().lower() for r in str(args.rules).split(",") if r.strip()]
+    # each rule once ("fa,FA" is one rule: its runs would share a directory and be averaged twice)
+    rules = list(dict.fromkeys(r.strip().lower() for r in str(args.rules).split(",") if r.strip()))
     if not rules:
         raise ValueError("--rules is empty")
     out = check_out_dir(args.out_dir) if args.out_dir is not None else Path(f"runs/compare-{args.dataset}")

@@ -32,6 +32,25 @@ def cell(value, digits: int = 2) -> str:
     return str(value)
 
 
+def mean_std(values: Iterable[float]) -> tuple[float, float]:
+    """The mean and sample standard deviation (n - 1) of `values`, e.g. one result over seeds: std 0.0 for a
+    single value; (nan, nan) for none, or where a value is nan."""
+    values = [float(v) for v in values]
+    if not values or any(math.isnan(v) for v in values):
+        return math.nan, math.nan
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def format_mean_std(values: Iterable[float], digits: int = 2) -> str:
+    """"m ± s" to `digits` decimals; a single value alone; an en dash for none or where a value is nan (an
+    angle a rule does not define)."""
+    values = list(values)
+    mean, std = mean_std(values)
+    if math.isnan(mean):
+        return "–"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if len(values) > 1 else f"{mean:.{digits}f}"
+
+
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence], digits: int = 2) -> str:
     """A GitHub markdown table, one line per row and a trailing newline; see `cell` for the formatting."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -100,9 +119,14 @@ def load_run(run_dir: str | os.PathLike, name: str | None = None) -> Run:
     return Run(name or run_dir.name, config, history)
 
 
+def _settings(run: Run) -> dict:
+    """The run's configuration; a field it predates counts as its default."""
+    return {**saved_defaults(), **run.config}
+
+
 def recipe(run: Run) -> dict:
     """The run's configuration less its seed and directory; a field it predates counts as its default."""
-    return {k: v for k, v in {**saved_defaults(), **run.config}.items() if k not in ("seed", "out_dir")}
+    return {k: v for k, v in _settings(run).items() if k not in ("seed", "out_dir")}
 
 
 def seed_groups(runs: list[Run]) -> list[list[Run]]:
@@ -193,27 +217,48 @@ def summary_table(runs: list[Run]) -> str:
     return markdown_table(header, rows) + ("\n" + "\n".join(collapses) + "\n" if collapses else "")
 
 
+def counted(group: list[Run]) -> tuple[list[Run], list[str]]:
+    """The runs of a seed group that its mean counts: those that reached the group's furthest epoch, each seed
+    once; and why each other run was left out ("seed 2 stopped at epoch 1 of 2")."""
+    furthest = max(run.history[-1]["epoch"] for run in group)
+    kept: dict[object, Run] = {}
+    left_out = []
+    for run in group:
+        seed, epoch = _settings(run).get("seed"), run.history[-1]["epoch"]
+        if epoch < furthest:
+            left_out.append(f"seed {seed} stopped at epoch {epoch} of {_settings(run).get('epochs', '?')}")
+        elif seed in kept:
+            left_out.append(f"seed {seed} again in {run.name}, counted once")
+        else:
+            kept[seed] = run
+    return list(kept.values()), left_out
+
+
 def seed_summary_table(runs: list[Run]) -> str:
     """Mean ± std over seeds of the runs whose configurations differ in their seed alone (one row per such
     group, named by its rule, or a run of its own by its name); "" when no two runs are seeds of one
-    configuration."""
+    configuration. Only runs at the group's furthest epoch count, each seed once (see `counted`): the seeds
+    cell names the others, e.g. "2 of 3 (seed 2 stopped at epoch 1 of 2)"."""
     groups = seed_groups(runs)
     if all(len(g) < 2 for g in groups):
         return ""
-
-    def spread(values: list[float]) -> str:
-        if any(math.isnan(v) for v in values):  # an angle a rule does not define (dfa's output layer)
-            return "–"
-        return f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}" if len(values) > 1 else \
-            f"{values[0]:.2f}"
-
     rows = []
     for group, label in zip(groups, group_labels(groups), strict=True):
-        s = [run.summary() for run in group]
-        rows.append([label, len(s), *(spread([x[k] for x in s]) for k in
-                                      ("best_test_accuracy", "final_test_accuracy", "output_angle"))])
+        kept, left_out = counted(group)
+        seeds = f"{len(kept)} of {len(group)} ({'; '.join(left_out)})" if left_out else len(kept)
+        s = [run.summary() for run in kept]
+        rows.append([label, seeds, *(format_mean_std(x[k] for x in s) for k in
+                                     ("best_test_accuracy", "final_test_accuracy", "output_angle"))])
     header = ["rule", "seeds", "best test acc %", "final test acc %", "output-layer angle"]
     return markdown_table(header, rows)
+
+
+def distinct(run_dirs: Iterable[str | os.PathLike]) -> list[str | os.PathLike]:
+    """The directories in their order, each once (a directory named twice, or by another path, is one run)."""
+    seen: dict[Path, str | os.PathLike] = {}
+    for d in run_dirs:
+        seen.setdefault(Path(d).resolve(), d)
+    return list(seen.values())
 
 
 def report_runs(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike,
@@ -222,6 +267,7 @@ def report_runs(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike,
     markdown parts (the summary table and the figure links) for a document there."""
     if not run_dirs:
         raise ValueError("report needs at least one run directory")
+    run_dirs = distinct(run_dirs)
     runs = [load_run(d) for d in run_dirs]
     names = [r.name for r in runs]
     for i, run in enumerate(runs):  # runs from different parents may share a directory name
@@ -245,7 +291,7 @@ def write_report(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike, 
     """Writes `out_dir/report.md` with the summary table, `curves.png` and `alignment.png`; returns the
     markdown's path."""
     parts = report_runs(run_dirs, out_dir)
-    runs = "Runs: " + ", ".join(f"`{d}`" for d in run_dirs)
+    runs = "Runs: " + ", ".join(f"`{d}`" for d in distinct(run_dirs))
     path = Path(out_dir) / "report.md"
     path.write_text("\n\n".join(p.strip("\n") for p in [f"# {title}", preamble, *parts, runs] if p) + "\n")
     return path
