@@ -239,3 +239,66 @@ def test_resnet_residual_blocks_take_block_feedback():
     fed = sorted(n.rsplit(".", 1)[0] for n, _ in model.named_buffers() if n.endswith(".feedback"))
     assert fed == ["conv1", "fc", *(f"layer{i}.{j}" for i in (1, 2, 3) for j in (0, 1, 2))]  # 9 blocks
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_a_block_after_which_no_layer_runs_keeps_the_true_gradient():
+    """The issue's model: the output layer sits in block "1", which gets e itself, as per-layer DFA's output
+    layer does (B e there gave a cosine of 0.46 to the true gradient); layer 0's input still gets its B e."""
+    def make():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Sequential(nn.Linear(6, 5), nn.ReLU()),
+                             nn.Sequential(nn.Linear(5, 5), nn.ReLU(), nn.Linear(5, 4))).double()
+
+    model, plain = nowt.convert(make(), "dfa", seed=0, blocks=["1"]), make()
+    x, t = torch.randn(7, 6, dtype=D, requires_grad=True), torch.randn(7, 4, dtype=D)
+    e = half_square_error(model, x, t)
+    half_square_error(plain, x.detach(), t)
+    for a, b in zip(model.parameters(), plain.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-12, atol=1e-14)  # nothing converted downstream
+    torch.testing.assert_close(x.grad, e @ model[0][0].feedback, rtol=1e-12, atol=1e-14)
+    assert not hasattr(model[1], "feedback") and not hasattr(model[1], "feedback_shape")
+
+
+def test_a_block_that_is_one_layer_gets_b_e_at_its_output():
+    torch.manual_seed(0)
+    plain = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    model = nowt.convert(plain, "dfa", seed=1, blocks=["2"])
+    l0, l2, l4 = model[0], model[2], model[4]
+    x = torch.randn(6, 3, dtype=D)
+    e = half_square_error(model, x, torch.randn(6, 2, dtype=D))
+    with torch.no_grad():
+        h0 = torch.tanh(l0(x))
+        a2 = l2(h0)
+        g_a2 = e @ l2.feedback  # B (2, 4) at the block's (the layer's) output
+        d0 = (g_a2 @ l2.weight) * (1 - h0**2)  # its input: backprop through its own W, as inside any block
+    assert l2.feedback.shape == (2, 4)
+    for layer, delta, inp in [(l4, e, torch.tanh(a2)), (l2, g_a2, h0), (l0, d0, x)]:
+        torch.testing.assert_close(layer.weight.grad, delta.T @ inp, rtol=1e-10, atol=1e-12)
+    vit_head = nowt.convert(vit(depth=1), "dfa", seed=0, blocks=["head"])  # was an AttributeError
+    vit_head(torch.randn(2, 1, 28, 28)).square().sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in vit_head.parameters())
+
+
+def test_a_block_that_never_runs_is_refused():
+    with pytest.raises(ValueError, match=r"block 'blocks' is a ModuleList.*never calls.*'blocks\.\*'"):
+        nowt.convert(vit(depth=1), "dfa", blocks=["blocks"])
+
+    class Parts(nn.Module):  # a holder whose parts the model calls one by one
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(3, 3), nn.Linear(3, 3)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.parts, self.head = Parts(), nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.head(self.parts.b(self.parts.a(x).relu()))
+
+    model = nowt.convert(Net(), "dfa", blocks=["parts"])
+    with pytest.raises(ValueError, match="layer 'parts.a' of block 'parts' ran while that block was not "
+                                         "running.*plain backprop"):
+        model(torch.randn(2, 3))
+    with torch.no_grad():
+        model(torch.randn(2, 3))  # evaluation trains nothing: no error

@@ -7,7 +7,15 @@ is `(n_out, *output.shape[1:])`, drawn and stored as every DFA layer's (`storage
 converted layer inside it. Converted layers inside a block compute backprop's gradients (they read their own
 weights: no weight transport across blocks, but within one as in backprop); layers outside every block stay
 per-layer DFA. Per-layer DFA on every projection of a transformer learns poorly (`results/vit-rules/`);
-Launay et al. feed DFA to each transformer block instead.
+Launay et al. feed DFA to each transformer block instead. What the edge cases mean:
+- A block after which no converted layer runs in the forward (one holding the output layer, say) has no B:
+  its output gets the gradient that arrives from downstream, through no converted layer, as per-layer DFA's
+  output layer learns from e itself (e when the block's output is the model's output).
+- A block that is one converted layer is the same as that layer wrapped in a module: its output gets `B e`,
+  its input the gradient back through its W.
+- A block must run as a module, or its layers would train by plain backprop unnoticed: a container that is
+  never called (`nn.ModuleList`, `nn.ModuleDict`) is refused at conversion, and a converted layer of a block
+  that runs while its block is not running (a model calling a block's parts) is an error at that forward.
 """
 
 from __future__ import annotations
@@ -42,13 +50,16 @@ class BlockFeedbackFunction(torch.autograd.Function):
             raise RuntimeError("dfa: this block ran outside its converted model's forward, so it has no "
                                "output error e; call the model given to nowt.convert")
         ctx.pass_.check_error()
-        return ctx.pass_.input_grad(ctx.slot).view(ctx.shape).to(grad.dtype), None, None
+        projected = ctx.pass_.input_grad(ctx.slot)
+        if projected is None:  # the last block: no converted layer downstream, so the true gradient
+            return grad, None, None
+        return projected.view(ctx.shape).to(grad.dtype), None, None
 
 
-def find_blocks(rule: DirectFeedback, model: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
-    """(block, the first layer converted by `rule` inside it) for the outermost modules of `model` matching
-    `rule.blocks`. Marks every converted layer in a block (`dfa_block`: the block's name) to run backprop, and
-    gives each block the first one's seed."""
+def find_blocks(rule: DirectFeedback, model: nn.Module) -> list[tuple[str, nn.Module, nn.Module]]:
+    """(name, block, the first layer converted by `rule` inside it) for the outermost modules of `model`
+    matching `rule.blocks`. Marks every converted layer in a block (`dfa_block`: the block's name) to run
+    backprop, and gives each block the first one's seed."""
     named = [(n, m) for n, m in model.named_modules() if n]
     unmatched = [p for p in rule.blocks if not any(n == p or fnmatch.fnmatchcase(n, p) for n, _ in named)]
     if unmatched:
@@ -61,14 +72,19 @@ def find_blocks(rule: DirectFeedback, model: nn.Module) -> list[tuple[nn.Module,
             blocks[name] = module
     found = []
     for name, block in blocks.items():
+        if isinstance(block, (nn.ModuleList, nn.ModuleDict)):
+            raise ValueError(f"{rule.name}: block {name!r} is a {type(block).__name__}, a container the "
+                             f"model never calls, so its layers would train by plain backprop; name the "
+                             f"modules it holds ({name + '.*'!r})")
         layers = [m for m in block.modules() if getattr(m, "rule", None) is rule]
         if not layers:
             raise ValueError(f"{rule.name}: block {name!r} holds no layer converted by {rule.name}; a block "
                              f"must contain a trained layer (its seed draws the block's B)")
         for layer in layers:
             layer.dfa_block = name
+        block.dfa_is_block = True  # a block that is itself a converted layer is both (`has_feedback`)
         if "feedback_seed" not in block._buffers:
             block.register_buffer("feedback_seed", layers[0].feedback_seed.clone())
             block.register_load_state_dict_pre_hook(adopt_buffers(("feedback", "feedback_shape")))
-        found.append((block, layers[0]))
+        found.append((name, block, layers[0]))
     return found

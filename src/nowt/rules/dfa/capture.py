@@ -40,8 +40,14 @@ class Pass:
     def resolve(self, model: nn.Module, output: Tensor) -> None:
         """Called when the forward returns: now n_out is known, so every layer's B can be settled."""
         n, n_out = output.shape
-        shapes = [torch.Size((n_out, *shape[1:])) for _, shape in self.pending]
-        for (layer, shape), fb_shape in zip(self.pending, shapes, strict=True):
+        fed = self.pending
+        # A block after which no converted layer ran has no B: nothing downstream of it reads a converted
+        # weight, so it keeps the gradient from downstream (e itself at the output), as an output layer does.
+        last_block = bool(fed) and getattr(fed[-1][0], "dfa_is_block", False)
+        if last_block:
+            fed = fed[:-1]
+        shapes = [torch.Size((n_out, *shape[1:])) for _, shape in fed]
+        for (layer, shape), fb_shape in zip(fed, shapes, strict=True):
             if shape[0] != n:
                 name = next((k for k, m in model.named_modules() if m is layer), "?")
                 raise ValueError(f"dfa: layer {name!r}'s input has batch size {shape[0]} but the output has "
@@ -49,8 +55,10 @@ class Pass:
                                  f"(nowt.convert(..., exclude=[{name!r}]) leaves a layer that does not, such "
                                  f"as one computing a position bias, on backprop)")
             self.rule.note_shape(layer, fb_shape)  # all shapes first: the shared matrix spans the widest
-        for (layer, _), fb_shape in zip(self.pending, shapes, strict=True):
-            self.projections.append(self.rule.projection(model, layer, fb_shape))
+        self.projections = [self.rule.projection(model, layer, s) for (layer, _), s in zip(fed, shapes,
+                                                                                              strict=True)]
+        if last_block:
+            self.projections.append(None)
         self.pending = None  # drop the layers: backward needs only the projections
 
     def check_error(self) -> None:
@@ -87,14 +95,29 @@ class Context:
         self.current: Pass | None = None
         # block -> a converted layer inside it (keyed by the module, so that deepcopy maps both)
         self.block_layers: dict[nn.Module, FeedbackLayer] = {}
+        self.block_names: dict[nn.Module, str] = {}
+        self.running: set[str] = set()  # the blocks whose forward is under way
 
-    def add_block(self, block: nn.Module, layer: FeedbackLayer) -> None:
-        self.block_layers[block] = layer
+    def add_block(self, block: nn.Module, layer: FeedbackLayer, name: str) -> None:
+        self.block_layers[block], self.block_names[block] = layer, name
+        block.register_forward_pre_hook(self.block_begin)
         block.register_forward_hook(self.block_end)
+
+    def check_in_block(self, layer: FeedbackLayer) -> None:
+        """A layer of a block runs backprop: only right while its block runs, whose output then gets B e."""
+        if layer.dfa_block not in self.running:
+            name = next((n for n, m in self.model.named_modules() if m is layer), "?")
+            raise ValueError(f"{self.rule.name}: layer {name!r} of block {layer.dfa_block!r} ran while that "
+                             f"block was not running (the model calls its parts, not the block), so it would "
+                             f"train by plain backprop; name modules that the model calls as blocks")
+
+    def block_begin(self, block: nn.Module, args: Any) -> None:
+        self.running.add(self.block_names[block])
 
     def block_end(self, block: nn.Module, args: Any, output: Any) -> Any:
         """A block's output passes through `BlockFeedbackFunction` (registered with the pass like a layer's
         input), except where the true gradient is asked for (`nowt.metrics.backprop_mode`)."""
+        self.running.discard(self.block_names[block])
         if self.block_layers[block].backprop_only or not torch.is_grad_enabled():
             return output
         if not isinstance(output, Tensor) or output.dim() < 2:
@@ -109,6 +132,7 @@ class Context:
 
     def begin(self, model: nn.Module, args: Any) -> None:
         self.current = self.rule.new_pass()
+        self.running.clear()  # a forward that raised inside a block left it marked
 
     def end(self, model: nn.Module, args: Any, output: Any) -> Tensor:
         pass_, self.current = self.current, None

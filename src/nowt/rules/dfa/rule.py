@@ -130,8 +130,8 @@ class DirectFeedback(Rule):
         ctx = Context(self, model)
         for layer in self.layers(model).values():
             layer.dfa_context = ctx
-        for block, layer in find_blocks(self, model):
-            ctx.add_block(block, layer)
+        for name, block, layer in find_blocks(self, model):
+            ctx.add_block(block, layer, name)
         model.register_forward_pre_hook(ctx.begin)
         model.register_forward_hook(ctx.end)
         model.register_load_state_dict_pre_hook(adopt_buffers(("dfa_feedback",)))
@@ -142,6 +142,8 @@ class DirectFeedback(Rule):
 
     def forward(self, layer: FeedbackLayer, x: Tensor) -> Tensor:
         if layer.dfa_block is not None:  # inside a block: backprop (the block's output gets B e)
+            if torch.is_grad_enabled():
+                layer.dfa_context.check_in_block(layer)
             return layer.op.forward(x, layer.weight, layer.bias)
         pass_ = layer.dfa_context.current
         slot = pass_.register(layer, x) if pass_ is not None else -1
@@ -164,8 +166,9 @@ class DirectFeedback(Rule):
         return self.conv_feedback == "kernel" and isinstance(getattr(layer, "op", None), ConvOp)
 
     def has_feedback(self, layer: nn.Module) -> bool:
-        """Whether the layer's input (a block's output) gets `B e`: every dfa layer's but those in blocks."""
-        return getattr(layer, "dfa_block", None) is None
+        """Whether the layer's input (a block's output) gets `B e`: every dfa layer's but those in blocks;
+        a block that is itself a layer has its block's B."""
+        return getattr(layer, "dfa_is_block", False) or getattr(layer, "dfa_block", None) is None
 
     def feedback_modules(self, model: nn.Module) -> list[nn.Module]:
         """This rule's layers, then its blocks: every module that may get a B."""
@@ -233,6 +236,7 @@ class DirectFeedback(Rule):
                 product = w if product is None else product @ w
             if layer.rule is not self:
                 continue
-            ready = self.has_feedback(layer) and buffer(layer, "feedback_shape") is not None
+            ready = (layer.dfa_block is None and self.has_feedback(layer)  # a block's B is at its output
+                     and buffer(layer, "feedback_shape") is not None)
             pairs[name] = (layer.feedback, product.clone()) if chain and ready else (None, None)
         return pairs
