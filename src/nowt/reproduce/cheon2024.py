@@ -33,7 +33,7 @@ from nowt.measures import (
     ood_images,
 )
 from nowt.noise import pretrain_noise
-from nowt.report import figure, markdown_table, save, style
+from nowt.report import figure, format_mean_std, markdown_table, mean_std, save, style
 from nowt.reproduce.entry import Analysis, provenance
 from nowt.train import RuleLearner, TrainConfig, build_model, make_loader
 
@@ -112,10 +112,6 @@ def _train(model: nn.Module, cfg: Cheon2024Config, condition: str, train, test, 
     if curve["step"][-1] != step:
         record(step)
     return curve
-
-
-def _stats(values: Sequence[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
 def _noise_phase(cfg: Cheon2024Config, seeds: Sequence[int], log) -> tuple[dict, dict]:
@@ -253,11 +249,6 @@ def _plots(summary: dict, out: Path) -> None:
         save(fig, out / "ood_mnist.png")
 
 
-def _fmt(values: Sequence[float], digits: int = 2) -> str:
-    m, s = _stats(values)
-    return f"{m:.{digits}f} ± {s:.{digits}f}"
-
-
 def _verdict(claim: str, holds: int, n: int, numbers: str) -> list[str]:
     return [claim, f"{holds}/{n}", numbers,
             "borne out" if holds == n else ("mixed" if holds > 0 else "**not borne out**")]
@@ -272,11 +263,13 @@ def _dataset_section(name: str, runs: dict, cfg: dict, n: int, verdicts: list) -
     def get(cond, f):
         return [f(r) for r in runs[cond].values()]
 
-    mean = lambda values: _stats(values)[0]  # noqa: E731
-    rows = [[cond, _fmt(get(cond, lambda r: r["final_test_accuracy"])), _fmt(get(cond, lambda r: r["auc"])),
-             _fmt(get(cond, lambda r: r["gap"]["accuracy"])), _fmt(get(cond, lambda r: r["gap"]["loss"]), 3),
+    mean = lambda values: mean_std(values)[0]  # noqa: E731
+    rows = [[cond, format_mean_std(get(cond, lambda r: r["final_test_accuracy"])),
+             format_mean_std(get(cond, lambda r: r["auc"])),
+             format_mean_std(get(cond, lambda r: r["gap"]["accuracy"])),
+             format_mean_std(get(cond, lambda r: r["gap"]["loss"]), 3),
              *(["–", "–"] if cond == "bp" else
-               [_fmt(get(cond, lambda r, i=i: r["curve"]["angle"][i]), 1) for i in (0, -1)])]
+               [format_mean_std(get(cond, lambda r, i=i: r["curve"]["angle"][i]), 1) for i in (0, -1)])]
             for cond in CONDITIONS]
     auc, fin, gap, first = ({c: get(c, f) for c in CONDITIONS} for f in (
         lambda r: r["auc"], lambda r: r["final_test_accuracy"], lambda r: r["gap"]["accuracy"],
@@ -285,7 +278,7 @@ def _dataset_section(name: str, runs: dict, cfg: dict, n: int, verdicts: list) -
         ["", "final test acc (%)", "AUC of test acc (%)", "gap: train-test acc (pts)", "gap: test-train loss",
          "angle at start (deg)", "angle at end (deg)"], rows), f"![{name}](learning_{name}.png)", "",
         f"Accuracy after the first evaluation interval ({cfg['eval_every']} steps): "
-        + ", ".join(f"{c} {_fmt(first[c])}" for c in CONDITIONS), ""]
+        + ", ".join(f"{c} {format_mean_std(first[c])}" for c in CONDITIONS), ""]
     distance = {c: [abs(b - x) for x, b in zip(fin[c], fin["bp"], strict=True)] for c in ("fa", "fa+noise")}
     verdicts += [
         _verdict(f"{name}: FA+noise learns faster than FA (AUC)",
@@ -303,7 +296,7 @@ def _dataset_section(name: str, runs: dict, cfg: dict, n: int, verdicts: list) -
     columns = [(k, m) for k in OOD_KINDS for m in cfg["ood"][k]]
     lines += ["### Out-of-distribution MNIST (trained on MNIST)", "", markdown_table(
         ["condition", *(f"{k} {m}" for k, m in columns)],
-        [[cond, *(_fmt(get(cond, lambda r, k=k, m=m: r["ood"][k][str(m)])) for k, m in columns)]
+        [[cond, *(format_mean_std(get(cond, lambda r, k=k, m=m: r["ood"][k][str(m)])) for k, m in columns)]
          for cond in CONDITIONS]), "![ood](ood_mnist.png)", ""]
     for kind in OOD_KINDS:
         ood = {c: get(c, lambda r, k=kind: statistics.fmean(r["ood"][k].values())) for c in CONDITIONS}
@@ -348,11 +341,12 @@ def _report(summary: dict, command: str) -> str:
                     for label, (f, digits) in measures.items()}
     lines += ["## Noise phase", "", markdown_table(
         ["measure", "before", "after noise"],
-        [[label, _fmt(a, d), _fmt(b, d)] for label, (a, b, d) in before_after.items()]),
+        [[label, format_mean_std(a, d), format_mean_std(b, d)] for label, (a, b, d) in before_after.items()]),
         "![noise](noise_pretraining.png)", ""]
     claims = ("alignment falls with noise training (angle)", "effective rank of W1 falls with noise training",
               "effective rank of W2 falls with noise training")
-    verdicts = [_verdict(claim, _paired(b, a, float.__lt__), n, f"{_stats(a)[0]:.2f} -> {_stats(b)[0]:.2f}")
+    verdicts = [_verdict(claim, _paired(b, a, float.__lt__), n,
+                         f"{mean_std(a)[0]:.2f} -> {mean_std(b)[0]:.2f}")
                 for claim, (a, b, _) in zip(claims, before_after.values(), strict=True)]
     for name, runs in summary["runs"].items():
         lines += _dataset_section(name, runs, cfg, n, verdicts)

@@ -20,7 +20,7 @@ from nowt.convert import convert
 from nowt.data import load_mnist
 from nowt.metrics import evaluate
 from nowt.noise import pretrain_noise
-from nowt.report import markdown_table
+from nowt.report import markdown_table, mean_std
 from nowt.reproduce.entry import Analysis, provenance
 from nowt.train import RuleLearner, TrainConfig, make_loader, train_epoch
 
@@ -68,10 +68,6 @@ def _one_epoch_accuracy(model: nn.Module, train, test) -> float:
     return evaluate(model, make_loader(test, 1000), torch.nn.functional.cross_entropy, "cpu")["accuracy"]
 
 
-def _stats(values: list[float]) -> tuple[float, float]:
-    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
 def reproduce_conditions(out_dir: str | Path, *, quick: bool = False, progress: bool = True,
                          command: str = "nowt reproduce cheon2024-conditions", seeds: int = 3) -> dict:
     out = Path(out_dir)
@@ -81,7 +77,7 @@ def reproduce_conditions(out_dir: str | Path, *, quick: bool = False, progress: 
     rows, summary = [], {}
     for label, change in conditions.items():
         runs = [_pretrained(change, seed)[1] for seed in range(seeds)]
-        (b, _), (a, sa), (nrn, _) = (_stats([r[k] for r in runs]) for k in ("before", "after", "neuron"))
+        (b, _), (a, sa), (nrn, _) = (mean_std([r[k] for r in runs]) for k in ("before", "after", "neuron"))
         summary[label] = {"before": b, "after": a, "after_std": sa, "neuron": nrn}
         rows.append([label, b, a, sa, a - b, nrn])
     (xtr, ytr), test = load_mnist("train"), load_mnist("test")
@@ -89,7 +85,7 @@ def reproduce_conditions(out_dir: str | Path, *, quick: bool = False, progress: 
     accuracy = {}
     for label, change in (("no pretraining", {"steps": 0}), ("base", {}), ("fresh noise", {"pool": None})):
         accs = [_one_epoch_accuracy(_pretrained(change, seed)[0], train, test) for seed in range(seeds)]
-        accuracy[label] = _stats(accs)
+        accuracy[label] = mean_std(accs)
     verdict = _verdict(accuracy)
     text = "\n\n".join([
         "# Cheon et al. 2024: when does noise pretraining align an FA network?", __doc__.split("\n\n", 1)[1],

@@ -10,7 +10,7 @@ import math
 import statistics
 from pathlib import Path
 
-from nowt.report import figure, load_run, markdown_table, save, style
+from nowt.report import figure, format_mean_std, load_run, markdown_table, save, style
 from nowt.reproduce.entry import Reproduction
 
 DATASETS = ("mnist", "fashion-mnist")
@@ -32,13 +32,6 @@ def label(dataset: str, rule: str, seed: int) -> str:
 
 RUNS = {label(d, r, s): {"dataset": d, **VARIANTS[r], "seed": s}
         for d in DATASETS for r in RULES for s in SEEDS}
-
-
-def _mean_sd(values: list[float]) -> str:
-    if not values:
-        return "–"
-    sd = statistics.stdev(values) if len(values) > 1 else math.nan
-    return f"{statistics.mean(values):.2f} ± {sd:.2f}" if not math.isnan(sd) else f"{values[0]:.2f}"
 
 
 def _histories(out_dir: Path, dataset: str, rule: str) -> list[list[dict]]:
@@ -73,7 +66,7 @@ def summarize(out_dir: Path) -> list[str]:
     (mean over seeds) per dataset, and a figure of both over epochs."""
     out_dir = Path(out_dir)
     runs = {(d, r): _histories(out_dir, d, r) for d in DATASETS for r in RULES}
-    acc = [[rule, *(_mean_sd([h[-1]["test_accuracy"] for h in runs[d, rule]]) for d in DATASETS),
+    acc = [[rule, *(format_mean_std([h[-1]["test_accuracy"] for h in runs[d, rule]]) for d in DATASETS),
             *(len(runs[d, rule]) for d in DATASETS)] for rule in RULES]
     parts = ["## Over seeds", "Final test accuracy (%), mean ± sd over the seeds that ran:",
              markdown_table(["rule", *DATASETS, *(f"seeds {d}" for d in DATASETS)], acc)]
