@@ -268,3 +268,32 @@ def test_a_non_finite_weight_the_output_does_not_show_is_divergence(tmp_path, mo
     with pytest.raises(FloatingPointError, match=r"1\.feedback became non-finite by the end of epoch 2"):
         fit(cfg, progress=False)
     assert load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 1
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["--hidden", ""], r"hidden \(--hidden\) is empty; give at least one width"),
+    (["--seed", "99999999999999999999"], r"seed \(--seed\) must be >= 0 and < 9223372036854775808"),
+])
+def test_flags_that_built_a_linear_model_or_overflowed_are_refused(capsys, argv, says):
+    import re
+
+    from nowt.cli import main
+
+    assert main(["train", *argv, "--epochs", "1", "--train-size", "64", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.search(says, err), err
+
+
+def test_a_toml_key_the_command_ignores_is_refused(tmp_path, capsys):
+    from nowt.cli import main
+    from nowt.train import TrainConfig
+
+    with pytest.raises(ValueError, match=r"hidden \(--hidden\) is empty"):
+        TrainConfig.from_dict({"hidden": []})
+    config = tmp_path / "run.toml"
+    config.write_text('rules = ["fa", "kp"]\nepochs = 1\n')
+    assert main(["train", "--config", str(config), "--no-progress"]) == 2
+    assert "unknown key(s) ['rules'] for nowt train" in capsys.readouterr().err
+    config.write_text('rule = "kp"\nepochs = 1\n')
+    assert main(["compare", "--config", str(config), "--no-progress"]) == 2
+    assert "unknown key(s) ['rule'] for nowt compare" in capsys.readouterr().err

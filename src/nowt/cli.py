@@ -158,9 +158,10 @@ def build_parser(config_defaults: dict | None = None) -> argparse.ArgumentParser
     return parser
 
 
-def read_toml(path: str) -> dict:
-    """Raw TrainConfig fields (and `rules` for compare) from a TOML file; unknown keys are refused here,
-    types and ranges by TrainConfig.validate with the flags' values."""
+def read_toml(path: str, command: str = "train") -> dict:
+    """Raw TrainConfig fields (and `rules` for compare) from a TOML file; unknown keys are refused here
+    (and a key the command would ignore: `rules` in train, `rule` in compare), types and ranges by
+    TrainConfig.validate with the flags' values."""
     try:
         import tomllib
     except ImportError:  # Python 3.10
@@ -171,10 +172,12 @@ def read_toml(path: str) -> dict:
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise ValueError(f"cannot read config {path}: {e}") from None
     values = {k.replace("-", "_"): v for k, v in values.items()}
-    allowed = {f.name for f in fields(TrainConfig) if f.metadata.get("cli", True)} | {"rules"}
+    allowed = {f.name for f in fields(TrainConfig) if f.metadata.get("cli", True)}
+    allowed = allowed - {"rule"} | {"rules"} if command == "compare" else allowed
     unknown = sorted(set(values) - allowed)
     if unknown:
-        raise ValueError(f"config {path}: unknown key(s) {unknown}; known: {', '.join(sorted(allowed))}")
+        raise ValueError(f"config {path}: unknown key(s) {unknown} for nowt {command}; known: "
+                         f"{', '.join(sorted(allowed))}")
     if isinstance(values.get("rules"), list):
         values["rules"] = ",".join(map(str, values["rules"]))
     return values
@@ -299,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = args.debug or os.environ.get("NOWT_DEBUG", "") not in ("", "0")
     try:
         if getattr(args, "config", None):
-            args = _unwrap(build_parser(read_toml(args.config)).parse_args(argv))
+            args = _unwrap(build_parser(read_toml(args.config, args.command)).parse_args(argv))
         args.argv = argv
         return COMMANDS[args.command](args)
     except (ValueError, OSError, FloatingPointError) as e:

@@ -96,7 +96,7 @@ class TrainConfig:
                           choices=("cosine", "constant", "step", "plateau"))
     lr_milestones: tuple[int, ...] = _f((), "epochs after which the step schedule multiplies the lr by 0.1, "
                                         "e.g. 50,75", min=1, metavar="E[,E...]")
-    seed: int = _f(0, "seed of the init, feedback matrices and data order", min=0)
+    seed: int = _f(0, "seed of the init, feedback matrices and data order", min=0, lt=2**63)  # torch's range
     deterministic: bool = _f(False, "torch deterministic algorithms only")
     amp: str = _f("off", "bf16: forward and backward under torch.autocast in bfloat16 (weights stay fp32)",
                   choices=("off", "bf16"))
@@ -182,6 +182,8 @@ class TrainConfig:
         hints = get_type_hints(type(self))
         for f in fields(self):
             setattr(self, f.name, check_value(f, hints[f.name], getattr(self, f.name)))
+        if not self.hidden:  # an MLP without hidden layers is a linear model: never what a run asks for
+            raise ValueError("hidden (--hidden) is empty; give at least one width, e.g. 1000 or 500,500")
         for name in ("adam_betas", "inverse_betas"):
             if len(getattr(self, name)) != 2:
                 raise ValueError(f"{name} ({flag_name(FIELDS[name])}) takes two numbers B1,B2, got "
