@@ -353,3 +353,14 @@ def test_seeded_chunks_come_from_a_generator_of_the_layers_device_and_keep_the_c
     # the CPU's draws as before the generator followed the layer's device: seeded runs resume unchanged
     g = real().manual_seed((7 + 0x9E3779B9 * 2) % 2**32)
     assert torch.equal(chunk, (torch.empty(3, 5).uniform_(-1.0, 1.0, generator=g) * 0.5).to(D))
+
+
+def test_shared_position_feedback_without_sequences_is_refused():
+    model = nowt.convert(tiny_mlp(), "dfa", seed=0, position_feedback="shared")  # an MLP: nothing to share
+    with pytest.raises(ValueError, match=r"position_feedback='shared' \(--position-feedback shared\).*"
+                                         r"this model has none; drop it"):
+        model(torch.randn(2, 5, dtype=D))
+    tokens = nowt.convert(nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Flatten(), nn.Linear(4 * 6, 2)), "dfa",
+                          seed=0, position_feedback="shared")
+    tokens(torch.randn(2, 6, 3)).sum().backward()  # the first Linear's input is a sequence: accepted
+    assert tokens[0].feedback.shape == (2, 3) and tokens[3].feedback.shape == (2, 24)

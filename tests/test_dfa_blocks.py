@@ -141,10 +141,11 @@ def test_shared_position_feedback_matches_hand_computation(storage):
 
 
 def test_shared_position_feedback_leaves_convolutions_full_and_refuses_unknown_values():
-    model = nowt.convert(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(2 * 4 * 4, 3)), "dfa",
-                         seed=0, position_feedback="shared")
-    model(torch.randn(2, 1, 6, 6)).sum().backward()
-    assert model[0].feedback.shape == (3, 1, 6, 6) and model[2].feedback.shape == (3, 32)
+    model = nowt.convert(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(2), nn.Linear(4 * 4, 5), nn.Flatten(),
+                                       nn.Linear(2 * 5, 3)), "dfa", seed=0, position_feedback="shared")
+    model(torch.randn(2, 1, 6, 6)).sum().backward()  # the (N, 2, 16) input of model[2] is a sequence
+    assert model[0].feedback.shape == (3, 1, 6, 6) and model[4].feedback.shape == (3, 10)
+    assert model[2].feedback.shape == (3, 16)
     with pytest.raises(ValueError, match="unknown position_feedback 'tokens'; choose full or shared"):
         nowt.make_rule("dfa", position_feedback="tokens")
 

@@ -55,6 +55,11 @@ class Pass:
                                  f"(nowt.convert(..., exclude=[{name!r}]) leaves a layer that does not, such "
                                  f"as one computing a position bias, on backprop)")
             self.rule.note_shape(layer, fb_shape)  # all shapes first: the shared matrix spans the widest
+        if self.rule.position_feedback == "shared" and not any(
+                self.rule.shares_positions(layer, s) for (layer, _), s in zip(fed, shapes, strict=True)):
+            raise ValueError(f"{self.rule.name}: position_feedback='shared' (--position-feedback shared) "
+                             f"shares one B across the positions of a sequence (N, T, C) fed to a Linear "
+                             f"layer or a block, but this model has none; drop it")
         self.projections = [self.rule.projection(model, layer, s) for (layer, _), s in zip(fed, shapes,
                                                                                               strict=True)]
         if last_block:
