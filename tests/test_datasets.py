@@ -231,3 +231,34 @@ def test_unreadable_images_are_skipped_counted_and_named(tmp_path):
     (tmp_path / "train" / "a" / "x.png").unlink()
     with pytest.raises(FileNotFoundError, match=r"no images in .*only 3 unreadable file\(s\): a/empty.jpg"):
         load_dataset("imagenet", root=tmp_path)
+
+
+def test_train_size_takes_a_class_balanced_random_sample_of_any_dataset(tmp_path):
+    from PIL import Image
+
+    from nowt.data.registry import balanced_sample
+
+    for split, per_class in (("train", 10), ("val", 1)):  # 3 classes of 10: files in class order
+        for c in "abc":
+            (tmp_path / split / c).mkdir(parents=True)
+            for i in range(per_class):
+                Image.new("RGB", (4, 4), (i, 0, 0)).save(tmp_path / split / c / f"{i}.png")
+    data = load_dataset("imagenet", root=tmp_path, train_size=10)
+    labels = [data.train.dataset.samples[i][1] for i in data.train.indices]
+    assert sorted(labels.count(c) for c in range(3)) == [3, 3, 4] and data.num_classes == 3  # first 10: all 0
+    again = load_dataset("imagenet", root=tmp_path, train_size=10).train.indices
+    assert again == data.train.indices != list(range(10))  # seeded: the same files every run, not the first
+    assert len(load_dataset("imagenet", root=tmp_path, train_size=99).train) == 30
+    # one rule for every dataset: MNIST's tensors too, with the classes as equal as their sizes allow
+    labels = torch.tensor([0] * 50 + [1] * 5 + [2] * 45)
+    picked = balanced_sample(labels, 30)
+    assert picked.tolist() == sorted(set(picked.tolist())) and len(picked) == 30
+    counts = torch.bincount(labels[picked]).tolist()
+    assert counts[1] == 5 and sorted(counts[::2]) == [12, 13]  # class 1 whole, the others alike
+    assert not torch.equal(picked, balanced_sample(labels, 30, seed=1))
+    mnist = load_dataset("mnist", train_size=100)
+    counts = torch.bincount(mnist.train[1], minlength=10)
+    assert len(mnist.train[0]) == 100 and counts.tolist() == [10] * 10
+    from nowt.train.config import FIELDS
+
+    assert "class-balanced random sample" in FIELDS["train_size"].metadata["help"]  # --train-size says so

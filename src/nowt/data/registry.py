@@ -59,6 +59,32 @@ def _resized(x: Tensor, size: int | None) -> Tensor:
     return out.mul_(255).round_().clamp_(0, 255).div_(255)
 
 
+def balanced_sample(labels: Tensor, n: int, seed: int = 0) -> Tensor:
+    """The indices, ascending, of `n` examples drawn at random (seeded), the classes as equal as their sizes
+    allow: one of each class in a random order, then a second of each, and so on."""
+    if n >= len(labels):
+        return torch.arange(len(labels))
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    shuffled = labels[order]
+    by_class = torch.argsort(shuffled, stable=True)
+    counts = torch.bincount(shuffled)
+    first = torch.cumsum(counts, 0) - counts  # where each class starts in by_class
+    rank = torch.empty_like(order)  # of each drawn example among its class's
+    rank[by_class] = torch.arange(len(labels)) - first[shuffled[by_class]]
+    picked = order[torch.argsort(rank * len(labels) + torch.arange(len(labels)))[:n]]
+    return picked.sort().values
+
+
+def train_subset(train: TensorPair | Dataset, n: int) -> TensorPair | Dataset:
+    """`--train-size n`: a class-balanced random sample of `n` training examples (`balanced_sample`, seed 0:
+    the same examples for every run and seed), in their order in the dataset."""
+    labels = train[1] if isinstance(train, tuple) else torch.as_tensor([y for _, y in train.samples])
+    if n >= len(labels):
+        return train
+    keep = balanced_sample(labels, n)
+    return (train[0][keep], train[1][keep]) if isinstance(train, tuple) else Subset(train, keep.tolist())
+
+
 def load_dataset(name: str, *, root: str | os.PathLike | None = None, download: bool = False,
                  augment: bool = False, train_size: int | None = None, standardize: bool = True,
                  image_size: int | None = None) -> Data:
@@ -66,11 +92,12 @@ def load_dataset(name: str, *, root: str | os.PathLike | None = None, download: 
 
     `root`: where the files are (defaults: MNIST embedded, Fashion-MNIST from the Debian package, CIFAR-10
     and downloads in the nowt cache directory). `download`: fetch MNIST, Fashion-MNIST or CIFAR-10 there
-    first. `augment`: CIFAR crop and flip, ImageNet random resized crop and flip. `train_size`: keep only the
-    first n training examples (quick runs). `standardize=False`: MNIST, Fashion-MNIST and CIFAR-10 pixels stay
-    in [0, 1] (pixels / 255), as in Akrout et al.'s official code. `image_size`: MNIST, Fashion-MNIST and
-    CIFAR-10 images resized to that square size first (bilinear, rounded to 8-bit levels as a resize of the
-    image files would be; BioTorch's LeNet runs see MNIST at 32 x 32).
+    first. `augment`: CIFAR crop and flip, ImageNet random resized crop and flip. `train_size`: keep a
+    class-balanced random sample of n training examples, the same for every run (`train_subset`).
+    `standardize=False`: MNIST, Fashion-MNIST and CIFAR-10 pixels stay in [0, 1] (pixels / 255), as in
+    Akrout et al.'s official code. `image_size`: MNIST, Fashion-MNIST and CIFAR-10 images resized to that
+    square size first (bilinear, rounded to 8-bit levels as a resize of the image files would be;
+    BioTorch's LeNet runs see MNIST at 32 x 32).
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
@@ -96,13 +123,11 @@ def load_dataset(name: str, *, root: str | os.PathLike | None = None, download: 
             raise ValueError("imagenet needs --data-dir pointing at a folder with train/ and val/")
         if not standardize:
             raise ValueError("--no-standardize: image folders are always standardised (ImageNet mean/std)")
-        train_set, test_set = load_image_folders(root, augment=augment)  # checked: the same classes
-        num_classes = len(train_set.classes)
-        if train_size is not None:
-            train_set = Subset(train_set, range(min(train_size, len(train_set))))
-        return Data(train_set, test_set, num_classes, (3, 224, 224))
-    if train_size is not None:
-        train = (train[0][:train_size], train[1][:train_size])
+        train, test = load_image_folders(root, augment=augment)  # checked: the same classes
+    if train_size is not None:  # one rule for every dataset
+        train = train_subset(train, train_size)
+    if isinstance(train, Dataset):  # an image folder
+        return Data(train, test, len(test.classes), (3, 224, 224))
     num_classes = int(torch.cat([train[1], test[1]]).max()) + 1
     input_shape = tuple(train[0].shape[1:])
     if augment and name != "cifar10":
