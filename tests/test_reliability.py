@@ -297,3 +297,76 @@ def test_a_toml_key_the_command_ignores_is_refused(tmp_path, capsys):
     config.write_text('rule = "kp"\nepochs = 1\n')
     assert main(["compare", "--config", str(config), "--no-progress"]) == 2
     assert "unknown key(s) ['rule'] for nowt compare" in capsys.readouterr().err
+
+
+def _files(run) -> dict:
+    return {p.relative_to(run).as_posix(): p.read_bytes() for p in sorted(run.rglob("*"))
+            if p.is_file() and p.name != ".lock"}
+
+
+def test_overwrite_keeps_the_earlier_run_until_the_new_one_is_valid(tmp_path):
+    from dataclasses import replace
+
+    from nowt.train import TrainConfig, fit
+
+    run = tmp_path / "run"
+    cfg = TrainConfig(dataset="synthetic", hidden=(8,), epochs=1, batch_size=500, out_dir=str(run))
+    fit(cfg, progress=False)
+    (run / "tensorboard").mkdir(exist_ok=True)
+    (run / "tensorboard" / "events.earlier").write_text("x")
+    before = _files(run)
+    assert {"checkpoint.pt", "metrics.jsonl", "config.json"} <= set(before)
+    with pytest.raises(ValueError, match="typo"):  # refused by convert, after the claim
+        fit(replace(cfg, rule="dfa", blocks=("typo",)), overwrite=True, progress=False)
+    assert _files(run) == before and not (run / ".overwritten").exists()
+    with pytest.raises(ValueError, match="--resume and --overwrite exclude each other"):
+        fit(cfg, resume=True, overwrite=True, progress=False)
+    fit(replace(cfg, rule="kp"), overwrite=True, progress=False)
+    after = _files(run)
+    assert '"rule": "kp"' in after["config.json"].decode() and "tensorboard/events.earlier" not in after
+    assert not (run / ".overwritten").exists()
+
+
+def test_a_replacement_killed_before_its_first_checkpoint_gives_the_earlier_run_back(tmp_path):
+    from nowt.train import TrainConfig, fit
+
+    run = tmp_path / "run"
+    cfg = TrainConfig(dataset="synthetic", hidden=(8,), epochs=2, lr_schedule="constant", batch_size=500,
+                      out_dir=str(run))
+    fit(cfg, progress=False)
+    before = _files(run)
+    aside = run / ".overwritten"  # what --overwrite left when killed before the new run's first checkpoint
+    aside.mkdir()
+    for name in ("checkpoint.pt", "metrics.jsonl", "config.json"):
+        (run / name).rename(aside / name)
+    (run / "config.json").write_text('{"rule": "bp"}')
+    assert len(fit(cfg, resume=True, progress=False)) == 2  # the earlier run, whole, resumed
+    assert _files(run) == before and not aside.exists()
+
+
+def _torchrun_train(*args: str):
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--rdzv-backend=c10d",
+           f"--rdzv-endpoint=127.0.0.1:{_free_port()}", "-m", "nowt", "train", "--dataset", "synthetic",
+           "--hidden", "8", "--no-progress", *args]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+
+
+def test_under_torchrun_a_locked_directory_ends_every_rank_with_one_line(tmp_path):
+    import fcntl
+
+    out = tmp_path / "run"
+    out.mkdir()
+    with open(out / ".lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("4242\n")
+        held.flush()
+        done = _torchrun_train("--epochs", "1", "--out", str(out))
+    assert done.returncode != 0
+    assert "in use by another run (pid 4242)" in done.stderr
+    assert "rank 0 refused the run directory" in done.stderr, done.stderr[-3000:]
+    # the one traceback left is torchrun's own summary, not a rank's
+    assert done.stderr.count("Traceback") <= 1 and "gloo" not in done.stderr.lower(), done.stderr[-3000:]

@@ -150,6 +150,15 @@ def global_mean(t: Tensor) -> Tensor:
     return all_reduce_sum_(t) / size if size > 1 else t
 
 
+def agree(ok: bool) -> bool:
+    """True when `ok` on every rank (a collective every rank must call): one rank's refusal reaches all."""
+    if world()[1] == 1:
+        return ok
+    flag = torch.tensor([1 if ok else 0], device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
 def all_reduce_sum_(t: Tensor) -> Tensor:
     if world()[1] > 1:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)

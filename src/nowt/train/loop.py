@@ -47,6 +47,9 @@ def fit(cfg: TrainConfig, train=None, test=None, *, resume: bool = False, overwr
     same configuration) or `overwrite` (replace it) says what to do with it (see `rundir.claim`).
     """
     cfg.validate()
+    if resume and overwrite:
+        raise ValueError("--resume and --overwrite exclude each other: continue the run in --out, or "
+                         "replace it")
     if train is None or test is None:
         data = load_data(cfg)
         train, test = data.train, data.test
@@ -58,7 +61,14 @@ def fit(cfg: TrainConfig, train=None, test=None, *, resume: bool = False, overwr
     owns_dir = cfg.out_dir is not None and distributed.world()[0] == 0  # rank 0 alone writes
     claim = rundir.claim(Path(cfg.out_dir), cfg, resume=resume, overwrite=overwrite) if owns_dir else None
     try:
-        with _deterministic(cfg.deterministic), claim or contextlib.nullcontext():
+        with _deterministic(cfg.deterministic), contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(claim or contextlib.nullcontext())
+            except BaseException:
+                distributed.agree(False)  # the other ranks end with a line, not in their first collective
+                raise
+            if not distributed.agree(True):
+                raise ValueError(f"rank 0 refused the run directory {cfg.out_dir} (--out): see its error")
             return _fit(cfg, train, test, resume, progress)
     except (RuntimeError, torch.distributed.DistError) as e:
         if distributed.launched_by_torchrun() and "timed out" in str(e).lower():

@@ -1,5 +1,9 @@
 """A run directory belongs to one run: an exclusive lock while a run writes there, and a refusal to start a
-different configuration, or to start again, on top of an earlier run's files unless asked to."""
+different configuration, or to start again, on top of an earlier run's files unless asked to.
+
+`--overwrite` moves the earlier run's files aside (into `.overwritten/`) and deletes them only once the new
+run has written its first checkpoint; a new run that fails (or is killed) before that gets them back, at
+its end or at the next claim of the directory."""
 
 from __future__ import annotations
 
@@ -7,13 +11,15 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 from nowt.train.config import NOT_IDENTITY, TrainConfig
 
-#: What a run writes into its directory (`--overwrite` removes them).
-RUN_FILES = ("checkpoint.pt", "metrics.jsonl", "config.json")
+#: What a run writes into its directory (`--overwrite` replaces them).
+RUN_FILES = ("checkpoint.pt", "metrics.jsonl", "config.json", "tensorboard")
+ASIDE = ".overwritten"  # the earlier run's files while its replacement has no checkpoint yet
 
 
 @contextlib.contextmanager
@@ -35,17 +41,44 @@ def claim(out: Path, cfg: TrainConfig, *, resume: bool, overwrite: bool) -> Iter
         lock.write(f"{os.getpid()}\n")
         lock.flush()
         try:
+            _settle(out)  # a replacement killed before its first checkpoint: the earlier run comes back
             _check_owner(out, cfg, resume=resume, overwrite=overwrite)
-            yield
+            try:
+                yield
+            finally:
+                _settle(out)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def _settle(out: Path) -> None:
+    """Ends a replacement: the files set aside are deleted once the new run has a checkpoint, else they
+    are restored in place of whatever the new run wrote."""
+    aside = out / ASIDE
+    if not aside.is_dir():
+        return
+    if not (out / "checkpoint.pt").exists():
+        for name in RUN_FILES:  # the new run's files go, the earlier run's come back
+            _remove(out / name)
+            if (aside / name).exists():
+                os.replace(aside / name, out / name)
+    shutil.rmtree(aside)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def _check_owner(out: Path, cfg: TrainConfig, *, resume: bool, overwrite: bool) -> None:
     config = out / "config.json"
-    if overwrite:
+    if overwrite:  # set aside, not deleted: kept until the new run has a checkpoint
+        (out / ASIDE).mkdir()
         for name in RUN_FILES:
-            (out / name).unlink(missing_ok=True)
+            if (out / name).exists() or (out / name).is_symlink():
+                os.replace(out / name, out / ASIDE / name)
         return
     if not config.exists():
         return
