@@ -26,10 +26,12 @@ def test_every_reproduction_builds_valid_configs_and_names_known_metrics(tmp_pat
             "biotorch-cifar10", "cheon2024", "song2021", "vit-rules"} <= set(REPRODUCTIONS)
     for repro in TABLES.values():
         assert set(repro.published) <= set(repro.runs), repro.name
+        assert len(repro.seeds) >= 3 and set(repro.explorations) <= set(repro.runs), repro.name
         for label in repro.runs:
             for quick in (False, True):
-                cfg = run_config(repro, label, quick, tmp_path)
-                assert cfg.out_dir == str(tmp_path / label)
+                for seed in repro.seeds:
+                    cfg = run_config(repro, label, quick, tmp_path, seed)
+                    assert cfg.out_dir == str(tmp_path / label / f"seed{seed}") and cfg.seed == seed
                 cfg.validate()  # what `fit` checks first: e.g. a rule option given to another rule's run
             assert set(repro.published.get(label, {})) <= set(METRICS)
 
@@ -68,19 +70,67 @@ def test_run_reproduction_sets_ours_beside_published_and_skips_what_is_missing(t
         quick=dict(epochs=1))
     rows = run_reproduction(repro, quick=True, out_dir=tmp_path, progress=False)
     fa = {r["metric"]: r for r in rows if r["run"] == "fa"}
-    assert fa["best_test_accuracy"]["epochs"] == 1 and fa["best_test_accuracy"]["status"] == "ok"
+    assert fa["best_test_accuracy"]["epochs"] == [1] and fa["best_test_accuracy"]["status"] == "1 of 1 seeds"
     assert fa["best_test_accuracy"]["difference"] == pytest.approx(fa["best_test_accuracy"]["ours"] - 95.0)
     assert 0 < fa["output_angle"]["ours"] < 90
     ghost = next(r for r in rows if r["run"] == "ghost")
     assert "not in this install" in ghost["status"] and math.isnan(ghost["ours"])
-    assert (tmp_path / "fa" / "metrics.jsonl").is_file() and not (tmp_path / "ghost").exists()
+    assert (tmp_path / "fa" / "seed0" / "metrics.jsonl").is_file() and not (tmp_path / "ghost").exists()
     table = results_table(rows)
     assert "| fa | best_test_accuracy | 95.00 |" in table
     assert "| ghost | best_test_error | 1.00 | – |" in table
     with pytest.raises(ValueError, match="has no run"):
         run_reproduction(repro, quick=True, out_dir=tmp_path, only=["nope"], progress=False)
+    with pytest.raises(ValueError, match="registers seeds 0, 1, 2; not \\[7\\]"):
+        run_reproduction(repro, out_dir=tmp_path, seeds=[7], progress=False)
     with pytest.raises(ValueError, match="unknown reproduction"):
         reproduce.get("nope")
+
+
+def test_verdict_is_one_rule_with_the_papers_band():
+    from nowt.reproduce import BAND, verdict
+    assert BAND == {"pp": 0.5, "degrees": 3.0}
+    assert verdict(1.90, 1.45, BAND, "best_test_error") == "matches"
+    assert verdict(1.96, 1.45, BAND, "best_test_error") == "misses by +0.51"
+    assert verdict(97.2, 97.8, BAND, "best_test_accuracy") == "misses by -0.60"
+    assert verdict(42.9, 40.0, BAND, "output_angle") == "matches"
+    assert verdict(43.1, 40.0, BAND, "output_angle") == "misses by +3.10"
+    assert verdict(math.nan, 40.0, BAND, "output_angle") == verdict(1.0, math.nan, BAND, "x") == "–"
+
+
+def test_rows_report_the_mean_and_spread_of_finished_seeds_and_explorations_apart(tmp_path, monkeypatch):
+    """Every registered row runs its seeds into ROW/seedS; the table gives their mean ± std and a verdict;
+    a seed that has not finished is named and left out of the mean; an exploration runs one seed, has its
+    own section and no verdict; a finished seed is read, never trained again."""
+    tiny = Reproduction(name="tiny", paper="Tiny 2026", table="Table 0",
+                        config=dict(dataset="synthetic", hidden=(8,), epochs=2, batch_size=50),
+                        runs={"fa": {"rule": "fa"}, "fa-wide": {"rule": "fa", "hidden": (16,)}},
+                        published=dict.fromkeys(("fa", "fa-wide"), {"best_test_accuracy": 50.0}),
+                        explorations={"fa-wide": "after fa missed"})
+    monkeypatch.setitem(REPRODUCTIONS, "tiny", tiny)
+    rows = run_reproduction(tiny, out_dir=tmp_path, seeds=[0, 2], progress=False)
+    fa = next(r for r in rows if r["run"] == "fa")
+    assert fa["seeds"] == [0, 2] and fa["status"] == "2 of 3 seeds (seed 1: not run)"
+    assert fa["ours"] == pytest.approx(sum(fa["values"]) / 2) and fa["verdict"].endswith("(provisional)")
+    assert not (tmp_path / "fa" / "seed1").exists() and (tmp_path / "fa-wide" / "seed0").is_dir()
+    assert not (tmp_path / "fa-wide" / "seed2").exists()  # an exploration runs its first seed alone
+    lines = (tmp_path / "fa" / "seed2" / "metrics.jsonl").read_text().splitlines()
+    (tmp_path / "fa" / "seed2" / "metrics.jsonl").write_text(lines[0] + "\n")  # seed 2 stopped early
+    (tmp_path / "fa" / "seed2" / "checkpoint.pt").unlink()
+    mtime = (tmp_path / "fa" / "seed0" / "metrics.jsonl").stat().st_mtime_ns
+    rows = run_reproduction(tiny, out_dir=tmp_path, gather=True, progress=False)
+    fa = next(r for r in rows if r["run"] == "fa")
+    assert fa["seeds"] == [0] and "seed 2: unfinished (1 of 2 epochs)" in fa["status"]
+    assert fa["ours"] == fa["values"][0]
+    path = reproduce.run("tiny", tmp_path, seeds=[1], progress=False)  # trains seed 1 alone
+    assert (tmp_path / "fa" / "seed0" / "metrics.jsonl").stat().st_mtime_ns == mtime  # read, not retrained
+    text = path.read_text()
+    registered, explored = text.split("## Explorations (not verdicts)")
+    assert "| fa | best_test_accuracy | 50.00 |" in registered
+    assert "fa-wide" not in registered.split("|---")[1]
+    assert "**fa-wide**: after fa missed" in explored and "| fa-wide |" in explored
+    assert "verdict" not in explored.split("\n## ")[0].split("|---")[0]
+    assert "**matches** when |mean - published| <= 0.5 percentage points" in registered
 
 
 def test_describe_lists_paper_table_and_numbers():
@@ -181,9 +231,9 @@ def test_akrout_runs_follow_the_official_recipe_and_compare_with_the_authors_log
     theirs = {f"epoch_{i}": {"test_accuracy": 80.0 + i, "weight_angles": {"layer_0": 90.0, "layer_1": 40.0}}
               for i in range(6)}
     (logs / "results.json").write_text(json.dumps(theirs))
-    (tmp_path / "fa").mkdir()
+    (tmp_path / "fa" / "seed0").mkdir(parents=True)  # the authors' one run beside our seed 0
     ours = [{"test_accuracy": 80.5 + i, "weight_angles": {"1": 89.0, "3": 43.0}} for i in range(6)]
-    (tmp_path / "fa" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ours))
+    (tmp_path / "fa" / "seed0" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ours))
     monkeypatch.setenv(akrout2019.LOGS_ENV, str(tmp_path / "authors"))
     parts = repro.compare(tmp_path)
     row = next(line for line in "\n".join(parts).splitlines() if line.startswith("| fa |"))
@@ -210,26 +260,24 @@ def test_vit_rules_runs_every_rule_and_seed_at_one_budget(tmp_path):
     from dataclasses import asdict
 
     repro = REPRODUCTIONS["vit-rules"]
-    assert len(repro.runs) == 2 * 8 * 3 and not repro.run_figures
+    assert len(repro.runs) == 2 * 8 and repro.seeds == (0, 1, 2) and not repro.run_figures
     budget = None
     for label in repro.runs:
         cfg = asdict(run_config(repro, label, False, tmp_path))
         variant = cfg["rule"] + ("-blocks" if cfg["blocks"] else "") + (
             "-shared" if cfg["position_feedback"] == "shared" else "")
-        assert label == f"{cfg['dataset']}-{variant}-s{cfg['seed']}" and cfg["model"] == "vit"
+        assert label == f"{cfg['dataset']}-{variant}" and cfg["model"] == "vit"
         assert cfg["blocks"] == (("blocks.*",) if "blocks" in label else ())
         rest = {k: v for k, v in cfg.items()
                 if k not in ("dataset", "rule", "seed", "out_dir", "blocks", "position_feedback")}
         assert budget in (None, rest), label  # the same optimizer, schedule and epochs for every run
         budget = rest
-    from nowt.reproduce.vit_rules import SEEDS
-
     variants = [*((r, (), "full") for r in ("bp", "fa", "usf", "kp", "wm", "dfa")),
                 ("dfa", ("blocks.*",), "full"), ("dfa", ("blocks.*",), "shared")]
-    configs = [run_config(repro, n, False, tmp_path) for n in repro.runs]
+    configs = [run_config(repro, n, False, tmp_path, s) for n in repro.runs for s in repro.seeds]
     assert {(c.rule, c.blocks, c.position_feedback, c.seed) for c in configs} == {
-        (*v, s) for v in variants for s in SEEDS}
-    quick = run_config(repro, "mnist-wm-s1", True, tmp_path)
+        (*v, s) for v in variants for s in (0, 1, 2)}
+    quick = run_config(repro, "mnist-wm", True, tmp_path)
     assert (quick.epochs, quick.train_size) == (1, 2000)
 
 
@@ -239,14 +287,14 @@ def test_vit_rules_summary_averages_seeds_and_layers(tmp_path):
     from nowt.reproduce.vit_rules import summarize
 
     def write(label, accuracies, angles):
-        (tmp_path / label).mkdir()
+        (tmp_path / label).mkdir(parents=True)
         records = [{"epoch": i + 1, "test_accuracy": a, "weight_angles": angles[i]}
                    for i, a in enumerate(accuracies)]
         (tmp_path / label / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
 
-    write("mnist-fa-s0", [80.0, 90.0], [{"embed": 90.0, "head": 50.0}, {"embed": 80.0, "head": 40.0}])
-    write("mnist-fa-s1", [85.0, 94.0], [{"embed": 88.0, "head": 46.0}, {"embed": 70.0, "head": 30.0}])
-    write("mnist-dfa-s0", [70.0], [{"embed": math.nan, "head": math.nan}])
+    write("mnist-fa/seed0", [80.0, 90.0], [{"embed": 90.0, "head": 50.0}, {"embed": 80.0, "head": 40.0}])
+    write("mnist-fa/seed1", [85.0, 94.0], [{"embed": 88.0, "head": 46.0}, {"embed": 70.0, "head": 30.0}])
+    write("mnist-dfa/seed0", [70.0], [{"embed": math.nan, "head": math.nan}])
     text = "\n".join(summarize(tmp_path))
     # 90 and 94: mean 92, sample sd 2 sqrt(2); the last epoch's angles averaged per layer
     assert "| fa | 92.00 ± 2.83 | – | 2 | 0 |" in text and "| dfa | 70.00 | – | 1 | 0 |" in text
@@ -264,45 +312,51 @@ def test_vit_rules_panels_show_update_angles_where_b_vs_w_is_undefined():
 
 
 def test_vit_rules_quick_run_trains_and_records_attention_alignment(tmp_path):
-    path = reproduce.run("vit-rules", tmp_path, quick=True, only=["mnist-usf-s1"], progress=False)
+    path = reproduce.run("vit-rules", tmp_path, quick=True, only=["mnist-usf"], progress=False)
     text = path.read_text()
-    assert "| mnist-usf-s1 | best_test_accuracy | – |" in text and "| usf |" in text
+    assert "| mnist-usf | best_test_accuracy | – |" in text and "| usf |" in text
     assert "vit_rules.png" in text
     assert not (tmp_path / "alignment.png").exists()  # one figure for the whole table, not one per run
     from nowt.report import load_run
 
-    (record,) = load_run(tmp_path / "mnist-usf-s1").history
+    (record,) = load_run(tmp_path / "mnist-usf" / "seed0").history
     angles = record["weight_angles"]
     assert {"blocks.0.self_attn.in_proj", "blocks.1.self_attn.out_proj", "embed", "head"} <= set(angles)
     assert all(20 < a < 45 for a in angles.values()) and record["test_accuracy"] > 15  # B = sign(W) mean|W|
 
 
 def test_bartunov_rows_take_the_papers_table5_configuration(tmp_path):
-    """Every Table 1 row runs with its column's Table 5 values (AO-SDTP with SDTP's): forward Adam for all,
-    the inverses' Adam and sigma for target propagation, alpha for DTP."""
-    from nowt.reproduce.bartunov2018 import DEVIATIONS, TABLE5
+    """Every registered Table 1 row runs its column's Table 5 values as printed (AO-SDTP with SDTP's):
+    forward Adam for all, the inverses' Adam and sigma for target propagation, alpha for DTP. What was
+    changed after a result was seen is an exploration: its registered row plus the change, nothing else."""
+    from nowt.reproduce.bartunov2018 import EXPLORATIONS, TABLE5
     from nowt.reproduce.entry import run_config
     for name in ("bartunov2018-mnist-fc", "bartunov2018-mnist-lc", "bartunov2018-cifar-fc",
                  "bartunov2018-cifar-lc", "bartunov2018-imagenet"):
         entry = reproduce.get(name)
         column = TABLE5[name.removeprefix("bartunov2018-")]
+        explorations = EXPLORATIONS.get(name.removeprefix("bartunov2018-"), {})
+        assert set(entry.explorations) == set(explorations)
         for label in entry.runs:
+            if label in explorations:
+                row, overrides, _ = explorations[label]
+                assert entry.runs[label] == {**entry.runs[row], **overrides} != entry.runs[row]
+                continue
             cfg = run_config(entry, label, False, tmp_path)
             source = label.replace("ao-sdtp", "sdtp")
             assert (cfg.lr, *cfg.adam_betas, cfg.adam_eps) == column["forward"][source], (name, label)
             if cfg.rule in ("dtp", "sdtp", "ao-sdtp"):
                 i = ("dtp-parallel", "dtp-alternating", "sdtp-parallel", "sdtp-alternating").index(source)
-                printed = column["inverse"][i]
-                betas = DEVIATIONS.get(name.removeprefix("bartunov2018-"), {}).get(source, {}).get(
-                    "inverse_betas", printed[1:3])
                 ours = (cfg.inverse_lr, *cfg.inverse_betas, cfg.inverse_eps)
-                assert ours == (printed[0], *betas, printed[3])
+                assert ours == column["inverse"][i]
                 assert cfg.sigma == column["sigma"][i]
                 assert cfg.rule != "dtp" or cfg.alpha == column["alpha"][i]
-    assert run_config(reproduce.get("bartunov2018-mnist-fc"), "dtp-parallel", False, tmp_path).lr == 7.57e-4
-    for label in ("sdtp-parallel", "ao-sdtp-parallel"):  # the one deviation: beta1^2 < beta2, as Adam needs
-        assert run_config(reproduce.get("bartunov2018-mnist-fc"), label, False,
-                          tmp_path).inverse_betas == (0.9, 0.95)
+    fc = reproduce.get("bartunov2018-mnist-fc")
+    assert run_config(fc, "dtp-parallel", False, tmp_path).lr == 7.57e-4
+    assert run_config(fc, "sdtp-parallel", False, tmp_path).inverse_betas == (0.99, 0.95)  # as printed
+    assert run_config(fc, "sdtp-parallel-beta1-0.9", False, tmp_path).inverse_betas == (0.9, 0.95)
+    assert run_config(fc, "fa", False, tmp_path).init == "default"  # as first registered
+    assert run_config(reproduce.get("bartunov2018-mnist-lc"), "fa", False, tmp_path).init == "xavier"
 
 
 def test_gather_tabulates_the_runs_in_a_folder_without_training(tmp_path, monkeypatch):
@@ -313,21 +367,23 @@ def test_gather_tabulates_the_runs_in_a_folder_without_training(tmp_path, monkey
     monkeypatch.setitem(REPRODUCTIONS, "tiny", tiny)
     rows = run_reproduction(tiny, out_dir=tmp_path, only=["bp", "fa"], progress=False)
     trained = {r["run"]: r for r in rows}
-    (tmp_path / "bp" / "checkpoint.pt").unlink()  # a committed results folder holds only the logs
-    lines = (tmp_path / "fa" / "metrics.jsonl").read_text().splitlines()
-    (tmp_path / "fa" / "metrics.jsonl").write_text(lines[0] + "\n")  # fa stopped after one of two epochs
+    for seed in range(3):
+        (tmp_path / "bp" / f"seed{seed}" / "checkpoint.pt").unlink()  # committed results hold only logs
+    lines = (tmp_path / "fa" / "seed0" / "metrics.jsonl").read_text().splitlines()
+    (tmp_path / "fa" / "seed0" / "metrics.jsonl").write_text(lines[0] + "\n")  # fa seed 0 stopped early
     mtimes = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
     rows = {r["run"]: r for r in run_reproduction(tiny, out_dir=tmp_path, gather=True, progress=False)}
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()} == mtimes  # trained nothing
-    assert rows["bp"]["status"] == "ok" and rows["bp"]["ours"] == trained["bp"]["ours"]
-    assert rows["fa"]["status"] == "unfinished (1 of 2 epochs)" and rows["fa"]["epochs"] == 1
-    assert rows["kp"]["status"] == "not run (no metrics.jsonl)" and math.isnan(rows["kp"]["ours"])
+    assert rows["bp"]["status"] == "3 of 3 seeds" and rows["bp"]["ours"] == trained["bp"]["ours"]
+    assert rows["fa"]["status"] == "2 of 3 seeds (seed 0: unfinished (1 of 2 epochs))"
+    assert rows["fa"]["epochs"] == [2, 2]
+    assert rows["kp"]["status"].startswith("0 of 3 seeds (seed 0: not run") and math.isnan(rows["kp"]["ours"])
     from nowt.cli import main
     assert main(["reproduce", "tiny", "--gather", "--out", str(tmp_path), "--no-progress"]) == 0
     text = (tmp_path / "RESULTS.md").read_text()
     assert "`nowt reproduce tiny --gather --out" in text and "| kp | best_test_accuracy | 99.00 | – |" in text
-    assert "| fa |" in text.split("## Our runs")[1]
-    config = tmp_path / "bp" / "config.json"
+    assert "| fa/seed0 |" in text.split("## Our runs")[1]
+    config = tmp_path / "bp" / "seed0" / "config.json"
     config.write_text(config.read_text().replace('"hidden": [\n  8\n ]', '"hidden": [\n  9\n ]'))
     with pytest.raises(ValueError, match="another configuration.*hidden"):
         run_reproduction(tiny, out_dir=tmp_path, gather=True, progress=False)

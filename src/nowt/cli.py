@@ -135,6 +135,9 @@ def build_parser(config_defaults: dict | None = None) -> argparse.ArgumentParser
     r.add_argument("--list", action="store_true", help="list reproductions with their published numbers")
     r.add_argument("--quick", action="store_true", help="the scaled-down version (minutes on 2 CPU cores)")
     r.add_argument("--runs", default=None, help="comma-separated subset of the reproduction's runs")
+    r.add_argument("--seeds", type=_list_of(int), metavar="S[,S...]",
+                   help="train only these of the registered seeds (the others are read from --out when "
+                   "there); default: every registered seed")
     r.add_argument("--out", default=None, help="directory (default runs/reproduce/NAME[-quick])")
     r.add_argument("--data-dir", default=None, help="where the dataset files are")
     r.add_argument("--download", action="store_true", help="download the datasets first")
@@ -257,7 +260,8 @@ def reproduce_command(args: argparse.Namespace) -> int:
         overrides["download"] = True
     only = [r.strip() for r in args.runs.split(",")] if args.runs else None
     path = reproduce.run(args.name, args.out, quick=args.quick, only=only, progress=not args.no_progress,
-                         command="nowt " + " ".join(args.argv), gather=args.gather, **overrides)
+                         command="nowt " + " ".join(args.argv), gather=args.gather,
+                         seeds=list(args.seeds) if args.seeds else None, **overrides)
     print(path.read_text() if path.stat().st_size < 20_000 else "", end="")
     print(f"results: {path}")
     return 0

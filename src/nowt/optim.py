@@ -71,6 +71,14 @@ class HalveOnPlateau:
                 group["lr"] /= 2
             self.halvings += 1
 
+    @classmethod
+    def ended(cls, train_errors: list[float], max_halvings: int = 8) -> bool:
+        """Whether the rule had ended a run after epochs with these training errors (read from its log)."""
+        rule = cls(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0), max_halvings)
+        for error in train_errors:
+            rule.step(error)
+        return rule.finished
+
     def state_dict(self) -> dict:
         return {"mean_error": self.mean_error, "halvings": self.halvings, "finished": self.finished}
 

@@ -15,7 +15,9 @@ from pathlib import Path
 
 from nowt.reproduce import akrout2019, bartunov2018, biotorch2021, cheon2024, nokland2016, song2021, vit_rules
 from nowt.reproduce.entry import (
+    BAND,
     METRICS,
+    SEEDS,
     Analysis,
     Entry,
     Reproduction,
@@ -25,6 +27,8 @@ from nowt.reproduce.entry import (
     results_table,
     run_config,
     run_reproduction,
+    seed_dir,
+    verdict,
 )
 
 PAPERS = {module.__name__.rsplit(".", 1)[1]: module
@@ -57,16 +61,17 @@ def default_out(name: str, quick: bool = False) -> Path:
 
 def run(name: str, out_dir: str | os.PathLike | None = None, quick: bool = False,
         only: list[str] | None = None, progress: bool = True, command: str | None = None,
-        gather: bool = False, **overrides) -> Path:
+        gather: bool = False, seeds: list[int] | None = None, **overrides) -> Path:
     """Runs reproduction `name` into `out_dir` (default `default_out`); returns its RESULTS.md.
     `only`: the runs of a table to train; `overrides`: TrainConfig fields for every run (data_dir, device,
     download), or the analysis function's keyword arguments. `gather`: train nothing, tabulate the runs
-    already in `out_dir` (their metrics.jsonl and config.json)."""
+    already in `out_dir` (their metrics.jsonl and config.json). `seeds`: train only these of the registered
+    seeds (the others are read from `out_dir` when there)."""
     out = Path(out_dir) if out_dir is not None else default_out(name, quick)
     return get(name).run(out, quick=quick, only=only, progress=progress, command=command, gather=gather,
-                         **overrides)
+                         seeds=seeds, **overrides)
 
 
-__all__ = ["METRICS", "PAPERS", "REPRODUCTIONS", "Analysis", "Entry", "Reproduction",
+__all__ = ["BAND", "METRICS", "SEEDS", "PAPERS", "REPRODUCTIONS", "Analysis", "Entry", "Reproduction",
            "default_out", "describe", "get", "known_models", "listing", "missing_piece", "provenance",
-           "results_table", "run", "run_config", "run_reproduction"]
+           "results_table", "run", "run_config", "run_reproduction", "seed_dir", "verdict"]

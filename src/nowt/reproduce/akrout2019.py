@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from nowt.report import figure, markdown_table, save, style
-from nowt.reproduce.entry import Reproduction
+from nowt.reproduce.entry import Reproduction, seed_dir
 
 PAPER = "Akrout, Wilson, Humphreys, Lillicrap, Tweed 2019, Deep Learning without Weight Transport"
 
@@ -74,7 +74,7 @@ def compare_with_official(dataset: str):
                     "repository to compare our curves with their logs."]
         rows, fig_runs = [], []
         for rule in _RULES:
-            ours, theirs = _ours(out_dir / rule), official_log(Path(root), dataset, rule)
+            ours, theirs = _ours(seed_dir(out_dir, rule, 0)), official_log(Path(root), dataset, rule)
             if not ours or not theirs:
                 continue
             n = min(len(ours), len(theirs))
@@ -111,8 +111,9 @@ def compare_with_official(dataset: str):
         table = markdown_table(["run", "epochs", "mean abs gap, epochs 1-5 (pp)", "ours, last epoch",
                                 "authors, last epoch", "gap (pp)", "ours hidden angle", "ours output angle",
                                 "authors hidden angle", "authors output angle", "max angle gap"], rows)
-        return ["## Against the authors' per-epoch logs", "Read from the authors' results.json files "
-                f"({LOGS_ENV}); test accuracy in %, angles in degrees between B and W.", table,
+        return ["## Against the authors' per-epoch logs", "Our seed 0 beside the authors' one run (V0), read "
+                f"from their results.json files ({LOGS_ENV}); test accuracy in %, angles in degrees between "
+                "B and W.", table,
                 "![nowt over the authors' logs](official_curves.png)"]
 
     return compare

@@ -1,10 +1,12 @@
 """What a reproduction is: an `Entry` of the registry, of one of two kinds.
 
-- `Reproduction`, a table of runs: TrainConfig runs, each trained by `nowt.train.fit` into its own directory
-  with resume on (an interrupted reproduction continues where it stopped), beside the published numbers.
-  Runs whose rule, model or data this install lacks are reported as skipped, with the reason. `gather`
-  trains nothing: it reads the runs' logs (metrics.jsonl, config.json) from the folder, e.g. a committed
-  results folder whose checkpoints are gone.
+- `Reproduction`, a table of runs: every registered row is one TrainConfig run per seed (`SEEDS`), each
+  trained by `nowt.train.fit` into `OUT/ROW/seedS` with resume on (an interrupted reproduction continues
+  where it stopped; a finished run is read, never trained again), reported as the seeds' mean ± std beside
+  the published number with a verdict from `verdict`. Rows added after a registered row's result was seen
+  are `explorations`: tabulated apart, never given a verdict. Runs whose rule, model or data this install
+  lacks are reported as skipped, with the reason. `gather` trains nothing: it reads the runs' logs
+  (metrics.jsonl, config.json) from the folder, e.g. a committed results folder whose checkpoints are gone.
 - `Analysis`: a function that computes its own results (simulations, several seeds, claims checked).
 
 Both write `RESULTS.md` (and figures) into the output folder with the command, date and machine.
@@ -17,6 +19,7 @@ import inspect
 import math
 import os
 import platform
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -24,7 +27,8 @@ from pathlib import Path
 import torch
 
 from nowt.models import MODELS
-from nowt.report import load_run, markdown_table, report_runs
+from nowt.optim import HalveOnPlateau
+from nowt.report import cell, load_run, markdown_table, report_runs
 from nowt.rules import rules
 from nowt.train import TrainConfig, fit
 from nowt.train.loop import out_of_patience
@@ -40,6 +44,23 @@ METRICS = {
     "output_angle": lambda h: _angle(h, -1),
     "hidden_angle": lambda h: _angle(h, 0),
 }
+
+
+#: The seeds every registered row runs: a verdict needs a spread.
+SEEDS = (0, 1, 2)
+#: How far the seeds' mean may lie from the published number and still match, unless a paper states its
+#: own: percentage points for accuracies and errors, degrees for angles.
+BAND = {"pp": 0.5, "degrees": 3.0}
+
+
+def verdict(mean: float, published: float, band: dict[str, float], metric: str) -> str:
+    """The one verdict rule of every reproduction: "matches" when |mean of the seeds - published| <= the
+    paper's band for the metric's unit (`BAND`), else "misses by +X.XX" (ours minus published)."""
+    if math.isnan(mean) or math.isnan(published):
+        return "–"
+    difference = mean - published
+    limit = band["degrees" if metric.endswith("angle") else "pp"]
+    return "matches" if abs(difference) <= limit else f"misses by {difference:+.2f}"
 
 
 def _angle(history: list[dict], layer: int) -> float:
@@ -92,23 +113,40 @@ class Reproduction(Entry):
     #: learning-curve and alignment figures with a line or column per run; a table of many runs turns them
     #: off and draws its own summary in `compare`
     run_figures: bool = True
+    #: seeds of every registered row (--quick and the explorations run the first alone)
+    seeds: tuple[int, ...] = SEEDS
+    #: the verdict's tolerance (see `verdict`), stated per paper
+    band: dict[str, float] = field(default_factory=lambda: dict(BAND))
+    #: label -> why and when: rows added or changed after a registered row's result was seen. They are
+    #: tabulated apart and never get a verdict; the registered rows stay as they were.
+    explorations: dict[str, str] = field(default_factory=dict)
 
     def describe(self) -> str:
         lines = [super().describe()]
         for label in self.runs:
             numbers = ", ".join(f"{m} {v:g}" for m, v in self.published.get(label, {}).items()) or "no number"
-            lines.append(f"  {label:<20} {numbers}")
+            kind = " (exploration)" if label in self.explorations else ""
+            lines.append(f"  {label:<20} {numbers}{kind}")
+        lines.append(f"  seeds {', '.join(map(str, self.seeds))} a row")
         quick = ", ".join(f"{k}={v}" for k, v in self.quick.items())
         lines.append(f"  full: {self.config.get('epochs')} epochs; --quick: {quick}")
         return "\n".join(lines)
 
     def run(self, out_dir, *, quick=False, only=None, progress=True, command=None, gather=False,
-            **overrides) -> Path:
+            seeds=None, **overrides) -> Path:
         rows = run_reproduction(self, quick=quick, out_dir=out_dir, only=only, progress=progress,
-                                gather=gather, **overrides)
-        ran = sorted({r["dir"] for r in rows if r["epochs"]})
+                                gather=gather, seeds=seeds, **overrides)
+        ran = sorted({d for r in rows for d in r["dirs"]})
+        registered = [r for r in rows if r["run"] not in self.explorations]
+        explored = [r for r in rows if r["run"] in self.explorations]
         parts = [f"# {self.name}{' (quick)' if quick else ''}", self.paper, f"{self.table}. {self.notes}",
-                 provenance(command or self.command(quick)), results_table(rows)]
+                 provenance(command or self.command(quick)), "## Registered rows", verdict_rule(self.band),
+                 results_table(registered)]
+        if explored:
+            parts += ["## Explorations (not verdicts)",
+                      "Rows added or changed after a registered row's result was seen: "
+                      + "; ".join(f"**{label}**: {why}" for label, why in self.explorations.items()),
+                      results_table(explored, verdicts=False)]
         if ran:
             parts += ["## Our runs", *report_runs(ran, out_dir, figures=self.run_figures)]
         if self.compare is not None:
@@ -126,10 +164,10 @@ class Analysis(Entry):
     function: Callable[..., dict]
 
     def run(self, out_dir, *, quick=False, only=None, progress=True, command=None, gather=False,
-            **overrides) -> Path:
-        if only or gather:
-            raise ValueError(f"{self.name} is an analysis: it has no runs to pick (--runs) or to gather "
-                             f"(--gather)")
+            seeds=None, **overrides) -> Path:
+        if only or gather or seeds:
+            raise ValueError(f"{self.name} is an analysis: it has no runs to pick (--runs, --seeds) or to "
+                             f"gather (--gather)")
         accepted = inspect.signature(self.function).parameters
         unknown = sorted(set(overrides) - set(accepted))
         if unknown:
@@ -139,12 +177,20 @@ class Analysis(Entry):
         return Path(out_dir) / "RESULTS.md"
 
 
-def run_config(repro: Reproduction, label: str, quick: bool, out_dir: str | os.PathLike) -> TrainConfig:
-    values = {**repro.config, **repro.runs[label], **(repro.quick if quick else {})}
+def run_config(repro: Reproduction, label: str, quick: bool, out_dir: str | os.PathLike,
+               seed: int | None = None) -> TrainConfig:
+    """The TrainConfig of row `label` with `seed` (default the row's first), trained in OUT/label/seedS."""
+    seed = repro.seeds[0] if seed is None else seed
+    values = {**repro.config, **repro.runs[label], **(repro.quick if quick else {}), "seed": seed}
     unknown = set(values) - {f.name for f in fields(TrainConfig)}
     if unknown:
         raise ValueError(f"reproduction {repro.name!r} run {label!r} sets unknown fields {sorted(unknown)}")
-    return TrainConfig(**values, out_dir=str(Path(out_dir) / label))
+    return TrainConfig(**values, out_dir=str(seed_dir(out_dir, label, seed)))
+
+
+def seed_dir(out_dir: str | os.PathLike, label: str, seed: int) -> Path:
+    """The one seed-folder layout (as `nowt compare --seeds`): OUT/LABEL/seedS."""
+    return Path(out_dir) / label / f"seed{seed}"
 
 
 def known_models() -> set[str]:
@@ -163,44 +209,68 @@ def missing_piece(cfg: TrainConfig) -> str | None:
 
 def run_reproduction(repro: Reproduction, *, quick: bool = False, out_dir: str | os.PathLike,
                      only: list[str] | None = None, progress: bool = True, gather: bool = False,
-                     **overrides) -> list[dict]:
-    """Trains every run of `repro` (or those in `only`); returns one row per run and published metric:
-    {run, metric, published, ours, difference, epochs, status, dir}. `overrides` (TrainConfig fields, e.g.
-    data_dir, device) apply to every run. `gather`: train nothing, read each run's log from its folder."""
+                     seeds: list[int] | None = None, **overrides) -> list[dict]:
+    """Trains every run of `repro` (or the rows in `only`, the seeds in `seeds`) and returns one row per
+    table row and published metric: {run, metric, published, ours (the finished seeds' mean), std, values,
+    seeds (finished), difference, verdict, epochs, status, dirs}. Seeds not asked for are read from their
+    folders when there (as `gather` reads every seed), so the table shows every finished seed; a run that
+    has not finished is listed in the status and left out of the mean. `overrides` (TrainConfig fields,
+    e.g. data_dir, device) apply to every run."""
     labels = only or list(repro.runs)
     unknown = [label for label in labels if label not in repro.runs]
     if unknown:
         raise ValueError(f"{repro.name} has no run(s) {unknown}; its runs: {', '.join(repro.runs)}")
+    bad = sorted(set(seeds or ()) - set(repro.seeds))
+    if bad:
+        raise ValueError(f"{repro.name} registers seeds {', '.join(map(str, repro.seeds))}; not {bad}")
     rows = []
     for label in labels:
-        cfg = run_config(repro, label, quick, out_dir)
-        for key, value in overrides.items():
-            setattr(cfg, key, value)
-        status, history = missing_piece(cfg), None
-        if status is None and gather:
-            history, status = gathered(cfg)
-        elif status is None:
-            try:
-                history = fit(cfg, resume=True, progress=progress)
-                status = "ok"
-            except FileNotFoundError as e:  # the dataset is not here: report it and go on
-                status = f"skipped: {e}"
+        # an exploration, like --quick, runs the first seed: a lead to follow, not a verdict
+        registered = repro.seeds[:1] if quick or label in repro.explorations else repro.seeds
+        finished, notes, dirs, status = {}, [], [], None
+        for seed in registered:
+            cfg = run_config(repro, label, quick, out_dir, seed)
+            for key, value in overrides.items():
+                setattr(cfg, key, value)
+            status = missing_piece(cfg)
+            if status is not None:
+                break
+            history, state = gathered(cfg)
+            if state != "ok" and not gather and (seeds is None or seed in seeds):
+                try:
+                    history, state = fit(cfg, resume=True, progress=progress), "ok"
+                except FileNotFoundError as e:  # the dataset is not here: report it and go on
+                    status = f"skipped: {e}"
+                    break
+            if history:
+                dirs.append(cfg.out_dir)
+            if state == "ok":
+                finished[seed] = history
+            else:
+                notes.append(f"seed {seed}: {state}")
+        if status is None:
+            status = f"{len(finished)} of {len(registered)} seeds" + (
+                f" ({'; '.join(notes)})" if notes else "")
         published = repro.published.get(label) or {"best_test_accuracy": math.nan}
         for metric, value in published.items():
-            ours = METRICS[metric](history) if history else math.nan
-            rows.append({"run": label, "metric": metric, "published": value, "ours": ours,
-                         "difference": ours - value, "epochs": len(history) if history else 0,
-                         "status": status, "dir": cfg.out_dir})
+            values = [METRICS[metric](h) for h in finished.values()]
+            mean = statistics.fmean(values) if values else math.nan
+            std = statistics.stdev(values) if len(values) > 1 else math.nan
+            rows.append({"run": label, "metric": metric, "published": value, "ours": mean, "std": std,
+                         "values": values, "seeds": list(finished), "difference": mean - value,
+                         "verdict": verdict(mean, value, repro.band, metric)
+                         + (" (provisional)" if 0 < len(values) < len(registered) and value == value else ""),
+                         "epochs": [len(h) for h in finished.values()], "status": status, "dirs": dirs})
     return rows
 
 
 def gathered(cfg: TrainConfig) -> tuple[list[dict] | None, str]:
-    """The history of `cfg`'s run read from its folder, training nothing, and its status: ok when the run
+    """The history of `cfg`'s run read from its folder, training nothing, and its state: ok when the run
     ended (its epochs or its patience), else how far it got; a folder of another configuration is refused."""
     try:
         run = load_run(cfg.out_dir)
     except FileNotFoundError:
-        return None, "not run (no metrics.jsonl)"
+        return None, "not run"
     except ValueError:
         return None, "not run (no epoch yet)"
     differ = cfg.identity_differences(run.config)  # where and how fast a run went are not compared
@@ -208,12 +278,32 @@ def gathered(cfg: TrainConfig) -> tuple[list[dict] | None, str]:
         raise ValueError(f"run directory {cfg.out_dir} holds a run of another configuration (it differs in "
                          f"{', '.join(differ)})")
     history = run.history
-    if len(history) >= cfg.epochs or out_of_patience(history, cfg.patience):
+    if len(history) >= cfg.epochs or out_of_patience(history, cfg.patience) or (
+            cfg.lr_schedule == "plateau" and HalveOnPlateau.ended([1 - r["train_accuracy"] / 100
+                                                                  for r in history])):
         return history, "ok"
     return history, f"unfinished ({len(history)} of {cfg.epochs} epochs)"
 
 
-def results_table(rows: list[dict]) -> str:
-    keys = ["run", "metric", "published", "ours", "difference", "epochs", "status"]
-    header = ["run", "metric", "published", "ours", "ours - published", "epochs", "status"]
-    return markdown_table(header, [[r[k] for k in keys] for r in rows])
+def verdict_rule(band: dict[str, float]) -> str:
+    return (f"Each row: the mean ± std of its finished seeds (seed folders `ROW/seedS`) beside the published "
+            f"number. Verdict (`nowt.reproduce.entry.verdict`): **matches** when |mean - published| <= "
+            f"{band['pp']:g} percentage points for accuracies and errors, {band['degrees']:g} degrees for "
+            f"angles; otherwise **misses by** the difference. A row with fewer finished seeds than "
+            f"registered says so in its status: its verdict is provisional.")
+
+
+def _spread(row: dict) -> str:
+    n = len(row["values"])
+    if n == 0:
+        return "–"
+    return cell(row["ours"]) + (f" ± {cell(row['std'])}" if n > 1 else "") + f" (n={n})"
+
+
+def results_table(rows: list[dict], verdicts: bool = True) -> str:
+    header = ["run", "metric", "published", "ours: mean ± std (seeds)", "ours - published", "epochs",
+              "seeds", *(["verdict"] if verdicts else [])]
+    table = [[r["run"], r["metric"], r["published"], _spread(r), r["difference"],
+              "/".join(map(str, r["epochs"])) or "–", r["status"], *([r["verdict"]] if verdicts else [])]
+             for r in rows]
+    return markdown_table(header, table)

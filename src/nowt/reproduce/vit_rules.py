@@ -11,7 +11,7 @@ import statistics
 from pathlib import Path
 
 from nowt.report import figure, format_mean_std, load_run, markdown_table, save, style
-from nowt.reproduce.entry import Reproduction
+from nowt.reproduce.entry import SEEDS, Reproduction, seed_dir
 
 DATASETS = ("mnist", "fashion-mnist")
 #: run name -> its rule and rule options
@@ -19,25 +19,23 @@ VARIANTS = {**{r: {"rule": r} for r in ("bp", "fa", "usf", "kp", "wm", "dfa")},
             "dfa-blocks": {"rule": "dfa", "blocks": ("blocks.*",)},
             "dfa-blocks-shared": {"rule": "dfa", "blocks": ("blocks.*",), "position_feedback": "shared"}}
 RULES = tuple(VARIANTS)
-SEEDS = (0, 1, 2)
 #: One budget for every rule, at which bp learns well (97.4% MNIST test accuracy, seed 0): AdamW at 3e-3
 #: with the usual ViT weight decay, batch 128, cosine to 0 over 3 epochs.
 CONFIG = dict(model="vit", optimizer="adamw", lr=3e-3, weight_decay=0.05, batch_size=128,
               lr_schedule="cosine", epochs=3)
 
 
-def label(dataset: str, rule: str, seed: int) -> str:
-    return f"{dataset}-{rule}-s{seed}"
+def label(dataset: str, rule: str) -> str:
+    return f"{dataset}-{rule}"
 
 
-RUNS = {label(d, r, s): {"dataset": d, **VARIANTS[r], "seed": s}
-        for d in DATASETS for r in RULES for s in SEEDS}
+RUNS = {label(d, r): {"dataset": d, **VARIANTS[r]} for d in DATASETS for r in RULES}
 
 
 def _histories(out_dir: Path, dataset: str, rule: str) -> list[list[dict]]:
-    """The per-epoch records of the seeds of one (dataset, rule) that have run."""
-    return [load_run(out_dir / label(dataset, rule, s)).history for s in SEEDS
-            if (out_dir / label(dataset, rule, s) / "metrics.jsonl").is_file()]
+    """The per-epoch records of the seeds of one (dataset, rule) that have run (in LABEL/seedS)."""
+    dirs = [seed_dir(out_dir, label(dataset, rule), s) for s in SEEDS]
+    return [load_run(d).history for d in dirs if (d / "metrics.jsonl").is_file()]
 
 
 def _mean_angles(histories: list[list[dict]], epoch: int, key: str = "weight_angles") -> dict[str, float]:
