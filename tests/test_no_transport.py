@@ -49,7 +49,13 @@ class TinyTransformer(nn.Module):
         return self.head(self.encoder(self.embed(x)).mean(1))
 
 
-NETS = [(tiny_mlp, (4, 5)), (tiny_convnet, (2, 4, 8, 8)), (conv1d_net, (2, 2, 8)),
+def gpt2_conv1d_net() -> nn.Sequential:
+    """transformers' Conv1D (GPT-2's projections, W stored (in, out)); skipped without transformers."""
+    conv1d = pytest.importorskip("transformers.pytorch_utils").Conv1D
+    return nn.Sequential(conv1d(6, 3), nn.Tanh(), conv1d(2, 6)).double()
+
+
+NETS = [(tiny_mlp, (4, 5)), (gpt2_conv1d_net, (4, 3)), (tiny_convnet, (2, 4, 8, 8)), (conv1d_net, (2, 2, 8)),
         (conv_transpose_net, (2, 2, 5, 5)), (lambda: TinyTransformer().double(), (2, 4, 3))]
 
 

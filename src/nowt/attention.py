@@ -222,7 +222,18 @@ def register_torchvision() -> None:
                                      {"linear_names": ("qkv", "proj"), "__module__": __name__})
 
 
+def keep_dense(model: nn.Module) -> None:
+    """Turns off `nn.TransformerEncoder`'s nested-tensor path (eval, no_grad, a padding mask) where its
+    attention is converted: that path hands the layers nested tensors, which the converted projections do
+    not take. The padded positions then hold computed values instead of zeros, as in training mode."""
+    for m in model.modules():
+        converted = any(isinstance(a, MultiheadAttention) for a in m.modules())
+        if isinstance(m, nn.TransformerEncoder) and converted:
+            m.use_nested_tensor = False
+
+
 # Registered here, not in nowt.layers, which this module imports.
 CONVERTIBLE[nn.MultiheadAttention] = MultiheadAttention  # type: ignore[assignment]
 
-__all__ = ["MultiheadAttention", "Projection", "RoutedAttention", "RoutedLinear", "register_torchvision"]
+__all__ = ["MultiheadAttention", "Projection", "RoutedAttention", "RoutedLinear", "keep_dense",
+           "register_torchvision"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
@@ -10,12 +11,14 @@ import torch
 from torch import nn
 
 from nowt import attention  # adds nn.MultiheadAttention to CONVERTIBLE
-from nowt.layers import CONVERTIBLE, FeedbackLayer
+from nowt.inventory import class_path, conversion, unknown_weights, watch
+from nowt.layers import CONVERTIBLE, FeedbackLayer, register_transformers
 from nowt.rules import Rule, make_rule
 
 #: Layers whose weights also carry errors backwards but that no rule converts yet. Converting a model that
 #: holds one raises, rather than silently leaving those weights on backprop.
 UNSUPPORTED: tuple[type[nn.Module], ...] = (nn.Bilinear, nn.RNNBase, nn.RNNCellBase)
+UNKNOWN = ("error", "warn")
 
 Selector = str | type[nn.Module]
 
@@ -35,26 +38,38 @@ def convert(
     *,
     seed: int | None = None,
     exclude: Iterable[Selector] = (),
+    unknown: str = "error",
     **options: Any,
 ) -> nn.Module:
     """Swaps every `nn.Linear`, convolution (1-3d, plain or transposed) and `nn.MultiheadAttention` of
     `model`, in place, for a layer trained by `rule` (torchvision's Swin window attention too, whose qkv and
-    proj it calls through `F.linear`: see `nowt.attention.RoutedAttention`).
+    proj it calls through `F.linear`: see `nowt.attention.RoutedAttention`; transformers' GPT-2 `Conv1D`;
+    subclasses that keep their base's forward, parametrized weights such as weight norm).
 
     Weights, biases, devices and dtypes are kept (the very same Parameter objects, so an optimizer built
     earlier still holds them; rules that add parameters, like `kp`, need them added to it).
     `seed` makes the random feedback reproducible (None draws one from torch's global RNG).
-    `exclude`: layers to leave on backprop, by qualified name (glob patterns allowed, a prefix covers a
-    submodule) or by type; they become `bp` layers. Layers nowt cannot convert (e.g. `nn.Bilinear`,
-    `nn.LSTM`) raise a ValueError unless excluded. `options` go to the rule (see each rule's
-    `options`). Returns the model; a bare `nn.Linear`/`nn.Conv2d` is returned converted, not in place.
+    `exclude`: layers (or parameters) to leave on backprop, by qualified name (glob patterns allowed, a
+    prefix covers a submodule) or by type; converted layers among them become `bp` layers.
+    Every weight is accounted for: a weight matrix nowt would leave on backprop without being told (a layer
+    it cannot convert, such as `nn.LSTM`, or a matrix in a module type it does not know) raises a
+    ValueError naming it, unless excluded; `unknown="warn"` warns instead. Embeddings, norms and attention's
+    activation products stay on backprop by design (`nowt.summary` shows all of it). A converted layer whose
+    weight gets a gradient without the layer running (the model calls `F.linear(x, layer.weight)`) raises
+    at that backward (warns with `unknown="warn"`). `options` go to the rule (see each rule's `options`).
+    Returns the model; a bare `nn.Linear`/`nn.Conv2d` is returned converted, not in place.
     """
+    if unknown not in UNKNOWN:
+        raise ValueError(f"unknown={unknown!r}: choose {' or '.join(UNKNOWN)}")
     attention.register_torchvision()  # Swin's window attention, if torchvision made this model
+    register_transformers()  # GPT-2's Conv1D, if transformers made this model
     rule = make_rule(rule, **options)
     backprop = make_rule("bp")
     exclude = tuple(exclude)
     every = list(model.named_modules(remove_duplicate=False))
-    unmatched = [s for s in exclude if isinstance(s, str) and not any(_matches(n, m, (s,)) for n, m in every)]
+    params = [n for n, _ in model.named_parameters()]
+    unmatched = [s for s in exclude if isinstance(s, str) and not any(_matches(n, m, (s,)) for n, m in every)
+                 and not any(_matches(n, model, (s,)) for n in params)]
     if unmatched:
         raise ValueError(f"exclude: {unmatched} match(es) no layer of {type(model).__name__}; layer names: "
                          f"{', '.join(n for n, _ in every if n)[:300]}")
@@ -65,21 +80,27 @@ def convert(
     done = [n or type(model).__name__ for n, m in named if isinstance(m, FeedbackLayer)]
     if done:
         raise ValueError(f"model is already converted (layer {done[0]!r}); convert a fresh model instead")
-    # Subclasses of Linear/Conv2d may have their own forward, which a swap would lose: refuse them too.
-    unsupported = [(n, m) for n, m in named if isinstance(m, UNSUPPORTED)
-                   or (isinstance(m, tuple(CONVERTIBLE)) and type(m) not in CONVERTIBLE)]
-    blocked = [n for n, m in unsupported if not _matches(n, m, exclude)]
-    blocked_prefixes = tuple(n + "." for n in blocked)
-    if blocked:
-        kinds = ", ".join(f"{n!r} ({type(m).__name__})" for n, m in named if n in blocked)
-        raise ValueError(f"cannot convert layer(s) {kinds}: nowt has no rule-trained version of them; "
-                         f"pass exclude=[...] to leave them on backprop")
+    plan = {id(m): conversion(m) for _, m in named}
+    refused = [(n, m, plan[id(m)][1] or "nowt has no rule-trained version of it") for n, m in named
+               if not _matches(n, m, exclude)
+               and (isinstance(m, UNSUPPORTED) or (plan[id(m)][0] is None and plan[id(m)][1]))]
+    refused_prefixes = tuple(n + "." for n, _, _ in refused)
     names: dict[int, list[str]] = {}  # id(module) -> its names, modules in first-seen order
     modules: dict[int, nn.Module] = {}
     for n, m in named:
-        if type(m) in CONVERTIBLE and not (n + ".").startswith(blocked_prefixes):
+        if plan[id(m)][0] is not None and not (n + ".").startswith(refused_prefixes):
             names.setdefault(id(m), []).append(n)
             modules[id(m)] = m
+    problems = [f"{class_path(type(m))} at {n!r}: {why}" for n, m, why in refused]
+    problems += unknown_weights(model, set(modules) | {id(m) for _, m, _ in refused},
+                                lambda n, m: _matches(n, m, exclude))
+    if problems:
+        message = (f"cannot convert {'; '.join(problems[:3])}{' (and more)' if len(problems) > 3 else ''}: "
+                   f"its weights would stay on backprop; pass exclude=[name] to leave them on backprop on "
+                   f"purpose, or unknown='warn'")
+        if unknown == "error":
+            raise ValueError(message)
+        warnings.warn(message, stacklevel=2)
     if not names:
         bases = [t for t in CONVERTIBLE if not set(t.__mro__[1:]) & set(CONVERTIBLE)]  # not MHA's Linear
         kinds = ", ".join(sorted(t.__name__ for t in bases))
@@ -87,22 +108,34 @@ def convert(
                          f"({kinds})")
     _check_targets(names, modules, exclude)
     seeds = torch.randint(0, 2**62, (len(names),), generator=torch.Generator().manual_seed(seed))
+    layers: dict[str, FeedbackLayer] = {}
     for (key, layer_names), layer_seed in zip(names.items(), seeds.tolist(), strict=True):
         module = modules[key]
         layer_rule = backprop if _matches(layer_names[0], module, exclude) else rule
-        layer = CONVERTIBLE[type(module)].from_module(module, layer_rule)
+        base, variant = plan[key]
+        layer = CONVERTIBLE[base].from_module(module, layer_rule)
+        if variant:
+            setattr(layer, variant, True)
         generator = torch.Generator().manual_seed(layer_seed)
         for part in getattr(layer, "rule_parts", lambda: [layer])():  # noqa: B023 (attention: per projection)
+            part.draw_state = generator.get_state()  # to redraw the same B after `to_empty`
             layer_rule.setup(part, generator)
             _tag_rule(part)
+            layers[".".join(filter(None, (layer_names[0], _child_name(layer, part))))] = part
         if layer_names == [""]:
             model = layer
             continue  # a composite root (attention) still has its children to convert
         for name in layer_names:  # the same converted layer under every name of the module
             parent_name, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent_name), child, layer)
+    attention.keep_dense(model)
     rule.setup_model(model)  # once, with every layer in place (DFA hooks the model's output)
+    watch(model, layers, unknown)
     return model
+
+
+def _child_name(layer: nn.Module, part: nn.Module) -> str:
+    return "" if part is layer else next(n for n, m in layer.named_children() if m is part)
 
 
 def _check_targets(names: dict[int, list[str]], modules: dict[int, nn.Module],
@@ -151,6 +184,7 @@ def _write_rule_name(module, state_dict, prefix, local_metadata) -> None:
 def _check_rule_name(module, state_dict, prefix, *args) -> None:
     stored = state_dict.pop(prefix + RULE_KEY, None)
     if stored is None:
+        _keep_feedback(module, state_dict, prefix)
         return
     writer = bytes(stored.tolist()).decode(errors="replace")
     if writer != module.rule.name:
@@ -158,3 +192,13 @@ def _check_rule_name(module, state_dict, prefix, *args) -> None:
         raise ValueError(f"state_dict of layer {layer!r} was written by rule {writer!r}, but this layer "
                          f"is trained by {module.rule.name!r}: load it into a model converted with "
                          f"rule={writer!r}")
+
+
+def _keep_feedback(module: nn.Module, state_dict: dict, prefix: str) -> None:
+    """A plain model's state dict (a pretrained checkpoint) holds none of the rule's state: the layer keeps
+    its own, and the weights load under strict checking of everything else. Partly present state is left
+    to the strict check."""
+    own = {n: t for n, t in (*module._parameters.items(), *module._buffers.items())
+           if t is not None and n not in ("weight", "bias") and n not in module._non_persistent_buffers_set}
+    if own and not any(prefix + n in state_dict for n in own):
+        state_dict.update({prefix + n: t.detach() for n, t in own.items()})

@@ -4,14 +4,18 @@ keeps working."""
 
 from __future__ import annotations
 
+import math
+import sys
 from dataclasses import replace
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
+from torch.nn.utils import parametrize
 
 from nowt import lc
-from nowt.ops import ConvOp, LinearOp, LocallyConnected2dOp
+from nowt.ops import ConvOp, LinearOp, LocallyConnected2dOp, TransposedLinearOp
 from nowt.rules import Rule
 
 
@@ -22,6 +26,8 @@ class FeedbackLayer(nn.Module):
     op: LinearOp | ConvOp | LocallyConnected2dOp
     last_input_shape = None  # the most recent input's shape (weight mirrors drive noise of this shape)
     backprop_only = False  # set by `nowt.metrics.backprop_mode` to compute the true gradient
+    skipped = False  # set when the model ran and this layer did not (`nowt.convert`'s first-forward check)
+    draw_state: Tensor | None = None  # the generator state `nowt.convert` drew this layer's feedback from
 
     def prepare_input(self, x: Tensor) -> Tensor:
         return x
@@ -44,14 +50,90 @@ class FeedbackLayer(nn.Module):
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, rule={self.rule}"
 
+    def _rule_state(self) -> list[Tensor]:
+        return [t for n, t in (*self._parameters.items(), *self._buffers.items())
+                if n not in ("weight", "bias") and t is not None]
+
+    def _apply(self, fn, recurse: bool = True):
+        """As nn.Module's; the rule's state moved off the meta device (`to_empty`) holds no values, so it is
+        redrawn as `nowt.convert` drew it."""
+        was_meta = any(t.is_meta for t in self._rule_state())
+        out = super()._apply(fn, recurse)
+        state = self._rule_state()
+        if was_meta and state and not any(t.is_meta for t in state):
+            if self.draw_state is None or getattr(self, "dfa_context", None) is not None:
+                raise ValueError(f"{type(self).__name__} ({self.rule.name}) left the meta device with "
+                                 f"uninitialised feedback, which nowt cannot redraw; convert the model after "
+                                 f"materialising it")
+            # Drawn on a stand-in with W's shape (an attention projection's W, its owner's, may still be on
+            # the meta device here), then copied in: the same tensors, the same draw as convert's.
+            stand_in = nn.Module()
+            stand_in.weight = nn.Parameter(self.weight.new_empty(self.weight.shape, device=state[0].device))
+            self.rule.setup(stand_in, torch.Generator().set_state(self.draw_state))
+            with torch.no_grad():
+                for name, t in (*stand_in._parameters.items(), *stand_in._buffers.items()):
+                    if name != "weight":
+                        getattr(self, name).copy_(t)
+        return out
+
+
+def adopt_parameters(layer: nn.Module, m: nn.Module) -> None:
+    """Gives `layer` m's weight and bias: the same Parameter objects, or, for a parametrized m (weight
+    norm), m's parametrizations, so the layer computes the weight m's forward uses from the same originals
+    (under the same state-dict keys) and the rule applies to that weight."""
+    if not parametrize.is_parametrized(m):
+        layer.weight, layer.bias = m.weight, m.bias
+        return
+    for name in ("weight", "bias"):
+        if parametrize.is_parametrized(m, name):
+            del layer._parameters[name]
+        else:
+            setattr(layer, name, getattr(m, name))
+    # torch's own steps of register_parametrization (private helpers, stable since torch 1.9)
+    parametrize._inject_new_class(layer)
+    layer.parametrizations = m.parametrizations
+    for name in m.parametrizations:
+        parametrize._inject_property(layer, name)
+
 
 class Linear(FeedbackLayer, nn.Linear):
     @classmethod
     def from_module(cls, m: nn.Linear, rule: Rule) -> Linear:
         layer = cls(m.in_features, m.out_features, bias=m.bias is not None, device="meta")
-        layer.weight, layer.bias = m.weight, m.bias
+        adopt_parameters(layer, m)
         layer.rule, layer.op = rule, LinearOp()
         return layer.train(m.training)
+
+
+class TransposedLinear(FeedbackLayer):
+    """transformers' `Conv1D` (GPT-2), y = x W + b with W stored (in, out), trained by a rule; B is shaped
+    like W. `register_transformers` makes the class, a subclass of transformers' own, once it is imported."""
+
+    @classmethod
+    def from_module(cls, m: nn.Module, rule: Rule) -> TransposedLinear:
+        layer = cls.__new__(cls)
+        nn.Module.__init__(layer)  # not Conv1D's __init__, which would draw a weight only to drop it
+        layer.nf, layer.nx = m.nf, m.nx
+        adopt_parameters(layer, m)
+        layer.rule, layer.op = rule, TransposedLinearOp()
+        return layer.train(m.training)
+
+
+def register_transformers() -> None:
+    """Makes transformers' `Conv1D` convertible, once transformers has defined it (nowt never imports it
+    itself; `nowt.convert` calls this)."""
+    base = getattr(sys.modules.get("transformers.pytorch_utils"), "Conv1D", None)
+    if base is not None and base not in CONVERTIBLE:
+        cls = type("Conv1D", (TransposedLinear, base), {"__module__": __name__})
+        globals()["Conv1D"] = CONVERTIBLE[base] = cls  # a module attribute: a converted model pickles
+
+
+def __getattr__(name: str):
+    if name == "Conv1D":  # unpickling a converted GPT-2 in a fresh process: make the class first
+        import transformers.pytorch_utils  # noqa: F401
+        register_transformers()
+        return globals()["Conv1D"]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class _Conv(FeedbackLayer):
@@ -65,7 +147,7 @@ class _Conv(FeedbackLayer):
                         device="meta")
         else:
             layer = cls(*args, m.dilation, m.groups, m.bias is not None, m.padding_mode, device="meta")
-        layer.weight, layer.bias = m.weight, m.bias
+        adopt_parameters(layer, m)
         # String paddings ("same") and non-zero padding modes are applied by an explicit pad, so the op
         # itself only ever sees symmetric integer zero padding.
         explicit = isinstance(m.padding, str) or m.padding_mode != "zeros"
@@ -75,7 +157,18 @@ class _Conv(FeedbackLayer):
                           tuple(m.output_padding) if m.transposed else ())
         return layer.train(m.training)
 
+    pad_same = False  # timm's Conv2dSame: TensorFlow's "SAME" padding, computed from each input's size
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() == len(self.kernel_size) + 1:  # unbatched (C, *size), as torch's convolutions accept
+            return super().forward(x.unsqueeze(0)).squeeze(0)
+        return super().forward(x)
+
     def prepare_input(self, x: Tensor) -> Tensor:
+        if self.pad_same:
+            pads = [max((math.ceil(n / s) - 1) * s + (k - 1) * d + 1 - n, 0) for n, k, s, d in
+                    zip(x.shape[2:], self.kernel_size, self.stride, self.dilation, strict=True)]
+            return F.pad(x, [p for pad in reversed(pads) for p in (pad // 2, pad - pad // 2)])
         if isinstance(self.padding, str) or self.padding_mode != "zeros":
             mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
             return F.pad(x, self._reversed_padding_repeated_twice, mode=mode)

@@ -38,10 +38,13 @@ def alignment_pairs(model: nn.Module) -> dict[str, tuple[Tensor | None, Tensor |
 def weight_angles(model: nn.Module) -> dict[str, float]:
     """{layer name: degrees between the feedback matrix B and the forward weight W}; 0 for `bp` layers.
 
-    A rule may compare B with another reference: dfa and ifa layers compare it with what backprop would
-    send instead, the product of the downstream forward weights; nan where that is undefined.
+    nan for a layer that never ran while the model did (`nowt.convert`'s first-forward check): its B
+    carried nothing. A rule may compare B with another reference: dfa and ifa layers compare it with what
+    backprop would send instead, the product of the downstream forward weights; nan where that is undefined.
     """
-    return {name: (math.nan if fb is None or ref is None else angle(fb, ref))
+    layers = feedback_layers(model)
+    never_ran = {name for name, m in layers.items() if m.skipped and m.last_input_shape is None}
+    return {name: (math.nan if fb is None or ref is None or name in never_ran else angle(fb, ref))
             for name, (fb, ref) in alignment_pairs(model).items()}
 
 

@@ -72,7 +72,13 @@ class ConvOp(_Op):
                 self.groups)
 
     def forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        return torch.convolution(x, weight, bias, *self._geometry())
+        # The functional form torch's own layers call (not torch.convolution, which autocast leaves in fp32):
+        # under autocast a converted layer gives the replaced layer's dtype and numbers.
+        dims = len(self.stride)
+        if self.transposed:
+            return _CONV_TRANSPOSE[dims](x, weight, bias, self.stride, self.padding, self.output_padding or 0,
+                                         self.groups, self.dilation)
+        return _CONV[dims](x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
 
     def backward(
         self, grad_out: Tensor, x: Tensor, matrix: Tensor, needs: tuple[bool, bool, bool]
@@ -86,6 +92,31 @@ class ConvOp(_Op):
     def weight_grad(self, x: Tensor, grad_out: Tensor, weight_shape: torch.Size) -> Tensor:
         stand_in = grad_out.new_zeros(()).expand(weight_shape)  # only its shape is read
         return self.backward(grad_out, x, stand_in, (False, True, False))[1]
+
+
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_CONV_TRANSPOSE = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
+
+
+@dataclass(frozen=True)
+class TransposedLinearOp(LinearOp):
+    """y = x W + b with W stored (in, out): transformers' `Conv1D` (GPT-2). B is shaped like this W."""
+
+    def forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        flat = x.reshape(-1, x.shape[-1])  # Conv1D's own forward: addmm (the same numbers under backprop)
+        out = flat @ weight if bias is None else torch.addmm(bias, flat, weight)
+        return out.view(*x.shape[:-1], weight.shape[-1])
+
+    def backward(
+        self, grad_out: Tensor, x: Tensor, matrix: Tensor, needs: tuple[bool, bool, bool]
+    ) -> Grads:
+        grad_x = grad_out @ matrix.t() if needs[0] else None
+        grad_w = self.weight_grad(x, grad_out) if needs[1] else None
+        grad_b = grad_out.reshape(-1, grad_out.shape[-1]).sum(0) if needs[2] else None
+        return grad_x, grad_w, grad_b
+
+    def weight_grad(self, x: Tensor, grad_out: Tensor) -> Tensor:
+        return x.reshape(-1, x.shape[-1]).t() @ grad_out.reshape(-1, grad_out.shape[-1])
 
 
 #: The 2-d case under its earlier name: `Conv2dOp(stride, padding, dilation, groups)`.
