@@ -370,3 +370,18 @@ def test_under_torchrun_a_locked_directory_ends_every_rank_with_one_line(tmp_pat
     assert "rank 0 refused the run directory" in done.stderr, done.stderr[-3000:]
     # the one traceback left is torchrun's own summary, not a rank's
     assert done.stderr.count("Traceback") <= 1 and "gloo" not in done.stderr.lower(), done.stderr[-3000:]
+
+
+@pytest.mark.parametrize("argv", [["--lr-schedule", "step"], ["--lr-schedule", "plateau"],
+                                  ["--optimizer", "rmsprop"], ["--optimizer", "adam", "--momentum", "0.5"],
+                                  ["--bias-lr-scale", "5.0"],
+                                  ["--lr-schedule", "constant", "--lr-milestones", "1"]])
+def test_target_propagation_refuses_each_flag_it_would_ignore(capsys, argv):
+    from nowt.cli import main
+
+    base = ["train", "--rule", "dtp", "--dataset", "synthetic", "--activation", "tanh", "--hidden", "8",
+            "--epochs", "1", "--no-progress"]
+    assert main(base + argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"does not support {argv[-2]} {argv[-1]};" in err, err
+    assert main(base + ["--lr-schedule", "constant", "--optimizer", "adam"]) == 0  # what it does: accepted

@@ -81,7 +81,7 @@ class TrainConfig:
     patience: int | None = _f(None, "stop once the best test error is N epochs old (Bartunov et al.: 100); "
                               "none: run every epoch", min=1, metavar="N")
     batch_size: int = _f(32, "global training batch (split across ranks under torchrun)", min=1)
-    optimizer: str = _f("sgd", "optimizer of the forward weights",
+    optimizer: str = _f("sgd", "optimizer of the forward weights (target propagation: always adam)",
                         choices=("sgd", "adam", "adamw", "rmsprop"))
     lr: float = _f(0.01, "learning rate", gt=0.0)
     momentum: float = _f(0.9, "momentum (sgd, rmsprop)", min=0.0)
@@ -92,7 +92,8 @@ class TrainConfig:
     weight_decay: float = _f(0.0, "L2 weight decay", min=0.0)
     lr_schedule: str = _f("cosine", "cosine: to 0, per batch; constant; step: x0.1 at --lr-milestones "
                           "(default 1/3 and 2/3 of the run); plateau: Nøkland 2016's x0.5 when an epoch's "
-                          "training error is not under its running mean, ending after 8 halvings",
+                          "training error is not under its running mean, ending after 8 halvings (target "
+                          "propagation: its lr is always constant)",
                           choices=("cosine", "constant", "step", "plateau"))
     lr_milestones: tuple[int, ...] = _f((), "epochs after which the step schedule multiplies the lr by 0.1, "
                                         "e.g. 50,75", min=1, metavar="E[,E...]")

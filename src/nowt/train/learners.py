@@ -16,7 +16,7 @@ from nowt import distributed
 from nowt.layers import feedback_rules
 from nowt.optim import HalveOnPlateau, make_optimizer
 from nowt.rules import rule_class
-from nowt.train.config import TrainConfig
+from nowt.train.config import FIELDS, TrainConfig, flag_name, is_default
 from nowt.train.factories import (
     make_loss,
     make_scheduler,
@@ -112,16 +112,29 @@ class RuleLearner:
         self.steps = state.get("steps", state["scheduler"].get("last_epoch", 0))
 
 
+#: What a whole-network rule (target propagation) decides itself, by TrainConfig field: the values it
+#: accepts besides the field's default (left alone, a field asks for nothing). Any other value is refused,
+#: never ignored. It trains with Adam (--adam-betas, --adam-eps) at a constant --lr on layer-local losses.
+WHOLE_NETWORK_FIXED: dict[str, tuple] = {
+    "optimizer": ("adam",), "lr_schedule": ("constant",), "lr_milestones": (), "momentum": (),
+    "bias_lr_scale": (), "weight_decay": (), "loss": (), "amp": (), "channels_last": (),
+}
+
+
 def make_learner(cfg: TrainConfig, model: nn.Module, steps_per_epoch: int) -> Learner:
-    """The one place that decides how a rule trains: its whole-network learner or the per-layer one."""
+    """The one place that decides how a rule trains, and so which options its learner takes: the
+    per-layer learner takes them all; a whole-network rule's learner refuses those in WHOLE_NETWORK_FIXED."""
     if not trains_whole_network(cfg):
         return RuleLearner(model, cfg, steps_per_epoch)
-    # A whole-network rule trains with its own optimizers and layer losses: refuse what it would ignore.
-    ignored = [flag for flag, off in (("--loss bce", cfg.loss == "ce"), ("--amp", cfg.amp == "off"),
-                                      ("--channels-last", not cfg.channels_last),
-                                      ("--weight-decay", cfg.weight_decay == 0)) if not off]
+    ignored = [f"{flag_name(FIELDS[name])} {_shown(getattr(cfg, name))}"
+               for name, accepted in WHOLE_NETWORK_FIXED.items()
+               if not is_default(FIELDS[name], getattr(cfg, name)) and getattr(cfg, name) not in accepted]
     if ignored:
         raise ValueError(f"rule {cfg.rule!r} (target propagation) does not support {', '.join(ignored)}; "
-                         "it trains with Adam at --lr on its own layer-local losses")
+                         "it trains with Adam at a constant --lr on its own layer-local losses")
     return rule_class(cfg.rule).learner(model, lr=cfg.lr, seed=cfg.seed, betas=cfg.adam_betas,
                                         eps=cfg.adam_eps, **rule_options(cfg))
+
+
+def _shown(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
