@@ -275,13 +275,13 @@ class TwoOutputs(nn.Module):
 
     def forward(self, x):
         y = self.fc(x)
-        return y[:, None] if self.shape_3d else (y, y)
+        return y[:, None, None] if self.shape_3d else (y, y)  # [N, T, n_out] is a sequence: 4 dims
 
 
 def test_clear_errors():
-    with pytest.raises(ValueError, match=r"one \[N, n_out\] tensor"):
+    with pytest.raises(ValueError, match=r"returned tuple, not one \[N, n_out\].*name it with output="):
         nowt.convert(TwoOutputs(), "dfa")(torch.randn(2, 3))
-    with pytest.raises(ValueError, match=r"one \[N, n_out\] tensor.*\(2, 1, 2\)"):
+    with pytest.raises(ValueError, match=r"one \[N, n_out\] tensor.*\(2, 1, 1, 2\)"):
         nowt.convert(TwoOutputs(shape_3d=True), "dfa")(torch.randn(2, 3))
     model = nowt.convert(tiny_mlp(), "dfa", seed=0)
     with pytest.raises(RuntimeError, match="outside its converted model"):

@@ -186,7 +186,7 @@ def test_clear_errors():
             self.a, self.b = nn.Linear(3, 2), nn.Linear(3, 2)
 
         def forward(self, x):
-            return self.a(x), self.b(x)
+            return {"a": self.a(x), "b": self.b(x)}  # a tuple's first entry would be its hidden state
 
     class TwoOut(nn.Module):
         def __init__(self):
@@ -194,11 +194,11 @@ def test_clear_errors():
             self.pair = Pair()
 
         def forward(self, x):
-            a, b = self.pair(x)
-            return a + b
+            out = self.pair(x)
+            return out["a"] + out["b"]
 
     model = nowt.convert(TwoOut(), "dfa", blocks=["pair"])
-    with pytest.raises(ValueError, match="block 'pair' must return one tensor.*got tuple"):
+    with pytest.raises(ValueError, match="block 'pair' must return a tensor.*got dict"):
         model(torch.randn(2, 3))
     block = nowt.convert(block_mlp(), "dfa", blocks=["1"])[1]
     with pytest.raises(RuntimeError, match="outside its converted model's forward"):

@@ -2,9 +2,10 @@
 
 `DirectFeedback.setup_model` puts a forward pre-hook and a forward hook on the converted model (a `Context`'s
 bound methods, so deepcopy keeps model, layers and context consistent). Each forward opens a `Pass`; the
-converted layers that run in it register there. The forward hook passes the output through `RecordError`,
-an identity whose backward records `e = dL/d(output)` on the pass. Autograd reaches that node before any
-layer (every layer lies upstream of the output), so `e` is known when the layers' backward needs it.
+converted layers that run in it register there. The forward hook passes the output tensor (`outputs.pick`)
+through `RecordError`, an identity whose backward records `e = dL/d(output)` on the pass. Autograd reaches
+that node before any layer (every layer lies upstream of the output), so `e` is known when the layers'
+backward needs it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from nowt.rules.dfa import outputs
 from nowt.rules.dfa.blocks import BlockFeedbackFunction
 from nowt.rules.dfa.storage import AnyProjection
 
@@ -38,8 +40,10 @@ class Pass:
         return len(self.pending) - 1
 
     def resolve(self, model: nn.Module, output: Tensor) -> None:
-        """Called when the forward returns: now n_out is known, so every layer's B can be settled."""
-        n, n_out = output.shape
+        """Called when the forward returns: now n_out is known, so every layer's B can be settled. A
+        sequence output `(N, T, n_out)` gives per-token errors (`DirectFeedback.follows_tokens`)."""
+        n, n_out = output.shape[0], output.shape[-1]
+        tokens = output.shape[1] if output.dim() == 3 else None
         fed = self.pending
         # A block after which no converted layer ran has no B: nothing downstream of it reads a converted
         # weight, so it keeps the gradient from downstream (e itself at the output), as an output layer does.
@@ -60,8 +64,8 @@ class Pass:
             raise ValueError(f"{self.rule.name}: position_feedback='shared' (--position-feedback shared) "
                              f"shares one B across the positions of a sequence (N, T, C) fed to a Linear "
                              f"layer or a block, but this model has none; drop it")
-        self.projections = [self.rule.projection(model, layer, s) for (layer, _), s in zip(fed, shapes,
-                                                                                              strict=True)]
+        self.projections = [self.rule.projection(model, layer, s, tokens)
+                            for (layer, _), s in zip(fed, shapes, strict=True)]
         if last_block:
             self.projections.append(None)
         self.pending = None  # drop the layers: backward needs only the projections
@@ -125,27 +129,33 @@ class Context:
         self.running.discard(self.block_names[block])
         if self.block_layers[block].backprop_only or not torch.is_grad_enabled():
             return output
-        if not isinstance(output, Tensor) or output.dim() < 2:
+        # A tuple (a Hugging Face layer's): the hidden state first gets B e; the other entries (a position
+        # bias, attention weights, caches) keep the gradients autograd gives them.
+        hidden = output[0] if isinstance(output, (tuple, list)) and output else output
+        if not isinstance(hidden, Tensor) or hidden.dim() < 2:
             name = next(n for n, m in self.model.named_modules() if m is block)
-            got = f"shape {tuple(output.shape)}" if isinstance(output, Tensor) else type(output).__name__
-            raise ValueError(f"{self.rule.name}: block {name!r} must return one tensor with the batch on dim "
-                             f"0; got {got}")
-        if not output.requires_grad:
+            got = f"shape {tuple(hidden.shape)}" if isinstance(hidden, Tensor) else type(hidden).__name__
+            raise ValueError(f"{self.rule.name}: block {name!r} must return a tensor with the batch on dim 0 "
+                             f"(or a tuple with one first); got {got}")
+        if not hidden.requires_grad:
             return output
-        slot = self.current.register(block, output) if self.current is not None else -1
-        return BlockFeedbackFunction.apply(output, self.current, slot)
+        slot = self.current.register(block, hidden) if self.current is not None else -1
+        fed = BlockFeedbackFunction.apply(hidden, self.current, slot)
+        return outputs.put(output, [("item", 0)], fed) if hidden is not output else fed
 
     def begin(self, model: nn.Module, args: Any) -> None:
         self.current = self.rule.new_pass()
         self.running.clear()  # a forward that raised inside a block left it marked
 
-    def end(self, model: nn.Module, args: Any, output: Any) -> Tensor:
+    def end(self, model: nn.Module, args: Any, output: Any) -> Any:
+        """e is the gradient of the loss with respect to one tensor of the output (`outputs.pick`)."""
         pass_, self.current = self.current, None
-        if not isinstance(output, Tensor) or output.dim() != 2:
-            got = f"a tensor of shape {tuple(output.shape)}" if isinstance(output, Tensor) else type(output)
-            raise ValueError(f"{self.rule.name}: the model's forward must return one [N, n_out] tensor (the "
-                             f"error e is the gradient of the loss with respect to it); got {got}")
-        pass_.resolve(model, output)
-        if torch.is_grad_enabled() and output.requires_grad:
-            return RecordError.apply(output, pass_)
+        picked, path = outputs.pick(output, self.rule.output, self.rule.name)
+        if picked.dim() not in (2, 3):
+            raise ValueError(f"{self.rule.name}: the model's output must be one [N, n_out] tensor or a "
+                             f"sequence [N, T, n_out] (the error e is the loss's gradient with respect to "
+                             f"it); got a tensor of shape {tuple(picked.shape)}")
+        pass_.resolve(model, picked)
+        if torch.is_grad_enabled() and picked.requires_grad:
+            return outputs.put(output, path, RecordError.apply(picked, pass_))
         return output

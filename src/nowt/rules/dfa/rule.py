@@ -14,7 +14,20 @@ B is uniform in `[-1, 1] * scale / sqrt(D)`, `D = prod(input.shape[1:])`, as in 
 converted layer's weight and bias (Nøkland trains tanh nets from zero).
 
 `position_feedback="shared"` gives a Linear layer's input and a block's output of shape `(N, *positions, C)`
-one `(n_out, C)` B for every position (`storage.Broadcast`). `blocks` (`blocks.py`): block-level DFA.
+one `(n_out, C)` B for every position (`storage.Broadcast`), whatever the number of positions; a model with
+no such tensor is refused at the first forward. `blocks` (`blocks.py`): block-level DFA.
+
+The output: e is the loss's gradient with respect to one tensor of what the model returns, picked by
+`output=` (a key, an attribute, an index or a callable; by default a tensor itself, or a dict's, a
+ModelOutput's or a tuple's one logits tensor: the rule is in `outputs.py`). It is `[N, n_out]`, or a
+sequence `[N, T, V]`, for which DFA is per token: e_t = dL/d(output[:, t]) `(N, V)` is position t's own
+error. A Linear layer's input or a block's output `(N, T, *rest)` with the output's T positions then gets,
+at position t, `e_t @ B_t.flatten(1)`: B is `(V, T, *rest)` and B_t = B[:, t] (full), or one `(V, C)` for
+every t (position_feedback="shared"), never another position's error (`storage.PerToken`). Any other
+module (a convolution, an input with no positions, cross-attention's memory of another length S) gets what
+an `[N, V]` output's error `sum_t e_t` would give it (`storage.Summed`). A full B fixes T (and S) at the
+first forward; lengths that vary between batches, and a projection that sees both queries and a memory of
+another length, need "shared". B's scale is that of the same shape in the `[N, n_out]` case.
 
 `conv_feedback="kernel"` gives each convolution BioTorch's B instead: `n_out x in_channels x kernel`, e
 spread over the output positions and sent back by the convolution's input gradient with B for W
@@ -77,7 +90,7 @@ class DirectFeedback(Rule):
     name = "dfa"
     options: ClassVar[dict[str, Any]] = {"storage": "dense", "chunk": 4096, "scale": 1.0, "zero_init": False,
                                          "feedback_init": "uniform", "conv_feedback": "full", "blocks": (),
-                                         "position_feedback": "full"}
+                                         "position_feedback": "full", "output": None}
     FEEDBACK_INITS = ("uniform", "xavier")
     CONV_FEEDBACKS = ("full", "kernel")
     POSITION_FEEDBACKS = ("full", "shared")
@@ -101,6 +114,10 @@ class DirectFeedback(Rule):
         if self.position_feedback not in self.POSITION_FEEDBACKS:
             raise ValueError(f"unknown position_feedback {self.position_feedback!r}; choose "
                              f"{' or '.join(self.POSITION_FEEDBACKS)}")
+        if not (self.output is None or callable(self.output) or isinstance(self.output, (int, str))
+                and not isinstance(self.output, bool) and self.output != ""):
+            raise ValueError(f"output must be a key, an attribute name, an index or a callable picking the "
+                             f"tensor e is taken of from the model's output; got {self.output!r}")
         if isinstance(self.blocks, str) or not all(isinstance(b, str) and b for b in self.blocks):
             raise ValueError(f"blocks must be a list of module names or glob patterns (e.g. ['blocks.*']), "
                              f"got {self.blocks!r}")
@@ -151,14 +168,33 @@ class DirectFeedback(Rule):
                               slot)
 
     def note_shape(self, layer: FeedbackLayer, shape: torch.Size) -> None:
-        """Fixes the layer's feedback shape `(n_out, *input.shape[1:])` at its first forward."""
+        """Fixes the shape of the layer's B (`stored_shape`) at its first forward."""
+        shape = self.stored_shape(layer, shape)
         known = buffer(layer, "feedback_shape")
         if known is None:
             layer.register_buffer("feedback_shape", torch.tensor(shape, device=anchor(layer).device))
         elif tuple(host_value(layer, "feedback_shape")) != tuple(shape):
             fixed = tuple(host_value(layer, "feedback_shape"))
+            if len(fixed) > 2 and len(shape) == 2 and (fixed[0], fixed[-1]) == tuple(shape):
+                # saved when a shared B's shape was kept as (n_out, *positions, C): the same B
+                layer.register_buffer("feedback_shape", torch.tensor(shape, device=known.device))
+                return
+            sequence = len(fixed) > 2 and isinstance(getattr(layer, "op", None), (LinearOp, type(None)))
+            hint = ("; a sequence whose length varies (or attention over a memory of another length) needs "
+                    "position_feedback='shared', one B for every position") if sequence else ""
             raise ValueError(f"{self.name}: a layer's feedback has shape (n_out, *input) = {fixed}, fixed at "
-                             f"the first forward, but now needs {tuple(shape)}")
+                             f"the first forward, but now needs {tuple(shape)}{hint}")
+
+    def stored_shape(self, module: nn.Module, shape: torch.Size) -> torch.Size:
+        """The shape of the B a module keeps, from `(n_out, *input.shape[1:])`: that, or `(n_out, C)` where
+        one B serves every position (`shares_positions`)."""
+        return torch.Size((shape[0], shape[-1])) if self.shares_positions(module, shape) else shape
+
+    def follows_tokens(self, module: nn.Module, shape: torch.Size, tokens: int) -> bool:
+        """Whether a module of shape `(n_out, *input.shape[1:])` takes per-token errors from a sequence
+        output `(N, tokens, n_out)`: a Linear layer's input or a block's output `(N, tokens, ..., C)`."""
+        op = getattr(module, "op", None)
+        return len(shape) > 2 and shape[1] == tokens and (op is None or isinstance(op, LinearOp))
 
     def kernel_form(self, layer: FeedbackLayer) -> bool:
         """Whether the layer's B is BioTorch's `n_out x in_channels x kernel` (a convolution, with
@@ -175,16 +211,24 @@ class DirectFeedback(Rule):
         layers = list(self.layers(model).values())
         return layers + list(layers[0].dfa_context.block_layers)
 
-    def projection(self, model: nn.Module, layer: FeedbackLayer,
-                   shape: torch.Size) -> storage.AnyProjection | None:
-        """The layer's B as a projection of e, creating its stored state at the first forward."""
+    def projection(self, model: nn.Module, layer: FeedbackLayer, shape: torch.Size,
+                   tokens: int | None = None) -> storage.AnyProjection | None:
+        """The layer's B as a projection of e, creating its stored state at the first forward; `shape` is
+        `(n_out, *input.shape[1:])`, `tokens` the output's positions T where it is a sequence."""
         if not self.has_feedback(layer):
             return None
+        project = self._projection(model, layer, shape)
+        if tokens is None:
+            return project
+        if self.follows_tokens(layer, shape, tokens):
+            return storage.PerToken(project.project if isinstance(project, storage.Broadcast) else project,
+                                    shape)
+        return storage.Summed(project)
+
+    def _projection(self, model: nn.Module, layer: FeedbackLayer, shape: torch.Size) -> storage.AnyProjection:
         seed = int(host_value(layer, "feedback_seed"))
         kernel = self.kernel_form(layer)
-        full = shape
-        if self.shares_positions(layer, shape):
-            shape = torch.Size((shape[0], shape[-1]))  # one (n_out, C) B, broadcast over the positions
+        full, shape = shape, self.stored_shape(layer, shape)  # (n_out, C): broadcast over the positions
         taps = math.prod(layer.weight.shape[2:]) if kernel else 1
         fan_in = layer.weight.shape[1] * taps if kernel else math.prod(shape[1:])
         if self.feedback_init == "xavier":

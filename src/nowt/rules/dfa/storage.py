@@ -143,6 +143,54 @@ class Broadcast:
         return self.project.matrix(like)
 
 
+class Summed:
+    """A sequence output's error `(N, T, n_out)` for a module whose positions are not the output's (a
+    convolution, an input without them, cross-attention's memory of another length): every position gets
+    what an `(N, n_out)` output's e would give, with e the error summed over the output's positions."""
+
+    def __init__(self, project: AnyProjection) -> None:
+        self.project = project
+
+    def __call__(self, e: Tensor) -> Tensor:
+        return self.project(e.sum(1))
+
+    def matrix(self, like: Tensor) -> Tensor:
+        return self.project.matrix(like)
+
+
+class PerToken:
+    """Per-token DFA for a module of shape `(N, T, *rest)` under an output `(N, T, n_out)`: position t gets
+    `e_t @ B_t`, its own error only. B is `(n_out, T, *rest)`, B_t = B[:, t] (`project`, full), or one
+    `(n_out, C)` for every position (`project` is then `(n_out, C)`, C = rest[-1], shared)."""
+
+    def __init__(self, project: Projection, shape: torch.Size) -> None:
+        self.project, self.shape = project, shape  # shape: (n_out, T, *rest)
+        self.shared = len(project.shape) == 2
+
+    def __call__(self, e: Tensor) -> Tensor:
+        n, t = e.shape[:2]
+        if self.shared:
+            g = self.project(e.reshape(n * t, -1))  # (N T, C)
+            middle = (1,) * (len(self.shape) - 3)
+            return g.view(n, t, *middle, g.shape[1]).expand(n, *self.shape[1:])
+        k = math.prod(self.shape[2:])  # columns of B.flatten(1) per position
+        out = e.new_empty(n, t * k)
+        for j0, j1, block in self.project.blocks():
+            block = block.to(e.dtype)
+            if j0 % k == 0 and j1 % k == 0:  # whole positions: one batched product over them
+                t0, t1 = j0 // k, j1 // k
+                part = torch.einsum("ntv,vtk->ntk", e[:, t0:t1], block.view(-1, t1 - t0, k))
+                out.view(n, t, k)[:, t0:t1] = part
+                continue
+            for p in range(j0 // k, (j1 - 1) // k + 1):  # a chunk that splits positions
+                a, b = max(j0, p * k), min(j1, (p + 1) * k)
+                out[:, a:b] = e[:, p] @ block[:, a - j0:b - j0]
+        return out
+
+    def matrix(self, like: Tensor) -> Tensor:
+        return self.project.matrix(like)
+
+
 class KernelProjection:
     """BioTorch's DFA for a convolution: e, the same at every output position, goes back to the input by
     the convolution's own input gradient with B (`n_out x in_channels x kernel`) in W's place. So the
@@ -181,4 +229,4 @@ def kernel(layer: nn.Module, seed: int, shape: torch.Size, scale: float, chunk: 
 
 
 #: What a module's B is, as `DirectFeedback.projection` makes it: every kind maps e to the module's gradient.
-AnyProjection = Projection | Broadcast | KernelProjection
+AnyProjection = Projection | Broadcast | KernelProjection | Summed | PerToken
