@@ -385,3 +385,27 @@ def test_target_propagation_refuses_each_flag_it_would_ignore(capsys, argv):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"does not support {argv[-2]} {argv[-1]};" in err, err
     assert main(base + ["--lr-schedule", "constant", "--optimizer", "adam"]) == 0  # what it does: accepted
+
+
+@pytest.mark.parametrize("rule", ["fa", "dtp"])
+def test_under_torchrun_a_last_batch_smaller_than_the_world_is_no_divergence(tmp_path, rule):
+    """65 examples in batches of 32: the last global batch (1 example) leaves rank 1 nothing. The ranks'
+    gradients are weighted by their share, so two ranks give what one process gives (fa; target
+    propagation's inverse-loss noise is drawn per rank)."""
+    import json
+
+    from nowt.train import TrainConfig, fit
+
+    tp = ["--activation", "tanh", "--optimizer", "adam", "--lr-schedule", "constant"] if rule == "dtp" else []
+    args = ["--train-size", "65", "--batch-size", "32", "--epochs", "2", "--rule", rule, *tp]
+    done = _torchrun_train(*args, "--out", str(tmp_path / "ddp"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "test accuracy" in done.stdout
+    if rule == "dtp":
+        return
+    two = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    one = fit(TrainConfig(dataset="synthetic", hidden=(8,), train_size=65, batch_size=32, epochs=2),
+              progress=False)
+    for a, b in zip(one, two, strict=True):
+        for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key

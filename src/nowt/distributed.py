@@ -99,8 +99,8 @@ def wrap(model: nn.Module, device: torch.device | None = None) -> nn.Module:
 def shard(*tensors: Tensor) -> tuple[Tensor, ...]:
     """This rank's contiguous slice of a global batch; ranks' slices concatenate to the whole batch.
 
-    An uneven batch gives some ranks one example more; DDP then averages per-rank means, which weighs
-    those examples slightly differently from one process (exact when the batch divides evenly)."""
+    An uneven batch gives some ranks one example more, and a batch smaller than the world leaves some ranks
+    none: `weigh_shard` makes the ranks' averaged gradient that of the global batch's mean loss."""
     rank, size = world()
     if size == 1:
         return tensors
@@ -140,6 +140,28 @@ def average_gradients(params) -> None:
         if p.grad is not None:
             dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
             p.grad.div_(size)
+
+
+def weigh_shard(loss: Tensor, count: int) -> tuple[Tensor, Tensor]:
+    """(the loss to backpropagate, the global batch's mean loss, detached) for `loss`, the mean over this
+    rank's `count` examples (0: a stand-in batch whose loss must weigh nothing). Each rank's loss is
+    weighted by its share of the global batch, so DDP's average of the ranks' gradients is the gradient of
+    the mean over every example, as one process would take it, for uneven and empty shards too. Alone (or
+    with even shards) the weight is exactly 1."""
+    size = world()[1]
+    if size == 1:
+        return loss, loss.detach()
+    totals = all_reduce_sum_(torch.stack([loss.detach() * count, loss.new_tensor(float(count))]))
+    return loss * (count * size / totals[1]), totals[0] / totals[1]
+
+
+def shard_weight(count: int) -> float:
+    """`weigh_shard`'s weight of a rank's mean loss over its `count` examples, as a number (a collective,
+    read on the host): count x world / the global batch; 1.0 alone."""
+    size = world()[1]
+    if size == 1:
+        return 1.0
+    return count * size / float(all_reduce_sum_(torch.tensor([float(count)])).item())
 
 
 def global_mean(t: Tensor) -> Tensor:

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nowt.distributed import average_gradients
+from nowt.distributed import average_gradients, shard_weight
 from nowt.lc import LocallyConnected2d
 from nowt.metrics import angle
 from nowt.optim import make_optimizer
@@ -242,6 +242,11 @@ class TargetPropTrainer:
         phase says). Returns the batch's loss and accuracy (%) before the update, and the inverse loss
         (nan when the inverses did not train)."""
         train_forward, train_inverse = self.phase != "inverse", self.phase != "forward"
+        # Under torch.distributed, each rank's losses weigh its share of the global batch (its gradients are
+        # then averaged): a rank left no example runs a stand-in that weighs 0 (see distributed.weigh_shard).
+        weight = shard_weight(len(y))
+        if len(y) == 0:
+            x, y = x.new_zeros(1, *x.shape[1:]), y.new_zeros(1)
         with torch.set_grad_enabled(train_forward):
             hs, outs = self._forward(x)
         loss = F.cross_entropy(outs[-1], y)
@@ -255,14 +260,14 @@ class TargetPropTrainer:
                                         self.sigma, self.generator, self.denoise)
                            for layer in self.inverse_layers)
             self.inverse_optimizer.zero_grad(set_to_none=True)
-            inv_loss.backward()
+            (inv_loss * weight).backward()
             _step(self.inverse_optimizer)
             record["inverse_loss"] = inv_loss.item()
         if train_forward:
             # Disjoint graphs: each layer's loss reaches only its own weights; the readout's is the task loss.
             total = loss + sum(squared_error(outs[layer - 1], t) for layer, t in targets.items())
             self.forward_optimizer.zero_grad(set_to_none=True)
-            total.backward()
+            (total * weight).backward()
             _step(self.forward_optimizer)
         self.steps += 1
         return record

@@ -69,14 +69,17 @@ class RuleLearner:
             rule.begin_training(self.model, self.cfg.batch_size)
 
     def train_step(self, x: Tensor, y: Tensor) -> dict[str, Any]:
+        count = len(y)
+        if count == 0:  # under torchrun, a global batch smaller than the world: a stand-in weighing nothing
+            x, y = x.new_zeros(1, *x.shape[1:]), y.new_zeros(1)  # (DDP needs every rank's backward)
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(**self.autocast):
             out = self.net(x)
             loss = self.loss_fn(out.float(), y)
-        # Every rank sees the mean over ranks, so all stop together on a NaN anywhere. The step is taken
-        # without reading the loss (no host sync): the loop checks finiteness before any checkpoint.
-        mean_loss = distributed.global_mean(loss)
+        # Every rank sees the global batch's mean loss, so all stop together on a NaN anywhere. The step is
+        # taken without reading the loss (no host sync): the loop checks finiteness before any checkpoint.
+        loss, mean_loss = distributed.weigh_shard(loss, count)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -85,7 +88,7 @@ class RuleLearner:
         self.steps += 1
         for rule in self.rules:
             rule.after_step(self.model, self.steps)
-        return {"loss": mean_loss.detach(), "output": out.detach()}
+        return {"loss": mean_loss, "output": out.detach()[:count]}
 
     def end_epoch(self, train_metrics: dict[str, float]) -> None:
         """The plateau schedule judges the epoch's training error (target propagation switches phases
