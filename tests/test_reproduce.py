@@ -389,3 +389,24 @@ def test_gather_tabulates_the_runs_in_a_folder_without_training(tmp_path, monkey
         run_reproduction(tiny, out_dir=tmp_path, gather=True, progress=False)
     with pytest.raises(ValueError, match="analysis"):
         reproduce.run("song2021", tmp_path / "song", gather=True, progress=False)
+
+
+def test_verdicts_table_lists_registered_rows_only_and_fills_the_readme_block(tmp_path, monkeypatch):
+    tiny = Reproduction(name="tiny", paper="Tiny 2026", table="Table 0",
+                        config=dict(dataset="synthetic", hidden=(8,), epochs=1, batch_size=50),
+                        runs={"fa": {"rule": "fa"}, "fa-wide": {"rule": "fa", "hidden": (16,)}},
+                        published=dict.fromkeys(("fa", "fa-wide"), {"best_test_accuracy": 50.0}),
+                        explorations={"fa-wide": "after fa missed"}, seeds=(0, 1, 2))
+    monkeypatch.setitem(REPRODUCTIONS, "tiny", tiny)
+    monkeypatch.setattr(reproduce, "COMMITTED", {"tiny": "tiny"})
+    run_reproduction(tiny, out_dir=tmp_path / "tiny", seeds=[0, 1], progress=False)
+    table = reproduce.verdicts(tmp_path)
+    (row,) = [line for line in table.splitlines() if "| fa |" in line]
+    assert row.startswith("| [tiny](tiny/RESULTS.md) | fa | best_test_accuracy | 50.00 |")
+    assert "(n=2)" in row and "(provisional)" in row and "fa-wide" not in table
+    with pytest.raises(ValueError, match="no <!-- verdicts"):
+        (tmp_path / "README.md").write_text("# results\n")
+        reproduce.write_verdicts(tmp_path)
+    begin, end = reproduce.VERDICTS_BEGIN, reproduce.VERDICTS_END
+    (tmp_path / "README.md").write_text(f"# r\n\n{begin}\nold\n{end}\nend\n")
+    assert reproduce.write_verdicts(tmp_path).read_text() == f"# r\n\n{begin}\n{table}{end}\nend\n"

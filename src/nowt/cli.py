@@ -133,6 +133,8 @@ def build_parser(config_defaults: dict | None = None) -> argparse.ArgumentParser
     r = sub.add_parser("reproduce", help="run a paper's table (nowt reproduce --list)")
     r.add_argument("name", nargs="?", help="reproduction name")
     r.add_argument("--list", action="store_true", help="list reproductions with their published numbers")
+    r.add_argument("--verdicts", action="store_true", help="train nothing: refill the verdicts table of "
+                   "README.md in --out (default results) from the committed runs of every reproduction")
     r.add_argument("--quick", action="store_true", help="the scaled-down version (minutes on 2 CPU cores)")
     r.add_argument("--runs", default=None, help="comma-separated subset of the reproduction's runs")
     r.add_argument("--seeds", type=_list_of(int), metavar="S[,S...]",
@@ -252,6 +254,11 @@ def reproduce_command(args: argparse.Namespace) -> int:
         check_device(args.device)
     if args.list:
         print(reproduce.listing())
+        return 0
+    if args.verdicts:
+        path = reproduce.write_verdicts(args.out or "results")
+        print(reproduce.verdicts(args.out or "results"), end="")
+        print(f"written into {path}")
         return 0
     if not args.name:
         raise ValueError("give a reproduction name or --list")

@@ -24,6 +24,7 @@ from nowt.reproduce.entry import (
     known_models,
     missing_piece,
     provenance,
+    results_spread,
     results_table,
     run_config,
     run_reproduction,
@@ -36,6 +37,43 @@ PAPERS = {module.__name__.rsplit(".", 1)[1]: module
 #: The one registry: name -> entry, in the order of PAPERS.
 REPRODUCTIONS: dict[str, Entry] = {entry.name: entry for module in PAPERS.values()
                                   for entry in module.ENTRIES}
+
+
+#: The reproductions whose runs are committed, and their folder under results/
+COMMITTED = {"akrout2019": "akrout2019", "nokland2016": "nokland2016", "biotorch-mnist": "biotorch2021",
+             "bartunov2018-mnist-fc": "bartunov2018", "bartunov2018-mnist-lc": "bartunov2018/mnist-lc"}
+#: results/README.md's generated block lies between these lines
+VERDICTS_BEGIN, VERDICTS_END = "<!-- verdicts: nowt reproduce --verdicts -->", "<!-- end verdicts -->"
+
+
+def verdicts(root: str | os.PathLike = "results") -> str:
+    """Every committed reproduction's registered rows read from their logs (training nothing): ours as mean ±
+    std over the finished seeds beside the published number, and the verdict (`entry.verdict`); the
+    explorations are linked, never listed here. Train errors are left to each RESULTS.md."""
+    lines = ["| reproduction | row | metric | published | ours: mean ± std (seeds) | verdict |",
+             "|---|---|---|---|---|---|"]
+    for name, folder in COMMITTED.items():
+        entry = get(name)
+        rows = run_reproduction(entry, out_dir=Path(root) / folder, gather=True, progress=False,
+                                only=[r for r in entry.runs if r not in entry.explorations])
+        link = f"[{name}]({folder}/RESULTS.md)"
+        for r in rows:
+            if r["metric"] != "final_train_error" and r["published"] == r["published"]:
+                lines.append(f"| {link} | {r['run']} | {r['metric']} | {r['published']:.2f} | "
+                             f"{results_spread(r)} | {r['verdict']} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_verdicts(root: str | os.PathLike = "results") -> Path:
+    """Rewrites the generated block of ROOT/README.md with `verdicts(root)`."""
+    path = Path(root) / "README.md"
+    text = path.read_text()
+    if VERDICTS_BEGIN not in text or VERDICTS_END not in text:
+        raise ValueError(f"{path} has no {VERDICTS_BEGIN} ... {VERDICTS_END} block to fill")
+    head, rest = text.split(VERDICTS_BEGIN, 1)
+    tail = rest.split(VERDICTS_END, 1)[1]
+    path.write_text(f"{head}{VERDICTS_BEGIN}\n{verdicts(root)}{VERDICTS_END}{tail}")
+    return path
 
 
 def get(name: str) -> Entry:
@@ -72,6 +110,7 @@ def run(name: str, out_dir: str | os.PathLike | None = None, quick: bool = False
                          seeds=seeds, **overrides)
 
 
-__all__ = ["BAND", "METRICS", "SEEDS", "PAPERS", "REPRODUCTIONS", "Analysis", "Entry", "Reproduction",
-           "default_out", "describe", "get", "known_models", "listing", "missing_piece", "provenance",
-           "results_table", "run", "run_config", "run_reproduction", "seed_dir", "verdict"]
+__all__ = ["BAND", "COMMITTED", "METRICS", "PAPERS", "REPRODUCTIONS", "SEEDS", "Analysis", "Entry",
+           "Reproduction", "default_out", "describe", "get", "known_models", "listing", "missing_piece",
+           "provenance", "results_spread", "results_table", "run", "run_config", "run_reproduction",
+           "seed_dir", "verdict", "verdicts", "write_verdicts"]

@@ -17,9 +17,9 @@ CIFAR10 = {"bp": 8.63, "fa": 32.16, "dfa": 45.94, "usf": 10.05, "brsf": 11.02, "
 LENET_LR = dict.fromkeys(RULES, 0.01)
 #: Rows changed after the registered row's result was seen (explorations; never a verdict). BioTorch's
 #: own DFA on this recipe (Glorot W and B) diverges within 100 steps at 1e-3 and 0.01 and trains at 3e-4 and
-#: 1e-4 (benchmarks/biotorch_dfa_probe.py, 2026-12-02); BioTorch's DFA gives a convolution a B of classes x
-#: in_channels x kernel, e spread over the output positions: nowt's conv_feedback="kernel", the same
-#: gradients to float precision (the probe's check).
+#: 1e-4 (results/biotorch2021/probes/biotorch_dfa_probe.py, 2026-12-02); BioTorch's DFA gives a
+#: convolution a B of classes x in_channels x kernel, e spread over the output positions: nowt's
+#: conv_feedback="kernel", the same gradients to float precision (the probe's check).
 EXPLORATIONS = {"dfa-kernel-lr1e-4": ({"rule": "dfa", "lr": 1e-4, "conv_feedback": "kernel"}, (
     "2026-12-02, after the registered dfa row (lr 0.01, a full B per layer) ended at 2.13 against 1.61: "
     "BioTorch's own conv DFA form at lr 1e-4, where BioTorch's DFA trains on this recipe"))}

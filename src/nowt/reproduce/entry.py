@@ -142,6 +142,9 @@ class Reproduction(Entry):
         parts = [f"# {self.name}{' (quick)' if quick else ''}", self.paper, f"{self.table}. {self.notes}",
                  provenance(command or self.command(quick)), "## Registered rows", verdict_rule(self.band),
                  results_table(registered)]
+        if (Path(out_dir) / "EXPLORATIONS.md").is_file():
+            parts.append("Explorations, probes and the history of these runs (none a verdict): "
+                         "[EXPLORATIONS.md](EXPLORATIONS.md).")
         if explored:
             parts += ["## Explorations (not verdicts)",
                       "Rows added or changed after a registered row's result was seen: "
@@ -293,7 +296,8 @@ def verdict_rule(band: dict[str, float]) -> str:
             f"registered says so in its status: its verdict is provisional.")
 
 
-def _spread(row: dict) -> str:
+def results_spread(row: dict) -> str:
+    """A row's "mean ± std (n=N)" over its finished seeds."""
     n = len(row["values"])
     if n == 0:
         return "–"
@@ -303,7 +307,7 @@ def _spread(row: dict) -> str:
 def results_table(rows: list[dict], verdicts: bool = True) -> str:
     header = ["run", "metric", "published", "ours: mean ± std (seeds)", "ours - published", "epochs",
               "seeds", *(["verdict"] if verdicts else [])]
-    table = [[r["run"], r["metric"], r["published"], _spread(r), r["difference"],
+    table = [[r["run"], r["metric"], r["published"], results_spread(r), r["difference"],
               "/".join(map(str, r["epochs"])) or "–", r["status"], *([r["verdict"]] if verdicts else [])]
              for r in rows]
     return markdown_table(header, table)

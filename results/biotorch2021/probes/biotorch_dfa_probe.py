@@ -8,32 +8,32 @@ once with nowt's (`rule="dfa"`, `init="xavier"`: B over the whole input) and onc
 `conv_feedback="kernel"` (BioTorch's form), at each lr asked for, and logs the running loss every 100
 steps and the test accuracy after every epoch. A run stops once its loss is not finite or above
 --max-loss (1e6).
-The runs of 2026-12-02 (written to /tmp, copied to results/biotorch2021/dfa_probe_*.json; the first
+The runs of 2026-12-02 (written to /tmp, copied to results/biotorch2021/probes/dfa_probe_*.json; the first
 two also trained BioTorch with an earlier build of its model, those rows are dropped from the copy):
 
     pip install --no-deps biotorch==0.0.16
     # nowt, full B (dfa_probe_full_B.json)
-    python benchmarks/biotorch_dfa_probe.py --lrs 0.01,0.001 --epochs 2 --out /tmp/dfa_probe.json
-    python benchmarks/biotorch_dfa_probe.py --lrs 0.0001,0.0003 --epochs 3 --out /tmp/dfa_probe2.json
+    python results/biotorch2021/probes/biotorch_dfa_probe.py --lrs 0.01,0.001 --epochs 2 --out /tmp/dfa_probe.json
+    python results/biotorch2021/probes/biotorch_dfa_probe.py --lrs 0.0001,0.0003 --epochs 3 --out /tmp/dfa_probe2.json
     # nowt, conv_feedback="kernel" (dfa_probe_kernel.json)
-    python benchmarks/biotorch_dfa_probe.py --lrs 0.0001,0.0003,0.001 --epochs 3 --impls nowt-kernel \
+    python results/biotorch2021/probes/biotorch_dfa_probe.py --lrs 0.0001,0.0003,0.001 --epochs 3 --impls nowt-kernel \
         --out /tmp/dfa_probe3.json
     # both at low lr (dfa_probe_low_lr.json), BioTorch at higher lr (dfa_probe_biotorch.json)
-    python benchmarks/biotorch_dfa_probe.py --lrs 0.0001,0.00003 --epochs 3 --impls biotorch,nowt-kernel \
+    python results/biotorch2021/probes/biotorch_dfa_probe.py --lrs 0.0001,0.00003 --epochs 3 --impls biotorch,nowt-kernel \
         --out /tmp/dfa_probe4.json
-    python benchmarks/biotorch_dfa_probe.py --lrs 0.01,0.001,0.0003 --epochs 3 --impls biotorch \
+    python results/biotorch2021/probes/biotorch_dfa_probe.py --lrs 0.01,0.001,0.0003 --epochs 3 --impls biotorch \
         --out /tmp/dfa_probe5.json
 
-(each with OMP_NUM_THREADS=1). FA (2026-12-02, `results/biotorch2021/fa_probe_*.json`): the row's recipe
+(each with OMP_NUM_THREADS=1). FA (2026-12-02, `results/biotorch2021/probes/fa_probe_*.json`): the row's recipe
 to the end (lr 0.01, x0.1 after epochs 50 and 75, 100 epochs; no stop on a large loss: FA's running loss
 reaches 1e4-1e13 here, and most runs recover), BioTorch's FA and nowt's, seeds 0-3, and a first
 3-epoch look at both:
 
-    python benchmarks/biotorch_dfa_probe.py --rule fa --lrs 0.01 --epochs 100 --milestones 50,75 \
+    python results/biotorch2021/probes/biotorch_dfa_probe.py --rule fa --lrs 0.01 --epochs 100 --milestones 50,75 \
         --max-loss inf --impls biotorch --seed 0 --out fa_probe_biotorch_seed0.json   # and seeds 1-3
-    python benchmarks/biotorch_dfa_probe.py --rule fa --lrs 0.01 --epochs 100 --milestones 50,75 \
+    python results/biotorch2021/probes/biotorch_dfa_probe.py --rule fa --lrs 0.01 --epochs 100 --milestones 50,75 \
         --max-loss inf --impls nowt --seed 0 --out fa_probe_nowt_seed0.json           # and seeds 1-3
-    python benchmarks/biotorch_dfa_probe.py --rule fa --lrs 0.01 --epochs 3 --impls biotorch,nowt \
+    python results/biotorch2021/probes/biotorch_dfa_probe.py --rule fa --lrs 0.01 --epochs 3 --impls biotorch,nowt \
         --out fa_probe_3_epochs.json
 
 With BioTorch in `--impls`, the script first checks that BioTorch's rule
