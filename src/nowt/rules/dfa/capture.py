@@ -150,7 +150,12 @@ class Context:
     def end(self, model: nn.Module, args: Any, output: Any) -> Any:
         """e is the gradient of the loss with respect to one tensor of the output (`outputs.pick`)."""
         pass_, self.current = self.current, None
-        picked, path = outputs.pick(output, self.rule.output, self.rule.name)
+        try:
+            picked, path = outputs.pick(output, self.rule.output, self.rule.name)
+        except ValueError:
+            if torch.is_grad_enabled():
+                raise
+            return output  # no backward follows (evaluation, a detector's boxes): nothing to take e of
         if picked.dim() not in (2, 3):
             raise ValueError(f"{self.rule.name}: the model's output must be one [N, n_out] tensor or a "
                              f"sequence [N, T, n_out] (the error e is the loss's gradient with respect to "
