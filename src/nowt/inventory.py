@@ -94,9 +94,13 @@ def watch(model: nn.Module, layers: dict[str, FeedbackLayer], unknown: str = "er
     at the first backward that reaches a weight, a layer that never ran raises (`unknown="warn"`: warns).
     Both hooks remove themselves at their first call: nothing is left on the training step's path."""
     watched = {n: m for n, m in layers.items() if m.rule.name != "bp"}
+    # A weight tied to another module (GPT-2's lm_head and its token embedding) gets that module's gradient
+    # whether the layer ran or not: only the forward check applies to it.
+    others = (m for m in model.modules() if not isinstance(m, FeedbackLayer) and not hasattr(m, "rule_parts"))
+    tied = {id(p) for m in others for p in m.parameters(recurse=False)}
     for name, layer in watched.items():
         w = layer.weight
-        if isinstance(w, nn.Parameter) and w.requires_grad:
+        if isinstance(w, nn.Parameter) and w.requires_grad and id(w) not in tied:
             hook = _FirstGradient(name, layer, unknown)
             hook.handle = w.register_hook(hook)
     if watched and not isinstance(model, FeedbackLayer):
