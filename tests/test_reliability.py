@@ -409,3 +409,74 @@ def test_under_torchrun_a_last_batch_smaller_than_the_world_is_no_divergence(tmp
     for a, b in zip(one, two, strict=True):
         for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy"):
             assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
+
+
+def test_a_full_disk_during_the_checkpoint_write_is_one_line_naming_it(tmp_path, monkeypatch):
+    from nowt.checkpoint import load_checkpoint, save_checkpoint
+
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"x": torch.ones(3)})
+
+    def full(*args, **kwargs):  # what torch's zip writer raises on ENOSPC
+        raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 9728 vs 9616")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(OSError, match=rf"cannot write checkpoint {path} \(.*unexpected pos 9728 vs 9616\); "
+                                      r"\d+ MiB free on its disk: .*previous checkpoint is kept") as info:
+        save_checkpoint(path, {"x": torch.zeros(3)})
+    assert "\n" not in str(info.value) and [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+    assert torch.equal(load_checkpoint(path)["x"], torch.ones(3))
+
+
+def test_an_allocation_too_large_is_one_line_naming_the_flags(monkeypatch, capsys):
+    import nowt.train.factories as factories
+    from nowt.cli import main
+
+    def huge(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 3136000000000 bytes. Error code 12")
+
+    monkeypatch.setattr(factories, "convert", huge)
+    assert main(["train", "--hidden", "100", "--dataset", "synthetic", "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "out of memory building model mlp for inputs (1, 8, 8) (--hidden 100) " \
+                                    "(2920.6 GiB at once)" in err, err
+    monkeypatch.setattr(factories, "convert", lambda *a, **k: 1 / 0)  # any other error is not hidden
+    with pytest.raises(ZeroDivisionError):
+        main(["train", "--dataset", "synthetic", "--epochs", "1", "--debug"])
+
+
+def test_a_config_json_that_is_no_object_and_a_checkpoint_without_a_model_are_named(tmp_path):
+    from nowt.checkpoint import load_checkpoint, save_checkpoint
+    from nowt.train import TrainConfig, evaluate_run, fit
+
+    run = tmp_path / "run"
+    cfg = TrainConfig(dataset="synthetic", hidden=(8,), epochs=1, batch_size=500, lr_schedule="constant",
+                      out_dir=str(run))
+    fit(cfg, progress=False)
+    good = (run / "config.json").read_text()
+    (run / "config.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"config.json holds a JSON list, not a run's config"):
+        evaluate_run(run)
+    with pytest.raises(ValueError, match=r"run directory .*config.json holds a JSON list.*--overwrite"):
+        fit(cfg, resume=True, progress=False)
+    (run / "config.json").write_text(good)
+    state = load_checkpoint(run / "checkpoint.pt")
+    del state["model"]
+    save_checkpoint(run / "checkpoint.pt", state)
+    with pytest.raises(ValueError, match="checkpoint .* lacks model: not a checkpoint of a nowt run"):
+        evaluate_run(run)
+    with pytest.raises(ValueError, match="lacks model"):
+        fit(replace_epochs(cfg, 2), resume=True, progress=False)
+    raw = torch.load(run / "checkpoint.pt", weights_only=True)
+    raw["format"] = "nowt-checkpoint-v1"  # before checksums: loaded, but said to be unverified
+    torch.save(raw, run / "checkpoint.pt")
+    with pytest.warns(RuntimeWarning, match="written before checksums: loaded unverified"), \
+            pytest.raises(ValueError, match="lacks model"):
+        evaluate_run(run)
+
+
+def replace_epochs(cfg, epochs):
+    from dataclasses import replace
+
+    return replace(cfg, epochs=epochs)

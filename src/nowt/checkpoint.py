@@ -12,9 +12,11 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import shutil
 import socket
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +103,12 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # a full disk: torch's writer says "unexpected pos ..."
+        Path(tmp).unlink(missing_ok=True)
+        free = shutil.disk_usage(path.parent).free / 2**20
+        reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise OSError(f"cannot write checkpoint {path} ({reason}); {free:.0f} MiB free on its disk: free "
+                      f"space or choose another --out (the previous checkpoint is kept)") from e
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -111,8 +119,9 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
         os.close(dir_fd)
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """The state saved at `path`, its checksum verified (ValueError if it does not match)."""
+def load_checkpoint(path: str | os.PathLike, required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The state saved at `path`, its checksum verified (ValueError if it does not match, or if a key in
+    `required` is missing). A v1 file (before checksums) cannot be verified: it loads with a warning."""
     path = Path(path)
     remove_stale_temporaries(path)
     if not path.is_file():
@@ -133,4 +142,11 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         if stored != content_digest(state):
             raise ValueError(f"corrupt checkpoint {path}: checksum mismatch (its contents changed after it "
                              f"was written); restore it from a copy or start a new run")
+    else:
+        warnings.warn(f"checkpoint {path} is {state['format']}, written before checksums: loaded unverified",
+                      RuntimeWarning, stacklevel=2)
+    missing = [k for k in required if k not in state]
+    if missing:
+        raise ValueError(f"checkpoint {path} lacks {', '.join(missing)}: not a checkpoint of a nowt run (or "
+                         f"of one too old to use); start a new run")
     return state

@@ -231,6 +231,17 @@ class TrainConfig:
                       and earlier.get(k, defaults.get(k)) != ours.get(k, defaults.get(k)))
 
 
+def read_saved_config(path: Path) -> dict[str, Any]:
+    """A run's config.json as a dict, or a one-line ValueError naming the file."""
+    try:
+        values = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read {path} ({e})") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} holds a JSON {type(values).__name__}, not a run's config (an object)")
+    return values
+
+
 def saved_defaults() -> dict[str, Any]:
     """TrainConfig's defaults as a saved config.json holds them (tuples as lists): what a field that a saved
     run predates counts as."""

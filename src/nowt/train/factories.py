@@ -6,8 +6,10 @@ DistributedSampler), `build_model` (a DDP wrapper around the result).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import fields
 from typing import Any
@@ -57,6 +59,23 @@ def make_loader(data: tuple[Tensor, Tensor] | Dataset, batch_size: int, *, shuff
         return TensorLoader(*data, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)
     return DataLoader(data, batch_size, shuffle=shuffle, num_workers=num_workers, drop_last=drop_last,
                       generator=torch.Generator().manual_seed(seed), persistent_workers=False)
+
+
+@contextlib.contextmanager
+def sized(what: str) -> Iterator[None]:
+    """An allocation that fails inside (a size this machine cannot hold) as one line naming `what` asked for
+    it (the flags), instead of the allocator's traceback."""
+    try:
+        yield
+    except (RuntimeError, MemoryError) as e:
+        text = str(e)
+        if not isinstance(e, MemoryError) and "can't allocate memory" not in text \
+                and "out of memory" not in text.lower():
+            raise
+        asked = re.search(r"allocate (\d+) bytes", text) or re.search(r"allocate ([\d.]+ [KMGT]iB)", text)
+        size = "" if asked is None else (f" ({int(asked[1]) / 2**30:.1f} GiB at once)" if asked[1].isdigit()
+                                         else f" ({asked[1]} at once)")
+        raise ValueError(f"out of memory {what}{size}; choose smaller sizes") from None  # CLI: one line
 
 
 def load_data(cfg: TrainConfig) -> Data:

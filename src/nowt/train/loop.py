@@ -28,10 +28,12 @@ from nowt.layers import feedback_layers
 from nowt.metrics import backprop_mode, evaluate, output_collapsed, update_angles, weight_angles
 from nowt.progress import progress_bar
 from nowt.train import rundir
-from nowt.train.config import TrainConfig
-from nowt.train.factories import build_model, load_data, make_loader, make_loss, trains_whole_network
+from nowt.train.config import TrainConfig, read_saved_config
+from nowt.train.factories import build_model, load_data, make_loader, make_loss, sized, trains_whole_network
 from nowt.train.learners import Learner, make_learner
 
+#: What a run's checkpoint holds (`_write_epoch`); a resume refuses a file without any of them.
+RUN_STATE = ("config", "epoch", "model", "learner", "loader_rng", "rng", "history")
 #: Steps between reads of the running loss (progress bar, NaN check); every epoch end is read too.
 LOG_EVERY = 50
 
@@ -51,7 +53,8 @@ def fit(cfg: TrainConfig, train=None, test=None, *, resume: bool = False, overwr
         raise ValueError("--resume and --overwrite exclude each other: continue the run in --out, or "
                          "replace it")
     if train is None or test is None:
-        data = load_data(cfg)
+        with sized(f"loading {cfg.dataset} (--image-size {cfg.image_size}, --train-size {cfg.train_size})"):
+            data = load_data(cfg)
         train, test = data.train, data.test
     if distributed.launched_by_torchrun():
         device = distributed.setup()
@@ -85,7 +88,8 @@ def _fit(cfg: TrainConfig, train, test, resume: bool, progress: bool) -> list[di
         raise ValueError("the test set is empty")
     probe_x, probe_y = (t.to(cfg.device) for t in _probe_batch(test))
     input_shape = tuple(probe_x.shape[1:])
-    model = build_model(cfg, input_shape, _num_classes(train, test))
+    with sized(f"building model {cfg.model} for inputs {input_shape} (--hidden {_shown(cfg.hidden)})"):
+        model = build_model(cfg, input_shape, _num_classes(train, test))
     out = Path(cfg.out_dir) if cfg.out_dir else None
     rank0 = distributed.world()[0] == 0
     writes = out is not None and rank0  # under torchrun, rank 0 alone writes
@@ -97,7 +101,7 @@ def _fit(cfg: TrainConfig, train, test, resume: bool, progress: bool) -> list[di
     loss_fn = make_loss(cfg.loss)
     history: list[dict] = []
     if resuming:
-        state = load_checkpoint(checkpoint)
+        state = load_checkpoint(checkpoint, RUN_STATE)
         if cfg.identity_differences(state["config"]):
             raise ValueError(f"checkpoint in {out} was made with another configuration; use a new --out")
         model.load_state_dict(state["model"])
@@ -112,7 +116,9 @@ def _fit(cfg: TrainConfig, train, test, resume: bool, progress: bool) -> list[di
             _write_metrics(out, history)
     elif hasattr(learner, "begin_training"):
         _show_one_batch(model, probe_x[:cfg.batch_size])
-        learner.begin_training()
+        with sized(f"before training (the weight mirror's warm-up: --mirror-warmup-batch "
+                   f"{cfg.mirror_warmup_batch})"):
+            learner.begin_training()
     if writes:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1) + "\n")
@@ -122,8 +128,9 @@ def _fit(cfg: TrainConfig, train, test, resume: bool, progress: bool) -> list[di
         if getattr(learner, "finished", False) or out_of_patience(history, cfg.patience):
             break  # the lr schedule or --patience has ended the run
         t0 = time.perf_counter()
-        train_metrics = train_epoch(learner, train_loader, f"{cfg.rule} epoch {epoch + 1}/{cfg.epochs}",
-                                    cfg.device, progress)
+        with sized(f"training (--batch-size {cfg.batch_size})"):
+            train_metrics = train_epoch(learner, train_loader, f"{cfg.rule} epoch {epoch + 1}/{cfg.epochs}",
+                                        cfg.device, progress)
         learner.end_epoch(train_metrics)
         test_metrics = evaluate(model, test_loader, loss_fn, cfg.device)
         _check_finite(model, test_metrics["loss"], f"the end of epoch {epoch + 1}")  # before any checkpoint
@@ -162,9 +169,9 @@ def evaluate_run(run_dir: str | Path, splits: Iterable[str] = ("train", "test"),
     if unknown:
         raise ValueError(f"unknown split(s) {unknown}; choose from: train, test")
     run = Path(run_dir)
-    state = load_checkpoint(run / "checkpoint.pt")
+    state = load_checkpoint(run / "checkpoint.pt", ("config", "epoch", "model"))
     saved = run / "config.json"  # the whole config (data_dir, device...); the checkpoint has its identity
-    values = json.loads(saved.read_text()) if saved.is_file() else dict(state["config"])
+    values = read_saved_config(saved) if saved.is_file() else dict(state["config"])
     values.update({k: v for k, v in (("device", device), ("data_dir", data_dir)) if v})
     cfg = TrainConfig.from_dict(values, source=str(saved))
     differences = cfg.identity_differences(state["config"])
@@ -349,3 +356,7 @@ def _log_tensorboard(writer, record: dict) -> None:
         elif isinstance(value, dict):
             for layer, v in value.items():
                 writer.add_scalar(f"{key}/{layer}", v, step)
+
+
+def _shown(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)

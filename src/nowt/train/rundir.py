@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from nowt.train.config import NOT_IDENTITY, TrainConfig
+from nowt.train.config import NOT_IDENTITY, TrainConfig, read_saved_config
 
 #: What a run writes into its directory (`--overwrite` replaces them).
 RUN_FILES = ("checkpoint.pt", "metrics.jsonl", "config.json", "tensorboard")
@@ -83,10 +82,9 @@ def _check_owner(out: Path, cfg: TrainConfig, *, resume: bool, overwrite: bool) 
     if not config.exists():
         return
     try:
-        earlier = {k: v for k, v in json.loads(config.read_text()).items() if k not in NOT_IDENTITY}
-    except (OSError, ValueError) as e:
-        raise ValueError(f"run directory {out}: cannot read its config.json ({e}); choose another --out or "
-                         f"pass --overwrite") from None
+        earlier = {k: v for k, v in read_saved_config(config).items() if k not in NOT_IDENTITY}
+    except ValueError as e:
+        raise ValueError(f"run directory {out}: {e}; choose another --out or pass --overwrite") from None
     differ = cfg.identity_differences(earlier)
     if differ:
         why = ""
