@@ -1,8 +1,12 @@
 """Training-step time of every per-layer rule against plain PyTorch autograd, in the same run, as a ratio.
 
-    python benchmarks/step_time.py [--threads N] [--rounds R] [--out benchmarks/step_time.json]
-    python benchmarks/step_time.py --device cuda --workload resnet18 --amp --out benchmarks/step_time_gpu.json
-    python benchmarks/step_time.py --workload vit --out benchmarks/step_time_vit.json
+    python benchmarks/step_time.py [--threads N] [--rounds R] [--run NAME]
+    python benchmarks/step_time.py --device cuda --workload resnet18 --amp
+    python benchmarks/step_time.py --workload vit
+
+Each run adds a line to benchmarks/step_time.jsonl (ratios to autograd, the mirror's share, autograd's ms,
+with date, commit, machine and command) and rebuilds the table benchmarks/step_time.md (`history.py`);
+`--out FILE` also writes the run's raw timings there.
 
 A step is forward, backward and an SGD step (nowt's `make_optimizer`, fused where torch has it, for every
 column alike). Models: the MLP 784-1000-1000-10 at batch 128 and a small
@@ -26,6 +30,7 @@ import statistics
 import time
 from datetime import date
 
+import history
 import torch
 import torch.nn.functional as F
 
@@ -97,7 +102,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--steps", type=int, default=20, help="steps per variant per round")
-    parser.add_argument("--out", default="benchmarks/step_time.json")
+    parser.add_argument("--out", default=None, help="also write the raw timings (ms and ratios) here")
+    parser.add_argument("--run", default=None, help="the run's name in the table (default DATE-COMMIT)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workload", default="small", choices=["small", "resnet18", "vit"],
                         help="small: the MLP and ConvNet; resnet18: ImageNet-sized (for a GPU); "
@@ -151,8 +157,18 @@ def main() -> None:
             "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
             "amp": args.amp,
             "cpu": platform.processor() or platform.machine(), "rounds": args.rounds, "steps": args.steps}
-    with open(args.out, "w") as f:
-        json.dump({"meta": meta, "results": results}, f, indent=1)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"meta": meta, "results": results}, f, indent=1)
+    numbers = {}
+    for workload, rows in results.items():
+        numbers[workload] = {k: r["ratio_to_autograd"] for k, r in rows.items() if k != "wm mirror step"}
+        if "wm mirror step" in rows:
+            numbers[workload]["wm mirror share"] = rows["wm mirror step"]["fraction_of_wm_train_step"]
+        numbers[workload]["autograd ms"] = rows["autograd"]["ms"]
+    history.record("step_time", numbers, run=args.run, threads=args.threads, device=meta["device"],
+                   amp=args.amp, rounds=args.rounds, steps=args.steps)
+    print("recorded in benchmarks/step_time.jsonl and benchmarks/step_time.md")
 
 
 if __name__ == "__main__":
