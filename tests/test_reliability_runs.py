@@ -286,3 +286,25 @@ def replace_epochs(cfg, epochs):
     from dataclasses import replace
 
     return replace(cfg, epochs=epochs)
+
+
+def test_a_truncated_image_in_a_dataloader_worker_is_one_line_naming_it(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from nowt.train import TrainConfig, fit
+
+    for split in ("train", "val"):
+        for label in ("a", "b"):
+            (tmp_path / split / label).mkdir(parents=True)
+            for i in range(2):
+                pixels = np.random.default_rng(i).integers(0, 255, (16, 16, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(tmp_path / split / label / f"{i}.png")
+    bad = tmp_path / "train" / "a" / "0.png"
+    bad.write_bytes(bad.read_bytes()[:100])
+    cfg = TrainConfig(dataset="imagenet", data_dir=str(tmp_path), hidden=(4,), epochs=1, batch_size=4,
+                      num_workers=1)
+    says = rf"^cannot decode image {bad} .*\(in DataLoader worker process 0\)$"
+    with pytest.raises(ValueError, match=says) as info:
+        fit(cfg, progress=False)
+    assert "\n" not in str(info.value)

@@ -73,10 +73,21 @@ def fit(cfg: TrainConfig, train=None, test=None, *, resume: bool = False, overwr
             if not distributed.agree(True):
                 raise ValueError(f"rank 0 refused the run directory {cfg.out_dir} (--out): see its error")
             return _fit(cfg, train, test, resume, progress)
-    except (RuntimeError, torch.distributed.DistError) as e:
-        if distributed.launched_by_torchrun() and "timed out" in str(e).lower():
+    except Exception as e:
+        if "in DataLoader worker process" in str(e).split("\n", 1)[0]:
+            raise _from_worker(e) from None
+        if isinstance(e, RuntimeError | torch.distributed.DistError) and distributed.launched_by_torchrun() \
+                and "timed out" in str(e).lower():
             raise TimeoutError(distributed.timeout_message()) from e
         raise
+
+
+def _from_worker(e: Exception) -> Exception:
+    """A DataLoader worker's error as its own last line: torch puts the worker's whole traceback in the
+    message ("Caught ValueError in DataLoader worker process 0. Original Traceback ...")."""
+    first, *_, last = str(e).strip().splitlines()
+    where = first.removeprefix("Caught ").rstrip(".").split(" in ", 1)[-1]
+    return type(e)(f"{last.split(': ', 1)[-1]} (in {where})")
 
 
 def _fit(cfg: TrainConfig, train, test, resume: bool, progress: bool) -> list[dict]:
