@@ -85,18 +85,42 @@ def test_a_converted_gpt2_pickles_and_loads_its_pretrained_weights():
     assert torch.equal(loaded(IDS).logits, model(IDS).logits)
 
 
-def test_bert_and_llama_convert_without_unknown_weights():
+SMALL = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+OTHERS = {
+    "bert": (lambda: transformers.BertModel(transformers.BertConfig(vocab_size=50, **SMALL)),
+             {"input_ids": IDS}),
+    "llama": (lambda: transformers.LlamaForCausalLM(transformers.LlamaConfig(vocab_size=50, **SMALL)),
+              {"input_ids": IDS}),
+    # its positional convolution is weight-normed through torch.nn.utils.parametrizations
+    "wav2vec2": (lambda: transformers.Wav2Vec2Model(transformers.Wav2Vec2Config(
+        conv_dim=(8, 8), conv_kernel=(4, 4), conv_stride=(2, 2), num_conv_pos_embeddings=4,
+        num_conv_pos_embedding_groups=2, hidden_dropout=0.0, activation_dropout=0.0, attention_dropout=0.0,
+        feat_proj_dropout=0.0, layerdrop=0.0, mask_time_prob=0.0, **SMALL)),
+        {"input_values": torch.randn(2, 64)}),
+}
+
+
+def _out(out):
+    return out.logits if hasattr(out, "logits") else out.last_hidden_state
+
+
+@pytest.mark.parametrize("name", OTHERS)
+def test_other_models_convert_whole_and_equal_autograd_under_bp(name):
     import warnings
-    bert = transformers.BertModel(transformers.BertConfig(
-        vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64))
-    llama = transformers.LlamaForCausalLM(transformers.LlamaConfig(
-        vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64))
+    make, inputs = OTHERS[name]
+    torch.manual_seed(0)
+    plain = make()
+    converted = nowt.convert(copy.deepcopy(plain), "bp")
+    for model in (plain, converted):
+        torch.manual_seed(1)  # the same dropout masks
+        _out(model(**inputs)).square().sum().backward()
+    for (n, p), q in zip(plain.named_parameters(), converted.parameters(), strict=True):
+        assert (p.grad is None and q.grad is None) or torch.equal(p.grad, q.grad), n
     with warnings.catch_warnings():
-        warnings.simplefilter("error", UserWarning)
-        for model in (bert, llama):
-            model = nowt.convert(model, "fa", seed=0)
-            out = model(IDS)
-            (out.last_hidden_state if hasattr(out, "last_hidden_state") else out.logits).sum().backward()
+        warnings.simplefilter("error", UserWarning)  # every converted layer runs
+        model = nowt.convert(make(), "fa", seed=0)
+        _out(model(**inputs)).sum().backward()
+    assert all(r.rule in ("fa", "bp (by design)") for r in nowt.summary(model, show=False))
 
 
 def test_a_tied_converted_head_does_not_trip_the_bypass_check():
