@@ -387,8 +387,11 @@ def test_gather_tabulates_the_runs_in_a_folder_without_training(tmp_path, monkey
     config.write_text(config.read_text().replace('"hidden": [\n  8\n ]', '"hidden": [\n  9\n ]'))
     with pytest.raises(ValueError, match="another configuration.*hidden"):
         run_reproduction(tiny, out_dir=tmp_path, gather=True, progress=False)
+    plain = Analysis(name="plain", paper="P", table="T",
+                     function=lambda out_dir, quick, progress, command: {})
+    monkeypatch.setitem(REPRODUCTIONS, "plain", plain)  # an analysis without raw data to gather
     with pytest.raises(ValueError, match="analysis"):
-        reproduce.run("song2021", tmp_path / "song", gather=True, progress=False)
+        reproduce.run("plain", tmp_path / "plain", gather=True, progress=False)
 
 
 def test_verdicts_table_lists_registered_rows_only_and_fills_the_readme_block(tmp_path, monkeypatch):
@@ -410,3 +413,43 @@ def test_verdicts_table_lists_registered_rows_only_and_fills_the_readme_block(tm
     begin, end = reproduce.VERDICTS_BEGIN, reproduce.VERDICTS_END
     (tmp_path / "README.md").write_text(f"# r\n\n{begin}\nold\n{end}\nend\n")
     assert reproduce.write_verdicts(tmp_path).read_text() == f"# r\n\n{begin}\n{table}{end}\nend\n"
+
+
+def test_song2021_writes_its_raw_runs_and_gather_rebuilds_results_from_them_alone(tmp_path, monkeypatch):
+    """Every simulation is a line of runs.jsonl; --gather recomputes RESULTS.md byte for byte from it and
+    meta.json, simulating nothing; the numbers come from the file (an edited record changes them)."""
+    import json
+
+    from nowt.reproduce import song2021
+
+    monkeypatch.setattr(song2021, "QUICK", dict(conv_steps=150, conv_seeds=2, lam_steps=100, lam_seeds=3,
+                                                widths=(20, 80), width_steps=100, width_seeds=2))
+    out = tmp_path / "song"
+    reproduce.run("song2021", out, quick=True, progress=False)
+    records = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    groups = [r["group"] for r in records]
+    assert (groups.count("convergence"), groups.count("lam"), groups.count("width")) == (16, 24, 8)
+    lam01 = [r for r in records if r["group"] == "lam" and r["lam"] == 0.1 and r["feedback"] == "random"]
+    assert [r["seed"] for r in lam01] == [0, 1, 2] and lam01[0]["step"] == [0, 50, 100]
+    assert len(lam01[0]["loss"]) == len(lam01[0]["alignment"]) == 3 and lam01[0]["p"] == 200
+    text = (out / "RESULTS.md").read_text()
+    mean = sum(r["alignment"][-1] for r in lam01) / 3
+    assert f"| 0.1 | random | {mean:.3f} |" in text and "## Comparison with the paper" in text
+    assert text.count("**borne out**") + text.count("**not borne out**") == 4
+
+    def no_simulation(*args, **kwargs):
+        raise AssertionError("gather simulated")
+
+    monkeypatch.setattr(song2021, "simulate", no_simulation)
+    monkeypatch.setattr(song2021, "simulate_all", no_simulation)
+    (out / "RESULTS.md").unlink()
+    from nowt.cli import main
+    assert main(["reproduce", "song2021", "--gather", "--out", str(out), "--no-progress"]) == 0
+    assert (out / "RESULTS.md").read_text() == text
+    lam01[0]["alignment"][-1] = -1.0  # the table is the file's: an edited record moves its mean
+    (out / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    reproduce.run("song2021", out, gather=True, progress=False)
+    edited = sum(r["alignment"][-1] for r in lam01) / 3
+    assert f"| 0.1 | random | {edited:.3f} |" in (out / "RESULTS.md").read_text() and edited < mean - 0.1
+    with pytest.raises(FileNotFoundError, match="without --gather"):
+        reproduce.run("song2021", tmp_path / "empty", gather=True, progress=False)

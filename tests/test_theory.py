@@ -125,3 +125,16 @@ def test_invalid_inputs():
         TwoLayerFA(torch.zeros(3, 4), torch.zeros(4), torch.zeros(5))
     with pytest.raises(ValueError, match="unknown target"):
         make_data(5, 3, target="uniform")
+
+
+@pytest.mark.parametrize("psi", ["relu", "tanh"])
+def test_gram_is_the_kernel_of_a_step_on_beta_alone(psi):
+    X, y = make_data(9, 4, seed=3)
+    model = TwoLayerFA.init(4, 13, psi=psi, seed=1)
+    G = model.gram(X)
+    e = model(X) - y
+    before = model(X)
+    # only beta moves, by its unregularised gradient step
+    model.beta = model.beta - 0.1 * PSIS[psi](X @ model.W).T @ e / math.sqrt(model.p)
+    torch.testing.assert_close(model(X) - before, -0.1 * G @ e)
+    assert G.shape == (9, 9) and torch.allclose(G, G.T) and float(torch.linalg.eigvalsh(G)[0]) > -1e-12

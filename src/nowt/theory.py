@@ -98,6 +98,12 @@ class TwoLayerFA:
     def __call__(self, X: Tensor) -> Tensor:
         return _activation(self.psi)[0](X @ self.W) @ self.beta / math.sqrt(self.p)
 
+    def gram(self, X: Tensor) -> Tensor:
+        """The second layer's kernel psi(XW) psi(XW)^T / p (n x n): a step on beta alone, without
+        regularisation, moves the outputs f by -lr * gram(X) @ e."""
+        H = _activation(self.psi)[0](X @ self.W)
+        return H @ H.T / self.p
+
     def alignment(self) -> float:
         """cos(b, beta), with b the fixed random vector (a chance-level control under backprop)."""
         return cosine(self.b, self.beta)

@@ -168,10 +168,12 @@ class Analysis(Entry):
 
     def run(self, out_dir, *, quick=False, only=None, progress=True, command=None, gather=False,
             seeds=None, **overrides) -> Path:
-        if only or gather or seeds:
+        accepted = inspect.signature(self.function).parameters
+        if only or seeds or (gather and "gather" not in accepted):
             raise ValueError(f"{self.name} is an analysis: it has no runs to pick (--runs, --seeds) or to "
                              f"gather (--gather)")
-        accepted = inspect.signature(self.function).parameters
+        if gather:  # a function that takes `gather` rebuilds its results from the raw data it wrote
+            overrides["gather"] = True
         unknown = sorted(set(overrides) - set(accepted))
         if unknown:
             raise ValueError(f"{self.name} takes no {', '.join(unknown)}")
