@@ -134,6 +134,14 @@ class OwnForward(nn.Linear):
         return super().forward(x) * 2
 
 
+class ExtraState(nn.Linear):
+    """Keeps nn.Linear's forward but holds a parameter of its own, which a swap would drop."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.scale = nn.Parameter(torch.ones(1))
+
+
 def test_subclasses_that_keep_the_op_convert_and_train_by_the_rule():
     x = torch.randn(2, 2, 5, 6, 6)
     _assert_bp_is_autograd(lambda: nn.Sequential(Conv3DSimple(2, 3, stride=2), nn.Flatten(),
@@ -154,6 +162,9 @@ def test_subclasses_that_change_the_op_are_refused_by_name():
     with pytest.raises(ValueError, match=r"test_convert_zoo\.OwnForward at '1': a subclass of "
                                          r"torch\.nn\.modules\.linear\.Linear with its own forward"):
         nowt.convert(nn.Sequential(nn.Linear(2, 2), OwnForward(2, 2)), "fa")
+    with pytest.raises(ValueError, match=r"test_convert_zoo\.ExtraState at '0': a subclass of "
+                                         r"torch\.nn\.modules\.linear\.Linear holding 'scale'"):
+        nowt.convert(nn.Sequential(ExtraState(2, 2), nn.Linear(2, 2)), "fa")
     model = nowt.convert(nn.Sequential(StdConv2d(2, 3, 3), nn.Flatten(), nn.Linear(12, 2)), "fa",
                          exclude=["0"])
     assert type(model[0]) is StdConv2d

@@ -58,6 +58,10 @@ def conversion(m: nn.Module) -> tuple[type[nn.Module] | None, str]:
         return base, SAME_OP[path]
     if any(getattr(t, f, None) is not getattr(base, f, None) for f in ("forward", "_conv_forward")):
         return None, f"a subclass of {class_path(base)} with its own forward"
+    extra = [n for n in (*m._parameters, *m._buffers, *m._modules)
+             if n not in ("weight", "bias", "parametrizations")]
+    if extra and isinstance(m, nn.Linear | nn.modules.conv._ConvNd):  # unused by forward, but in its state
+        return None, f"a subclass of {class_path(base)} holding {extra[0]!r}, which conversion would drop"
     return base, ""  # e.g. torchvision's Conv3DSimple, or a parametrized layer (weight norm)
 
 
