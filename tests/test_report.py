@@ -214,3 +214,23 @@ def test_mean_std_formats_as_every_table_did(tmp_path):
             assert format_mean_std(values, 3) == cheon_fmt(values, 3)
         accuracies = [rng.randrange(10_001) / 100 for _ in range(3)]
         assert format_mean_std(accuracies) == vit_mean_sd(accuracies)
+
+
+def test_a_damaged_metrics_file_is_one_line_naming_file_and_line(tmp_path, capsys):
+    from nowt.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    good = '{"epoch": 1, "test_accuracy": 50.0, "train_accuracy": 40.0}\n'
+    for text, why in ((good + '{"epoch": 2, "test_acc', "line 2: not a JSON record"),
+                      (good + "[1, 2]\n", "line 2: not an epoch record (no epoch, test_accuracy)"),
+                      ('{"epoch": 1}\n', "line 1: not an epoch record (no test_accuracy)")):
+        (run / "metrics.jsonl").write_text(text)
+        assert main(["report", str(run)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("nowt report: error: ") and f"metrics.jsonl, {why}" in err
+        assert "\n" not in err
+    (run / "metrics.jsonl").write_text(good)
+    (run / "config.json").write_text("[1]")
+    assert main(["report", str(run)]) == 2
+    assert "config.json holds a JSON list" in capsys.readouterr().err

@@ -20,7 +20,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, ScalarFormatter
 
-from nowt.train.config import saved_defaults
+from nowt.train.config import read_saved_config, saved_defaults
 
 DPI = 110
 
@@ -111,12 +111,34 @@ def load_run(run_dir: str | os.PathLike, name: str | None = None) -> Run:
     if not metrics.is_file():
         raise FileNotFoundError(f"{run_dir} is not a run directory: no metrics.jsonl "
                                 "(made by nowt train --out)")
-    history = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    history = read_metrics(metrics)
     if not history:
         raise ValueError(f"{metrics} holds no epochs yet")
     config_file = run_dir / "config.json"
-    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    config = read_saved_config(config_file) if config_file.is_file() else {}
     return Run(name or run_dir.name, config, history)
+
+
+#: what every epoch record of a metrics.jsonl holds (the tables and figures read them)
+RECORD_KEYS = ("epoch", "test_accuracy")
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The epoch records of a metrics.jsonl; a line that is not one (truncated, edited, another file) is a
+    one-line ValueError naming the file and line."""
+    history = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as e:
+            raise ValueError(f"{path}, line {number}: not a JSON record ({e}); the file is damaged") from None
+        missing = [k for k in RECORD_KEYS if k not in record] if isinstance(record, dict) else RECORD_KEYS
+        if missing:
+            raise ValueError(f"{path}, line {number}: not an epoch record (no {', '.join(missing)})")
+        history.append(record)
+    return history
 
 
 def _settings(run: Run) -> dict:

@@ -12,7 +12,7 @@ import math
 import os
 from pathlib import Path
 
-from nowt.report import figure, markdown_table, save, style
+from nowt.report import figure, markdown_table, read_metrics, save, style
 from nowt.reproduce.entry import Reproduction, seed_dir
 
 PAPER = "Akrout, Wilson, Humphreys, Lillicrap, Tweed 2019, Deep Learning without Weight Transport"
@@ -57,7 +57,7 @@ def _ours(run_dir: Path) -> list[dict] | None:
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         return None
-    history = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    history = read_metrics(path)
     return [{"test_accuracy": r["test_accuracy"], "angles": list(r["weight_angles"].values())}
             for r in history]
 
