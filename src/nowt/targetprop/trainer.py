@@ -95,11 +95,17 @@ class TargetPropTrainer:
         weights only during even epochs, starting with epoch 0, forward weights only during odd ones;
         `end_epoch()` switches). `phase` says which.
       alternate_every: under "alternating", switch every this many batches instead of every epoch (0).
-      lr, inverse_lr: Adam learning rates of the forward and the inverse weights (separate optimizers);
-        betas, eps, inverse_betas, inverse_eps: their other Adam settings (Bartunov et al. tune them all).
-      sigma: std of the noise that corrupts h_{l-1} in the inverse loss. alpha: the step size of the DTP/TP
-        penultimate target. aux_size: number of AO-SDTP auxiliary features z. denoise: reconstruct the
-        clean h_{l-1} instead of the corrupted one (None: the algorithm's own, True for SDTP and AO-SDTP).
+      lr: Adam learning rate of the forward weights.
+      inverse_lr: Adam learning rate of the inverse weights (a separate optimizer).
+      betas: the forward optimizer's Adam betas (Bartunov et al. tune every Adam setting).
+      eps: the forward optimizer's Adam epsilon.
+      inverse_betas: the inverse optimizer's Adam betas.
+      inverse_eps: the inverse optimizer's Adam epsilon.
+      sigma: std of the noise that corrupts h_{l-1} in the inverse loss.
+      alpha: the step size of the DTP/TP penultimate target.
+      aux_size: number of AO-SDTP auxiliary features z.
+      denoise: reconstruct the clean h_{l-1} instead of the corrupted one (None: the algorithm's own, True
+        for SDTP and AO-SDTP).
       inverses: {l: module} to use as g_l in place of a learned tanh(V h + c) (tests: exact inverses).
       seed: seeds the inverses' init, the auxiliary features and the noise (the network is the caller's).
 
