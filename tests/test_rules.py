@@ -154,7 +154,8 @@ def test_usf_magnitude_is_best_scalar_for_sign():
 
 def test_frsf_magnitude_fixed_and_brsf_redrawn_each_batch():
     fixed = nowt.convert(tiny_mlp(), "frsf", seed=0)
-    batch = nowt.convert(tiny_mlp(), "brsf", seed=0)
+    plain = tiny_mlp()
+    batch = nowt.convert(copy.deepcopy(plain), "brsf", seed=0)
     seen = {"frsf": [], "brsf": []}
     for _ in range(3):
         for name, m in (("frsf", fixed), ("brsf", batch)):
@@ -163,24 +164,31 @@ def test_frsf_magnitude_fixed_and_brsf_redrawn_each_batch():
     assert all(torch.equal(seen["frsf"][0], s) for s in seen["frsf"])
     assert not torch.equal(seen["brsf"][0], seen["brsf"][1])
     assert not torch.equal(seen["brsf"][1], seen["brsf"][2])
-    # reproducible: same seed, same sequence of draws
-    again = nowt.convert(tiny_mlp(), "brsf", seed=0)
+    # reproducible: same seed (and W, whose spread "match" draws at), same sequence of draws
+    again = nowt.convert(copy.deepcopy(plain), "brsf", seed=0)
     again(torch.randn(2, 5, dtype=torch.double))
     assert torch.equal(again[2].feedback.abs(), seen["brsf"][0])
 
 
 def test_fa_feedback_is_seeded_with_documented_distribution():
-    a = nowt.convert(nn.Sequential(nn.Linear(400, 300)), "fa", seed=3)
-    b = nowt.convert(nn.Sequential(nn.Linear(400, 300)), "fa", seed=3)
-    c = nowt.convert(nn.Sequential(nn.Linear(400, 300)), "fa", seed=4)
-    assert torch.equal(a[0].feedback, b[0].feedback)
-    assert not torch.equal(a[0].feedback, c[0].feedback)
+    def fa(seed, **options):
+        torch.manual_seed(0)  # the same W each time
+        return nowt.convert(nn.Sequential(nn.Linear(400, 300)), "fa", seed=seed, **options)[0]
+
+    a, b, c = (fa(s, init="kaiming_uniform") for s in (3, 3, 4))
+    assert torch.equal(a.feedback, b.feedback)
+    assert not torch.equal(a.feedback, c.feedback)
     bound = 1 / 400**0.5  # nn.Linear's own init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
-    fb = a[0].feedback
+    fb = a.feedback
     assert fb.abs().max() <= bound and fb.abs().max() > 0.99 * bound
     assert abs(float(fb.std()) - bound / 3**0.5) < 0.02 * bound
-    scaled = nowt.convert(nn.Sequential(nn.Linear(400, 300)), "fa", seed=3, scale=2.0, init="kaiming_uniform")
-    torch.testing.assert_close(scaled[0].feedback, 2 * fb)
+    scaled = fa(3, scale=2.0, init="kaiming_uniform")
+    torch.testing.assert_close(scaled.feedback, 2 * fb)
+    # the default, "match": the same draw rescaled to U(-sqrt(3) s, sqrt(3) s), s = std(W) at conversion
+    matched = fa(3)
+    s = float(matched.weight.std(correction=0))
+    assert matched.rule.init == "match" and matched.feedback_std == s
+    torch.testing.assert_close(matched.feedback, fb * (3**0.5 * s / bound))
 
 
 def test_kp_feedback_converges_to_weight_under_weight_decay():
@@ -301,8 +309,9 @@ def test_sign_rules_form_no_feedback_where_no_gradient_reaches_the_input():
     assert torch.equal(torch.sign(b), torch.sign(w))  # the angle reads W's current signs
 
 
-def test_brsf_cpu_magnitudes_are_the_randint_draws_of_their_seed_and_counter():
-    layer = nowt.convert(tiny_mlp(), "brsf", seed=0)[2]
+@pytest.mark.parametrize("init", ["match", "kaiming_uniform"])
+def test_brsf_cpu_magnitudes_are_the_randint_draws_of_their_seed_and_counter(init):
+    layer = nowt.convert(tiny_mlp(), "brsf", seed=0, init=init)[2]
     rule = layer.rule
     w = layer.weight
     seed = int(layer.feedback_seed)
@@ -312,5 +321,6 @@ def test_brsf_cpu_magnitudes_are_the_randint_draws_of_their_seed_and_counter():
         g = torch.Generator().manual_seed(seed + 1_000_003 * draw)
         bits = torch.randint(-(2**63), 2**63 - 1, ((w.numel() + 3) // 4,), dtype=torch.int64, generator=g)
         levels = bits.view(torch.int16)[: w.numel()].view(w.shape).to(w.dtype)
-        bound = 1 / w.shape[1] ** 0.5  # kaiming_uniform's: 1 / sqrt(fan_in)
+        # kaiming_uniform's: 1 / sqrt(fan_in); match's: sqrt(3) std(W) at conversion
+        bound = 1 / w.shape[1] ** 0.5 if init == "kaiming_uniform" else 3**0.5 * layer.feedback_std
         torch.testing.assert_close(got, (levels + 32768.5) * (bound / 65536), rtol=0, atol=0)

@@ -7,6 +7,7 @@
 
 from nowt import models, targetprop
 from nowt.convert import convert
+from nowt.feedback_scale import check_feedback_scale
 from nowt.inventory import summary
 from nowt.layers import Conv2d, FeedbackLayer, Linear, feedback_layers, feedback_rules
 from nowt.lc import LocallyConnected2d
@@ -31,7 +32,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Conv2d", "FeedbackLayer", "Linear", "LocallyConnected2d", "Rule", "TargetPropTrainer", "angle",
-    "backprop_mode", "convert", "feedback_layers", "feedback_rules", "make_rule", "mirror", "models",
+    "backprop_mode", "check_feedback_scale", "convert", "feedback_layers", "feedback_rules", "make_rule",
+    "mirror", "models",
     "output_collapsed", "register", "rules", "summary", "targetprop", "update_angles", "weight_angles",
     # random-noise pretraining (Cheon et al. 2024) and its measures
     "accuracy_and_loss", "affine_images", "area_under_curve", "effective_rank", "effective_ranks",

@@ -69,6 +69,7 @@ class FeedbackLayer(nn.Module):
             # the meta device here), then copied in: the same tensors, the same draw as convert's.
             stand_in = nn.Module()
             stand_in.weight = nn.Parameter(self.weight.new_empty(self.weight.shape, device=state[0].device))
+            stand_in.feedback_std = self.__dict__.get("feedback_std")  # init="match": W's spread at convert
             self.rule.setup(stand_in, torch.Generator().set_state(self.draw_state))
             with torch.no_grad():
                 for name, t in (*stand_in._parameters.items(), *stand_in._buffers.items()):

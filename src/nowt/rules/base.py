@@ -13,7 +13,11 @@ from nowt.ops import feedback_forward
 if TYPE_CHECKING:
     from nowt.layers import FeedbackLayer
 
-INITS = ("kaiming_uniform", "kaiming_normal", "xavier_uniform", "xavier_normal")
+#: "match" (the default of `nowt.convert`): B ~ U(-sqrt(3) s, sqrt(3) s) with s = std(W) of the layer at
+#: conversion, so B has the spread of the model's own weights; the others are PyTorch's fixed-scale inits.
+INITS = ("match", "kaiming_uniform", "kaiming_normal", "xavier_uniform", "xavier_normal")
+#: The scale nowt's own models and reproductions were drawn at (`nowt train` passes it explicitly).
+FAN_IN_INIT = "kaiming_uniform"
 
 
 class Rule:
@@ -116,17 +120,24 @@ def random_matrix(
     init: str = "kaiming_uniform",
     scale: float = 1.0,
     device: torch.device | str = "cpu",
+    std: float | None = None,
 ) -> Tensor:
     """A random float32 CPU matrix of `shape` drawn like a fresh layer's weight.
 
-    kaiming_uniform (the default) is the distribution `nn.Linear` and `nn.Conv2d` initialise their own
-    weights from: U(-1/sqrt(fan_in), 1/sqrt(fan_in)). Drawn on `device` with `generator` (a generator of
+    kaiming_uniform (the default here) is the distribution `nn.Linear` and `nn.Conv2d` initialise their own
+    weights from: U(-1/sqrt(fan_in), 1/sqrt(fan_in)). "match" is U(-sqrt(3) std, sqrt(3) std), a uniform
+    of standard deviation `std` (a layer's W's: `RandomFeedbackRule.weight_std`); its draw takes the same
+    numbers from `generator` as kaiming_uniform's, so one seed gives the same matrix rescaled. Without a
+    positive `std` it falls back to kaiming_uniform. Drawn on `device` with `generator` (a generator of
     that device); fixed feedback is drawn on the CPU so that one seed gives one matrix on every device.
     """
     if init not in INITS:
         raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
     m = torch.empty(shape, device=device)
-    if init == "kaiming_uniform":
+    if init == "match" and std:
+        bound = math.sqrt(3.0) * std
+        m.uniform_(-bound, bound, generator=generator)
+    elif init in ("match", "kaiming_uniform"):
         nn.init.kaiming_uniform_(m, a=math.sqrt(5), generator=generator)
     elif init == "kaiming_normal":
         nn.init.kaiming_normal_(m, generator=generator)
@@ -140,7 +151,7 @@ def random_matrix(
 class RandomFeedbackRule(Rule):
     """Base of the rules whose feedback starts as a seeded random matrix B stored on the layer."""
 
-    options: ClassVar[dict[str, Any]] = {"init": "kaiming_uniform", "scale": 1.0}
+    options: ClassVar[dict[str, Any]] = {"init": "match", "scale": 1.0}
     transports_weights = False
 
     def validate(self) -> None:
@@ -149,9 +160,25 @@ class RandomFeedbackRule(Rule):
         if not self.scale > 0:
             raise ValueError(f"scale must be positive, got {self.scale}")
 
+    def weight_std(self, layer: FeedbackLayer) -> float | None:
+        """The spread "match" draws B at: std(W) over all of the layer's weight entries (a convolution's
+        kernel too, whose fan-in B shares), read once at conversion and kept on the layer as
+        `feedback_std` (a plain attribute: a redraw after `to_empty`, where W holds no values yet, uses it).
+        None for the fixed-scale inits, and where W's spread is 0 or not finite (a zero-initialised layer):
+        B then falls back to the fan-in default, kaiming_uniform."""
+        if self.init != "match":
+            return None
+        std = layer.__dict__.get("feedback_std")
+        if std is None:
+            std = float(layer.weight.detach().float().std(correction=0)) if layer.weight.numel() else 0.0
+            std = std if math.isfinite(std) and std > 0 else 0.0
+            layer.feedback_std = std
+        return std or None
+
     def initial_feedback(self, layer: FeedbackLayer, generator: torch.Generator) -> Tensor:
         w = layer.weight
-        return random_matrix(w.shape, generator, self.init, self.scale).to(w.device, w.dtype)
+        std = self.weight_std(layer)
+        return random_matrix(w.shape, generator, self.init, self.scale, std=std).to(w.device, w.dtype)
 
     def setup(self, layer: FeedbackLayer, generator: torch.Generator) -> None:
         layer.register_buffer("feedback", self.initial_feedback(layer, generator))

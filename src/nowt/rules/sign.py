@@ -17,6 +17,9 @@ import torch
 
 from nowt.rules.base import RandomFeedbackRule, host_value, increment_buffer, random_matrix
 
+#: The inits whose |R| is uniform on (0, bound) ("match" is a uniform of W's spread)
+UNIFORM = ("match", "kaiming_uniform", "xavier_uniform")
+
 
 class _SignSymmetry(RandomFeedbackRule):
     transports_weights: ClassVar[bool] = True
@@ -91,17 +94,23 @@ class BRSF(_SignSymmetry):
         draw = increment_buffer(layer, "feedback_draws")
         w = layer.weight
         g = torch.Generator(w.device).manual_seed(host_value(layer, "feedback_seed") + 1_000_003 * draw)
-        if self.init.endswith("uniform") and w.device.type == "cpu":
+        if self.init in UNIFORM and w.device.type == "cpu":
             # |R| of a uniform init is U(0, bound). The CPU's generator makes ~30 ns per float, as much as
             # the step's matmuls on an MLP; 64 random bits cut into four 16-bit levels are 4x cheaper.
-            bound = self._bound(w)
+            bound = self._bound(layer)
             # random_ over the full 64-bit range takes the generator's words as they are (a third faster than
             # randint's modulo); its top bit flipped, they are the words randint(-2**63, 2**63 - 1) drew.
             bits = torch.empty((w.numel() + 3) // 4, dtype=torch.int64).random_(-(2**63), None, generator=g)
             levels = bits.bitwise_xor_(-(2**63)).view(torch.int16)[: w.numel()].view(w.shape)
             return levels.to(w.dtype).add_(32768.5).mul_(bound * self.scale / 65536)
-        return random_matrix(w.shape, g, self.init, self.scale, w.device).abs_().to(w.dtype)
+        std = self.weight_std(layer)
+        return random_matrix(w.shape, g, self.init, self.scale, w.device, std).abs_().to(w.dtype)
 
-    def _bound(self, w: torch.Tensor) -> float:
-        fan_in, fan_out = torch.nn.init._calculate_fan_in_and_fan_out(w)
-        return 1 / math.sqrt(fan_in) if self.init == "kaiming_uniform" else math.sqrt(6 / (fan_in + fan_out))
+    def _bound(self, layer) -> float:
+        """The uniform init's bound: sqrt(3) std(W) at conversion for "match" (the fan-in one where W's
+        spread is 0), 1 / sqrt(fan_in) for kaiming_uniform, Glorot's for xavier_uniform."""
+        std = self.weight_std(layer)
+        if std:
+            return math.sqrt(3.0) * std
+        fan_in, fan_out = torch.nn.init._calculate_fan_in_and_fan_out(layer.weight)
+        return math.sqrt(6 / (fan_in + fan_out)) if self.init == "xavier_uniform" else 1 / math.sqrt(fan_in)
