@@ -121,11 +121,33 @@ class Conv2dSame(nn.Conv2d):
 
 @lambda c: _timm(c, "timm.layers.std_conv")
 class StdConv2d(nn.Conv2d):
-    """timm.layers.std_conv.StdConv2d: the weight standardised inside forward."""
+    """timm.layers.std_conv.StdConv2d (BiT): the weight standardised per output channel inside forward."""
+
+    def __init__(self, in_channel, out_channels, kernel_size, stride=1, padding=1, bias=False, eps=1e-6):
+        super().__init__(in_channel, out_channels, kernel_size, stride=stride, padding=padding, bias=bias)
+        self.eps = eps
 
     def forward(self, x):
         w = F.batch_norm(self.weight.reshape(1, self.out_channels, -1), None, None, training=True,
-                         momentum=0.0, eps=1e-6).reshape_as(self.weight)
+                         momentum=0.0, eps=self.eps).reshape_as(self.weight)
+        return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+@lambda c: _timm(c, "timm.layers.std_conv")
+class ScaledStdConv2d(nn.Conv2d):
+    """timm.layers.std_conv.ScaledStdConv2d (NFNet): standardised, times a learned gain and a fixed scale."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=1, bias=True, gamma=1.0,
+                 eps=1e-6, gain_init=1.0):
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=bias)
+        self.gain = nn.Parameter(torch.full((self.out_channels, 1, 1, 1), gain_init))
+        self.scale = gamma * self.weight[0].numel() ** -0.5
+        self.eps = eps
+
+    def forward(self, x):
+        w = F.batch_norm(self.weight.reshape(1, self.out_channels, -1), None, None,
+                         weight=(self.gain * self.scale).view(-1), training=True, momentum=0.0,
+                         eps=self.eps).reshape_as(self.weight)
         return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
 
@@ -156,18 +178,38 @@ def test_subclasses_that_keep_the_op_convert_and_train_by_the_rule():
     assert model[0].weight.grad is not None
 
 
+def test_weight_standardised_convs_train_by_the_rule_on_the_weight_their_forward_uses():
+    def make():
+        return nn.Sequential(StdConv2d(2, 3, 3), nn.ReLU(), ScaledStdConv2d(3, 2, 3, stride=2, gain_init=0.7))
+    x = torch.randn(2, 2, 6, 6)
+    _assert_bp_is_autograd(make, x)
+    torch.manual_seed(0)
+    plain = make()
+    model = nowt.convert(copy.deepcopy(plain), "fa", seed=0)
+    rule_keys = {"0.feedback", "0.rule", "2.feedback", "2.rule"}
+    assert set(model.state_dict()) == set(plain.state_dict()) | rule_keys
+    for p in plain.parameters():
+        p.data.add_(0.5)
+    model.load_state_dict(plain.state_dict())  # a timm checkpoint loads as it is
+    h = torch.randn(2, 3, 6, 6, requires_grad=True)
+    g = torch.randn(2, 2, 3, 3)
+    model[2](h).backward(g)
+    expected = torch.nn.grad.conv2d_input(h.shape, model[2].feedback, g, stride=2, padding=1)
+    torch.testing.assert_close(h.grad, expected)  # B, not the standardised W
+    assert model[2].gain.grad is not None and model[2].weight.shape == model[2].feedback.shape
+    spread = model[2].weight.flatten(1).std(1, unbiased=False) / model[2].gain.flatten()  # standardised
+    torch.testing.assert_close(spread, torch.full((2,), 27 ** -0.5), rtol=1e-4, atol=1e-4)
+
+
 def test_subclasses_that_change_the_op_are_refused_by_name():
-    with pytest.raises(ValueError, match=r"timm\.layers\.std_conv\.StdConv2d at '0': standardises its "):
-        nowt.convert(nn.Sequential(StdConv2d(2, 3, 3), nn.Flatten(), nn.Linear(12, 2)), "fa")
     with pytest.raises(ValueError, match=r"test_convert_zoo\.OwnForward at '1': a subclass of "
                                          r"torch\.nn\.modules\.linear\.Linear with its own forward"):
         nowt.convert(nn.Sequential(nn.Linear(2, 2), OwnForward(2, 2)), "fa")
     with pytest.raises(ValueError, match=r"test_convert_zoo\.ExtraState at '0': a subclass of "
                                          r"torch\.nn\.modules\.linear\.Linear holding 'scale'"):
         nowt.convert(nn.Sequential(ExtraState(2, 2), nn.Linear(2, 2)), "fa")
-    model = nowt.convert(nn.Sequential(StdConv2d(2, 3, 3), nn.Flatten(), nn.Linear(12, 2)), "fa",
-                         exclude=["0"])
-    assert type(model[0]) is StdConv2d
+    model = nowt.convert(nn.Sequential(OwnForward(2, 2), nn.Linear(2, 2)), "fa", exclude=["0"])
+    assert type(model[0]) is OwnForward
 
 
 # --- weight norm ----------------------------------------------------------------------------------

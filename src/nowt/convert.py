@@ -12,7 +12,7 @@ from torch import nn
 
 from nowt import attention  # adds nn.MultiheadAttention to CONVERTIBLE
 from nowt.inventory import class_path, conversion, unknown_weights, watch
-from nowt.layers import CONVERTIBLE, FeedbackLayer, register_transformers
+from nowt.layers import CONVERTIBLE, VARIANTS, FeedbackLayer, register_transformers
 from nowt.rules import Rule, make_rule
 
 #: Layers whose weights also carry errors backwards but that no rule converts yet. Converting a model that
@@ -113,9 +113,9 @@ def convert(
         module = modules[key]
         layer_rule = backprop if _matches(layer_names[0], module, exclude) else rule
         base, variant = plan[key]
-        layer = CONVERTIBLE[base].from_module(module, layer_rule)
-        if variant:
-            setattr(layer, variant, True)
+        layer = VARIANTS.get(variant, CONVERTIBLE[base]).from_module(module, layer_rule)
+        if variant == "pad_same":
+            layer.pad_same = True
         generator = torch.Generator().manual_seed(layer_seed)
         for part in getattr(layer, "rule_parts", lambda: [layer])():  # noqa: B023 (attention: per projection)
             part.draw_state = generator.get_state()  # to redraw the same B after `to_empty`
@@ -177,7 +177,7 @@ def _tag_rule(layer: FeedbackLayer) -> None:
 
 
 def _write_rule_name(module, state_dict, prefix, local_metadata) -> None:
-    if any(k.startswith(prefix) and k[len(prefix):] not in ("weight", "bias") for k in state_dict):
+    if any(k.startswith(prefix) and k[len(prefix):] not in module.own_state for k in state_dict):
         state_dict[prefix + RULE_KEY] = _encode(module.rule.name)
 
 
@@ -199,6 +199,6 @@ def _keep_feedback(module: nn.Module, state_dict: dict, prefix: str) -> None:
     its own, and the weights load under strict checking of everything else. Partly present state is left
     to the strict check."""
     own = {n: t for n, t in (*module._parameters.items(), *module._buffers.items())
-           if t is not None and n not in ("weight", "bias") and n not in module._non_persistent_buffers_set}
+           if t is not None and n not in module.own_state and n not in module._non_persistent_buffers_set}
     if own and not any(prefix + n in state_dict for n in own):
         state_dict.update({prefix + n: t.detach() for n, t in own.items()})

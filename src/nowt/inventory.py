@@ -24,14 +24,16 @@ BY_DESIGN: tuple[type[nn.Module], ...] = (
 #: Parameter names taken as added or looked up, not multiplied (class tokens, position embeddings, relative
 #: position bias tables): their gradient is the error itself, no transport.
 ADDITIVE_NAMES = ("*token*", "cls*", "*pos*", "*embed*", "*table*", "*latent*")
-#: Subclasses (by class path) whose own forward computes the base layer's op: timm's Linear (a dtype cast
-#: under TorchScript only), timm's Conv2dSame (TensorFlow "SAME" padding first: `pad_same` on the layer).
-SAME_OP: dict[str, str] = {"timm.layers.linear.Linear": "", "timm.layers.conv2d_same.Conv2dSame": "pad_same"}
-#: Subclasses (by class path) refused by name, with why.
-REFUSED: dict[str, str] = {
-    f"timm.layers.std_conv.{name}": "standardises its weight inside forward, which nowt does not convert yet"
-    for name in ("StdConv2d", "StdConv2dSame", "ScaledStdConv2d", "ScaledStdConv2dSame")
+#: Subclasses (by class path) whose own forward computes the base layer's op, and how nowt matches it:
+#: timm's Linear (a dtype cast under TorchScript only), Conv2dSame (TensorFlow "SAME" padding first: the
+#: layer's `pad_same`), StdConv2d and ScaledStdConv2d (a standardised weight: `layers.StandardizedConv2d`).
+SAME_OP: dict[str, str] = {
+    "timm.layers.linear.Linear": "", "timm.layers.conv2d_same.Conv2dSame": "pad_same",
+    **{f"timm.layers.std_conv.{name}": "standardize"
+       for name in ("StdConv2d", "StdConv2dSame", "ScaledStdConv2d", "ScaledStdConv2dSame")},
 }
+#: Subclasses (by class path) refused by name, with why (none at present).
+REFUSED: dict[str, str] = {}
 
 
 def class_path(t: type) -> str:

@@ -26,6 +26,7 @@ class FeedbackLayer(nn.Module):
     op: LinearOp | ConvOp | LocallyConnected2dOp
     last_input_shape = None  # the most recent input's shape (weight mirrors drive noise of this shape)
     backprop_only = False  # set by `nowt.metrics.backprop_mode` to compute the true gradient
+    own_state = ("weight", "bias")  # the layer's own state, not the rule's
     skipped = False  # set when the model ran and this layer did not (`nowt.convert`'s first-forward check)
     draw_state: Tensor | None = None  # the generator state `nowt.convert` drew this layer's feedback from
 
@@ -52,7 +53,7 @@ class FeedbackLayer(nn.Module):
 
     def _rule_state(self) -> list[Tensor]:
         return [t for n, t in (*self._parameters.items(), *self._buffers.items())
-                if n not in ("weight", "bias") and t is not None]
+                if n not in self.own_state and t is not None]
 
     def _apply(self, fn, recurse: bool = True):
         """As nn.Module's; the rule's state moved off the meta device (`to_empty`) holds no values, so it is
@@ -200,6 +201,34 @@ class Conv2d(_Conv, nn.Conv2d):
     pass
 
 
+class StandardizedConv2d(Conv2d):
+    """timm's StdConv2d and ScaledStdConv2d (and their "Same" forms) trained by a rule. Their forward uses
+    the weight standardised per output channel (times gain * scale): `.weight` is that weight, so the rule
+    applies to it (B shaped like it, W's gradient flowing back through the standardisation), while the raw
+    Parameter stays under the state-dict key `weight`, next to `gain`, as in timm's checkpoints."""
+
+    own_state = ("weight", "bias", "gain")
+    eps, scale = 1e-6, 1.0
+
+    @property
+    def weight(self) -> Tensor:
+        w, gain = self._parameters.get("weight"), self._parameters.get("gain")
+        if w is None:
+            raise AttributeError("weight")  # not registered yet (nn.Conv2d's __init__ asks first)
+        scale = None if gain is None else (gain * self.scale).view(-1)
+        return F.batch_norm(w.reshape(1, w.shape[0], -1), None, None, weight=scale, training=True,
+                            momentum=0.0, eps=self.eps).reshape_as(w)  # timm's own computation
+
+    @classmethod
+    def from_module(cls, m: nn.Conv2d, rule: Rule) -> StandardizedConv2d:
+        layer = super().from_module(m, rule)
+        layer.eps, layer.scale = m.eps, getattr(m, "scale", 1.0)
+        if getattr(m, "gain", None) is not None:
+            layer.gain = m.gain
+        layer.pad_same = bool(getattr(m, "same_pad", False))  # StdConv2dSame's dynamic padding
+        return layer
+
+
 class Conv3d(_Conv, nn.Conv3d):
     pass
 
@@ -232,6 +261,10 @@ CONVERTIBLE: dict[type[nn.Module], type[FeedbackLayer]] = {
     nn.Conv3d: Conv3d, nn.ConvTranspose1d: ConvTranspose1d, nn.ConvTranspose2d: ConvTranspose2d,
     nn.ConvTranspose3d: ConvTranspose3d, lc.LocallyConnected2d: LocallyConnected2d,
 }
+
+
+#: Layers converted by class path (`nowt.inventory.SAME_OP`) into a layer of their own.
+VARIANTS: dict[str, type[FeedbackLayer]] = {"standardize": StandardizedConv2d}
 
 
 def feedback_layers(model: nn.Module) -> dict[str, FeedbackLayer]:
