@@ -1,8 +1,8 @@
 """mkdocs hooks: keep the pages true to the code and the repository (`mkdocs build --strict` fails on a warning).
 
-1. Option tables. A line `<!-- options: RULE -->` is followed by a markdown table whose first column is an
+1. Option tables. A line `<!-- options: RULE [RULE...] -->` is followed by a markdown table whose first column is an
    option name in backticks and whose second is its default as a Python literal in backticks. The names must
-   be exactly `nowt.rules.rule_class(RULE).options` and each default equal to the code's; a mismatch is a
+   be exactly `nowt.rules.rule_class(RULE).options` for each RULE named and each default equal to the code's; a mismatch is a
    warning, so a changed default or a new option fails the docs build until the page says so. A marker
    with no table after it says the rule takes no options.
 2. Repository paths. A backticked path that starts with one of `REPO_DIRS` (`results/akrout2019/RESULTS.md`)
@@ -21,7 +21,7 @@ log = logging.getLogger("mkdocs.plugins.nowt")
 
 ROOT = Path(__file__).resolve().parent.parent
 REPO_DIRS = ("results/", "benchmarks/", "src/", "tests/", "scripts/", ".ci/")
-OPTIONS = re.compile(r"^<!-- options: ([\w-]+) -->\s*$")
+OPTIONS = re.compile(r"^<!-- options: ([\w\s-]+?) -->\s*$")
 CELL = re.compile(r"^`(.*)`$")
 PATH = re.compile(r"`((?:%s)[^`\s]*)`" % "|".join(re.escape(d) for d in REPO_DIRS))
 
@@ -78,7 +78,8 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
             if not row.lstrip().startswith("|"):
                 break
             table.append(row)
-        _check_options(match.group(1), table[2:], name)  # no table: the rule takes no options
+        for rule in match.group(1).split():  # no table: the rules take no options
+            _check_options(rule, table[2:], name)
     for path in PATH.findall(markdown):
         if any(ch in path for ch in "*?[{") or path.endswith("..."):
             continue
