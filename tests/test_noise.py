@@ -166,3 +166,17 @@ def test_the_default_noise_pretraining_aligns_an_fa_readout():
     before, after = readout_angles()
     assert before > 85 and after < before - 30, (before, after)
     assert readout_angles(pool=None)[1] > before - 5
+
+
+@pytest.mark.parametrize("noise", ["gaussian", "uniform"])
+def test_noise_takes_a_mean_and_a_std(noise):
+    """The lab's code draws `randn * std + mean` (and a flat density of that mean and std): both shapes."""
+    gen = torch.Generator().manual_seed(0)
+    x, _ = next(noise_batches((100,), 4, batch_size=500, noise=noise, mean=0.5, std=0.3, generator=gen))
+    assert abs(float(x.mean()) - 0.5) < 0.01 and abs(float(x.std()) - 0.3) < 0.01
+    if noise == "uniform":  # U(0, 1) has mean 0.5 and std 1 / sqrt(12)
+        u, _ = next(noise_batches((100,), 4, batch_size=500, noise=noise, mean=0.5, std=12**-0.5,
+                                  generator=gen))
+        assert float(u.min()) >= 0 and float(u.max()) <= 1 and float(u.min()) < 0.01
+    with pytest.raises(ValueError, match="std must be positive"):
+        next(noise_batches((3,), 4, batch_size=2, std=0.0))

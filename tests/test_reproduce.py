@@ -201,18 +201,72 @@ def test_analyses_refuse_runs_and_unknown_options(tmp_path):
         reproduce.run("song2021", tmp_path, device="cuda")
 
 
-def test_cheon2024_trains_through_nowt_train_and_writes_its_report(tmp_path):
-    from nowt.reproduce.cheon2024 import Cheon2024Config, reproduce_cheon2024
+def test_cheon2024_registers_the_papers_protocol_and_rebuilds_its_report_from_saved_runs(
+        tmp_path, monkeypatch):
+    from nowt.reproduce import cheon2024
+    from nowt.reproduce.cheon2024_noise import POOL_VARIANT, REGISTERED
+    from nowt.train import RuleLearner
 
-    cfg = Cheon2024Config(noise_steps=10, epochs=1, train_subset=256, eval_every=2, batch_size=64)
-    summary = reproduce_cheon2024(tmp_path, datasets=("mnist",), config=cfg, progress=False)
-    runs = summary["runs"]["mnist"]
-    assert set(runs) == {"bp", "fa", "fa+noise"} and runs["fa"]["0"]["curve"]["step"] == [0, 2, 4]
+    r = REGISTERED  # the paper's protocol: fresh noise every batch; the lab's code where the paper is silent
+    assert r.pool is None and (r.noise, r.mean, r.std) == ("gaussian", 0.0, 1.0)
+    assert (r.hidden, r.loss) == ((100,), "ce")
+    assert (r.optimizer, r.lr, r.momentum, r.weight_decay) == ("sgd", 0.01, 0.9, 0.01)
+    assert (r.batch_size, r.steps, r.init, r.batch_norm) == (256, 5 * (50000 // 256), "he", False)
+    assert POOL_VARIANT == r.changed(pool=6400)
+    settings = cheon2024.Cheon2024Config().settings
+    assert settings["gap"]["train_size"] == 1600 and settings["gap"]["hidden"] == (100, 100)
+    steps, original = [], RuleLearner.train_step
+    monkeypatch.setattr(RuleLearner, "train_step",
+                        lambda self, x, y: steps.append(len(y)) or original(self, x, y))
+    cfg = cheon2024.Cheon2024Config(noise=r.changed(steps=5), settings={
+        "table1": {"hidden": (100,), "train_size": 200, "epochs": 1, "eval_every": 1,
+                   "conditions": cheon2024.REGISTERED_CONDITIONS},
+        "gap": {"hidden": (100, 100), "train_size": 100, "epochs": 2, "eval_every": 1,
+                "conditions": cheon2024.CONDITIONS}})
+    def run(**k):
+        return cheon2024.reproduce_cheon2024(tmp_path, datasets=("mnist",), seeds=(0, 1), config=cfg,
+                                             progress=False, command="test", **k)
+
+    summary = run()
+    # every noise step through nowt.train's step: 2 networks, fresh and pool, 2 seeds
+    assert steps.count(256) == 2 * 2 * 2 * 5
+    assert set(summary["runs"]["gap"]["mnist"]) == {"bp", "fa", "fa+noise", "fa+pool"}
+    assert set(summary["runs"]["table1"]["mnist"]) == {"bp", "fa", "fa+noise"}
+    assert (tmp_path / "runs" / "gap-mnist" / "fa+pool" / "seed1.json").is_file()
     text = (tmp_path / "RESULTS.md").read_text()
-    assert "`nowt reproduce cheon2024`" in text and "| fa+noise |" in text and "borne out" in text
-    assert "drawn once as a pool of 6400 examples" in text and "sgd lr 0.01 momentum 0.9" in text
-    for png in ("noise_pretraining.png", "learning_mnist.png", "ood_mnist.png"):
+    assert "Command: `test`" in text and "## Registered: the noise phase (the paper's protocol" in text
+    assert "## Exploration: nowt's pool variant (not the paper's protocol)" in text
+    for png in ("noise_pretraining.png", "learning_gap_mnist.png", "learning_table1_mnist.png"):
         assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
+    steps.clear()
+    assert run(gather=True)["runs"] == summary["runs"] and not steps  # from the saved files, training nothing
+    assert (tmp_path / "RESULTS.md").read_text() == text
+    run()  # a rerun reads its saved runs
+    assert not steps
+
+
+def test_cheon_noise_phase_takes_pretrain_noises_steps_on_a_he_network():
+    """The reproduction's noise phase (nowt.train's step) and nowt.pretrain_noise give the same weights."""
+    import torch
+
+    from nowt.layers import feedback_layers
+    from nowt.noise import pretrain_noise
+    from nowt.reproduce.cheon2024_noise import REGISTERED, network, noise_model, noise_phase
+
+    recipe = REGISTERED.changed(steps=12, pool=512)
+    model, record = noise_phase(recipe, 3, log_every=4)
+    other = noise_model(recipe, 3)
+    pretrain_noise(other, (1, 28, 28), steps=12, pool=512, batch_size=256, lr=0.01, momentum=0.9,
+                   weight_decay=0.01, seed=3, progress=False)
+    for (name, a), b in zip(model.state_dict().items(), other.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    assert [h["step"] for h in record["history"]] == [0, 4, 8, 12]
+    assert set(record["history"][0]["neuron"]) == {"3"}
+    fa, bp = feedback_layers(network((100,), "fa", 0)), feedback_layers(network((100,), "bp", 0))
+    assert torch.equal(fa["1"].weight, bp["1"].weight) and not fa["1"].bias.any()
+    for w in (fa["1"].weight, fa["3"].feedback):
+        assert abs(float(w.detach().std()) - math.sqrt(2 / w.shape[1])) < 0.1 * math.sqrt(2 / w.shape[1])
+    assert not torch.equal(fa["3"].weight, fa["3"].feedback)
 
 
 def test_akrout_runs_follow_the_official_recipe_and_compare_with_the_authors_logs(tmp_path, monkeypatch):
@@ -243,17 +297,26 @@ def test_akrout_runs_follow_the_official_recipe_and_compare_with_the_authors_log
     assert akrout2019.LOGS_ENV in repro.compare(tmp_path)[0]
 
 
-def test_cheon_conditions_study_reports_angles_accuracy_and_a_verdict(tmp_path, monkeypatch):
+def test_cheon_conditions_change_one_thing_each_and_gather_rebuilds_the_table(tmp_path, monkeypatch):
     from nowt.reproduce import cheon2024_conditions as study
+    from nowt.reproduce.cheon2024_noise import REGISTERED
 
-    monkeypatch.setitem(study.BASE, "steps", 200)
-    monkeypatch.setitem(study.BASE, "pool", 640)
-    result = study.reproduce_conditions(tmp_path, quick=True, seeds=2, command="test")
-    assert set(result["angles"]) == {"base", "fresh noise (pool=None)"}
-    assert result["angles"]["base"]["after"] < result["angles"]["base"]["before"]
-    assert set(result["accuracy"]) == {"no pretraining", "base", "fresh noise"}
+    assert study.CONDITIONS["registered"][1] == {}
+    for label, (_, change) in study.CONDITIONS.items():
+        recipe = REGISTERED.changed(**change)
+        assert recipe != REGISTERED or label == "registered", label
+    monkeypatch.setattr(study, "QUICK", ("registered", "hidden-frozen"))
+    summary = study.reproduce_conditions(tmp_path, quick=True, command="test", progress=False)
+    assert set(summary) == {"registered", "hidden-frozen"} and len(summary["registered"]["end"]) == 3
+    assert summary["hidden-frozen"]["start"] == summary["registered"]["start"]  # one seed, one network
+    assert (tmp_path / "runs" / "hidden-frozen" / "seed2.json").is_file()
     text = (tmp_path / "RESULTS.md").read_text()
-    assert "| base |" in text and "Learning speed: pretrained" in text and "Command: `test`" in text
+    assert "| registered | the paper's protocol | 3 |" in text and "Command: `test`" in text
+    monkeypatch.setattr(study, "noise_phase", lambda *a, **k: pytest.fail("gather must train nothing"))
+    reproduce.run("cheon2024-conditions", tmp_path, quick=True, gather=True, command="test", progress=False)
+    assert (tmp_path / "RESULTS.md").read_text() == text
+    reproduce.run("cheon2024-conditions", tmp_path / "empty", quick=True, gather=True, progress=False)
+    assert "Missing (not run yet): registered seed 0" in (tmp_path / "empty" / "RESULTS.md").read_text()
 
 
 def test_vit_rules_runs_every_rule_and_seed_at_one_budget(tmp_path):

@@ -1,115 +1,207 @@
-"""Cheon et al. 2024: under which conditions does random-noise pretraining align an FA network?
+"""Cheon et al. 2024: why does fresh noise not align an FA network here? Each condition changes one thing
+from the registered noise phase (the paper's protocol, `cheon2024_noise.REGISTERED`: fresh N(0, I) noise
+and random labels every batch, 784-100-10 ReLU, He init, softmax cross-entropy, SGD lr 0.01 momentum 0.9
+weight decay 0.01, batch 256, 975 steps) and runs with 3 seeds; no data is seen. Reported: the readout's
+per-neuron angle between the rows of W^T and B (the paper's measure) at the start, at the end and at its
+lowest along the way, and the whole-matrix angle at the end.
 
-Each condition changes one thing from a base (784-100-10 ReLU, torch's default init, `nowt.pretrain_noise`
-defaults: a pool of 6,400 Gaussian noise examples with random labels, batch 64, SGD lr 0.01 momentum 0.9,
-3,000 steps) and is run with several seeds: the readout's B-W angle before and after, the mean per-neuron
-angle, and, for the base, fresh noise and no pretraining, the MNIST test accuracy after one epoch of FA
-training (the paper's "learns faster" claim). A difference smaller than the spread across seeds is called
-no difference.
+Every run is saved as one JSON file, `runs/CONDITION/seedS.json` (its recipe and its angle every 25
+steps); the tables are computed from those files, and `--gather` rebuilds RESULTS.md from them without
+training. A run whose file holds the same recipe is read, not run again (the command resumes).
 """
 
 from __future__ import annotations
 
+import json
 import statistics
 from pathlib import Path
 
-import torch
-from torch import nn
-
-from nowt.convert import convert
-from nowt.data import load_mnist
-from nowt.metrics import evaluate
-from nowt.noise import pretrain_noise
-from nowt.report import markdown_table, mean_std
+from nowt.report import figure, format_mean_std, markdown_table, save, style
+from nowt.reproduce.cheon2024_noise import REGISTERED, noise_phase, readout_angles
 from nowt.reproduce.entry import Analysis, provenance
-from nowt.train import RuleLearner, TrainConfig, make_loader, train_epoch
 
-BASE = dict(width=100, depth=1, scale=1.0, pool=6400, steps=3000, optimizer="sgd", lr=0.01)
-#: condition label -> what it changes from BASE
-CONDITIONS = {
-    "base": {}, "fresh noise (pool=None)": {"pool": None}, "pool 640": {"pool": 640},
-    "pool 64000": {"pool": 64000}, "300 steps": {"steps": 300}, "1000 steps": {"steps": 1000},
-    "width 50": {"width": 50}, "width 400": {"width": 400}, "2 hidden layers": {"depth": 2},
-    "3 hidden layers": {"depth": 3}, "init x0.5": {"scale": 0.5}, "init x2": {"scale": 2.0},
-    "adam 1e-3": {"optimizer": "adam", "lr": 1e-3}, "adam 1e-4": {"optimizer": "adam", "lr": 1e-4},
+#: condition -> (what it changes, the change to REGISTERED); fixed before any of them was run (2026-12-03)
+CONDITIONS: dict[str, tuple[str, dict]] = {
+    "registered": ("the paper's protocol", {}),
+    "steps-10000": ("10,000 steps (10x longer)", {"steps": 10000}),
+    "pool-6400": ("nowt's pool variant: a fixed set of 6,400 noise examples", {"pool": 6400}),
+    "init-torch": ("init: nn.Linear's default for W and B (nowt's default) instead of He", {"init": "torch"}),
+    "batchnorm": ("BatchNorm1d after the ReLU (the lab's MLP)", {"batch_norm": True}),
+    "no-bias": ("no biases", {"bias": False}),
+    "hidden-frozen": ("hidden layer frozen: only the readout learns", {"train_hidden": False}),
+    "bce": ("sigmoid outputs, binary cross-entropy on one-hot labels", {"loss": "bce"}),
+    "no-weight-decay": ("weight decay 0", {"weight_decay": 0.0}),
+    "no-momentum": ("momentum 0", {"momentum": 0.0}),
+    "lr-0.1": ("SGD lr 0.1", {"lr": 0.1}),
+    "lr-0.001": ("SGD lr 0.001", {"lr": 0.001}),
+    "adam-1e-3": ("Adam lr 1e-3 (weight decay 0.01 as L2)", {"optimizer": "adam", "lr": 1e-3}),
+    "adam-1e-4": ("Adam lr 1e-4 (weight decay 0.01 as L2)", {"optimizer": "adam", "lr": 1e-4}),
+    "batch-64": ("batch 64, 3,900 steps (the same 250,000 images)", {"batch_size": 64, "steps": 3900}),
+    "batch-16": ("batch 16, 15,600 steps (the same 250,000 images)", {"batch_size": 16, "steps": 15600}),
+    "mean-0.5": ("noise N(0.5, 1)", {"mean": 0.5}),
+    "std-0.3": ("noise N(0, 0.3^2) (raw MNIST pixels' std)", {"std": 0.3}),
+    "uniform-0-1": (
+        "noise U(0, 1) (raw pixel range)",
+        {"noise": "uniform", "mean": 0.5, "std": 0.5 / 3**0.5},
+    ),
+    "depth-3": ("784-100-100-10 (readout and middle layer shown)", {"hidden": (100, 100)}),
 }
+QUICK = ("registered", "pool-6400")
 
 
-def _model(width: int, depth: int, scale: float, seed: int) -> nn.Module:
-    torch.manual_seed(seed)
-    sizes = [784] + [width] * depth
-    layers: list[nn.Module] = [nn.Flatten()]
-    for a, b in zip(sizes[:-1], sizes[1:], strict=True):
-        layers += [nn.Linear(a, b), nn.ReLU()]
-    model = nn.Sequential(*layers, nn.Linear(sizes[-1], 10))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.mul_(scale)
-    return convert(model, "fa", seed=seed)
+def _path(out: Path, condition: str, seed: int) -> Path:
+    return out / "runs" / condition / f"seed{seed}.json"
 
 
-def _pretrained(condition: dict, seed: int) -> tuple[nn.Module, dict]:
-    c = {**BASE, **condition}
-    model = _model(c["width"], c["depth"], c["scale"], seed)
-    if not c["steps"]:
-        return model, {}
-    history = pretrain_noise(model, (1, 28, 28), steps=c["steps"], pool=c["pool"], optimizer=c["optimizer"],
-                             lr=c["lr"], seed=seed, progress=False, log_every=c["steps"])
-    readout = list(history[-1]["weight_angles"])[-1]
-    first, last = history[0], history[-1]
-    return model, {"before": first["weight_angles"][readout], "after": last["weight_angles"][readout],
-                   "neuron": statistics.mean(last["neuron_angles"].values())}
+def _recipe(condition: str, quick: bool):
+    recipe = REGISTERED.changed(**CONDITIONS[condition][1])
+    return recipe.changed(steps=min(recipe.steps, 100)) if quick else recipe
 
 
-def _one_epoch_accuracy(model: nn.Module, train, test) -> float:
-    cfg = TrainConfig(rule="fa", batch_size=64, lr=0.01, lr_schedule="constant", epochs=1)
-    loader = make_loader(train, cfg.batch_size, shuffle=True, seed=0)
-    train_epoch(RuleLearner(model, cfg, len(loader)), loader, "fa", "cpu", progress=False)
-    return evaluate(model, make_loader(test, 1000), torch.nn.functional.cross_entropy, "cpu")["accuracy"]
+def _run(out: Path, condition: str, seed: int, quick: bool, gather: bool, log) -> dict | None:
+    """The saved record of one run, running it first (unless `gather`) when missing or of another recipe."""
+    recipe, path = _recipe(condition, quick), _path(out, condition, seed)
+    if path.is_file():
+        record = json.loads(path.read_text())
+        if record["recipe"] == json.loads(json.dumps(recipe.asdict())):
+            return record
+        if gather:
+            raise ValueError(f"{path} holds another recipe than {condition!r}'s; rerun without --gather")
+    if gather:
+        return None
+    _, record = noise_phase(recipe, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=None))
+    log(
+        f"{condition} seed {seed}: {readout_angles(record)[0]:.1f} -> {readout_angles(record)[-1]:.1f} deg "
+        f"({record['seconds']:.0f}s)"
+    )
+    return record
 
 
-def reproduce_conditions(out_dir: str | Path, *, quick: bool = False, progress: bool = True,
-                         command: str = "nowt reproduce cheon2024-conditions", seeds: int = 3) -> dict:
+def summarise(records: list[dict]) -> dict:
+    """Mean and std over seeds of the readout's angles: start, end, lowest (and where), whole-matrix end;
+    for a deeper network also the layer below the readout (per-neuron, end)."""
+    angles = [readout_angles(r) for r in records]
+    steps = [h["step"] for h in records[0]["history"]]
+    lowest = [min(a) for a in angles]
+    middle = [list(r["history"][-1]["neuron"].values()) for r in records]
+    return {
+        "start": [a[0] for a in angles],
+        "end": [a[-1] for a in angles],
+        "lowest": lowest,
+        "lowest_step": [steps[a.index(m)] for a, m in zip(angles, lowest, strict=True)],
+        "matrix_end": [readout_angles(r, "matrix")[-1] for r in records],
+        "below_end": [m[-2] for m in middle] if len(middle[0]) > 1 else [],
+        "steps": steps,
+        "curves": angles,
+    }
+
+
+def falls(start: list[float], end: list[float]) -> str:
+    """ "falls" when the mean drop exceeds the spread (the sum of the two stds over seeds); "rises" for a
+    rise beyond it; else "no change"."""
+    drop = statistics.fmean(start) - statistics.fmean(end)
+    spread = statistics.stdev(start) + statistics.stdev(end) if len(start) > 1 else 0.0
+    return (
+        f"falls by {drop:.1f}"
+        if drop > spread
+        else (f"rises by {-drop:.1f}" if -drop > spread else f"no change ({-drop:+.1f}, spread {spread:.1f})")
+    )
+
+
+def reproduce_conditions(
+    out_dir: str | Path,
+    *,
+    quick: bool = False,
+    progress: bool = True,
+    command: str = "nowt reproduce cheon2024-conditions",
+    seeds: int = 3,
+    gather: bool = False,
+) -> dict:
+    """Runs (or with `gather` reads) every condition's seeds and writes RESULTS.md and conditions.png."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    quick_ones = ("base", "fresh noise (pool=None)")
-    conditions = {k: v for k, v in CONDITIONS.items() if not quick or k in quick_ones}
-    rows, summary = [], {}
-    for label, change in conditions.items():
-        runs = [_pretrained(change, seed)[1] for seed in range(seeds)]
-        (b, _), (a, sa), (nrn, _) = (mean_std([r[k] for r in runs]) for k in ("before", "after", "neuron"))
-        summary[label] = {"before": b, "after": a, "after_std": sa, "neuron": nrn}
-        rows.append([label, b, a, sa, a - b, nrn])
-    (xtr, ytr), test = load_mnist("train"), load_mnist("test")
-    train = (xtr[:6000], ytr[:6000]) if quick else (xtr, ytr)
-    accuracy = {}
-    for label, change in (("no pretraining", {"steps": 0}), ("base", {}), ("fresh noise", {"pool": None})):
-        accs = [_one_epoch_accuracy(_pretrained(change, seed)[0], train, test) for seed in range(seeds)]
-        accuracy[label] = mean_std(accs)
-    verdict = _verdict(accuracy)
-    text = "\n\n".join([
-        "# Cheon et al. 2024: when does noise pretraining align an FA network?", __doc__.split("\n\n", 1)[1],
-        provenance(command), f"{seeds} seeds; angles in degrees (mean over seeds; the readout's B-W angle).",
-        markdown_table(["condition", "readout angle before", "after", "after, std over seeds", "change",
-                        "mean per-neuron angle after"], rows, digits=1),
-        f"MNIST test accuracy after one epoch of FA training ({'6,000' if quick else '60,000'} examples, "
-        "SGD lr 0.01, batch 64), mean ± std over seeds:",
-        markdown_table(["pretraining", "accuracy %", "std"], [[k, m, s] for k, (m, s) in accuracy.items()]),
-        verdict])
+    log = print if progress else (lambda *a, **k: None)
+    summary, missing = {}, []
+    for condition in QUICK if quick else CONDITIONS:
+        records = [_run(out, condition, seed, quick, gather, log) for seed in range(seeds)]
+        missing += [f"{condition} seed {s}" for s, r in enumerate(records) if r is None]
+        found = [r for r in records if r is not None]
+        if found:
+            summary[condition] = {**summarise(found), "seeds": [r["seed"] for r in found]}
+    rows = [
+        [
+            c,
+            CONDITIONS[c][0],
+            len(s["seeds"]),
+            format_mean_std(s["start"], 1),
+            format_mean_std(s["end"], 1),
+            format_mean_std(s["lowest"], 1) + f" (step {round(statistics.fmean(s['lowest_step']))})",
+            format_mean_std(s["matrix_end"], 1),
+            falls(s["start"], s["end"]),
+        ]
+        for c, s in summary.items()
+    ]
+    _plot(summary, out)
+    text = "\n\n".join(
+        [
+            "# Cheon et al. 2024: does fresh noise align an FA network, and what makes it?",
+            __doc__.split("\n\n", 1)[1].strip(),
+            provenance(command),
+            "Readout angles in degrees, mean ± std over seeds (per-neuron: the mean over the 100 hidden "
+            "units of the angle between row i of W2^T and row i of B; whole-matrix: between B and W2 as flat "
+            "vectors). Verdict: the angle falls (or rises) when the change of the mean exceeds the sum of "
+            "the two stds.",
+            markdown_table(
+                [
+                    "condition",
+                    "change from the registered recipe",
+                    "seeds",
+                    "per-neuron: start",
+                    "end",
+                    "lowest (mean step)",
+                    "whole-matrix: end",
+                    "start -> end",
+                ],
+                rows,
+            ),
+            *(
+                [
+                    "Middle layer of depth-3 (per-neuron, end): "
+                    + format_mean_std(summary["depth-3"]["below_end"], 1)
+                ]
+                if summary.get("depth-3", {}).get("below_end")
+                else []
+            ),
+            "![readout angle during noise training](conditions.png)",
+            *([f"Missing (not run yet): {', '.join(missing)}."] if missing else []),
+        ]
+    )
     (out / "RESULTS.md").write_text(text + "\n")
-    return {"angles": summary, "accuracy": accuracy}
+    return summary
 
 
-def _verdict(accuracy: dict[str, tuple[float, float]]) -> str:
-    (m0, s0), (m1, s1) = accuracy["no pretraining"], accuracy["base"]
-    gap, spread = m1 - m0, max(s0, s1)
-    if abs(gap) <= spread:
-        return (f"Learning speed: pretrained {m1:.2f} vs not {m0:.2f} after one epoch, a difference "
-                f"({gap:+.2f} pp) within the spread across seeds ({spread:.2f}): not borne out here.")
-    return (f"Learning speed: pretrained {m1:.2f} vs not {m0:.2f} after one epoch ({gap:+.2f} pp, spread "
-            f"{spread:.2f}): {'borne out' if gap > 0 else 'contradicted'} here.")
+def _plot(summary: dict, out: Path) -> None:
+    fig, ((ax,),) = figure(1, width=9, height=5)
+    for condition, s in summary.items():
+        curves = s["curves"]
+        mean = [statistics.fmean(c[i] for c in curves) for i in range(min(map(len, curves)))]
+        steps = s["steps"][: len(mean)]
+        ax.plot(steps, mean, label=condition, lw=2.5 if condition == "registered" else 1)
+    ax.set_xscale("symlog", linthresh=100)
+    style(
+        ax, xlabel="noise step", ylabel="degrees", title="readout per-neuron angle W2^T vs B, mean over seeds"
+    )
+    save(fig, out / "conditions.png")
 
 
-ENTRIES = [Analysis(name="cheon2024-conditions", paper="Cheon, Lee, Paik 2024",
-                    function=reproduce_conditions,
-                    table="conditions under which noise pretraining aligns an FA 784-100-10 net, 3 seeds")]
+ENTRIES = [
+    Analysis(
+        name="cheon2024-conditions",
+        paper="Cheon, Lee, Paik 2024",
+        function=reproduce_conditions,
+        table="why fresh noise does (not) align an FA 784-100-10 net: one change at a time from "
+        "the paper's protocol, 3 seeds, per-run JSON (--gather rebuilds the table)",
+    )
+]
