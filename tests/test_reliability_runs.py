@@ -179,7 +179,7 @@ def test_under_torchrun_a_locked_directory_ends_every_rank_with_one_line(tmp_pat
 
 
 @pytest.mark.parametrize("argv", [["--lr-schedule", "step"], ["--lr-schedule", "plateau"],
-                                  ["--optimizer", "rmsprop"], ["--optimizer", "adam", "--momentum", "0.5"],
+                                  ["--optimizer", "rmsprop"], ["--momentum", "0.5"],
                                   ["--bias-lr-scale", "5.0"],
                                   ["--lr-schedule", "constant", "--lr-milestones", "1"]])
 def test_target_propagation_refuses_each_flag_it_would_ignore(capsys, argv):
@@ -308,3 +308,13 @@ def test_a_truncated_image_in_a_dataloader_worker_is_one_line_naming_it(tmp_path
     with pytest.raises(ValueError, match=says) as info:
         fit(cfg, progress=False)
     assert "\n" not in str(info.value)
+
+
+def test_momentum_with_adam_is_refused_not_ignored(capsys):
+    from nowt.cli import main
+
+    argv = ["train", "--dataset", "synthetic", "--hidden", "8", "--epochs", "1", "--no-progress"]
+    assert main(argv + ["--optimizer", "adam", "--momentum", "0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "--momentum applies to sgd and rmsprop, not --optimizer adam" in err and err.count("\n") == 1
+    assert main(argv + ["--optimizer", "rmsprop", "--momentum", "0.5"]) == 0

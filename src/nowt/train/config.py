@@ -198,6 +198,9 @@ class TrainConfig:
         if changed and not adam:
             raise ValueError(f"{' and '.join(changed)} {'apply' if len(changed) > 1 else 'applies'} to Adam "
                              f"and AdamW only, not --optimizer {self.optimizer}")
+        if self.optimizer in ("adam", "adamw") and not is_default(FIELDS["momentum"], self.momentum):
+            raise ValueError(f"--momentum applies to sgd and rmsprop, not --optimizer {self.optimizer} "
+                             f"(its first moment is --adam-betas' B1)")
         check_device(self.device)
         if self.out_dir is not None:
             check_out_dir(self.out_dir)
