@@ -81,7 +81,7 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
         for rule in match.group(1).split():  # no table: the rules take no options
             _check_options(rule, table[2:], name)
     for path in PATH.findall(markdown):
-        if any(ch in path for ch in "*?[{") or path.endswith("..."):
+        if any(ch in path for ch in "*?[{<") or path.endswith("..."):
             continue
         if not (ROOT / path.rstrip("/")).exists():
             log.warning(f"{name}: `{path}` does not exist in the repository")
