@@ -122,24 +122,38 @@ def output_collapsed(model: nn.Module, inputs: Tensor) -> bool:
     return bool((out == out[:1]).all())
 
 
+def as_tokens(out: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """A sequence model's outputs [N, T, V] (vocabulary last) and targets [N, T] as one row per token,
+    [N * T, V] and [N * T]; any other outputs and targets as they are."""
+    if out.dim() == 3 and y.dim() == 2 and out.shape[:2] == y.shape:
+        return out.flatten(0, 1), y.flatten()
+    return out, y
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module, loader, loss_fn=F.cross_entropy, device: str | torch.device | None = None
 ) -> dict[str, float]:
     """Mean loss, top-1 accuracy and top-1/top-5 error (%) of `model` on the (inputs, labels) batches of
-    `loader`, in eval mode (the model's mode is restored)."""
+    `loader`, in eval mode (the model's mode is restored). Sequence outputs [N, T, V] with targets [N, T]
+    count per token, and add `bpc`: the mean cross-entropy per token in bits (nats / ln 2)."""
     was_training = model.training
     model.eval()
-    total, loss, top1, top5 = 0, 0.0, 0, 0
+    total, loss, top1, top5, nats, sequence = 0, 0.0, 0, 0, 0.0, False
     for x, y in loader:
         if device is not None:
             x, y = x.to(device), y.to(device)
         out = model(x)
+        sequence = out.dim() == 3 and y.dim() == 2
+        out, y = as_tokens(out, y)
+        if sequence:
+            nats += float(F.cross_entropy(out.float(), y, reduction="sum"))
         loss += float(loss_fn(out, y)) * len(y)
         best = out.topk(min(5, out.shape[1]), dim=1).indices
         top1 += int((best[:, 0] == y).sum())
         top5 += int((best == y[:, None]).any(1).sum())
         total += len(y)
     model.train(was_training)
+    bpc = {"bpc": nats / total / math.log(2)} if sequence else {}
     return {"loss": loss / total, "accuracy": 100.0 * top1 / total,
-            "top1_error": 100.0 * (total - top1) / total, "top5_error": 100.0 * (total - top5) / total}
+            "top1_error": 100.0 * (total - top1) / total, "top5_error": 100.0 * (total - top5) / total, **bpc}

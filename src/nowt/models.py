@@ -139,6 +139,45 @@ def vit(in_channels: int = 1, num_classes: int = 10, image_size: int = 28, dropo
     return ViT(in_channels, num_classes, image_size, patch, dim, depth, heads, dropout=dropout)
 
 
+class GPT(nn.Module):
+    """A small GPT-style decoder over tokens [N, T] -> next-token logits [N, T, vocab_size]: token embedding
+    plus learned positions, pre-norm causal blocks (`nn.TransformerEncoderLayer`, batch first, a causal mask:
+    position t attends to positions <= t), a final LayerNorm and a linear head over the vocabulary. Embeddings
+    and norms stay on backprop under `nowt.convert`; attention's projections, the MLPs and the head learn by
+    the rule. Block-level DFA: `--blocks 'blocks.*'`."""
+
+    def __init__(self, vocab_size: int = 256, context: int = 128, dim: int = 128, depth: int = 2,
+                 heads: int = 4, mlp_ratio: int = 4, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, dim)
+        self.pos = nn.Parameter(torch.randn(1, context, dim) * 0.02)
+        self.blocks = nn.ModuleList(nn.TransformerEncoderLayer(
+            dim, heads, mlp_ratio * dim, dropout, activation="gelu", batch_first=True, norm_first=True)
+            for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, vocab_size)
+        self.register_buffer("causal", nn.Transformer.generate_square_subsequent_mask(context),
+                             persistent=False)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        length = tokens.shape[1]
+        if length > self.pos.shape[1]:
+            raise ValueError(f"gpt: {length} tokens exceed its context of {self.pos.shape[1]}")
+        x = self.embed(tokens) + self.pos[:, :length]
+        mask = self.causal[:length, :length]
+        for block in self.blocks:
+            x = block(x, src_mask=mask, is_causal=True)
+        return self.head(self.norm(x))
+
+
+@register_model
+def gpt(input_shape: Sequence[int] = (128,), vocab_size: int = 256, dropout: float = 0.0, dim: int = 128,
+        depth: int = 2, heads: int = 4) -> GPT:
+    """`GPT` for byte-level text: 256 tokens, context input_shape[-1] (the dataset's windows, --context),
+    dim 128, 2 layers, 4 heads, MLP 4 x dim."""
+    return GPT(vocab_size, input_shape[-1], dim, depth, heads, dropout=dropout)
+
+
 @register_model
 def lenet(in_channels: int = 1, num_classes: int = 10, image_size: int = 32,
           activation: str = "relu") -> nn.Sequential:

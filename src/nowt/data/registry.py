@@ -16,10 +16,11 @@ from nowt.data.datasets import load_fashion_mnist, load_mnist, mnist_normalize
 from nowt.data.downloads import fetch
 from nowt.data.imagenet import load_image_folders
 from nowt.data.synthetic import synthetic
+from nowt.data.text import TEXT_DATASETS, VOCAB, load_text
 from nowt.data.transforms import Transform, cifar_augmentation
 
 TensorPair = tuple[Tensor, Tensor]
-DATASETS = ("mnist", "fashion-mnist", "cifar10", "imagenet", "synthetic")
+DATASETS = ("mnist", "fashion-mnist", "cifar10", "imagenet", "synthetic", *TEXT_DATASETS)
 
 
 class TransformDataset(Dataset):
@@ -42,6 +43,7 @@ class Data:
     test: TensorPair | Dataset
     num_classes: int
     input_shape: tuple[int, ...]
+    validation: TensorPair | None = None  # text corpora: held out of the training text
 
 
 def _unchanged(x: Tensor) -> Tensor:
@@ -87,7 +89,7 @@ def train_subset(train: TensorPair | Dataset, n: int) -> TensorPair | Dataset:
 
 def load_dataset(name: str, *, root: str | os.PathLike | None = None, download: bool = False,
                  augment: bool = False, train_size: int | None = None, standardize: bool = True,
-                 image_size: int | None = None) -> Data:
+                 image_size: int | None = None, context: int | None = None) -> Data:
     """Train and test data of `name` (see DATASETS), normalised.
 
     `root`: where the files are (defaults: MNIST embedded, Fashion-MNIST from the Debian package, CIFAR-10
@@ -97,10 +99,15 @@ def load_dataset(name: str, *, root: str | os.PathLike | None = None, download: 
     `standardize=False`: MNIST, Fashion-MNIST and CIFAR-10 pixels stay in [0, 1] (pixels / 255), as in
     Akrout et al.'s official code. `image_size`: MNIST, Fashion-MNIST and CIFAR-10 images resized to that
     square size first (bilinear, rounded to 8-bit levels as a resize of the image files would be;
-    BioTorch's LeNet runs see MNIST at 32 x 32).
+    BioTorch's LeNet runs see MNIST at 32 x 32). `context`: text corpora's window length (`nowt.data.text`:
+    byte-level windows, contiguous train / validation / test parts, `train_size` the first N windows).
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    if name in TEXT_DATASETS:
+        return _text(name, root, download, augment, image_size, context, train_size)
+    if context is not None:
+        raise ValueError(f"--context applies to the text datasets ({', '.join(TEXT_DATASETS)}), not {name!r}")
     if download and (name in ("fashion-mnist", "cifar10") or name == "mnist" and root is not None):
         root = fetch(name, root)  # MNIST without a root is the embedded copy: nothing to download
     if name in ("mnist", "fashion-mnist"):
@@ -135,3 +142,14 @@ def load_dataset(name: str, *, root: str | os.PathLike | None = None, download: 
     if augment:
         train = TransformDataset(*train, cifar_augmentation(), num_classes)
     return Data(train, test, num_classes, input_shape)
+
+
+def _text(name: str, root: str | os.PathLike | None, download: bool, augment: bool, image_size: int | None,
+          context: int | None, train_size: int | None) -> Data:
+    """A text corpus as `Data`: windows [N, T] of byte ids, next-byte targets [N, T], 256 classes."""
+    asked = [flag for flag, on in (("--download", download), ("--augment", augment),
+                                   ("--image-size", image_size is not None)) if on]
+    if asked:
+        raise ValueError(f"{', '.join(asked)}: not for the text dataset {name!r}")
+    splits = load_text(name, root, **({} if context is None else {"context": context}), train_size=train_size)
+    return Data(splits.train, splits.test, VOCAB, tuple(splits.train[0].shape[1:]), splits.validation)

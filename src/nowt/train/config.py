@@ -157,8 +157,11 @@ class TrainConfig:
     image_size: int | None = _f(None, "resize mnist / fashion-mnist / cifar10 images to N x N first "
                                 "(bilinear; BioTorch's LeNet: 32)", min=1, metavar="N")
     train_size: int | None = _f(None, "train on N examples: a class-balanced random sample, the same for "
-                                "every run and seed (not the first N: image folders are in class order)",
+                                "every run and seed (not the first N: image folders are in class order); "
+                                "text: the first N windows",
                                 min=1, metavar="N")
+    context: int | None = _f(None, "text datasets: bytes per window, the model's context (default 128)",
+                             min=1, metavar="T")
     augment: bool = _f(False, "CIFAR crop+flip, ImageNet resized crop+flip")
     data_dir: str | None = _f(None, "where the dataset files are (default: embedded or the cache)")
     download: bool = _f(False, "download MNIST/Fashion-MNIST/CIFAR-10 first")

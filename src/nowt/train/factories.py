@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 import nowt.targetprop  # noqa: F401  (registers the Bartunov networks in nowt.models.MODELS)
 from nowt.convert import convert
 from nowt.data import Data, load_dataset
+from nowt.metrics import as_tokens
 from nowt.models import FIXED_ACTIVATION, MODELS
 from nowt.optim import HalveOnPlateau
 from nowt.rules import WholeNetworkRule, rule_class, rules
@@ -81,7 +82,8 @@ def sized(what: str) -> Iterator[None]:
 def load_data(cfg: TrainConfig) -> Data:
     """The dataset `cfg` names, prepared as it asks (root, download, augmentation, size, standardisation)."""
     return load_dataset(cfg.dataset, root=cfg.data_dir, download=cfg.download, augment=cfg.augment,
-                        train_size=cfg.train_size, standardize=cfg.standardize, image_size=cfg.image_size)
+                        train_size=cfg.train_size, standardize=cfg.standardize, image_size=cfg.image_size,
+                        context=cfg.context)
 
 
 def parameter_groups(model: nn.Module, lr: float, bias_lr_scale: float = 1.0) -> list[dict[str, Any]]:
@@ -118,12 +120,24 @@ def make_scheduler(name: str, optimizer: torch.optim.Optimizer, total_steps: int
 
 
 def make_loss(name: str) -> LossFn:
+    """The loss by name, mean over examples; a sequence's [N, T, V] outputs and [N, T] targets count one
+    example per token (`as_tokens`): next-token cross-entropy at every position."""
     if name == "ce":
-        return F.cross_entropy
-    if name == "bce":  # Akrout et al.: a sigmoid per class against the one-hot target, summed over classes
-        return lambda out, y: F.binary_cross_entropy_with_logits(
-            out, F.one_hot(y, out.shape[1]).to(out.dtype), reduction="sum") / len(y)
+        return _cross_entropy
+    if name == "bce":
+        return _sigmoid_cross_entropy
     raise ValueError(f"unknown loss {name!r}; choose ce or bce")
+
+
+def _cross_entropy(out: Tensor, y: Tensor) -> Tensor:
+    return F.cross_entropy(*as_tokens(out, y))
+
+
+def _sigmoid_cross_entropy(out: Tensor, y: Tensor) -> Tensor:
+    """Akrout et al.: a sigmoid per class against the one-hot target, summed over classes."""
+    out, y = as_tokens(out, y)
+    return F.binary_cross_entropy_with_logits(out, F.one_hot(y, out.shape[1]).to(out.dtype),
+                                              reduction="sum") / len(y)
 
 
 def model_factories() -> dict[str, Callable[..., nn.Module]]:

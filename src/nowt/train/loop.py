@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from nowt import distributed, noise
 from nowt.checkpoint import load_checkpoint, save_checkpoint
 from nowt.layers import feedback_layers
-from nowt.metrics import backprop_mode, evaluate, output_collapsed, update_angles, weight_angles
+from nowt.metrics import as_tokens, backprop_mode, evaluate, output_collapsed, update_angles, weight_angles
 from nowt.progress import progress_bar
 from nowt.train import rundir
 from nowt.train.config import TrainConfig, read_saved_config
@@ -158,7 +158,8 @@ def _fit(cfg: TrainConfig, train, test, resume: bool, progress: bool) -> list[di
             warnings.warn(collapse_message(epoch + 1, len(probe_x)), RuntimeWarning, stacklevel=2)
         history.append(record)
         if progress:
-            tqdm.write(f"epoch {epoch + 1}: train loss {record['train_loss']:.4f}, "
+            bpc = f"test bpc {record['test_bpc']:.3f}, " if "test_bpc" in record else ""
+            tqdm.write(f"epoch {epoch + 1}: train loss {record['train_loss']:.4f}, {bpc}"
                        f"test accuracy {record['test_accuracy']:.2f}% ({record['seconds']:.1f}s)")
         if writes:
             _write_epoch(out, cfg, epoch, model, learner, train_loader, history)
@@ -262,8 +263,9 @@ def train_epoch(learner: Learner, loader: Iterable, desc: str, device: str,
         step = learner.train_step(x, y)
         seen += len(y)
         loss_sum += step["loss"] * len(y)
-        if "output" in step:  # logits of the batch before the update
-            correct += (step["output"].argmax(1) == y).sum()
+        if "output" in step:  # logits of the batch before the update (a sequence's: per token)
+            out, tokens = as_tokens(step["output"], y)
+            correct += (out.argmax(1) == tokens).sum() * (len(y) / len(tokens))
         else:  # target propagation reports the batch's accuracy (%) before the update instead
             correct += step["accuracy"] * len(y) / 100
         if i % LOG_EVERY == 0:
