@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from dataclasses import MISSING, fields
+from dataclasses import MISSING, fields, replace
 from pathlib import Path
 from types import UnionType
 from typing import NoReturn, Union, get_args, get_origin, get_type_hints
@@ -122,6 +122,13 @@ def build_parser(config_defaults: dict | None = None) -> argparse.ArgumentParser
     c.add_argument("--seeds", type=_list_of(int), metavar="S[,S...]",
                    help="comma-separated seeds: every rule runs with each (in OUT/RULE/seedS), "
                    "and the report adds mean ± std over them; default: --seed alone")
+    c.add_argument("--lr-grid", type=_list_of(float), metavar="LR[,LR...]",
+                   help="a fair learning rate for every rule: each trains once per rate (its first seed) on "
+                   "the training set less --holdout examples, and its test runs take the rate with the best "
+                   "held-out accuracy (the test set is never used to choose)")
+    c.add_argument("--holdout", type=int, default=None, metavar="N",
+                   help="examples held out of the training set to choose --lr-grid's rate on (default a "
+                   "tenth of the training set)")
     add_training_args(c, skip=("rule",))
     c.set_defaults(out_dir=None)
     for action in c._actions:
@@ -217,8 +224,9 @@ def train_command(args: argparse.Namespace) -> int:
 
 
 def compare_command(args: argparse.Namespace) -> int:
-    from nowt.report import load_run, seed_summary_table, summary_table, write_report
+    from nowt.report import load_run, lr_grid_table, seed_summary_table, summary_table, write_report
     from nowt.train import fit
+    from nowt.train.select import choose_lr
 
     # each rule once ("fa,FA" is one rule: its runs would share a directory and be averaged twice)
     rules = list(dict.fromkeys(r.strip().lower() for r in str(args.rules).split(",") if r.strip()))
@@ -235,14 +243,26 @@ def compare_command(args: argparse.Namespace) -> int:
                    for rule in rules for seed in seeds]
     first = configs[0]  # checked: every config differs only in its rule, seed and directory
     data = load_data(first)
+    run = {"resume": args.resume, "overwrite": args.overwrite, "progress": not args.no_progress}
+    grid = ""
+    if args.lr_grid:  # each rule's rate chosen on held-out training examples, from the one grid
+        n = args.holdout or len(data.train[1] if isinstance(data.train, tuple) else data.train) // 10
+        chosen = {}
+        for rule in rules:
+            lead = next(c for c in configs if c.rule == rule)
+            chosen[rule] = choose_lr(lead, sorted(set(args.lr_grid)), data.train, n, out, **run)
+        configs = [replace(c, lr=chosen[c.rule][0]) for c in configs]
+        grid = lr_grid_table(chosen, n)
+    elif args.holdout is not None:
+        raise ValueError("--holdout applies with --lr-grid only")
     for cfg in configs:  # the very same tensors, model recipe, seed and budget for every rule
-        fit(cfg, data.train, data.test, resume=args.resume, overwrite=args.overwrite,
-            progress=not args.no_progress)
+        fit(cfg, data.train, data.test, **run)
     dirs = [cfg.out_dir for cfg in configs]
     runs = [load_run(d, name=str(Path(d).relative_to(out))) for d in dirs]
     by_rule = seed_summary_table(runs)
-    print(summary_table(runs) + (f"\n{by_rule}" if by_rule else ""), end="")
-    report = write_report(dirs, out, title=f"nowt compare on {first.dataset}: {', '.join(rules)}")
+    print(grid + summary_table(runs) + (f"\n{by_rule}" if by_rule else ""), end="")
+    report = write_report(dirs, out, title=f"nowt compare on {first.dataset}: {', '.join(rules)}",
+                          preamble=grid)
     print(f"report: {report}")
     return 0
 

@@ -308,6 +308,17 @@ def report_runs(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike,
     return parts
 
 
+def lr_grid_table(chosen: dict[str, tuple[float, dict[float, float]]], holdout: int) -> str:
+    """`nowt compare --lr-grid`'s choice: per rule, the final held-out accuracy at every rate of the grid
+    and the rate chosen."""
+    lrs = sorted({lr for _, scores in chosen.values() for lr in scores})
+    rows = [[rule, *(scores.get(lr, math.nan) for lr in lrs), f"{best:g}"]
+            for rule, (best, scores) in chosen.items()]
+    return (f"Learning rate per rule, chosen on {holdout} examples held out of the training set (final "
+            f"held-out accuracy %, each rule's first seed; the test set is not used to choose):\n\n"
+            + markdown_table(["rule", *(f"lr {lr:g}" for lr in lrs), "chosen"], rows) + "\n\n")
+
+
 def write_report(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike, title: str = "nowt report",
                  preamble: str = "") -> Path:
     """Writes `out_dir/report.md` with the summary table, `curves.png` and `alignment.png`; returns the

@@ -1,0 +1,58 @@
+"""nowt compare --lr-grid: every rule's learning rate chosen from one grid on examples held out of the
+training set, never on the test set."""
+
+import json
+
+import pytest
+import torch
+
+from nowt.train.select import holdout
+
+
+def test_holdout_is_a_balanced_sample_disjoint_from_the_rest_and_the_same_every_time():
+    x = torch.arange(100.0).unsqueeze(1)
+    y = torch.arange(100) % 4
+    (xa, ya), (xb, yb) = holdout((x, y), 20)
+    assert len(ya) == 80 and len(yb) == 20 and torch.bincount(yb).tolist() == [5, 5, 5, 5]
+    assert set(xa.squeeze(1).tolist()).isdisjoint(xb.squeeze(1).tolist())
+    assert set(xa.squeeze(1).tolist()) | set(xb.squeeze(1).tolist()) == set(range(100))
+    assert torch.equal(holdout((x, y), 20)[1][0], xb)
+    with pytest.raises(ValueError, match="--holdout 100: hold out between 1 and 99"):
+        holdout((x, y), 100)
+    with pytest.raises(ValueError, match="not a text corpus"):
+        holdout((x, torch.zeros(100, 3, dtype=torch.long)), 10)
+
+
+def test_compare_lr_grid_chooses_each_rules_rate_on_held_out_examples(tmp_path, capsys):
+    from nowt.cli import main
+
+    out = tmp_path / "cmp"
+    argv = ["compare", "--rules", "bp,fa", "--dataset", "synthetic", "--hidden", "16", "--epochs", "1",
+            "--batch-size", "50", "--seeds", "0,1", "--lr-grid", "0.3,0.001", "--holdout", "400",
+            "--lr-schedule", "constant", "--no-progress", "--out", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "chosen on 400 examples held out of the training set" in printed
+    for rule in ("bp", "fa"):
+        scores = {}
+        for lr in (0.001, 0.3):
+            run = out / rule / "lr-grid" / f"lr{lr:g}"
+            config = json.loads((run / "config.json").read_text())
+            assert config["lr"] == lr and config["seed"] == 0 and "held out" in config["extra"]["test set"]
+            scores[lr] = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["test_accuracy"]
+        best = max(sorted(scores), key=scores.get)
+        assert scores[0.3] != scores[0.001]  # the grid tells the rates apart on this task
+        for seed in (0, 1):  # the test runs: the whole training set at the chosen rate
+            config = json.loads((out / rule / f"seed{seed}" / "config.json").read_text())
+            assert config["lr"] == best and config["extra"] == {}
+        row = next(line for line in printed.splitlines() if line.startswith(f"| {rule} |"))
+        assert row.endswith(f"| {best:g} |")
+    assert "chosen on 400 examples" in (out / "report.md").read_text()
+
+
+def test_holdout_without_a_grid_is_refused(tmp_path, capsys):
+    from nowt.cli import main
+
+    assert main(["compare", "--rules", "fa", "--dataset", "synthetic", "--hidden", "8", "--epochs", "1",
+                 "--holdout", "10", "--no-progress", "--out", str(tmp_path / "c")]) == 2
+    assert "--holdout applies with --lr-grid only" in capsys.readouterr().err
