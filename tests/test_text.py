@@ -106,6 +106,8 @@ def test_gpt_is_causal():
     assert not torch.allclose(a[:, 4:], b[:, 4:])
     with pytest.raises(ValueError, match="7 tokens exceed its context of 6"):
         model(torch.zeros(1, 7, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"gpt takes token ids \[N, T\].*got torch.float32 \[2, 1, 6, 6\]"):
+        model(torch.zeros(2, 1, 6, 6))
 
 
 @pytest.mark.parametrize("rule", PER_LAYER)

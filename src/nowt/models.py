@@ -160,6 +160,9 @@ class GPT(nn.Module):
                              persistent=False)
 
     def forward(self, tokens: Tensor) -> Tensor:
+        if tokens.dim() != 2 or tokens.is_floating_point():
+            raise ValueError(f"gpt takes token ids [N, T] (a text dataset, e.g. --dataset fortunes), got "
+                             f"{tokens.dtype} {list(tokens.shape)}")
         length = tokens.shape[1]
         if length > self.pos.shape[1]:
             raise ValueError(f"gpt: {length} tokens exceed its context of {self.pos.shape[1]}")
