@@ -21,7 +21,9 @@ def test_weight_mirror_schedule_runs_from_its_hooks(monkeypatch):
     rule.begin_training(model, 48)
     for step in range(1, 25):
         rule.after_step(model, step)
-    assert calls == [(7, 256)] + [(3, 48)] * 3  # warm-up, then after steps 8, 16 and 24: 48 * 8 // 8
+    # the warm-up sized per layer (fan-in 5, 4, 3 on one position: batches of 5, 4, 3), then after steps 8, 16
+    # and 24: 48 * 8 // 8
+    assert calls == [(7, 5), (7, 4), (7, 3)] + [(3, 48)] * 3
     for name in ("0", "2", "4"):
         assert int(model.get_submodule(name).mirror_batch_size) == 48  # checkpointed: a resume has it
 

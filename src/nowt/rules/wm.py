@@ -30,6 +30,7 @@ mirror_warmup_batch=128, mirror_noise="uniform", mirror_noise_std=0.1/sqrt(12), 
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import torch
@@ -42,6 +43,9 @@ from nowt.rules.base import RandomFeedbackRule, host_value, increment_buffer
 #: The default schedule: warm-up noise batch (per process); a mirror step after every MIRROR_EVERY optimizer
 #: steps with a noise batch of MIRROR_EVERY / MIRROR_BATCH_DIVISOR of the training batch.
 MIRROR_WARMUP_BATCH, MIRROR_BATCH_DIVISOR, MIRROR_EVERY = 256, 8, 8
+#: A sized warm-up (`mirror_warmup_batch=0`) runs each layer for WARMUP_TIME_CONSTANTS / lr steps: the random
+#: start's share of B falls to e^-10 (5e-5), as 300 steps of 256 do on the default MLP (fan-in 784-1000).
+WARMUP_TIME_CONSTANTS = 10.0
 #: The automatic step after the layer's t-th training mirror step is min(lr_auto, MIRROR_ANNEAL / t): a
 #: moving average whose window grows as a fixed fraction (about 1 / (MIRROR_ANNEAL + 1)) of the steps so far.
 MIRROR_ANNEAL = 2.0
@@ -55,18 +59,18 @@ class WeightMirror(RandomFeedbackRule):
     name = "wm"
     options: ClassVar[dict[str, Any]] = {
         **RandomFeedbackRule.options, "mirror_steps": 1, "mirror_warmup": 300, "mirror_every": MIRROR_EVERY,
-        "mirror_batch": 0, "mirror_warmup_batch": MIRROR_WARMUP_BATCH, "mirror_lr": None,
+        "mirror_batch": 0, "mirror_warmup_batch": 0, "mirror_lr": None,
         "mirror_decay": None, "mirror_noise": "normal", "mirror_noise_std": 1.0, "mirror_activation": "none",
         "mirror_normalize": True, "mirror_anneal": MIRROR_ANNEAL,
     }
 
     def validate(self) -> None:
         super().validate()
-        for key in ("mirror_steps", "mirror_warmup", "mirror_batch"):
+        for key in ("mirror_steps", "mirror_warmup", "mirror_batch", "mirror_warmup_batch"):
             value = getattr(self, key)
             if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
                 raise ValueError(f"{key} must be an int >= 0, got {value!r}")
-        for key in ("mirror_every", "mirror_warmup_batch"):
+        for key in ("mirror_every",):
             value = getattr(self, key)
             if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
                 raise ValueError(f"{key} must be an int >= 1, got {value!r}")
@@ -94,11 +98,44 @@ class WeightMirror(RandomFeedbackRule):
                       anneal=self.mirror_anneal if anneal else 0.0)
 
     def begin_training(self, model: nn.Module, batch_size: int) -> None:
-        """Notes the training batch and aligns B from its random start: `mirror_warmup` mirror steps."""
+        """Notes the training batch and aligns B from its random start: the warm-up of `warmup_plan`."""
         layers = self.layers(model)
         for layer in layers.values():
             layer.mirror_batch_size.fill_(batch_size)
-        self._mirror(layers, self.mirror_warmup, max(1, self.mirror_warmup_batch // world()[1]), anneal=False)
+        plan = self.warmup_plan(layers)
+        if self.mirror_warmup_batch and plan:  # fixed: every layer alike, in one call
+            self._mirror(layers, *next(iter(plan.values())), anneal=False)
+            return
+        for name, (steps, batch) in plan.items():  # layer by layer, as one call runs them
+            self._mirror({name: layers[name]}, steps, batch, anneal=False)
+
+    def warmup_plan(self, layers: dict[str, nn.Module]) -> dict[str, tuple[int, int]]:
+        """{layer name: (warm-up mirror steps, noise batch per process)}.
+
+        With `mirror_warmup_batch` > 0: `mirror_warmup` steps of that batch for every layer (the old
+        default, 256; the paper's recipe, 128). With 0 (the rule's default), sized from each layer: a
+        noise batch just large enough that one step sums about fan-in noise pairs per weight (a
+        convolution's or a token layer's positions count: batch = ceil(fan_in / positions), at most
+        MIRROR_WARMUP_BATCH), which is where the automatic step reaches its cap of 0.1, and
+        WARMUP_TIME_CONSTANTS / step steps (at most `mirror_warmup`): B forgets its random start to e^-10
+        and ends at the schedule's noise floor (~13 degrees) as the fixed warm-up does. On the default MLP
+        this is the fixed warm-up exactly (300 steps of 256); on layers that see many positions it is far
+        cheaper (resnet18's convolutions: batch 1-3 where it was 256, 100 steps where it was 300).
+        """
+        size = world()[1]
+        if self.mirror_warmup_batch:
+            return {n: (self.mirror_warmup, max(1, self.mirror_warmup_batch // size)) for n in layers}
+        plan = {}
+        for name, layer in layers.items():
+            if layer.last_input_shape is None:
+                raise RuntimeError(f"mirror: layer {name!r} has not seen an input yet; run a forward pass "
+                                   f"first")
+            _, positions, fan_in = _pair_counts(layer, torch.Size((1, *layer.last_input_shape[1:])))
+            batch = min(MIRROR_WARMUP_BATCH, max(1, math.ceil(fan_in / positions)))
+            step = self.mirror_lr or min(0.1, AUTO_LR_SCALE * batch * positions / fan_in)
+            steps = min(self.mirror_warmup, math.ceil(WARMUP_TIME_CONSTANTS / step))
+            plan[name] = (steps, max(1, math.ceil(batch / size)))
+        return plan
 
     def after_step(self, model: nn.Module, step: int) -> None:
         """`mirror_steps` mirror steps after every `mirror_every`-th optimizer step, so B tracks W."""
@@ -242,5 +279,5 @@ def mirror_layers(
     return len(layers)
 
 
-__all__ = ["MIRROR_ANNEAL", "MIRROR_BATCH_DIVISOR", "MIRROR_EVERY", "MIRROR_WARMUP_BATCH", "WeightMirror",
-           "mirror_layers"]
+__all__ = ["MIRROR_ANNEAL", "MIRROR_BATCH_DIVISOR", "MIRROR_EVERY", "MIRROR_WARMUP_BATCH",
+           "WARMUP_TIME_CONSTANTS", "WeightMirror", "mirror_layers"]
