@@ -17,7 +17,7 @@ import statistics
 from pathlib import Path
 
 from nowt.report import figure, format_mean_std, markdown_table, save, style
-from nowt.reproduce.cheon2024_noise import REGISTERED, noise_phase, readout_angles
+from nowt.reproduce.cheon2024_noise import REGISTERED, noise_phase, readout_angles, same_recipe
 from nowt.reproduce.entry import Analysis, provenance
 
 #: condition -> (what it changes, the change to REGISTERED); fixed before any of them was run (2026-12-03)
@@ -46,6 +46,20 @@ CONDITIONS: dict[str, tuple[str, dict]] = {
     ),
     "depth-3": ("784-100-100-10 (readout and middle layer shown)", {"hidden": (100, 100)}),
 }
+#: follow-ups, added after the conditions above had run (2026-12-03): what removes the label noise, a larger
+#: batch, and whether Adam's fall goes on
+FOLLOW_UPS: dict[str, tuple[str, dict]] = {
+    "uniform-labels": ("soft uniform targets 1/10 instead of random labels (no label noise)",
+                       {"labels": "uniform"}),
+    "batch-2048": ("batch 2048, 975 steps (8x the images)", {"batch_size": 2048}),
+    "adam-1e-3-steps-10000": ("Adam lr 1e-3, 10,000 steps",
+                              {"optimizer": "adam", "lr": 1e-3, "steps": 10000}),
+    "uniform-labels-steps-10000": ("soft uniform targets, 10,000 steps",
+                                   {"labels": "uniform", "steps": 10000}),
+    "readout-x3": ("the readout's initial W x3 (larger initial logits: more output to bring to uniform)",
+                   {"readout_scale": 3.0}),
+}
+CONDITIONS.update(FOLLOW_UPS)
 QUICK = ("registered", "pool-6400")
 
 
@@ -63,7 +77,7 @@ def _run(out: Path, condition: str, seed: int, quick: bool, gather: bool, log) -
     recipe, path = _recipe(condition, quick), _path(out, condition, seed)
     if path.is_file():
         record = json.loads(path.read_text())
-        if record["recipe"] == json.loads(json.dumps(recipe.asdict())):
+        if same_recipe(record["recipe"], recipe):
             return record
         if gather:
             raise ValueError(f"{path} holds another recipe than {condition!r}'s; rerun without --gather")
@@ -92,6 +106,8 @@ def summarise(records: list[dict]) -> dict:
         "lowest": lowest,
         "lowest_step": [steps[a.index(m)] for a, m in zip(angles, lowest, strict=True)],
         "matrix_end": [readout_angles(r, "matrix")[-1] for r in records],
+        "loss_first": [r["history"][1]["loss"] for r in records],
+        "loss_end": [r["history"][-1]["loss"] for r in records],
         "below_end": [m[-2] for m in middle] if len(middle[0]) > 1 else [],
         "steps": steps,
         "curves": angles,
@@ -108,6 +124,23 @@ def falls(start: list[float], end: list[float]) -> str:
         if drop > spread
         else (f"rises by {-drop:.1f}" if -drop > spread else f"no change ({-drop:+.1f}, spread {spread:.1f})")
     )
+
+
+def reading(summary: dict) -> str:
+    """The table read out (computed): the registered row, and every condition whose end angle falls beyond
+    the seed spread, lowest first."""
+    reg = summary.get("registered")
+    fell = sorted((statistics.fmean(s["end"]), c) for c, s in summary.items() if falls(s["start"], s["end"])
+                  .startswith("falls"))
+    lines = []
+    if reg:
+        lines.append(f"Registered (the paper's protocol): {format_mean_std(reg['start'], 1)} -> "
+                     f"{format_mean_std(reg['end'], 1)} degrees at the end "
+                     f"({falls(reg['start'], reg['end'])}); "
+                     f"lowest on the way {format_mean_std(reg['lowest'], 1)}.")
+    lines.append("End angle falls beyond the seed spread under: " + (", ".join(
+        f"{c} ({format_mean_std(summary[c]['end'], 1)})" for _, c in fell) or "none") + ".")
+    return " ".join(lines)
 
 
 def reproduce_conditions(
@@ -133,12 +166,13 @@ def reproduce_conditions(
     rows = [
         [
             c,
-            CONDITIONS[c][0],
+            CONDITIONS[c][0] + (" *(follow-up)*" if c in FOLLOW_UPS else ""),
             len(s["seeds"]),
             format_mean_std(s["start"], 1),
             format_mean_std(s["end"], 1),
             format_mean_std(s["lowest"], 1) + f" (step {round(statistics.fmean(s['lowest_step']))})",
             format_mean_std(s["matrix_end"], 1),
+            f"{format_mean_std(s['loss_first'], 3)} -> {format_mean_std(s['loss_end'], 3)}",
             falls(s["start"], s["end"]),
         ]
         for c, s in summary.items()
@@ -162,6 +196,7 @@ def reproduce_conditions(
                     "end",
                     "lowest (mean step)",
                     "whole-matrix: end",
+                    "noise loss: first 25 steps -> last 25 (chance: ln 10 = 2.303)",
                     "start -> end",
                 ],
                 rows,
@@ -174,7 +209,8 @@ def reproduce_conditions(
                 if summary.get("depth-3", {}).get("below_end")
                 else []
             ),
-            "![readout angle during noise training](conditions.png)",
+            reading(summary),
+        "![readout angle during noise training](conditions.png)",
             *([f"Missing (not run yet): {', '.join(missing)}."] if missing else []),
         ]
     )

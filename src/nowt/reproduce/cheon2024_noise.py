@@ -22,6 +22,7 @@ default) is nowt's own method, not the paper's protocol.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import asdict, dataclass, replace
@@ -45,7 +46,8 @@ class NoiseRecipe:
     or "torch" (nn.Linear's default, B drawn the same way: nowt's default). `train_hidden`: False freezes
     every layer below the readout (only the readout learns). `loss`: "ce" (softmax cross-entropy) or "bce"
     (a sigmoid per class against the one-hot label). `pool`: None draws fresh noise every batch (the
-    paper); a number, nowt's pool variant."""
+    paper); a number, nowt's pool variant. `labels`: "random" (the paper) or "uniform" (every target the
+    uniform distribution over the classes, the lab's code's `uniform_label` option: no label noise)."""
 
     hidden: tuple[int, ...] = (100,)
     init: str = "he"
@@ -63,6 +65,8 @@ class NoiseRecipe:
     momentum: float = 0.9
     weight_decay: float = 0.01
     train_hidden: bool = True
+    labels: str = "random"
+    readout_scale: float = 1.0  # the readout's initial W times this (B unchanged): larger initial logits
 
     def changed(self, **changes) -> NoiseRecipe:
         return replace(self, **changes)
@@ -111,9 +115,13 @@ def network(
 
 
 def noise_model(recipe: NoiseRecipe, seed: int) -> nn.Module:
-    return network(
+    model = network(
         recipe.hidden, "fa", seed, init=recipe.init, batch_norm=recipe.batch_norm, bias=recipe.bias
     )
+    if recipe.readout_scale != 1.0:
+        with torch.no_grad():
+            list(feedback_layers(model).values())[-1].weight.mul_(recipe.readout_scale)
+    return model
 
 
 def carried(model: nn.Module) -> list[str]:
@@ -168,6 +176,8 @@ def noise_phase(
         pool=recipe.pool,
         generator=torch.Generator().manual_seed(seed),
     )
+    if recipe.labels not in ("random", "uniform") or (recipe.labels == "uniform" and recipe.loss != "ce"):
+        raise ValueError(f"labels {recipe.labels!r} with loss {recipe.loss!r}: random, or uniform with ce")
     learn = learner(model, recipe, seed)
     start = time.perf_counter()
     history = [{"step": 0, "loss": math.nan, **alignment(model)}]
@@ -175,7 +185,10 @@ def noise_phase(
     losses: list[float] = []
     model.train()
     for step in range(1, recipe.steps + 1):
-        losses.append(float(learn.train_step(*next(batches))["loss"]))
+        x, y = next(batches)
+        if recipe.labels == "uniform":  # soft targets 1/10 (cross_entropy takes class probabilities)
+            y = torch.full((len(y), 10), 0.1)
+        losses.append(float(learn.train_step(x, y)["loss"]))
         if not math.isfinite(losses[-1]):
             raise FloatingPointError(f"noise phase diverged at step {step} ({recipe})")
         if step % log_every == 0 or step == recipe.steps:
@@ -191,6 +204,12 @@ def noise_phase(
         "rank_after": effective_ranks(model),
         "seconds": time.perf_counter() - start,
     }
+
+
+def same_recipe(saved: dict, recipe: NoiseRecipe) -> bool:
+    """Whether a saved recipe is `recipe`; fields added since it was saved count at their defaults."""
+    filled = {**NoiseRecipe().asdict(), **saved}
+    return json.loads(json.dumps(filled)) == json.loads(json.dumps(recipe.asdict()))
 
 
 def readout_angles(record: dict, kind: str = "neuron") -> list[float]:
