@@ -286,7 +286,8 @@ def test_akrout_runs_follow_the_official_recipe_and_compare_with_the_authors_log
               for i in range(6)}
     (logs / "results.json").write_text(json.dumps(theirs))
     (tmp_path / "fa" / "seed0").mkdir(parents=True)  # the authors' one run beside our seed 0
-    ours = [{"test_accuracy": 80.5 + i, "weight_angles": {"1": 89.0, "3": 43.0}} for i in range(6)]
+    ours = [{"epoch": i + 1, "test_accuracy": 80.5 + i, "weight_angles": {"1": 89.0, "3": 43.0}}
+            for i in range(6)]
     (tmp_path / "fa" / "seed0" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ours))
     monkeypatch.setenv(akrout2019.LOGS_ENV, str(tmp_path / "authors"))
     parts = repro.compare(tmp_path)

@@ -56,3 +56,28 @@ def test_holdout_without_a_grid_is_refused(tmp_path, capsys):
     assert main(["compare", "--rules", "fa", "--dataset", "synthetic", "--hidden", "8", "--epochs", "1",
                  "--holdout", "10", "--no-progress", "--out", str(tmp_path / "c")]) == 2
     assert "--holdout applies with --lr-grid only" in capsys.readouterr().err
+
+
+def test_a_reproduction_with_an_lr_grid_chooses_each_rows_rate_on_held_out_examples(tmp_path):
+    from nowt.reproduce import Reproduction, run_reproduction
+
+    tiny = Reproduction(name="tiny", paper="Tiny 2026", table="Table 0",
+                        config=dict(dataset="synthetic", hidden=(16,), epochs=1, batch_size=50,
+                                    lr_schedule="constant"),
+                        runs={"bp": {"rule": "bp"}, "fa": {"rule": "fa"}}, published={},
+                        lr_grid=(0.3, 0.001), holdout=400)
+    rows = {r["run"]: r for r in run_reproduction(tiny, out_dir=tmp_path, seeds=[0, 1], progress=False)}
+    for label in ("bp", "fa"):
+        scores = {lr: json.loads((tmp_path / label / "lr-grid" / f"lr{lr:g}" / "metrics.jsonl")
+                                 .read_text().splitlines()[-1])["test_accuracy"] for lr in (0.3, 0.001)}
+        best = max(sorted(scores), key=scores.get)
+        for seed in (0, 1):
+            assert json.loads((tmp_path / label / f"seed{seed}" / "config.json").read_text())["lr"] == best
+        assert rows[label]["status"].startswith(f"lr {best:g} (held-out accuracy 0.3: ")
+    mtimes = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("metrics.jsonl")}
+    again = {r["run"]: r for r in run_reproduction(tiny, out_dir=tmp_path, gather=True, progress=False)}
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("metrics.jsonl")} == mtimes
+    assert again["fa"]["status"].startswith(rows["fa"]["status"].split(";")[0])
+    assert "seed 2: not run" in again["fa"]["status"]
+    quick = run_reproduction(tiny, out_dir=tmp_path / "q", quick=True, progress=False)
+    assert not (tmp_path / "q" / "bp" / "lr-grid").exists() and quick[0]["status"] == "1 of 1 seeds"

@@ -250,7 +250,8 @@ def compare_command(args: argparse.Namespace) -> int:
         chosen = {}
         for rule in rules:
             lead = next(c for c in configs if c.rule == rule)
-            chosen[rule] = choose_lr(lead, sorted(set(args.lr_grid)), data.train, n, out, **run)
+            chosen[rule] = choose_lr(lead, sorted(set(args.lr_grid)), data.train, n, out / rule / "lr-grid",
+                                     **run)
         configs = [replace(c, lr=chosen[c.rule][0]) for c in configs]
         grid = lr_grid_table(chosen, n)
     elif args.holdout is not None:

@@ -31,7 +31,9 @@ from nowt.optim import HalveOnPlateau
 from nowt.report import cell, load_run, markdown_table, report_runs
 from nowt.rules import rules
 from nowt.train import TrainConfig, fit
+from nowt.train.factories import load_data
 from nowt.train.loop import out_of_patience
+from nowt.train.select import best_lr, grid_config, holdout
 
 #: metric name -> how to read it from a run's history
 METRICS = {
@@ -117,6 +119,11 @@ class Reproduction(Entry):
     seeds: tuple[int, ...] = SEEDS
     #: the verdict's tolerance (see `verdict`), stated per paper
     band: dict[str, float] = field(default_factory=lambda: dict(BAND))
+    #: a learning rate per row chosen fairly (`nowt.train.select`): every row trains its first seed once per
+    #: rate on the training set less `holdout` examples (0: a tenth) and its seeds take the rate with the
+    #: best held-out accuracy; () keeps each row's own lr
+    lr_grid: tuple[float, ...] = ()
+    holdout: int = 0
     #: label -> why and when: rows added or changed after a registered row's result was seen. They are
     #: tabulated apart and never get a verdict; the registered rows stay as they were.
     explorations: dict[str, str] = field(default_factory=dict)
@@ -233,10 +240,17 @@ def run_reproduction(repro: Reproduction, *, quick: bool = False, out_dir: str |
         # an exploration, like --quick, runs the first seed: a lead to follow, not a verdict
         registered = repro.seeds[:1] if quick or label in repro.explorations else repro.seeds
         finished, notes, dirs, status = {}, [], [], None
-        for seed in registered:
+        lr, grid_note = None, ""
+        if repro.lr_grid and not quick:
+            lr, grid_note = _grid_choice(repro, label, out_dir, gather, progress, overrides)
+            if lr is None:
+                status = grid_note
+        for seed in registered if status is None else ():
             cfg = run_config(repro, label, quick, out_dir, seed)
             for key, value in overrides.items():
                 setattr(cfg, key, value)
+            if lr is not None:
+                cfg.lr = lr
             status = missing_piece(cfg)
             if status is not None:
                 break
@@ -254,7 +268,7 @@ def run_reproduction(repro: Reproduction, *, quick: bool = False, out_dir: str |
             else:
                 notes.append(f"seed {seed}: {state}")
         if status is None:
-            status = f"{len(finished)} of {len(registered)} seeds" + (
+            status = grid_note + f"{len(finished)} of {len(registered)} seeds" + (
                 f" ({'; '.join(notes)})" if notes else "")
         published = repro.published.get(label) or {"best_test_accuracy": math.nan}
         for metric, value in published.items():
@@ -267,6 +281,38 @@ def run_reproduction(repro: Reproduction, *, quick: bool = False, out_dir: str |
                          + (" (provisional)" if 0 < len(values) < len(registered) and value == value else ""),
                          "epochs": [len(h) for h in finished.values()], "status": status, "dirs": dirs})
     return rows
+
+
+def _grid_choice(repro: Reproduction, label: str, out_dir: str | os.PathLike, gather: bool, progress: bool,
+                 overrides: dict) -> tuple[float | None, str]:
+    """Row `label`'s rate from `repro.lr_grid`, chosen on held-out training examples (`nowt.train.select`)
+    with its first seed in OUT/LABEL/lr-grid/lrX (trained unless `gather`), and a note for its status; None
+    and why while a grid run is missing."""
+    lead = run_config(repro, label, False, out_dir)
+    for key, value in overrides.items():
+        setattr(lead, key, value)
+    if missing_piece(lead) is not None:
+        return None, missing_piece(lead)
+    data = n = None
+    scores = {}
+    for rate in repro.lr_grid:
+        if n is None:  # the size of the held-out part needs the training set, loaded once if at all
+            try:
+                data = None if gather and repro.holdout else load_data(lead)
+            except FileNotFoundError as e:
+                return None, f"skipped: {e}"
+            n = repro.holdout or len(data.train[1] if isinstance(data.train, tuple) else data.train) // 10
+        cfg = grid_config(lead, rate, n, seed_dir(out_dir, label, 0).parent / "lr-grid")
+        history, state = gathered(cfg)
+        if state != "ok" and not gather:
+            fit_part, held_out = holdout(data.train, n)
+            history, state = fit(cfg, fit_part, held_out, resume=True, progress=progress), "ok"
+        if state != "ok":
+            return None, f"lr grid: {rate:g} {state}"
+        scores[rate] = history[-1]["test_accuracy"]
+    chosen = best_lr(scores)
+    grid = ", ".join(f"{rate:g}: {acc:.1f}" for rate, acc in scores.items())
+    return chosen, f"lr {chosen:g} (held-out accuracy {grid}); "
 
 
 def gathered(cfg: TrainConfig) -> tuple[list[dict] | None, str]:

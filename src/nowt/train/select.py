@@ -38,23 +38,28 @@ def holdout(train: TensorPair | Dataset, n: int) -> tuple[TensorPair | Dataset, 
     return Subset(train, rest.tolist()), Subset(train, held.tolist())
 
 
-def grid_dir(out: Path, rule: str, lr: float) -> Path:
-    return out / rule / "lr-grid" / f"lr{lr:g}"
+def grid_config(cfg: TrainConfig, lr: float, n_holdout: int, grid: Path) -> TrainConfig:
+    """`cfg` at rate `lr`, trained in GRID/lrX and scored on `n_holdout` held-out training examples (its
+    config says so in `extra`)."""
+    return replace(cfg, lr=lr, out_dir=str(Path(grid) / f"lr{lr:g}"),
+                   extra={**cfg.extra, "test set": f"{n_holdout} examples held out of the training set "
+                          f"(seed {HOLDOUT_SEED}): test_* are validation scores"})
 
 
-def choose_lr(cfg: TrainConfig, lrs: list[float], train: TensorPair | Dataset, n_holdout: int, out: Path, *,
+def best_lr(scores: dict[float, float]) -> float:
+    """The rate with the best held-out accuracy; the lowest rate on a tie."""
+    return max(sorted(scores), key=lambda lr: scores[lr])
+
+
+def choose_lr(cfg: TrainConfig, lrs: list[float], train: TensorPair | Dataset, n_holdout: int, grid: Path, *,
               resume: bool = False, overwrite: bool = False, progress: bool = True) -> tuple[float, dict]:
-    """Trains `cfg` (its rule, seed and budget) once per rate in `lrs` on `train` less `n_holdout`
-    examples into OUT/RULE/lr-grid/lrX, scores each on the held-out examples (logged there as test_*:
-    the run's config says so in `extra`), and returns the rate with the best final held-out accuracy (the
-    lowest rate on a tie) and {rate: that accuracy}."""
+    """Trains `cfg` (its rule, seed and budget) once per rate in `lrs` into GRID/lrX on `train` less
+    `n_holdout` examples (`grid_config`), scores each on the held-out examples, and returns `best_lr` of
+    the final held-out accuracies and {rate: that accuracy}."""
     fit_part, held_out = holdout(train, n_holdout)
     scores = {}
     for lr in lrs:
-        run = replace(cfg, lr=lr, out_dir=str(grid_dir(out, cfg.rule, lr)),
-                      extra={**cfg.extra, "test set": f"{n_holdout} examples held out of the training set "
-                             f"(seed {HOLDOUT_SEED}): test_* are validation scores"})
-        history = fit(run, fit_part, held_out, resume=resume, overwrite=overwrite, progress=progress)
+        history = fit(grid_config(cfg, lr, n_holdout, grid), fit_part, held_out, resume=resume,
+                      overwrite=overwrite, progress=progress)
         scores[lr] = history[-1]["test_accuracy"]
-    best = max(sorted(scores), key=lambda lr: scores[lr])  # max keeps the first (lowest) of equal scores
-    return best, scores
+    return best_lr(scores), scores
