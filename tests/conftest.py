@@ -48,3 +48,21 @@ def mirror_calls(monkeypatch) -> list:
 
     monkeypatch.setattr(wm, "mirror_layers", counting)
     return calls
+
+
+def is_per_layer(name: str) -> bool:
+    """Whether the registered rule `name` trains layer by layer (through `nowt.convert`), not the whole
+    network through a learner of its own (target propagation)."""
+    from nowt.rules import WholeNetworkRule, rule_class
+
+    return not issubclass(rule_class(name), WholeNetworkRule)
+
+
+def per_layer_rules(*, any_model: bool = False) -> list[str]:
+    """Every per-layer rule in the registry, in its order, read when called (at collection: a rule added to
+    the registry is tested with no edit here). `any_model`: only those that convert any model, not those
+    whose class declares `mlp_only` (ifa takes `nn.Sequential` MLPs only)."""
+    from nowt.rules import rule_class, rules
+
+    return [r for r in rules() if is_per_layer(r)
+            and not (any_model and getattr(rule_class(r), "mlp_only", False))]

@@ -58,6 +58,9 @@ class IndirectPass(Pass):
 
 class IndirectFeedback(DirectFeedback):
     name = "ifa"
+    #: Converts only an `nn.Sequential` MLP (Linear layers with elementwise activations between them);
+    #: `setup_model` refuses any other model. Tests ask this rather than name the rule.
+    mlp_only = True
 
     # An MLP's error sweep through its forward weights: no blocks, no sequences (dfa's options for those).
     options = {k: v for k, v in DirectFeedback.options.items() if k not in ("blocks", "position_feedback")}
