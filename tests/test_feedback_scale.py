@@ -132,6 +132,9 @@ def test_a_zero_initialised_layer_falls_back_to_the_fan_in_default(rule):
     assert matched[2].feedback_std == 0.0
     state = fan_in[2].state_dict()
     for k, v in matched[2].state_dict().items():
+        if k == "magnitude_std":  # brsf keeps the spread it draws at: 0, the fan-in default
+            assert v == 0.0 and k not in state
+            continue
         assert torch.equal(v, state[k]), k
     assert not torch.equal(matched[0].feedback, fan_in[0].feedback)  # W non-zero: matched (rescaled)
 
@@ -183,3 +186,22 @@ def test_check_feedback_scale_reports_a_nan_gradient():
     with pytest.warns(UserWarning, match=r"'0' \(fa\) infx"):
         ratios = nowt.check_feedback_scale(model, F.cross_entropy, torch.randn(3, 4), torch.tensor([0, 1, 0]))
     assert ratios["0"] == float("inf")
+
+
+def test_brsf_under_match_draws_what_the_saved_model_drew_after_a_state_dict_round_trip():
+    """brsf redraws |R| every batch at W's spread at conversion: that spread is saved with the state, so a
+    model loaded into another conversion (its own W's spread) draws the same magnitudes."""
+    import nowt
+
+    def model(seed):
+        torch.manual_seed(seed)
+        net = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
+        return nowt.convert(net, "brsf", seed=0)
+
+    x, y = torch.randn(4, 6), torch.tensor([0, 1, 2, 0])
+    a, b = model(0), model(1)
+    assert a[0].magnitude_std != b[0].magnitude_std  # each conversion measured its own W
+    b.load_state_dict(a.state_dict())
+    for m in (a, b):
+        torch.nn.functional.cross_entropy(m(x), y).backward()
+    assert torch.equal(a[0].weight.grad, b[0].weight.grad) and torch.equal(a[0].feedback, b[0].feedback)

@@ -87,7 +87,17 @@ class BRSF(_SignSymmetry):
         seed = int(torch.randint(0, 2**62, (), generator=generator))
         layer.register_buffer("feedback_seed", torch.tensor(seed, device=layer.weight.device))
         layer.register_buffer("feedback_draws", torch.tensor(0, device=layer.weight.device))
+        if self.init == "match":  # redrawn every batch at W's spread at conversion: kept with the state
+            std = self.weight_std(layer) or 0.0
+            layer.register_buffer("magnitude_std", torch.tensor(std, device=layer.weight.device))
         super().setup(layer, generator)
+
+    def magnitude_std(self, layer) -> float | None:
+        """The spread the magnitudes are drawn at under "match": the saved one (a loaded model draws what
+        the saved one did), W's at conversion."""
+        if "magnitude_std" in layer._buffers:
+            return host_value(layer, "magnitude_std") or None
+        return self.weight_std(layer)
 
     @torch.compiler.disable  # a seeded draw per batch: run eagerly rather than recompile each step
     def magnitude(self, layer) -> torch.Tensor:
@@ -103,13 +113,13 @@ class BRSF(_SignSymmetry):
             bits = torch.empty((w.numel() + 3) // 4, dtype=torch.int64).random_(-(2**63), None, generator=g)
             levels = bits.bitwise_xor_(-(2**63)).view(torch.int16)[: w.numel()].view(w.shape)
             return levels.to(w.dtype).add_(32768.5).mul_(bound * self.scale / 65536)
-        std = self.weight_std(layer)
+        std = self.magnitude_std(layer)
         return random_matrix(w.shape, g, self.init, self.scale, w.device, std).abs_().to(w.dtype)
 
     def _bound(self, layer) -> float:
         """The uniform init's bound: sqrt(3) std(W) at conversion for "match" (the fan-in one where W's
         spread is 0), 1 / sqrt(fan_in) for kaiming_uniform, Glorot's for xavier_uniform."""
-        std = self.weight_std(layer)
+        std = self.magnitude_std(layer)
         if std:
             return math.sqrt(3.0) * std
         fan_in, fan_out = torch.nn.init._calculate_fan_in_and_fan_out(layer.weight)
