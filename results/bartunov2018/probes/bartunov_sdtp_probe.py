@@ -7,19 +7,20 @@ saturated units (|h| > 0.99) per hidden layer, and after every epoch the test er
 reconstruction error (mean squared error per unit, without noise).
 
     # SDTP parallel: the printed inverse betas (0.99, 0.95), beta1^2 > beta2, against beta1 0.9
-    OMP_NUM_THREADS=1 python results/bartunov2018/probes/bartunov_sdtp_probe.py --epochs 3 \
+    PROBE=results/bartunov2018/probes/bartunov_sdtp_probe.py
+    OMP_NUM_THREADS=1 python $PROBE --epochs 3 \
         --out results/bartunov2018/probes/sdtp_parallel_betas.json
     # SDTP alternating as printed, batch 128 and 512
-    OMP_NUM_THREADS=1 python results/bartunov2018/probes/bartunov_sdtp_probe.py --schedule alternating --epochs 8 \
+    OMP_NUM_THREADS=1 python $PROBE --schedule alternating --epochs 8 \
         --inverse-beta1 printed --batch 128 --out results/bartunov2018/probes/sdtp_alternating_b128.json
     # SDTP alternating with the forward Adam's beta2 at 0.999, with the forward lr at 1e-4, and switching
     # every 50 or 10 batches instead of every epoch (2026-12-02; written to /tmp, copied to
     # results/bartunov2018/probes/sdtp_alternating_{forward_beta2,lr1e-4,switch50,switch10}.json)
-    OMP_NUM_THREADS=1 python results/bartunov2018/probes/bartunov_sdtp_probe.py --schedule alternating --epochs 8 \
+    OMP_NUM_THREADS=1 python $PROBE --schedule alternating --epochs 8 \
         --inverse-beta1 printed --set betas=0.9,0.999 --out sdtp_alternating_forward_beta2.json
-    OMP_NUM_THREADS=1 python results/bartunov2018/probes/bartunov_sdtp_probe.py --schedule alternating --epochs 8 \
+    OMP_NUM_THREADS=1 python $PROBE --schedule alternating --epochs 8 \
         --inverse-beta1 printed --set lr=1e-4 --out sdtp_alternating_lr1e-4.json
-    OMP_NUM_THREADS=1 python results/bartunov2018/probes/bartunov_sdtp_probe.py --schedule alternating --epochs 8 \
+    OMP_NUM_THREADS=1 python $PROBE --schedule alternating --epochs 8 \
         --inverse-beta1 printed --switch-every 50 --out sdtp_alternating_switch50.json   # and 10
 """
 
@@ -97,7 +98,8 @@ def main() -> None:
         overrides["alternate_every"] = args.switch_every
     torch.set_num_threads(1)
     printed = TABLE5["mnist-fc"]["inverse"][2 if args.schedule == "parallel" else 3][1:3]
-    results = {"command": "python results/bartunov2018/probes/bartunov_sdtp_probe.py " + " ".join(sys.argv[1:]),
+    results = {"command": "python results/bartunov2018/probes/bartunov_sdtp_probe.py "
+               + " ".join(sys.argv[1:]),
                "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, 1 torch thread",
                "torch": torch.__version__, "schedule": args.schedule, "batch": args.batch,
                "overrides": overrides, "switch_every": args.switch_every, "runs": {}}

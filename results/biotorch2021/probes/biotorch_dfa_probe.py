@@ -13,27 +13,29 @@ two also trained BioTorch with an earlier build of its model, those rows are dro
 
     pip install --no-deps biotorch==0.0.16
     # nowt, full B (dfa_probe_full_B.json)
-    python results/biotorch2021/probes/biotorch_dfa_probe.py --lrs 0.01,0.001 --epochs 2 --out /tmp/dfa_probe.json
-    python results/biotorch2021/probes/biotorch_dfa_probe.py --lrs 0.0001,0.0003 --epochs 3 --out /tmp/dfa_probe2.json
+    PROBE=results/biotorch2021/probes/biotorch_dfa_probe.py
+    python $PROBE --lrs 0.01,0.001 --epochs 2 --out /tmp/dfa_probe.json
+    python $PROBE --lrs 0.0001,0.0003 --epochs 3 --out /tmp/dfa_probe2.json
     # nowt, conv_feedback="kernel" (dfa_probe_kernel.json)
-    python results/biotorch2021/probes/biotorch_dfa_probe.py --lrs 0.0001,0.0003,0.001 --epochs 3 --impls nowt-kernel \
+    python $PROBE --lrs 0.0001,0.0003,0.001 --epochs 3 --impls nowt-kernel \
         --out /tmp/dfa_probe3.json
     # both at low lr (dfa_probe_low_lr.json), BioTorch at higher lr (dfa_probe_biotorch.json)
-    python results/biotorch2021/probes/biotorch_dfa_probe.py --lrs 0.0001,0.00003 --epochs 3 --impls biotorch,nowt-kernel \
+    python $PROBE --lrs 0.0001,0.00003 --epochs 3 --impls biotorch,nowt-kernel \
         --out /tmp/dfa_probe4.json
-    python results/biotorch2021/probes/biotorch_dfa_probe.py --lrs 0.01,0.001,0.0003 --epochs 3 --impls biotorch \
+    python $PROBE --lrs 0.01,0.001,0.0003 --epochs 3 --impls biotorch \
         --out /tmp/dfa_probe5.json
 
-(each with OMP_NUM_THREADS=1). FA (2026-12-02, `results/biotorch2021/probes/fa_probe_*.json`): the row's recipe
+(each with OMP_NUM_THREADS=1). FA (2026-12-02, `results/biotorch2021/probes/fa_probe_*.json`): the row's
+recipe
 to the end (lr 0.01, x0.1 after epochs 50 and 75, 100 epochs; no stop on a large loss: FA's running loss
 reaches 1e4-1e13 here, and most runs recover), BioTorch's FA and nowt's, seeds 0-3, and a first
 3-epoch look at both:
 
-    python results/biotorch2021/probes/biotorch_dfa_probe.py --rule fa --lrs 0.01 --epochs 100 --milestones 50,75 \
+    python $PROBE --rule fa --lrs 0.01 --epochs 100 --milestones 50,75 \
         --max-loss inf --impls biotorch --seed 0 --out fa_probe_biotorch_seed0.json   # and seeds 1-3
-    python results/biotorch2021/probes/biotorch_dfa_probe.py --rule fa --lrs 0.01 --epochs 100 --milestones 50,75 \
+    python $PROBE --rule fa --lrs 0.01 --epochs 100 --milestones 50,75 \
         --max-loss inf --impls nowt --seed 0 --out fa_probe_nowt_seed0.json           # and seeds 1-3
-    python results/biotorch2021/probes/biotorch_dfa_probe.py --rule fa --lrs 0.01 --epochs 3 --impls biotorch,nowt \
+    python $PROBE --rule fa --lrs 0.01 --epochs 3 --impls biotorch,nowt \
         --out fa_probe_3_epochs.json
 
 With BioTorch in `--impls`, the script first checks that BioTorch's rule
