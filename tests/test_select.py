@@ -32,7 +32,7 @@ def test_compare_lr_grid_chooses_each_rules_rate_on_held_out_examples(tmp_path, 
             "--lr-schedule", "constant", "--no-progress", "--out", str(out)]
     assert main(argv) == 0
     printed = capsys.readouterr().out
-    assert "chosen on 400 examples held out of the training set" in printed
+    assert "chosen on 400 examples held out of the training set (class-balanced, seed 1)" in printed
     for rule in ("bp", "fa"):
         scores = {}
         for lr in (0.001, 0.3):
@@ -73,7 +73,7 @@ def test_a_reproduction_with_an_lr_grid_chooses_each_rows_rate_on_held_out_examp
         best = max(sorted(scores), key=scores.get)
         for seed in (0, 1):
             assert json.loads((tmp_path / label / f"seed{seed}" / "config.json").read_text())["lr"] == best
-        assert rows[label]["status"].startswith(f"lr {best:g} (held-out accuracy 0.3: ")
+        assert rows[label]["status"].startswith(f"lr {best:g} (held out: 0.3: {scores[0.3]:.2f}%, 0.001: ")
     mtimes = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("metrics.jsonl")}
     again = {r["run"]: r for r in run_reproduction(tiny, out_dir=tmp_path, gather=True, progress=False)}
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("metrics.jsonl")} == mtimes
@@ -81,3 +81,25 @@ def test_a_reproduction_with_an_lr_grid_chooses_each_rows_rate_on_held_out_examp
     assert "seed 2: not run" in again["fa"]["status"]
     quick = run_reproduction(tiny, out_dir=tmp_path / "q", quick=True, progress=False)
     assert not (tmp_path / "q" / "bp" / "lr-grid").exists() and quick[0]["status"] == "1 of 1 seeds"
+
+
+def test_on_a_text_corpus_the_grid_scores_bits_per_character_on_its_validation_part(tmp_path, capsys):
+    from test_text import write_corpus
+
+    from nowt.cli import main
+
+    write_corpus(tmp_path / "corpus")
+    out = tmp_path / "cmp"
+    argv = ["compare", "--rules", "fa", "--model", "gpt", "--dataset", "fortunes", "--data-dir",
+            str(tmp_path / "corpus"), "--context", "16", "--epochs", "1", "--optimizer", "adamw",
+            "--lr-grid", "0.003,0.00001", "--no-progress", "--out", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "chosen on the corpus's validation part (" in printed and "bits per character" in printed
+    bpc = {lr: json.loads((out / "fa" / "lr-grid" / f"lr{lr:g}" / "metrics.jsonl").read_text()
+                          .splitlines()[-1])["test_bpc"] for lr in (0.003, 0.00001)}
+    best = min(sorted(bpc), key=bpc.get)  # lower bits per character is better
+    assert bpc[0.003] != bpc[0.00001]
+    assert json.loads((out / "fa" / "config.json").read_text())["lr"] == best
+    assert main(argv[:-2] + ["--holdout", "10", "--out", str(tmp_path / "x")]) == 2
+    assert "a text corpus has a validation part of its own" in capsys.readouterr().err

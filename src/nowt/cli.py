@@ -246,14 +246,14 @@ def compare_command(args: argparse.Namespace) -> int:
     run = {"resume": args.resume, "overwrite": args.overwrite, "progress": not args.no_progress}
     grid = ""
     if args.lr_grid:  # each rule's rate chosen on held-out training examples, from the one grid
-        n = args.holdout or len(data.train[1] if isinstance(data.train, tuple) else data.train) // 10
-        chosen = {}
+        chosen, how = {}, ""
         for rule in rules:
             lead = next(c for c in configs if c.rule == rule)
-            chosen[rule] = choose_lr(lead, sorted(set(args.lr_grid)), data.train, n, out / rule / "lr-grid",
-                                     **run)
+            best, records, how = choose_lr(lead, sorted(set(args.lr_grid)), data, args.holdout,
+                                           out / rule / "lr-grid", **run)
+            chosen[rule] = best, records
         configs = [replace(c, lr=chosen[c.rule][0]) for c in configs]
-        grid = lr_grid_table(chosen, n)
+        grid = lr_grid_table(chosen, how)
     elif args.holdout is not None:
         raise ValueError("--holdout applies with --lr-grid only")
     for cfg in configs:  # the very same tensors, model recipe, seed and budget for every rule

@@ -308,14 +308,17 @@ def report_runs(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike,
     return parts
 
 
-def lr_grid_table(chosen: dict[str, tuple[float, dict[float, float]]], holdout: int) -> str:
-    """`nowt compare --lr-grid`'s choice: per rule, the final held-out accuracy at every rate of the grid
-    and the rate chosen."""
-    lrs = sorted({lr for _, scores in chosen.values() for lr in scores})
-    rows = [[rule, *(scores.get(lr, math.nan) for lr in lrs), f"{best:g}"]
-            for rule, (best, scores) in chosen.items()]
-    return (f"Learning rate per rule, chosen on {holdout} examples held out of the training set (final "
-            f"held-out accuracy %, each rule's first seed; the test set is not used to choose):\n\n"
+def lr_grid_table(chosen: dict[str, tuple[float, dict[float, dict]]], held_out: str) -> str:
+    """`nowt compare --lr-grid`'s choice: per rule, the final held-out score at every rate of the grid
+    (accuracy %, or bits per character for text) and the rate chosen."""
+    lrs = sorted({lr for _, records in chosen.values() for lr in records})
+    text = any("test_bpc" in r for _, records in chosen.values() for r in records.values())
+    key = "test_bpc" if text else "test_accuracy"
+    rows = [[rule, *(records[lr][key] if lr in records else math.nan for lr in lrs), f"{best:g}"]
+            for rule, (best, records) in chosen.items()]
+    what = "bits per character, lower is better" if text else "accuracy %"
+    return (f"Learning rate per rule, chosen on {held_out} (final held-out {what}, each rule's first seed; "
+            f"the test set is not used to choose):\n\n"
             + markdown_table(["rule", *(f"lr {lr:g}" for lr in lrs), "chosen"], rows) + "\n\n")
 
 

@@ -33,7 +33,7 @@ from nowt.rules import rules
 from nowt.train import TrainConfig, fit
 from nowt.train.factories import load_data
 from nowt.train.loop import out_of_patience
-from nowt.train.select import best_lr, grid_config, holdout
+from nowt.train.select import best_lr, grid_config, selection_data, shown
 
 #: metric name -> how to read it from a run's history
 METRICS = {
@@ -293,26 +293,24 @@ def _grid_choice(repro: Reproduction, label: str, out_dir: str | os.PathLike, ga
         setattr(lead, key, value)
     if missing_piece(lead) is not None:
         return None, missing_piece(lead)
-    data = n = None
-    scores = {}
+    fit_part = held_out = how = None
+    records = {}
     for rate in repro.lr_grid:
-        if n is None:  # the size of the held-out part needs the training set, loaded once if at all
+        if how is None:  # the held-out part needs the data (its size, or a corpus's validation part)
             try:
-                data = None if gather and repro.holdout else load_data(lead)
+                fit_part, held_out, how = selection_data(load_data(lead), repro.holdout)
             except FileNotFoundError as e:
                 return None, f"skipped: {e}"
-            n = repro.holdout or len(data.train[1] if isinstance(data.train, tuple) else data.train) // 10
-        cfg = grid_config(lead, rate, n, seed_dir(out_dir, label, 0).parent / "lr-grid")
+        cfg = grid_config(lead, rate, how, seed_dir(out_dir, label, 0).parent / "lr-grid")
         history, state = gathered(cfg)
         if state != "ok" and not gather:
-            fit_part, held_out = holdout(data.train, n)
             history, state = fit(cfg, fit_part, held_out, resume=True, progress=progress), "ok"
         if state != "ok":
             return None, f"lr grid: {rate:g} {state}"
-        scores[rate] = history[-1]["test_accuracy"]
-    chosen = best_lr(scores)
-    grid = ", ".join(f"{rate:g}: {acc:.1f}" for rate, acc in scores.items())
-    return chosen, f"lr {chosen:g} (held-out accuracy {grid}); "
+        records[rate] = history[-1]
+    chosen = best_lr(records)
+    grid = ", ".join(f"{rate:g}: {shown(r)}" for rate, r in records.items())
+    return chosen, f"lr {chosen:g} (held out: {grid}); "
 
 
 def gathered(cfg: TrainConfig) -> tuple[list[dict] | None, str]:
