@@ -202,6 +202,9 @@ def pretrain_noise(
     history = [{"step": 0, "loss": math.nan, **_alignment(model, layers), "seconds": 0.0}]
     bar = progress_bar(range(1, steps + 1), "noise pretraining", progress)
     loss_sum, count = 0.0, 0
+    # The step of nowt.train's RuleLearner.train_step (equal weights: tests/test_reproduce.py), written
+    # out here because noise.py lies below nowt.train in the layering (issue 26); the Cheon reproduction
+    # calls RuleLearner.train_step itself.
     for step in bar:
         x, y = next(batches)
         loss = F.cross_entropy(model(x), y)
