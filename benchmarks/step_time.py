@@ -3,6 +3,7 @@
     python benchmarks/step_time.py [--threads N] [--rounds R] [--run NAME]
     python benchmarks/step_time.py --device cuda --workload resnet18 --amp
     python benchmarks/step_time.py --workload vit
+    python benchmarks/step_time.py --workload gpt
 
 Each run adds a line to benchmarks/step_time.jsonl (ratios to autograd, the mirror's share, autograd's ms,
 with date, commit, machine and command) and rebuilds the table benchmarks/step_time.md (`history.py`);
@@ -39,6 +40,9 @@ from nowt.optim import make_optimizer
 from nowt.rules.wm import MIRROR_BATCH_DIVISOR, MIRROR_EVERY
 
 RULES = ["bp", "fa", "usf", "brsf", "frsf", "kp", "wm"]
+#: per workload, DFA's forms timed too: name -> convert options (a sequence: one B shared by the tokens)
+DFA = {"gpt": {"dfa": {"position_feedback": "shared"},
+               "dfa blocks": {"blocks": ("blocks.*",), "position_feedback": "shared"}}}
 
 
 def workloads(name: str, device: str, batch: int | None):
@@ -52,6 +56,11 @@ def workloads(name: str, device: str, batch: int | None):
         x = torch.randn(n, 1, 28, 28, device=device)
         return {f"vit 28x28x1, batch {n}": (nowt.models.vit().to(device), x,
                                             torch.randint(0, 10, (n,), device=device))}
+    if name == "gpt":  # a byte-level language model: a loss per token
+        n = batch or 32
+        x = torch.randint(0, 256, (n, 128), device=device)
+        return {f"gpt 2 blocks dim 128, context 128, batch {n}": (nowt.models.gpt((128,)).to(device), x,
+                                                                 torch.roll(x, -1, 1))}
     mlp = nowt.models.mlp(784, (1000, 1000), 10).to(device)
     conv = nowt.models.convnet(3, 10, 32, 32).to(device)
     return {
@@ -67,7 +76,12 @@ def make_step(model, x, y, amp: bool = False):
 
     def step():
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
-            loss = F.cross_entropy(model(x).float(), y)
+            out = model(x).float()
+            if out.dim() == 3:  # a loss per token
+                out, y_ = out.flatten(0, -2), y.flatten()
+            else:
+                y_ = y
+            loss = F.cross_entropy(out, y_)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -105,10 +119,11 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="also write the raw timings (ms and ratios) here")
     parser.add_argument("--run", default=None, help="the run's name in the table (default DATE-COMMIT)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--workload", default="small", choices=["small", "resnet18", "vit"],
+    parser.add_argument("--workload", default="small", choices=["small", "resnet18", "vit", "gpt"],
                         help="small: the MLP and ConvNet; resnet18: ImageNet-sized (for a GPU); "
-                             "vit: nowt's vit")
-    parser.add_argument("--batch", type=int, default=None, help="resnet18 / vit batch (default 256 / 128)")
+                             "vit: nowt's vit; gpt: nowt's byte-level gpt (with DFA per token and by block)")
+    parser.add_argument("--batch", type=int, default=None,
+                        help="resnet18 / vit / gpt batch (default 256 / 128 / 32)")
     parser.add_argument("--amp", action="store_true", help="bf16 autocast")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -120,6 +135,9 @@ def main() -> None:
         for rule in RULES:
             models[rule] = nowt.convert(copy.deepcopy(base), rule, seed=0)
             variants[rule] = make_step(models[rule], x, y, args.amp)
+        for label, options in DFA.get(args.workload, {}).items():
+            variants[label] = make_step(nowt.convert(copy.deepcopy(base), "dfa", seed=0, **options), x, y,
+                                        args.amp)
         models["wm"](x)
         # the default pattern: every MIRROR_EVERY-th step, a noise batch of
         # MIRROR_EVERY / MIRROR_BATCH_DIVISOR of the training batch (8 / 8: a whole batch)
