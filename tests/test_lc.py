@@ -3,10 +3,13 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import per_layer_rules
 from torch import nn
 
 import nowt
 from nowt.layers import LocallyConnected2d as RuleLocallyConnected2d
+from nowt.rules import rule_class
+from nowt.rules.wm import WeightMirror
 
 GEOMETRY = dict(in_channels=2, out_channels=3, kernel_size=(3, 2), stride=(2, 1), padding=(1, 0),
                 input_size=(5, 6))
@@ -128,7 +131,7 @@ def test_fa_on_lc_sends_the_error_through_b():
     torch.testing.assert_close(x.grad, xr.grad)
 
 
-@pytest.mark.parametrize("rule", ["bp", "fa", "usf", "brsf", "frsf", "kp", "wm"])
+@pytest.mark.parametrize("rule", per_layer_rules(any_model=True))
 def test_every_per_layer_rule_converts_and_trains_lc(rule):
     net = nowt.convert(lc_net(), rule, seed=0)
     assert isinstance(net[0], RuleLocallyConnected2d) and net[0].rule == rule
@@ -136,7 +139,7 @@ def test_every_per_layer_rule_converts_and_trains_lc(rule):
     F.cross_entropy(net(x), torch.tensor([0, 1, 1, 0])).backward()
     assert net[0].weight.grad is not None and torch.isfinite(net[0].weight.grad).all()
     assert net[0].weight.grad.abs().sum() > 0
-    if rule == "wm":
+    if issubclass(rule_class(rule), WeightMirror):  # a mirror rule mirrors LC layers too
         before = net[0].feedback.clone()
         assert nowt.mirror(net, 2) == 2
         assert not torch.equal(before, net[0].feedback)

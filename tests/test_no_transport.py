@@ -1,12 +1,14 @@
-"""No weight transport: the backward pass of fa, kp and wm never reads a forward weight.
+"""No weight transport on many layer types: the backward pass of every rule that declares it reads no forward
+weight (`transports_weights` False: fa, kp, wm, dfa, ifa, ...) never reads one.
 
 Downstream weights are changed in place between forward and backward (through `.data`, which autograd's
-version counter does not see); upstream updates must not move. Under backprop they do.
+version counter does not see); upstream updates must not move. Under backprop they do. (That a rule
+declaring it reads them does: `test_rule_contract.py`.)
 """
 
 import pytest
 import torch
-from conftest import tiny_convnet, tiny_mlp
+from conftest import per_layer_rules, tiny_convnet, tiny_mlp
 from torch import nn
 
 import nowt
@@ -59,19 +61,25 @@ NETS = [(tiny_mlp, (4, 5)), (gpt2_conv1d_net, (4, 3)), (tiny_convnet, (2, 4, 8, 
         (conv_transpose_net, (2, 2, 5, 5)), (lambda: TinyTransformer().double(), (2, 4, 3))]
 
 
-@pytest.mark.parametrize("make,shape", NETS)
-@pytest.mark.parametrize("rule", ["fa", "kp", "wm", "dfa", "bp"])
-def test_upstream_updates_do_not_depend_on_downstream_weights(make, shape, rule):
+#: Every rule in the registry that declares it reads no forward weight, on every net it converts.
+NO_TRANSPORT = [r for r in per_layer_rules() if not nowt.make_rule(r).transports_weights]
+CASES = [(make, shape, rule) for make, shape in NETS for rule in NO_TRANSPORT
+         if make is tiny_mlp or rule in per_layer_rules(any_model=True)]
+
+
+def _tampering_changes(make, shape, rule) -> bool:
     x = torch.randn(*shape, dtype=torch.double)
     clean = _first_layer_grads(make, rule, x, tamper=False)
     tampered = _first_layer_grads(make, rule, x, tamper=True)
-    same = all(torch.equal(a, b) for a, b in zip(clean, tampered, strict=True))
-    if rule == "bp":
-        assert not same, "the tampering must reach backprop's gradients, or this test proves nothing"
-    else:
-        assert same
+    return not all(torch.equal(a, b) for a, b in zip(clean, tampered, strict=True))
 
 
-@pytest.mark.parametrize("rule", ["bp", "fa", "usf", "brsf", "frsf", "kp", "wm"])
-def test_transports_weights_flag_is_honest(rule):
-    assert nowt.make_rule(rule).transports_weights == (rule in ("bp", "usf", "brsf", "frsf"))
+@pytest.mark.parametrize("make,shape,rule", CASES)
+def test_upstream_updates_do_not_depend_on_downstream_weights(make, shape, rule):
+    assert not _tampering_changes(make, shape, rule)
+
+
+@pytest.mark.parametrize("make,shape", NETS)
+def test_the_tampering_reaches_backprop(make, shape):
+    assert _tampering_changes(make, shape, "bp"), "the tampering must reach backprop's gradients, or the " \
+        "tests above prove nothing"
