@@ -2,7 +2,9 @@
 
     config.py     TrainConfig: every field's default, choices, range and help; `validate()`, `from_dict()`
     factories.py  loaders, model (converted to its rule), optimizer, lr schedule, loss, rule options
-    learners.py   what one batch does: RuleLearner (per-layer rules, DFA) or a whole-network rule's learner
+    kinds.py      learner_kind: per-layer or whole-network, decided once; what follows from it (LearnerKind)
+    learners.py   what one batch does: RuleLearner (per-layer rules, DFA) or WholeNetworkLearner (a
+                  whole-network rule's own learner)
     loop.py       fit: epochs, evaluation, metrics, checkpoints, resume, the NaN stop; evaluate_run: a saved
                   run's model scored on its train and test sets
 """
@@ -19,11 +21,12 @@ from nowt.train.factories import (
     model_factories,
     rule_options,
 )
-from nowt.train.learners import Learner, RuleLearner, make_learner
+from nowt.train.kinds import LearnerKind, learner_kind
+from nowt.train.learners import Learner, RuleLearner, WholeNetworkLearner, make_learner
 from nowt.train.loop import evaluate_run, fit, train_epoch
 
 __all__ = [
-    "Learner", "RuleLearner", "TensorLoader", "TrainConfig", "build_model", "evaluate", "evaluate_run", "fit",
-    "make_learner", "make_loader", "make_loss", "make_optimizer", "make_scheduler", "model_factories",
-    "rule_options", "train_epoch",
+    "Learner", "LearnerKind", "RuleLearner", "TensorLoader", "TrainConfig", "WholeNetworkLearner",
+    "build_model", "evaluate", "evaluate_run", "fit", "learner_kind", "make_learner", "make_loader",
+    "make_loss", "make_optimizer", "make_scheduler", "model_factories", "rule_options", "train_epoch",
 ]

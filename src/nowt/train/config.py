@@ -21,8 +21,9 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import torch
 
-from nowt.rules import WholeNetworkRule, rule_class, rules
+from nowt.rules import rule_class, rules
 from nowt.rules.wm import MIRROR_ANNEAL, MIRROR_EVERY, MIRROR_WARMUP_BATCH
+from nowt.train.kinds import learner_kind
 
 #: Config fields that say where and how fast a run goes, not what it computes: a resume may change them.
 NOT_IDENTITY = ("out_dir", "data_dir", "download", "device", "num_workers")
@@ -194,8 +195,8 @@ class TrainConfig:
             if len(getattr(self, name)) != 2:
                 raise ValueError(f"{name} ({flag_name(FIELDS[name])}) takes two numbers B1,B2, got "
                                  f"{getattr(self, name)!r}")
-        adam = self.optimizer in ("adam", "adamw") or (
-            self.rule in rules() and issubclass(rule_class(self.rule), WholeNetworkRule))
+        adam = self.optimizer in ("adam", "adamw") or (self.rule in rules()
+                                                         and learner_kind(self.rule).own_optimizer == "adam")
         changed = [flag_name(FIELDS[n]) for n in ("adam_betas", "adam_eps")
                    if not is_default(FIELDS[n], getattr(self, n))]
         if changed and not adam:

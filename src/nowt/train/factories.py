@@ -25,8 +25,9 @@ from nowt.data import Data, load_dataset
 from nowt.metrics import as_tokens
 from nowt.models import FIXED_ACTIVATION, MODELS
 from nowt.optim import HalveOnPlateau
-from nowt.rules import WholeNetworkRule, rule_class, rules
+from nowt.rules import rule_class, rules
 from nowt.train.config import FIELDS, TrainConfig, flag_name, is_default
+from nowt.train.kinds import LearnerKind, learner_kind
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -145,11 +146,6 @@ def model_factories() -> dict[str, Callable[..., nn.Module]]:
     return dict(MODELS)
 
 
-def trains_whole_network(cfg: TrainConfig) -> bool:
-    """True for target propagation: its learner trains the plain network, no layer is converted."""
-    return issubclass(rule_class(cfg.rule), WholeNetworkRule)
-
-
 def rules_declaring(option: str) -> list[str]:
     """The rules whose class declares `option` (where a rule-option field applies)."""
     return [r for r in rules() if option in rule_class(r).options]
@@ -193,9 +189,12 @@ def check_model_options(model: str, requested: dict[str, object]) -> None:
                          f"applies to: {takes}")
 
 
-def build_model(cfg: TrainConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    """`cfg.model` for inputs of `input_shape`, initialised from `cfg.seed`, converted to `cfg.rule` (target
-    propagation trains the plain network itself)."""
+def build_model(cfg: TrainConfig, input_shape: tuple[int, ...], num_classes: int,
+                kind: LearnerKind | None = None) -> nn.Module:
+    """`cfg.model` for inputs of `input_shape`, initialised from `cfg.seed`, converted to `cfg.rule` where
+    its learner `kind` (by default `learner_kind(cfg.rule)`) converts the model (target propagation trains
+    the plain network itself)."""
+    kind = kind or learner_kind(cfg.rule)
     torch.manual_seed(cfg.seed)
     factory = MODELS.get(cfg.model)
     if factory is None:
@@ -213,7 +212,7 @@ def build_model(cfg: TrainConfig, input_shape: tuple[int, ...], num_classes: int
         options["feedback_init"] = "xavier"  # DFA's B is drawn at the first forward, after the init below
     if "init" in rule_class(cfg.rule).options:
         options["init"] = "kaiming_uniform"  # B at the scale every recipe ran at (convert's default: match)
-    if not trains_whole_network(cfg):
+    if kind.converts_model:
         model = convert(model, cfg.rule, seed=cfg.seed,
                         **options)
     if cfg.init == "normal_fan_avg":

@@ -2,7 +2,9 @@
 
 `RuleLearner` serves every per-layer rule and DFA: the rule acts inside autograd, so a step is the usual
 forward, backward and optimizer step, followed by each rule's `after_step` hook (the weight mirror's mirror
-steps). A whole-network rule (target propagation) brings its own learner through its rule class.
+steps). A whole-network rule (target propagation) brings its own learner through its rule class, which
+`WholeNetworkLearner` wraps. Which one trains a rule is its `kinds.learner_kind`, decided there once; what
+follows from it (convert the network? measure feedback? take --optimizer?) is asked of the learner's `kind`.
 """
 
 from __future__ import annotations
@@ -14,22 +16,24 @@ from torch import Tensor, nn
 
 from nowt import distributed
 from nowt.layers import feedback_rules
+from nowt.metrics import backprop_mode
 from nowt.optim import HalveOnPlateau, make_optimizer
 from nowt.rules import rule_class
 from nowt.train.config import FIELDS, TrainConfig, flag_name, is_default
-from nowt.train.factories import (
-    make_loss,
-    make_scheduler,
-    parameter_groups,
-    rule_options,
-    trains_whole_network,
-)
+from nowt.train.factories import make_loss, make_scheduler, parameter_groups, rule_options, sized
+from nowt.train.kinds import PER_LAYER, WHOLE_NETWORK, LearnerKind, learner_kind
 
 
 class Learner(Protocol):
     """What the loop needs from whatever trains the network one batch at a time."""
 
+    kind: LearnerKind  # what the loop asks of it (does it measure feedback layers?), set by its class
     model: nn.Module
+    finished: bool  # the schedule has ended the run before its last epoch
+
+    def begin_training(self, first_batch: Tensor | None = None) -> None:
+        """Once, before the first step of a fresh (not resumed) run; `first_batch` is shown to the model."""
+        ...
 
     def train_step(self, x: Tensor, y: Tensor) -> dict[str, Any]:
         """{"loss": the batch's mean loss (a 0-dim tensor or a float), and "output" (logits before the
@@ -38,6 +42,7 @@ class Learner(Protocol):
         ...
 
     def end_epoch(self, train_metrics: dict[str, float]) -> None: ...
+    def lr(self) -> float: ...
     def state_dict(self) -> dict[str, Any]: ...
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
@@ -45,6 +50,8 @@ class Learner(Protocol):
 class RuleLearner:
     """Per-layer rules and DFA: forward, backward through the rule, optimizer step, the rules' after-step
     hooks. The scheduler's step count is checkpointed, so a resumed run calls the hooks on the same steps."""
+
+    kind = PER_LAYER
 
     def __init__(self, model: nn.Module, cfg: TrainConfig, steps_per_epoch: int):
         self.model, self.cfg, self.loss_fn = model, cfg, make_loss(cfg.loss)
@@ -63,10 +70,15 @@ class RuleLearner:
         self.steps = 0  # optimizer steps taken, for the rules' after-step hooks
         self.rules = feedback_rules(model)
 
-    def begin_training(self) -> None:
-        """Once, before the first step of a fresh run (the model has seen one batch): the rules' hook."""
-        for rule in self.rules:
-            rule.begin_training(self.model, self.cfg.batch_size)
+    def begin_training(self, first_batch: Tensor | None = None) -> None:
+        """Once, before the first step of a fresh run: the rules' hook, after the model has seen
+        `first_batch` (where given) so that rules know each layer's input shape."""
+        if first_batch is not None:
+            show_one_batch(self.model, first_batch)
+        with sized(f"before training (the weight mirror's warm-up: --mirror-warmup-batch "
+                   f"{self.cfg.mirror_warmup_batch})"):
+            for rule in self.rules:
+                rule.begin_training(self.model, self.cfg.batch_size)
 
     def train_step(self, x: Tensor, y: Tensor) -> dict[str, Any]:
         count = len(y)
@@ -115,6 +127,18 @@ class RuleLearner:
         self.steps = state.get("steps", state["scheduler"].get("last_epoch", 0))
 
 
+def show_one_batch(model: nn.Module, x: Tensor) -> None:
+    """One forward pass, so that rules see each layer's input shape (the weight mirror drives noise of
+    it). Eval mode, plain ops: no dropout or brSF draw, no batch-norm statistics from this (test) batch."""
+    was_training = model.training
+    model.eval()
+    try:
+        with backprop_mode(model):
+            model(x)
+    finally:
+        model.train(was_training)
+
+
 #: What a whole-network rule (target propagation) decides itself, by TrainConfig field: the values it
 #: accepts besides the field's default (left alone, a field asks for nothing). Any other value is refused,
 #: never ignored. It trains with Adam (--adam-betas, --adam-eps) at a constant --lr on layer-local losses.
@@ -124,19 +148,62 @@ WHOLE_NETWORK_FIXED: dict[str, tuple] = {
 }
 
 
-def make_learner(cfg: TrainConfig, model: nn.Module, steps_per_epoch: int) -> Learner:
-    """The one place that decides how a rule trains, and so which options its learner takes: the
-    per-layer learner takes them all; a whole-network rule's learner refuses those in WHOLE_NETWORK_FIXED."""
-    if not trains_whole_network(cfg):
-        return RuleLearner(model, cfg, steps_per_epoch)
-    ignored = [f"{flag_name(FIELDS[name])} {_shown(getattr(cfg, name))}"
-               for name, accepted in WHOLE_NETWORK_FIXED.items()
-               if not is_default(FIELDS[name], getattr(cfg, name)) and getattr(cfg, name) not in accepted]
-    if ignored:
-        raise ValueError(f"rule {cfg.rule!r} (target propagation) does not support {', '.join(ignored)}; "
-                         "it trains with Adam at a constant --lr on its own layer-local losses")
-    return rule_class(cfg.rule).learner(model, lr=cfg.lr, seed=cfg.seed, betas=cfg.adam_betas,
-                                        eps=cfg.adam_eps, **rule_options(cfg))
+class WholeNetworkLearner:
+    """A whole-network rule (target propagation) through the learner its rule class builds
+    (`WholeNetworkRule.learner`): the plain network, trained with Adam at a constant --lr on the rule's own
+    layer-local losses, so the options in WHOLE_NETWORK_FIXED are refused. Any other attribute
+    (`forward_optimizer`, `sigma`, ...) is that learner's."""
+
+    kind = WHOLE_NETWORK
+    finished = False  # a constant lr: only --epochs and --patience end the run
+
+    def __init__(self, model: nn.Module, cfg: TrainConfig, steps_per_epoch: int):
+        ignored = [f"{flag_name(FIELDS[name])} {_shown(getattr(cfg, name))}"
+                   for name, accepted in WHOLE_NETWORK_FIXED.items()
+                   if not is_default(FIELDS[name], getattr(cfg, name)) and getattr(cfg, name) not in accepted]
+        if ignored:
+            raise ValueError(f"rule {cfg.rule!r} (target propagation) does not support {', '.join(ignored)}; "
+                             "it trains with Adam at a constant --lr on its own layer-local losses")
+        self.cfg = cfg
+        self.inner = rule_class(cfg.rule).learner(model, lr=cfg.lr, seed=cfg.seed, betas=cfg.adam_betas,
+                                                  eps=cfg.adam_eps, **rule_options(cfg))
+        self.model = self.inner.model
+
+    def begin_training(self, first_batch: Tensor | None = None) -> None:
+        """Nothing to prepare: the rule's learner starts at its first step."""
+
+    def train_step(self, x: Tensor, y: Tensor) -> dict[str, Any]:
+        return self.inner.train_step(x, y)
+
+    def end_epoch(self, train_metrics: dict[str, float]) -> None:
+        self.inner.end_epoch(train_metrics)
+
+    def lr(self) -> float:
+        return self.cfg.lr
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.inner.load_state_dict(state)
+
+    def __getattr__(self, name: str) -> Any:
+        inner = self.__dict__.get("inner")
+        if inner is None:
+            raise AttributeError(name)
+        return getattr(inner, name)
+
+
+#: The learner class of each kind.
+LEARNERS: dict[LearnerKind, type[RuleLearner] | type[WholeNetworkLearner]] = {
+    cls.kind: cls for cls in (RuleLearner, WholeNetworkLearner)}
+
+
+def make_learner(cfg: TrainConfig, model: nn.Module, steps_per_epoch: int,
+                 kind: LearnerKind | None = None) -> Learner:
+    """The learner of `kind` (by default `learner_kind(cfg.rule)`) for `model`, with `steps_per_epoch` for
+    its schedule."""
+    return LEARNERS[kind or learner_kind(cfg.rule)](model, cfg, steps_per_epoch)
 
 
 def _shown(value: Any) -> str:

@@ -25,11 +25,12 @@ from tqdm.auto import tqdm
 from nowt import distributed, noise
 from nowt.checkpoint import load_checkpoint, save_checkpoint
 from nowt.layers import feedback_layers
-from nowt.metrics import as_tokens, backprop_mode, evaluate, output_collapsed, update_angles, weight_angles
+from nowt.metrics import as_tokens, evaluate, output_collapsed, update_angles, weight_angles
 from nowt.progress import progress_bar
 from nowt.train import rundir
 from nowt.train.config import TrainConfig, read_saved_config
-from nowt.train.factories import build_model, load_data, make_loader, make_loss, sized, trains_whole_network
+from nowt.train.factories import build_model, load_data, make_loader, make_loss, sized
+from nowt.train.kinds import LearnerKind, learner_kind
 from nowt.train.learners import Learner, make_learner
 
 #: What a run's checkpoint holds (`_write_epoch`); a resume refuses a file without any of them.
@@ -99,16 +100,17 @@ def _fit(cfg: TrainConfig, train, test, resume: bool, progress: bool) -> list[di
         raise ValueError("the test set is empty")
     probe_x, probe_y = (t.to(cfg.device) for t in _probe_batch(test))
     input_shape = tuple(probe_x.shape[1:])
+    kind = learner_kind(cfg.rule)  # per-layer or whole-network: decided once, asked of `kind` from here on
     with sized(f"building model {cfg.model} for inputs {input_shape} (--hidden {_shown(cfg.hidden)})"):
-        model = build_model(cfg, input_shape, _num_classes(train, test))
+        model = build_model(cfg, input_shape, _num_classes(train, test), kind)
     out = Path(cfg.out_dir) if cfg.out_dir else None
     rank0 = distributed.world()[0] == 0
     writes = out is not None and rank0  # under torchrun, rank 0 alone writes
     checkpoint = out / "checkpoint.pt" if out else None
     resuming = resume and checkpoint is not None and checkpoint.exists()
     if cfg.noise_pretrain and not resuming:
-        _noise_pretrain(cfg, model, input_shape)
-    learner = make_learner(cfg, model, len(train_loader))
+        _noise_pretrain(cfg, model, input_shape, kind)
+    learner = make_learner(cfg, model, len(train_loader), kind)
     loss_fn = make_loss(cfg.loss)
     history: list[dict] = []
     if resuming:
@@ -125,18 +127,15 @@ def _fit(cfg: TrainConfig, train, test, resume: bool, progress: bool) -> list[di
                              f"{cfg.epochs}")
         if writes:  # a kill between the checkpoint and the metrics write is healed from the checkpoint
             _write_metrics(out, history)
-    elif hasattr(learner, "begin_training"):
-        _show_one_batch(model, probe_x[:cfg.batch_size])
-        with sized(f"before training (the weight mirror's warm-up: --mirror-warmup-batch "
-                   f"{cfg.mirror_warmup_batch})"):
-            learner.begin_training()
+    else:
+        learner.begin_training(probe_x[:cfg.batch_size])
     if writes:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1) + "\n")
     writer = _tensorboard(out) if writes else None
-    has_feedback = not trains_whole_network(cfg) and bool(feedback_layers(model))
+    has_feedback = learner.kind.measures_feedback and bool(feedback_layers(model))
     for epoch in range(len(history), cfg.epochs):
-        if getattr(learner, "finished", False) or out_of_patience(history, cfg.patience):
+        if learner.finished or out_of_patience(history, cfg.patience):
             break  # the lr schedule or --patience has ended the run
         t0 = time.perf_counter()
         with sized(f"training (--batch-size {cfg.batch_size})"):
@@ -148,7 +147,7 @@ def _fit(cfg: TrainConfig, train, test, resume: bool, progress: bool) -> list[di
         record = {
             "epoch": epoch + 1, **train_metrics,
             **{f"test_{k}": v for k, v in test_metrics.items()},
-            "lr": learner.lr() if hasattr(learner, "lr") else cfg.lr,
+            "lr": learner.lr(),
             "weight_angles": weight_angles(model) if has_feedback else {},
             "update_angles": update_angles(model, loss_fn, probe_x, probe_y) if has_feedback else {},
             "collapsed": len(probe_x) > 1 and output_collapsed(model, probe_x),
@@ -221,18 +220,6 @@ def out_of_patience(history: list[dict], patience: int | None) -> bool:
     return len(errors) - 1 - errors.index(min(errors)) >= patience
 
 
-def _show_one_batch(model: nn.Module, x: Tensor) -> None:
-    """One forward pass, so that rules see each layer's input shape (the weight mirror drives noise of
-    it). Eval mode, plain ops: no dropout or brSF draw, no batch-norm statistics from this (test) batch."""
-    was_training = model.training
-    model.eval()
-    try:
-        with backprop_mode(model):
-            model(x)
-    finally:
-        model.train(was_training)
-
-
 def _write_epoch(out: Path, cfg: TrainConfig, epoch: int, model: nn.Module, learner: Learner,
                  train_loader, history: list[dict]) -> None:
     save_checkpoint(out / "checkpoint.pt", {
@@ -303,8 +290,9 @@ def _diverged(what: str, where: str) -> str:
     return f"the run diverged: {what} by {where}; lower --lr (the last good checkpoint is kept)"
 
 
-def _noise_pretrain(cfg: TrainConfig, model: nn.Module, input_shape: tuple[int, ...]) -> None:
-    if trains_whole_network(cfg):  # the plain network would be pretrained by backprop
+def _noise_pretrain(cfg: TrainConfig, model: nn.Module, input_shape: tuple[int, ...],
+                    kind: LearnerKind) -> None:
+    if not kind.pretrains_on_noise:  # the plain network would be pretrained by backprop
         raise ValueError(f"--noise-pretrain needs a per-layer rule or DFA, not {cfg.rule!r}")
     noise.pretrain_noise(model, input_shape, steps=cfg.noise_pretrain, batch_size=cfg.batch_size,
                          seed=cfg.seed, progress=False)
