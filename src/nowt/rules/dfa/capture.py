@@ -6,6 +6,10 @@ converted layers that run in it register there. The forward hook passes the outp
 through `RecordError`, an identity whose backward records `e = dL/d(output)` on the pass. Autograd reaches
 that node before any layer (every layer lies upstream of the output), so `e` is known when the layers'
 backward needs it.
+
+With `error_at=NAME` the error point is that module's input instead (a forward pre-hook passes it through
+`RecordError`, and the pass resolves there): what runs after it (that module, the converted layers after it)
+learns by backprop, so e is the loss's gradient there, and every block before it gets B e, the last one too.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ class Pass:
     def __init__(self, rule: DirectFeedback) -> None:
         self.rule = rule
         self.error: Tensor | None = None
+        self.past_error = False  # error_at's point has run: later layers learn by backprop
         self.pending: list[tuple[FeedbackLayer, torch.Size]] | None = []
         self.projections: list[AnyProjection | None] = []
 
@@ -47,7 +52,9 @@ class Pass:
         fed = self.pending
         # A block after which no converted layer ran has no B: nothing downstream of it reads a converted
         # weight, so it keeps the gradient from downstream (e itself at the output), as an output layer does.
-        last_block = bool(fed) and getattr(fed[-1][0], "dfa_is_block", False)
+        # Before an error point (error_at) every block gets its B, as Launay et al. feed the last block too.
+        last_block = (bool(fed) and getattr(fed[-1][0], "dfa_is_block", False)
+                      and self.rule.error_at is None)
         if last_block:
             fed = fed[:-1]
         shapes = [torch.Size((n_out, *shape[1:])) for _, shape in fed]
@@ -59,7 +66,9 @@ class Pass:
                                  f"(nowt.convert(..., exclude=[{name!r}]) leaves a layer that does not, such "
                                  f"as one computing a position bias, on backprop)")
             self.rule.note_shape(layer, fb_shape)  # all shapes first: the shared matrix spans the widest
-        if self.rule.position_feedback == "shared" and not any(
+        # (a pass that registered nothing, under nowt.metrics.backprop_mode, or blocks under no_grad, which
+        # skip registering, proves nothing: only a training pass is checked)
+        if self.rule.position_feedback == "shared" and fed and torch.is_grad_enabled() and not any(
                 self.rule.shares_positions(layer, s) for (layer, _), s in zip(fed, shapes, strict=True)):
             raise ValueError(f"{self.rule.name}: position_feedback='shared' (--position-feedback shared) "
                              f"shares one B across the positions of a sequence (N, T, C) fed to a Linear "
@@ -120,6 +129,28 @@ class Context:
                              f"block was not running (the model calls its parts, not the block), so it would "
                              f"train by plain backprop; name modules that the model calls as blocks")
 
+    def add_error_point(self, module: nn.Module) -> None:
+        """error_at: e is the loss's gradient at `module`'s input (its first argument)."""
+        module.register_forward_pre_hook(self.error_point)
+
+    def error_point(self, module: nn.Module, args: Any) -> Any:
+        pass_ = self.current
+        if pass_ is None or pass_.past_error or not args or not isinstance(args[0], Tensor):
+            return None
+        if self.running:
+            raise ValueError(f"{self.rule.name}: error_at={self.rule.error_at!r} runs inside block(s) "
+                             f"{sorted(self.running)}; the error point must lie after every block")
+        hidden = args[0]
+        if hidden.dim() not in (2, 3):
+            raise ValueError(f"{self.rule.name}: error_at={self.rule.error_at!r}'s input must be [N, C] or a "
+                             f"sequence [N, T, C] (e is the loss's gradient there); got shape "
+                             f"{tuple(hidden.shape)}")
+        pass_.resolve(self.model, hidden)
+        pass_.past_error = True
+        if torch.is_grad_enabled() and hidden.requires_grad:
+            return (RecordError.apply(hidden, pass_), *args[1:])
+        return None
+
     def block_begin(self, block: nn.Module, args: Any) -> None:
         self.running.add(self.block_names[block])
 
@@ -150,6 +181,11 @@ class Context:
     def end(self, model: nn.Module, args: Any, output: Any) -> Any:
         """e is the gradient of the loss with respect to one tensor of the output (`outputs.pick`)."""
         pass_, self.current = self.current, None
+        if self.rule.error_at is not None:
+            if not pass_.past_error and torch.is_grad_enabled():
+                raise ValueError(f"{self.rule.name}: error_at={self.rule.error_at!r} did not run in this "
+                                 f"forward, so there is no error point to take e at")
+            return output
         try:
             picked, path = outputs.pick(output, self.rule.output, self.rule.name)
         except ValueError:

@@ -90,13 +90,14 @@ class DirectFeedback(Rule):
     name = "dfa"
     options: ClassVar[dict[str, Any]] = {"storage": "dense", "chunk": 4096, "scale": 1.0, "zero_init": False,
                                          "feedback_init": "uniform", "conv_feedback": "full", "blocks": (),
-                                         "position_feedback": "full", "output": None}
+                                         "position_feedback": "full", "output": None, "error_at": None}
     FEEDBACK_INITS = ("uniform", "xavier")
     CONV_FEEDBACKS = ("full", "kernel")
     POSITION_FEEDBACKS = ("full", "shared")
     transports_weights = False
-    blocks: tuple[str, ...] = ()  # the defaults of the two options a subclass (ifa) does not take
+    blocks: tuple[str, ...] = ()  # the defaults of the options a subclass (ifa) does not take
     position_feedback = "full"
+    error_at: str | None = None
 
     def validate(self) -> None:
         if self.storage not in storage.STORAGES:
@@ -124,6 +125,13 @@ class DirectFeedback(Rule):
         self.blocks = tuple(self.blocks)
         if self.blocks:
             self.transports_weights = True  # backprop inside each block reads that block's weights
+        if self.error_at is not None:
+            if not (isinstance(self.error_at, str) and self.error_at):
+                raise ValueError(f"error_at must name a module of the model (e takes the loss's gradient at "
+                                 f"its input), got {self.error_at!r}")
+            if self.output is not None:
+                raise ValueError("error_at and output both say where e is taken; give one")
+            self.transports_weights = True  # e reaches the error point by backprop through what follows it
         if self.conv_feedback == "kernel" and self.storage != "dense":
             raise ValueError(f"conv_feedback='kernel' keeps its small B dense; storage {self.storage!r} is "
                              f"for the full B")
@@ -149,6 +157,13 @@ class DirectFeedback(Rule):
             layer.dfa_context = ctx
         for name, block, layer in find_blocks(self, model):
             ctx.add_block(block, layer, name)
+        if self.error_at is not None:
+            modules = dict(model.named_modules())
+            if self.error_at not in modules:
+                names = ", ".join(n for n in modules if n)[:300]
+                raise ValueError(f"{self.name}: error_at={self.error_at!r} is no module of "
+                                 f"{type(model).__name__}; module names: {names}")
+            ctx.add_error_point(modules[self.error_at])
         model.register_forward_pre_hook(ctx.begin)
         model.register_forward_hook(ctx.end)
         model.register_load_state_dict_pre_hook(adopt_buffers(("dfa_feedback",)))
@@ -163,6 +178,8 @@ class DirectFeedback(Rule):
                 layer.dfa_context.check_in_block(layer)
             return layer.op.forward(x, layer.weight, layer.bias)
         pass_ = layer.dfa_context.current
+        if pass_ is not None and pass_.past_error:  # after error_at's point: backprop (e arrives through it)
+            return layer.op.forward(x, layer.weight, layer.bias)
         slot = pass_.register(layer, x) if pass_ is not None else -1
         return autocast_apply(DirectFeedbackFunction.apply, x, layer.weight, layer.bias, layer.op, pass_,
                               slot)
