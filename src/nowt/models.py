@@ -134,9 +134,10 @@ class ViT(nn.Module):
 
 @register_model
 def vit(in_channels: int = 1, num_classes: int = 10, image_size: int = 28, dropout: float = 0.0,
-        patch: int = 7, dim: int = 64, depth: int = 2, heads: int = 4) -> ViT:
-    """`ViT` for 28x28 MNIST / Fashion-MNIST by default: 16 patches of 7x7, dim 64, 2 layers, 4 heads."""
-    return ViT(in_channels, num_classes, image_size, patch, dim, depth, heads, dropout=dropout)
+        patch: int = 7, dim: int = 64, depth: int = 2, heads: int = 4, pool: str = "cls") -> ViT:
+    """`ViT` for 28x28 MNIST / Fashion-MNIST by default: 16 patches of 7x7, dim 64, 2 layers, 4 heads, the
+    head reading a cls token (`pool="mean"`: the mean of the patch tokens, no cls token)."""
+    return ViT(in_channels, num_classes, image_size, patch, dim, depth, heads, dropout=dropout, pool=pool)
 
 
 class GPT(nn.Module):
