@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Every registered seed of the long reproductions (issue 24), one run at a time on one torch thread, in an
-# order that completes each paper's table before the next starts. Finished runs are read, not retrained,
-# and an interrupted one resumes from its checkpoint: after a stop, run this script again.
+# order that completes each paper's table before the next starts, then nowt's own fair ViT and GPT
+# comparisons (issue 28). Finished runs are read, not retrained, and an interrupted one resumes from its
+# checkpoint: after a stop, run this script again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1
 for entry in akrout2019:akrout2019 nokland2016:nokland2016 biotorch-mnist:biotorch2021 \
-             bartunov2018-mnist-fc:bartunov2018; do
+             bartunov2018-mnist-fc:bartunov2018 vit-rules-fair:vit-rules-fair gpt-rules:gpt-rules; do
   name=${entry%%:*} folder=${entry#*:}
   echo "== $(date -u +%FT%TZ) $name"
   .venv/bin/nowt reproduce "$name" --out "results/$folder" --no-progress > /dev/null

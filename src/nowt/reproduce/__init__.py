@@ -13,7 +13,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from nowt.reproduce import akrout2019, bartunov2018, biotorch2021, cheon2024, nokland2016, song2021, vit_rules
+from nowt.reproduce import (
+    akrout2019,
+    bartunov2018,
+    biotorch2021,
+    cheon2024,
+    gpt_rules,
+    nokland2016,
+    song2021,
+    vit_rules,
+)
 from nowt.reproduce.entry import (
     BAND,
     METRICS,
@@ -33,7 +42,8 @@ from nowt.reproduce.entry import (
 )
 
 PAPERS = {module.__name__.rsplit(".", 1)[1]: module
-          for module in (akrout2019, bartunov2018, nokland2016, biotorch2021, cheon2024, song2021, vit_rules)}
+          for module in (akrout2019, bartunov2018, nokland2016, biotorch2021, cheon2024, song2021, vit_rules,
+                        gpt_rules)}
 #: The one registry: name -> entry, in the order of PAPERS.
 REPRODUCTIONS: dict[str, Entry] = {entry.name: entry for module in PAPERS.values()
                                   for entry in module.ENTRIES}

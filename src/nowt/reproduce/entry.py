@@ -43,6 +43,7 @@ METRICS = {
     "final_test_error": lambda h: h[-1]["test_top1_error"],
     "final_train_error": lambda h: 100.0 - h[-1]["train_accuracy"],
     "best_top5_error": lambda h: min(r["test_top5_error"] for r in h),
+    "final_test_bpc": lambda h: h[-1]["test_bpc"],
     "output_angle": lambda h: _angle(h, -1),
     "hidden_angle": lambda h: _angle(h, 0),
 }

@@ -121,10 +121,25 @@ NOTES = ("Every rule trains with the same optimizer, schedule and epochs; wm run
          "one B for all 17 tokens. Fashion-MNIST needs --download or the Debian package "
          "dataset-fashion-mnist; without it those runs are reported as skipped.")
 
+#: The fair version (issue 28, registered 2026-12-03 before any of its runs): the same rows and budget, but
+#: each row's AdamW rate chosen from one grid on 6,000 examples held out of the training set (its first
+#: seed, final held-out accuracy), its three seeds then trained on all 60,000 at that rate.
+FAIR_GRID = (1e-4, 3e-4, 1e-3, 3e-3)
+FAIR_NOTES = (NOTES + " Every row's learning rate is chosen from the grid " + ", ".join(f"{lr:g}" for lr in
+              FAIR_GRID) + " on 6,000 training examples held out (class-balanced, seed 1), by the final "
+              "held-out accuracy of its first seed; the test set is not used to choose. Registered "
+              "2026-12-03, before any run.")
+
 ENTRIES = [
     Reproduction(
         name="vit-rules", paper="nowt's own experiment (no paper): learning rules on a small ViT",
         table="vit on MNIST and Fashion-MNIST, 8 rules x 3 seeds, one budget", config=CONFIG, runs=RUNS,
         published={}, quick=dict(epochs=1, train_size=2000), compare=summarize, run_figures=False,
         notes=NOTES),
+    Reproduction(
+        name="vit-rules-fair", paper="nowt's own experiment (no paper): learning rules on a small ViT, each "
+        "rule's learning rate chosen on held-out training data",
+        table="vit on MNIST and Fashion-MNIST, 8 rules x 3 seeds, one budget, lr per rule from one grid",
+        config=CONFIG, runs=RUNS, published={}, quick=dict(epochs=1, train_size=2000), compare=summarize,
+        run_figures=False, lr_grid=FAIR_GRID, holdout=6000, notes=FAIR_NOTES),
 ]

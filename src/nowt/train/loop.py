@@ -252,7 +252,8 @@ def train_epoch(learner: Learner, loader: Iterable, desc: str, device: str,
         loss_sum += step["loss"] * len(y)
         if "output" in step:  # logits of the batch before the update (a sequence's: per token)
             out, tokens = as_tokens(step["output"], y)
-            correct += (out.argmax(1) == tokens).sum() * (len(y) / len(tokens))
+            if len(tokens):  # a rank's empty shard (a last batch smaller than the world) scores nothing
+                correct += (out.argmax(1) == tokens).sum() * (len(y) / len(tokens))
         else:  # target propagation reports the batch's accuracy (%) before the update instead
             correct += step["accuracy"] * len(y) / 100
         if i % LOG_EVERY == 0:
