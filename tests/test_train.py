@@ -395,3 +395,14 @@ def test_patience_stops_once_the_best_test_error_is_that_many_epochs_old(monkeyp
     history = fit(TrainConfig(rule="bp", hidden=(8,), epochs=7, batch_size=100, patience=3), train, test,
                   progress=False)
     assert [r["test_top1_error"] for r in history] == [30.0, 20.0, 25.0, 21.0, 20.0]  # 20 again is not better
+
+
+def test_a_run_starts_by_printing_each_layers_rule_and_what_its_backward_reads(capsys):
+    from nowt.train import TrainConfig, fit
+
+    fit(TrainConfig(dataset="synthetic", hidden=(8,), epochs=1, rule="fa"), progress=True)
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split() == ["layer", "type", "rule", "feedback", "backward", "reads"]
+    assert out.splitlines()[1].split() == ["1", "nowt.layers.Linear", "fa", "(8,", "64)", "B"]
+    fit(TrainConfig(dataset="synthetic", hidden=(8,), epochs=1, rule="fa"), progress=False)
+    assert "backward reads" not in capsys.readouterr().out  # quiet runs (tests, --no-progress) print none

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from nowt import distributed, noise
 from nowt.checkpoint import load_checkpoint, save_checkpoint
+from nowt.inventory import summary
 from nowt.layers import feedback_layers
 from nowt.metrics import as_tokens, evaluate, output_collapsed, update_angles, weight_angles
 from nowt.progress import progress_bar
@@ -105,6 +106,8 @@ def _fit(cfg: TrainConfig, train, test, resume: bool, progress: bool) -> list[di
         model = build_model(cfg, input_shape, _num_classes(train, test), kind)
     out = Path(cfg.out_dir) if cfg.out_dir else None
     rank0 = distributed.world()[0] == 0
+    if rank0 and progress and kind.converts_model:  # each layer's rule and what its backward reads
+        summary(model)
     writes = out is not None and rank0  # under torchrun, rank 0 alone writes
     checkpoint = out / "checkpoint.pt" if out else None
     resuming = resume and checkpoint is not None and checkpoint.exists()
