@@ -1,6 +1,6 @@
 """Where Kolen-Pollack's extra step time goes, against FA's on the same model (issue 13).
 
-    python benchmarks/kp_cost.py [--threads 2] [--rounds 9] [--out benchmarks/kp_cost.json]
+    python benchmarks/kp_cost.py [--threads 2] [--rounds 9]   # a row of benchmarks/kp_cost.md
 
 KP does FA's arithmetic plus two weight-sized pieces of work that FA has not: B receives W's gradient
 (autograd hands one tensor to two leaves, so one of them gets a copy) and the optimizer steps B as well as
@@ -22,6 +22,7 @@ import statistics
 import time
 from datetime import date
 
+import history
 import torch
 import torch.nn.functional as F
 
@@ -34,7 +35,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=9)
     p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--out", default="benchmarks/kp_cost.json")
+    p.add_argument("--out", default=None, help="also write the run's raw numbers here")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -96,8 +97,13 @@ def main() -> None:
             round((ms["fa + copy + B step"] - ms["fa"]) / auto, 3),
     }
     print(json.dumps(result, indent=1))
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+    numbers = {**{f"{k} / autograd": v for k, v in result["ratio to autograd"].items()},
+               **{k.split(",")[0]: v for k, v in result.items() if k.endswith("share of autograd step")},
+               "autograd ms": result["ms"]["autograd"]}
+    history.record("kp_cost", {"MLP 784-1000-1000-10, batch 128": numbers}, threads=args.threads)
 
 
 if __name__ == "__main__":

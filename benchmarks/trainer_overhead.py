@@ -1,7 +1,7 @@
 """The trainer's own overhead: a training epoch of `nowt.train` against a bare PyTorch loop of the same model,
 data and batch, in the same run, as a ratio (issue 11: <= 1.15).
 
-    python benchmarks/trainer_overhead.py [--rounds 3] [--threads 1] [--out benchmarks/trainer_overhead.json]
+    python benchmarks/trainer_overhead.py [--rounds 3] [--threads 1]   # a row of trainer_overhead.md
 
 The workload is Akrout et al.'s official MNIST recipe (784-500-10 sigmoid, sigmoid cross-entropy, batches of
 128 in order, plain SGD, fused as nowt builds it): the bare loop is the plain autograd version of it, nowt's
@@ -19,6 +19,7 @@ import statistics
 import time
 from datetime import date
 
+import history
 import torch
 import torch.nn.functional as F
 
@@ -66,7 +67,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", default="benchmarks/trainer_overhead.json")
+    p.add_argument("--out", default=None, help="also write the run's raw numbers here")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     data = load_data(TrainConfig(**RECIPE))
@@ -84,8 +85,12 @@ def main() -> None:
               "kp_wm_ratio_to_fa": {k: med[k] / med["fa"] for k in ("kp", "wm")}}
     print(json.dumps({k: result[k] for k in ("median_seconds", "ratio_to_bare", "kp_wm_ratio_to_fa")},
                      indent=1))
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+    numbers = {**{f"{k} / bare": v for k, v in result["ratio_to_bare"].items()},
+               **{f"{k} / fa": v for k, v in result["kp_wm_ratio_to_fa"].items()}, "bare s": med["bare"]}
+    history.record("trainer_overhead", {"MNIST MLP epoch, one thread": numbers}, threads=args.threads)
 
 
 if __name__ == "__main__":
