@@ -27,7 +27,8 @@ every t (position_feedback="shared"), never another position's error (`storage.P
 module (a convolution, an input with no positions, cross-attention's memory of another length S) gets what
 an `[N, V]` output's error `sum_t e_t` would give it (`storage.Summed`). A full B fixes T (and S) at the
 first forward; lengths that vary between batches, and a projection that sees both queries and a memory of
-another length, need "shared". B's scale is that of the same shape in the `[N, n_out]` case.
+another length, need "shared". B's scale is that of the same shape in the `[N, n_out]` case. `error_at=NAME`
+takes e at that module's input instead (`capture.Context.error_point`): what runs after it learns by backprop.
 
 `conv_feedback="kernel"` gives each convolution BioTorch's B instead: `n_out x in_channels x kernel`, e
 spread over the output positions and sent back by the convolution's input gradient with B for W
