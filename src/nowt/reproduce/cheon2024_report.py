@@ -262,7 +262,35 @@ def write_report(summary: dict, out: Path, command: str) -> None:
         "",
     ]
     _plot_noise(noise, hiddens, out / "noise_pretraining.png")
+    at = 5 + 2 * bool(summary["quick"])
+    lines[at:at] = _verdict(noise, runs, claims)
     (out / "RESULTS.md").write_text("\n".join(lines))
+
+
+def _verdict(noise: dict, runs: dict, claims: list[list]) -> list[str]:
+    """The registered verdict in a few computed lines, placed above the tables."""
+    records = [r for k, r in noise.items() if k.startswith("100/fresh/")]
+    if not records:
+        return []
+    start, end = [_readout(r)[0] for r in records], [_readout(r)[-1] for r in records]
+    lines = ["## Verdict (registered rows, the paper's protocol)", "",
+             f"- Alignment: the readout's per-neuron angle {format_mean_std(start, 1)} -> "
+             f"{format_mean_std(end, 1)} degrees after the noise phase ({falls(start, end)}; lowest on the "
+             f"way {format_mean_std([min(_readout(r)) for r in records], 1)}): the paper's alignment "
+             f"{'falls here' if falls(start, end).startswith('falls') else 'is not reproduced'}."]
+    for setting, per_data in runs.items():
+        for name, per_cond in per_data.items():
+            cells = ", ".join(f"{c} {format_mean_std(_get(per_cond, c, lambda r: r['final_test_accuracy']))}"
+                              for c in ("bp", "fa", "fa+noise") if c in per_cond)
+            gaps = ", ".join(f"{c} {format_mean_std(_get(per_cond, c, lambda r: r['gap']['accuracy']))}"
+                             for c in ("bp", "fa", "fa+noise") if c in per_cond)
+            lines.append(f"- {setting}, {name}: test accuracy {cells}; gap (pts) {gaps}.")
+    counts = {word: sum(c[-1] == word for c in claims) for word in
+              ("borne out", "**reversed**", "no difference beyond the seed spread")}
+    lines += [f"- The paper's claims: {counts['borne out']} borne out, {counts['**reversed**']} reversed, "
+              f"{counts['no difference beyond the seed spread']} without a difference beyond the seed spread "
+              f"(of {len(claims)}; table below).", ""]
+    return lines
 
 
 def _plot_noise(noise: dict, hiddens: list[str], path: Path) -> None:
