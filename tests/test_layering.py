@@ -14,7 +14,7 @@ LEAVES = ("distributed", "checkpoint", "progress")
 #: Left to right; a module may import only those before it (and the other modules of its own package).
 ORDER = ("ops", "rules", "lc", "layers", "attention", "inventory", "convert", "mirror", "metrics",
          "feedback_scale", "measures", "optim", "noise", "theory", "models", "targetprop", "data", "train",
-         "report", "reproduce", "cli", "__main__")
+         "report", "reproduce", "integrations", "cli", "__main__")
 #: Every component is checked.
 CHECKED = ORDER
 

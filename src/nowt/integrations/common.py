@@ -1,0 +1,97 @@
+"""What every loop integration does, framework-free: run the rules' hooks and measure alignment."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from nowt.layers import feedback_layers, feedback_rules
+from nowt.metrics import weight_angles
+from nowt.rules.base import Rule
+
+#: The prefix of every metric the callbacks log.
+PREFIX = "nowt/"
+
+
+class RuleHooks:
+    """The rule instances of a converted model and their whole-model hooks."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.rules: list[Rule] = feedback_rules(model)
+
+    @property
+    def needs_forward(self) -> bool:
+        """Whether some rule's `begin_training` does anything (so needs layer shapes from a forward)."""
+        return any(type(r).begin_training is not Rule.begin_training for r in self.rules)
+
+    def begin(self, model: nn.Module, batch_size: int, forward: Callable[[], Any]) -> bool:
+        """`forward()` (one pass of a training batch, only where a rule needs it), then each rule's
+        `begin_training(model, batch_size)`. Returns whether the forward ran."""
+        ran = False
+        if self.needs_forward:
+            with torch.no_grad():
+                forward()
+            ran = True
+        for rule in self.rules:
+            rule.begin_training(model, batch_size)
+        return ran
+
+    def after_step(self, model: nn.Module, step: int) -> None:
+        for rule in self.rules:
+            rule.after_step(model, step)
+
+
+def alignment(model: nn.Module, per_layer: bool = False) -> dict[str, float]:
+    """{metric: degrees} for a logger: the mean, min and max of `nowt.weight_angles` over the layers whose
+    feedback is not W itself (bp layers are 0 by definition) and whose angle is defined, and with
+    `per_layer` each such layer's as `nowt/angle/<layer>`. {} where no layer has one."""
+    layers = feedback_layers(model)
+    angles = {n: a for n, a in weight_angles(model).items()
+              if n in layers and layers[n].rule.name != "bp" and math.isfinite(a)}
+    if not angles:
+        return {}
+    values = list(angles.values())
+    metrics = {f"{PREFIX}angle_mean": sum(values) / len(values), f"{PREFIX}angle_min": min(values),
+               f"{PREFIX}angle_max": max(values)}
+    if per_layer:
+        metrics.update({f"{PREFIX}angle/{n}": a for n, a in angles.items()})
+    return metrics
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """`batch` (tensors in mappings, lists and tuples) moved to `device`."""
+    if isinstance(batch, Tensor):
+        return batch.to(device)
+    if isinstance(batch, Mapping):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, list | tuple):
+        return type(batch)(to_device(v, device) for v in batch) if not hasattr(batch, "_fields") \
+            else type(batch)(*(to_device(v, device) for v in batch))
+    return batch
+
+
+def call_model(model: nn.Module, batch: Any) -> Any:
+    """The model on a batch as loaders give it: keyword arguments from a mapping (Hugging Face), the first
+    element of an (inputs, targets) list or tuple, or a tensor itself."""
+    if isinstance(batch, Mapping):
+        return model(**batch)
+    if isinstance(batch, list | tuple):
+        return model(batch[0])
+    return model(batch)
+
+
+def batch_length(batch: Any) -> int:
+    """The batch dimension of the first tensor in `batch`."""
+    if isinstance(batch, Tensor):
+        return batch.shape[0] if batch.dim() else 1
+    values = batch.values() if isinstance(batch, Mapping) else batch if isinstance(batch, list | tuple) \
+        else ()
+    for v in values:
+        n = batch_length(v)
+        if n:
+            return n
+    return 0
