@@ -105,16 +105,19 @@ class Recorder(transformers.TrainerCallback):
 
 @pytest.mark.parametrize("attached", [True, False])
 def test_attach_logs_through_trainer_log_so_earlier_callbacks_see_it(tmp_path, attached):
+    """`before` stands where report_to integrations stand (before the callbacks passed in), `after` after
+    nowt's: without attach only `after` sees the angles (merged into the Trainer's log of the step)."""
     model = nowt.convert(gpt2(), "fa", seed=0)
-    recorder = Recorder()
-    t = trainer(model, tmp_path, [recorder], logging_steps=100)  # the Trainer itself would not log
+    before, after = Recorder(), Recorder()
+    t = trainer(model, tmp_path, [before], logging_steps=100)  # the Trainer itself would not log
     if attached:
         hf.attach(t, log_every=LOG_EVERY)
     else:
         t.add_callback(hf.NowtCallback(log_every=LOG_EVERY))
+    t.add_callback(after)
     t.train()
-    seen = [e for e in recorder.logs if "nowt/angle_mean" in e]
-    assert len(seen) == (2 if attached else 0)
+    assert len([e for e in before.logs if "nowt/angle_mean" in e]) == (2 if attached else 0)
+    assert len([e for e in after.logs if "nowt/angle_mean" in e]) == 2
     assert len([e for e in t.state.log_history if "nowt/angle_mean" in e]) == 2
 
 
