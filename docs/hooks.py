@@ -2,10 +2,13 @@
 
 1. Option tables. A line `<!-- options: RULE [RULE...] -->` is followed by a markdown table whose first column is an
    option name in backticks and whose second is its default as a Python literal in backticks. The names must
-   be exactly `nowt.rules.rule_class(RULE).options` for each RULE named and each default equal to the code's; a mismatch is a
-   warning, so a changed default or a new option fails the docs build until the page says so. A marker
-   with no table after it says the rule takes no options.
-2. Repository paths. A backticked path that starts with one of `REPO_DIRS` (`results/akrout2019/RESULTS.md`)
+   be exactly the options `nowt.rules.rule_class(RULE)` declares for each RULE named and each default equal
+   to the code's (`Rule.defaults()`); a mismatch is a warning, so a changed default or a new option fails the
+   docs build until the page says so. A marker with no table after it says the rule takes no options.
+2. Rule flags. `<!-- rule-flags -->` becomes the list of the rule options that are `nowt train` flags, each
+   with the rules that declare it, read from the registry (`nowt.rules.config_options`): a new rule's flags
+   are listed with no edit to the page.
+3. Repository paths. A backticked path that starts with one of `REPO_DIRS` (`results/akrout2019/RESULTS.md`)
    must exist in the repository (glob characters and trailing `...` are left alone); the site cannot link
    outside `docs/`, so pages state such paths, and this check keeps them from going stale.
 """
@@ -37,7 +40,7 @@ def _check_options(rule: str, rows: list[str], page: str) -> None:
     from nowt.rules import rule_class  # imported here: only pages with an options table need nowt
 
     try:
-        declared = dict(rule_class(rule).options)
+        declared = rule_class(rule).defaults()
     except ValueError as e:
         log.warning(f"{page}: options table for {rule!r}: {e}")
         return
@@ -64,8 +67,34 @@ def _check_options(rule: str, rows: list[str], page: str) -> None:
                         f"{declared[key]!r}")
 
 
+RULE_FLAGS = "<!-- rule-flags -->"
+
+
+def _rule_flags(page: str) -> str:
+    """The rule options' flags grouped by the rules that declare them, each rule linked to its page if any."""
+    import os
+
+    from nowt.rules import config_options, rule_class, rules
+
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for name, option in config_options().items():
+        declaring = tuple(r for r in rules() if name in rule_class(r).options)
+        groups.setdefault(declaring, []).append(f"`{option.flag or '--' + name.replace('_', '-')}`")
+    here = os.path.dirname(page)
+
+    def link(rule: str) -> str:
+        target = f"rules/{rule}.md"
+        exists = (ROOT / "docs" / target).exists()
+        return f"[{rule}]({os.path.relpath(target, here or '.')})" if exists else rule
+
+    return "; ".join(f"{', '.join(flags)} ({', '.join(map(link, declaring))})"
+                     for declaring, flags in groups.items())
+
+
 def on_page_markdown(markdown: str, page, config, files) -> str:
     name = page.file.src_uri
+    if RULE_FLAGS in markdown:
+        markdown = markdown.replace(RULE_FLAGS, _rule_flags(name))
     lines = markdown.splitlines()
     for i, line in enumerate(lines):
         match = OPTIONS.match(line)

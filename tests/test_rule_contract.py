@@ -19,6 +19,7 @@ Every rule, whole-network ones too: `nowt.train.fit` for 2 epochs equals 1 epoch
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 
@@ -30,19 +31,22 @@ from torch import Tensor, nn
 
 import nowt
 from nowt.rules import _REGISTRY as REGISTRY
-from nowt.rules import RandomFeedbackRule, register, rule_class, rules
+from nowt.rules import Option, RandomFeedbackRule, declare, register, rule_class, rules
 from nowt.train import TrainConfig, fit
 
 TOY = "toy-scaled-fa"
 
 
 class ScaledFA(RandomFeedbackRule):
-    """A toy rule, registered only inside these tests: feedback alignment through B / 2."""
+    """A toy rule, registered only inside these tests: feedback alignment through B * toy_gain (B / 2), with
+    one option of its own declared here, which is all it takes to be a TrainConfig field and a flag."""
 
     name = TOY
+    options = {**RandomFeedbackRule.options,
+               **declare(Option("toy_gain", 0.5, "the toy's factor on B", gt=0.0, metavar="G"))}
 
     def feedback(self, layer: nn.Module) -> Tensor:
-        return layer.feedback * 0.5
+        return layer.feedback * self.toy_gain
 
 
 def tiny_vit() -> nn.Module:
@@ -282,3 +286,39 @@ def test_the_toy_rule_differs_from_fa_so_its_tests_are_its_own():
         assert rule_class(TOY) is ScaledFA
     finally:
         REGISTRY.pop(TOY)
+
+
+def test_the_toy_rule_s_option_is_a_config_field_a_flag_and_checked_while_it_is_registered():
+    """The toy declares `toy_gain` in its own class (no edit to train/config.py or cli.py): registered, it is
+    a TrainConfig field, TOML key and `nowt train` flag, checked from its declaration on both sides, passed to
+    the rule and refused for other rules; unregistered, all of that is gone again."""
+    from nowt.cli import build_parser, config_from_args
+    from nowt.train import rule_options
+    from nowt.train.config import FIELDS
+
+    assert "toy_gain" not in FIELDS
+    register(ScaledFA)
+    try:
+        field = FIELDS["toy_gain"]
+        assert (field.default, field.metadata["rule_option"], field.metadata["gt"]) == (0.5, True, 0.0)
+        cfg = TrainConfig(rule=TOY, toy_gain=0.25).validate()
+        assert cfg.identity()["toy_gain"] == 0.25 and "toy_gain" not in TrainConfig(rule="fa").identity()
+        assert rule_options(cfg) == {"toy_gain": 0.25}
+        assert TrainConfig.from_dict({"rule": TOY, "toy-gain": 2}).toy_gain == 2.0  # a TOML key
+        with pytest.raises(ValueError, match=r"^toy_gain \(--toy-gain\) must be > 0.0, got -1.0$"):
+            TrainConfig(rule=TOY, toy_gain=-1.0).validate()
+        with pytest.raises(ValueError, match=r"^toy_gain must be a number > 0.0, got 0$"):
+            nowt.make_rule(TOY, toy_gain=0)
+        with pytest.raises(ValueError, match=f"^--toy-gain applies only to: {TOY} \\(not 'fa'\\)$"):
+            rule_options(TrainConfig(rule="fa", toy_gain=2.0))
+        parser = build_parser()
+        cfg = config_from_args(parser.parse_args(["train", "--rule", TOY, "--toy-gain", "0.75"]))
+        assert cfg.toy_gain == 0.75
+        (sub,) = [a for a in parser._actions if getattr(a, "choices", None) and "train" in a.choices]
+        assert f"the toy's factor on B (rule option of: {TOY}) (default: 0.5)" in \
+            " ".join(sub.choices["train"].format_help().split())
+        model = nowt.train.build_model(cfg, (5,), 2)
+        assert {m.rule.toy_gain for m in model.modules() if hasattr(m, "rule")} == {0.75}
+    finally:
+        REGISTRY.pop(TOY)
+    assert "toy_gain" not in FIELDS and "toy_gain" not in dataclasses.asdict(TrainConfig())

@@ -119,10 +119,10 @@ def test_target_propagation_registers_whole_network_rules_with_a_learner():
     assert whole and whole == list(ALGORITHMS)  # target propagation registers each of its algorithms
     assert nowt.rules()[-len(whole):] == whole  # listed after every per-layer rule
     cls = rule_class("sdtp")
-    assert issubclass(cls, WholeNetworkRule) and cls.options == {
+    assert issubclass(cls, WholeNetworkRule) and cls.defaults() == {
         "schedule": "parallel", "alternate_every": 0, "inverse_lr": 1e-4, "inverse_betas": (0.9, 0.999),
         "inverse_eps": 1e-8, "sigma": 0.1}  # no alpha: the top target is through g_L
-    assert rule_class("dtp").options["alpha"] == 0.1
+    assert rule_class("dtp").defaults()["alpha"] == 0.1
     assert not issubclass(rule_class("dfa"), WholeNetworkRule)
     net = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))
     learner = cls.learner(net, lr=0.01, seed=0, schedule="alternating")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from dataclasses import MISSING, fields, replace
+from dataclasses import MISSING, replace
 from pathlib import Path
 from types import UnionType
 from typing import NoReturn, Union, get_args, get_origin, get_type_hints
@@ -61,10 +61,12 @@ def _flag_type(hint) -> type | None:
 
 def add_training_args(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
     """A flag per TrainConfig field, generated from its metadata (help, choices, flag name): the dest is
-    the field name, so a TOML file can set any of them. Values are checked by `TrainConfig.validate`."""
+    the field name, so a TOML file can set any of them. Values are checked by `TrainConfig.validate`. The
+    rule options are those of the rules registered when this runs."""
     p.add_argument("--config", help="TOML file of TrainConfig fields (flags given here override it)")
+    config_fields = list(FIELDS.values())  # brings the rule-option fields in step with the registry
     hints = get_type_hints(TrainConfig)
-    for f in fields(TrainConfig):
+    for f in config_fields:
         if f.name in skip or not f.metadata.get("cli", True):
             continue
         default = f.default if f.default is not MISSING else None
@@ -184,7 +186,7 @@ def read_toml(path: str, command: str = "train") -> dict:
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise ValueError(f"cannot read config {path}: {e}") from None
     values = {k.replace("-", "_"): v for k, v in values.items()}
-    allowed = {f.name for f in fields(TrainConfig) if f.metadata.get("cli", True)}
+    allowed = {f.name for f in FIELDS.values() if f.metadata.get("cli", True)}
     allowed = allowed - {"rule"} | {"rules"} if command == "compare" else allowed
     unknown = sorted(set(values) - allowed)
     if unknown:

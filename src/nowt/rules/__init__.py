@@ -1,4 +1,5 @@
-"""The registry of learning rules, by name. Adding a rule: one file with a `Rule` subclass, one line here."""
+"""The registry of learning rules, by name. Adding a rule: one file with a `Rule` subclass (its options
+declared on it, `Option`), one line here."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from typing import Any
 
 from torch import nn
 
-from nowt.rules.base import RandomFeedbackRule, Rule, random_matrix
+from nowt.rules.base import Option, RandomFeedbackRule, Rule, check_option, declare, random_matrix
 
 _REGISTRY: dict[str, type[Rule]] = {}
 
@@ -21,6 +22,20 @@ def register(cls: type[Rule]) -> type[Rule]:
 def rules() -> list[str]:
     """The names of every learning rule nowt knows."""
     return list(_REGISTRY)
+
+
+def config_options() -> dict[str, Option]:
+    """Every option a registered rule declares with `config=True`, by name, in registry order (a rule's in
+    its own order): what `nowt.train.TrainConfig`'s rule-option fields and `nowt train`'s flags are made of.
+    A name has one declaration: rules that share an option share its `Option` (declare it on their common
+    base), and two different declarations of one name raise ValueError."""
+    found: dict[str, Option] = {}
+    for name, cls in _REGISTRY.items():
+        for key, option in cls.options.items():
+            if option.config and found.setdefault(key, option) != option:
+                raise ValueError(f"rule {name!r} declares option {key!r} differently from an earlier rule; "
+                                 f"declare it once, on a class both rules share")
+    return found
 
 
 def make_rule(rule: str | Rule, **options: Any) -> Rule:
@@ -68,13 +83,13 @@ class WholeNetworkRule(Rule):
 
     @classmethod
     def resolve_options(cls, options: dict[str, Any]) -> dict[str, Any]:
-        """`cls.options` updated by `options`; a ValueError names the unknown ones."""
+        """`cls.defaults()` updated by `options`; a ValueError names the unknown ones."""
         unknown = set(options) - set(cls.options)
         if unknown:
             known = ", ".join(sorted(cls.options)) or "none"
             raise ValueError(f"rule {cls.name!r} got unknown option(s) {sorted(unknown)}; "
                              f"its options: {known}")
-        return {**cls.options, **options}
+        return {**cls.defaults(), **options}
 
 
 # Registration order is the order `rules()` lists them in (target propagation's names follow, registered
@@ -85,5 +100,5 @@ for _cls in (backprop.Backprop, fa.FeedbackAlignment, sign.USF, sign.BRSF, sign.
              wm.WeightMirror, dfa.DirectFeedback, dfa.IndirectFeedback):
     register(_cls)
 
-__all__ = ["RandomFeedbackRule", "Rule", "WholeNetworkRule", "make_rule", "random_matrix", "register",
-           "rule_class", "rules"]
+__all__ = ["Option", "RandomFeedbackRule", "Rule", "WholeNetworkRule", "check_option", "config_options",
+           "declare", "make_rule", "random_matrix", "register", "rule_class", "rules"]

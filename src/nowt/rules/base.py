@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, ClassVar
+import numbers
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Union, get_args, get_origin
 
 import torch
 from torch import Tensor, nn
@@ -20,6 +24,112 @@ INITS = ("match", "kaiming_uniform", "kaiming_normal", "xavier_uniform", "xavier
 FAN_IN_INIT = "kaiming_uniform"
 
 
+@dataclass(frozen=True)
+class Option:
+    """One option of a rule, declared once: on the rule's class, or on the base class of the rules that share
+    it (`init` and `scale` on `RandomFeedbackRule`; target propagation's on its rule class).
+
+    Everything else is made from it: the rule's attribute and default (`Rule.__init__`), its check
+    (`check_option`, called by `Rule.validate`), and, where `config` is true, a `nowt.train.TrainConfig`
+    field, TOML key and `nowt train` flag (`nowt.train.schema`), refused for the rules that do not declare it.
+
+    Attributes:
+      name, default: the keyword and its value when not given.
+      help: what it does (the flag's help text).
+      kind: its type where `default` does not say it (a None or tuple default): `float | None`,
+        `tuple[str, ...]`.
+      choices: the values allowed, in the order the help lists them.
+      min, gt, lt: numeric bounds (>=, >, <), of each entry for a tuple.
+      what: the noun the range error uses ("a number of batches"; by default "an int" or "a number").
+      length: how many entries a tuple option takes.
+      config: False for an option with no TrainConfig field and no flag (a callable, a storage choice for
+        callers of `nowt.convert`, one `nowt train` sets itself).
+      flag, metavar: the CLI flag when not --name, and its metavar when not NAME.
+      train: where TrainConfig's field differs from the rule's own default or bounds, e.g.
+        {"default": 256, "min": 1} (the weight mirror's warm-up batch: the rule's 0 plans it per layer).
+    """
+
+    name: str
+    default: Any
+    help: str = ""
+    kind: Any = None
+    choices: tuple[Any, ...] | None = None
+    min: float | None = None
+    gt: float | None = None
+    lt: float | None = None
+    what: str = ""
+    length: int | None = None
+    config: bool = True
+    flag: str | None = None
+    metavar: str | None = None
+    train: Mapping[str, Any] = field(default_factory=dict, hash=False)
+
+    @property
+    def hint(self) -> Any:
+        """The option's type: `kind`, or the type of its default."""
+        return self.kind if self.kind is not None else type(self.default)
+
+    def bounds(self, **overrides: Any) -> dict[str, float]:
+        """{"min" / "gt" / "lt": bound} of the bounds declared (`overrides` replace them: TrainConfig's)."""
+        found = {k: getattr(self, k) for k in ("min", "gt", "lt") if getattr(self, k) is not None}
+        return {**found, **{k: v for k, v in overrides.items() if k in ("min", "gt", "lt")}}
+
+
+def declare(*options: Option) -> dict[str, Option]:
+    """A rule's `options`, {name: Option}, in the order given (the order of the flags and of `repr`)."""
+    return {o.name: o for o in options}
+
+
+def bounds_text(bounds: Mapping[str, float]) -> str:
+    """">= 0 and < 1" for {"min": 0, "lt": 1}."""
+    signs = {"min": ">=", "gt": ">", "lt": "<"}
+    return " and ".join(f"{signs[k]} {bounds[k]}" for k in signs if k in bounds)
+
+
+def in_bounds(bounds: Mapping[str, float], x: Any) -> bool:
+    """Whether the number x is within `bounds` (NaN never is)."""
+    return not (("min" in bounds and not x >= bounds["min"]) or ("gt" in bounds and not x > bounds["gt"])
+                or ("lt" in bounds and not x < bounds["lt"]))
+
+
+def _is_number(kind: Any, value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) if kind is int else isinstance(value, numbers.Real)
+
+
+def check_option(option: Option, value: Any) -> None:
+    """The one check of a rule option's value, from its declaration: a choice among `choices`, a number of its
+    type within its bounds (each entry of a tuple, and their count). Other types (strings, flags, callables)
+    are the rule's own `validate`'s to check. Raises ValueError naming the option."""
+    hint, name = option.hint, option.name
+    optional = get_origin(hint) in (Union, types.UnionType) and type(None) in get_args(hint)
+    kind = next(a for a in get_args(hint) if a is not type(None)) if optional else hint
+    if value is None and (optional or option.default is None):
+        return
+    if option.choices is not None:
+        if value not in option.choices:
+            choices = [str(c) for c in option.choices]
+            either = " or ".join(choices) if len(choices) == 2 else "one of " + ", ".join(choices)
+            raise ValueError(f"unknown {name} {value!r}; choose {either}")
+        return
+    bounds = option.bounds()
+    if get_origin(kind) is tuple:
+        element = get_args(kind)[0]
+        if element not in (int, float) or not (bounds or option.length):
+            return
+        count = f"{option.length} " if option.length else "a list of "
+        what = option.what or count + ("ints" if element is int else "numbers")
+        if not (isinstance(value, list | tuple) and (not option.length or len(value) == option.length)
+                and all(_is_number(element, v) and in_bounds(bounds, v) for v in value)):
+            raise ValueError(f"{name} must be {what} {bounds_text(bounds)}, got {value!r}")
+        return
+    if kind in (int, float) and not (_is_number(kind, value) and in_bounds(bounds, value)):
+        what = option.what or ("an int" if kind is int else "a number")
+        text = " ".join(p for p in (what, bounds_text(bounds), "or None" if optional else "") if p)
+        raise ValueError(f"{name} must be {text}, got {value!r}")
+
+
 class Rule:
     """A learning rule for a layer. Subclasses set `name` and override `setup` and/or `feedback`.
 
@@ -29,7 +139,8 @@ class Rule:
     """
 
     name: ClassVar[str] = ""
-    options: ClassVar[dict[str, Any]] = {}  # option name -> default
+    #: The options the rule takes, each declared once (`Option`), by name: `declare(Option(...), ...)`.
+    options: ClassVar[dict[str, Option]] = {}
     #: True where the backward pass reads the layer's own forward weights (backprop, sign symmetry).
     transports_weights: ClassVar[bool] = True
 
@@ -40,12 +151,20 @@ class Rule:
             raise ValueError(
                 f"rule {self.name!r} got unknown option(s) {sorted(unknown)}; its options: {known}"
             )
-        for key, default in self.options.items():
-            setattr(self, key, options.get(key, default))
+        for key, option in self.options.items():
+            setattr(self, key, options.get(key, option.default))
         self.validate()
 
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """{option name: default}."""
+        return {name: option.default for name, option in cls.options.items()}
+
     def validate(self) -> None:
-        """Checks option values; raises ValueError on a bad one."""
+        """Checks option values, each against its declaration (`check_option`); raises ValueError on a bad
+        one. A rule overrides it (calling this first) for what one option's declaration cannot say."""
+        for key, option in self.options.items():
+            check_option(option, getattr(self, key))
 
     def setup(self, layer: FeedbackLayer, generator: torch.Generator) -> None:
         """Creates the layer's feedback state (called once, by `nowt.convert`)."""
@@ -151,14 +270,12 @@ def random_matrix(
 class RandomFeedbackRule(Rule):
     """Base of the rules whose feedback starts as a seeded random matrix B stored on the layer."""
 
-    options: ClassVar[dict[str, Any]] = {"init": "match", "scale": 1.0}
+    options: ClassVar[dict[str, Option]] = declare(
+        Option("init", "match", "B's initial distribution (see `random_matrix`)", choices=INITS,
+               config=False),
+        Option("scale", 1.0, "a factor on B's initial draw", gt=0.0, config=False),
+    )
     transports_weights = False
-
-    def validate(self) -> None:
-        if self.init not in INITS:
-            raise ValueError(f"unknown init {self.init!r}; choose one of {', '.join(INITS)}")
-        if not self.scale > 0:
-            raise ValueError(f"scale must be positive, got {self.scale}")
 
     def weight_std(self, layer: FeedbackLayer) -> float | None:
         """The spread "match" draws B at: std(W) over all of the layer's weight entries (a convolution's

@@ -57,10 +57,7 @@ class _SignSymmetry(RandomFeedbackRule):
 
 class USF(_SignSymmetry):
     name = "usf"
-    options: ClassVar[dict] = {}
-
-    def validate(self) -> None:
-        """usf has no options: its magnitude is mean(|W|)."""
+    options: ClassVar[dict] = {}  # no options: its magnitude is mean(|W|)
 
     def magnitude(self, layer) -> torch.Tensor:
         w = layer.weight

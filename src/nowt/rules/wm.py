@@ -31,14 +31,14 @@ mirror_warmup_batch=128, mirror_noise="uniform", mirror_noise_std=0.1/sqrt(12), 
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from nowt.distributed import all_reduce_sum_, noise_for_shard, world
 from nowt.ops import LinearOp
-from nowt.rules.base import RandomFeedbackRule, host_value, increment_buffer
+from nowt.rules.base import Option, RandomFeedbackRule, declare, host_value, increment_buffer
 
 #: The default schedule: warm-up noise batch (per process); a mirror step after every MIRROR_EVERY optimizer
 #: steps with a noise batch of MIRROR_EVERY / MIRROR_BATCH_DIVISOR of the training batch.
@@ -57,32 +57,28 @@ class WeightMirror(RandomFeedbackRule):
     """B learned by mirror steps (`mirror_layers`); the rule's hooks run them on the training schedule."""
 
     name = "wm"
-    options: ClassVar[dict[str, Any]] = {
-        **RandomFeedbackRule.options, "mirror_steps": 1, "mirror_warmup": 300, "mirror_every": MIRROR_EVERY,
-        "mirror_batch": 0, "mirror_warmup_batch": 0, "mirror_lr": None,
-        "mirror_decay": None, "mirror_noise": "normal", "mirror_noise_std": 1.0, "mirror_activation": "none",
-        "mirror_normalize": True, "mirror_anneal": MIRROR_ANNEAL,
-    }
-
-    def validate(self) -> None:
-        super().validate()
-        for key in ("mirror_steps", "mirror_warmup", "mirror_batch", "mirror_warmup_batch"):
-            value = getattr(self, key)
-            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
-                raise ValueError(f"{key} must be an int >= 0, got {value!r}")
-        for key in ("mirror_every",):
-            value = getattr(self, key)
-            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
-                raise ValueError(f"{key} must be an int >= 1, got {value!r}")
-        if self.mirror_noise not in NOISES:
-            raise ValueError(f"mirror_noise must be one of {', '.join(NOISES)}, got {self.mirror_noise!r}")
-        if self.mirror_activation not in ACTIVATIONS:
-            raise ValueError(f"mirror_activation must be one of {', '.join(ACTIVATIONS)}, "
-                             f"got {self.mirror_activation!r}")
-        _check_step(self.mirror_lr, self.mirror_decay, self.mirror_noise_std)
-        if isinstance(self.mirror_anneal, bool) or not self.mirror_anneal >= 0:
-            raise ValueError(f"mirror_anneal must be a number >= 0 (0: a fixed step), "
-                             f"got {self.mirror_anneal!r}")
+    options: ClassVar[dict[str, Option]] = {**RandomFeedbackRule.options, **declare(
+        Option("mirror_steps", 1, "mirror steps after every --mirror-every-th optimizer step", min=0),
+        Option("mirror_warmup", 300, "mirror steps before training", min=0),
+        Option("mirror_every", MIRROR_EVERY, "optimizer steps between mirror steps", min=1),
+        Option("mirror_batch", 0, "noise batch of a training mirror step; 0: mirror_every / 8 of the batch",
+               min=0),
+        # nowt train keeps the fixed warm-up batch every recipe ran with; the rule's 0 sizes it per layer
+        Option("mirror_warmup_batch", 0, "noise batch of a warm-up mirror step", min=0,
+               train={"default": MIRROR_WARMUP_BATCH, "min": 1}),
+        Option("mirror_lr", None, "mirror step size; default: automatic, shrinking as evidence accumulates",
+               kind=float | None, gt=0.0),
+        Option("mirror_anneal", MIRROR_ANNEAL, "the automatic mirror step after the t-th training mirror "
+               "step is min(lr_auto, A / t); 0: a fixed step", min=0.0),
+        Option("mirror_decay", None, "decay of B per mirror step; default: the step (a moving average); "
+               "0: accumulate", kind=float | None, min=0.0, lt=1.0),
+        Option("mirror_noise", "normal", "distribution of the mirror's noise", choices=NOISES),
+        Option("mirror_noise_std", 1.0, "standard deviation of the mirror's noise", gt=0.0),
+        Option("mirror_activation", "none", "the mirror's response: W x (none) or act(W x + b)",
+               choices=tuple(ACTIVATIONS)),
+        Option("mirror_normalize", True, "the mirror's estimate is y x^T / (s^2 n), an estimate of W; "
+               "--no-mirror-normalize: the raw sum y x^T (the paper's)"),
+    )}
 
     def setup(self, layer, generator: torch.Generator) -> None:
         super().setup(layer, generator)

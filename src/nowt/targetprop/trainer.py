@@ -15,6 +15,7 @@ from nowt.lc import LocallyConnected2d
 from nowt.metrics import angle
 from nowt.optim import make_optimizer
 from nowt.rules import WholeNetworkRule
+from nowt.rules.base import Option, check_option, declare
 from nowt.targetprop.algorithms import (
     get_algorithm,
     gradient_target,
@@ -26,6 +27,21 @@ from nowt.targetprop.algorithms import (
 from nowt.targetprop.networks import AuxiliaryFeatures, make_inverse, weight_layer
 
 SCHEDULES = ("parallel", "alternating")
+#: Target propagation's options, declared once: the defaults of `TargetPropTrainer`, the options of its four
+#: rules (sdtp and ao-sdtp leave out alpha: their top target comes through g_L) and their `nowt train` flags.
+OPTIONS: dict[str, Option] = declare(
+    Option("schedule", "parallel", "target propagation: train inverses with the forward weights "
+           "(parallel) or alternate by epoch (or --alternate-every)", choices=SCHEDULES),
+    Option("alternate_every", 0, "target propagation, alternating schedule: switch every N batches instead "
+           "of every epoch (0)", min=0, what="a number of batches", metavar="N"),
+    Option("inverse_lr", 1e-4, "target propagation: Adam lr of the inverses g", gt=0.0),
+    Option("inverse_betas", (0.9, 0.999), "target propagation: Adam betas of the inverses",
+           kind=tuple[float, ...], min=0.0, lt=1.0, length=2, metavar="B1,B2"),
+    Option("inverse_eps", 1e-8, "target propagation: Adam epsilon of the inverses", gt=0.0),
+    Option("sigma", 0.1, "target propagation: std of the noise that corrupts h in the inverse loss", min=0.0),
+    Option("alpha", 0.1, "target propagation (tp, dtp): step size of the penultimate layer's target", gt=0.0),
+)
+_D = {name: option.default for name, option in OPTIONS.items()}
 _SHAPE_MODULES = (nn.Flatten, nn.Unflatten)
 _WEIGHT_LAYERS = (nn.Linear, LocallyConnected2d)
 
@@ -118,32 +134,31 @@ class TargetPropTrainer:
         self,
         network: nn.Module,
         algorithm: str = "dtp",
-        schedule: str = "parallel",
+        schedule: str = _D["schedule"],
         *,
-        alternate_every: int = 0,
+        alternate_every: int = _D["alternate_every"],
         lr: float = 1e-4,
-        inverse_lr: float = 1e-4,
+        inverse_lr: float = _D["inverse_lr"],
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
-        inverse_betas: tuple[float, float] = (0.9, 0.999),
-        inverse_eps: float = 1e-8,
-        sigma: float = 0.1,
-        alpha: float = 0.1,
+        inverse_betas: tuple[float, float] = _D["inverse_betas"],
+        inverse_eps: float = _D["inverse_eps"],
+        sigma: float = _D["sigma"],
+        alpha: float = _D["alpha"],
         aux_size: int = 512,
         denoise: bool | None = None,
         inverses: Mapping[int, nn.Module] | None = None,
         seed: int = 0,
     ) -> None:
         self.algorithm = get_algorithm(algorithm)
-        if schedule not in SCHEDULES:
-            raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
-        if not (isinstance(alternate_every, int) and alternate_every >= 0):
-            raise ValueError(f"alternate_every must be a number of batches >= 0, got {alternate_every!r}")
+        given = dict(schedule=schedule, alternate_every=alternate_every, inverse_lr=inverse_lr,
+                     inverse_betas=inverse_betas, inverse_eps=inverse_eps, sigma=sigma, alpha=alpha)
+        for name, value in given.items():
+            check_option(OPTIONS[name], value)
         if alternate_every and schedule != "alternating":
             raise ValueError(f"alternate_every applies to schedule='alternating' only, not {schedule!r}")
-        if not (lr > 0 and inverse_lr > 0 and sigma >= 0 and alpha > 0):
-            raise ValueError(f"need lr > 0, inverse_lr > 0, sigma >= 0 and alpha > 0; got lr={lr}, "
-                             f"inverse_lr={inverse_lr}, sigma={sigma}, alpha={alpha}")
+        if not lr > 0:
+            raise ValueError(f"need lr > 0, got lr={lr}")
         if self.algorithm.auxiliary and not (isinstance(aux_size, int) and aux_size > 0):
             raise ValueError(f"aux_size must be a positive int, got {aux_size!r}")
         self.schedule, self.alternate_every, self.sigma, self.alpha = schedule, alternate_every, sigma, alpha
@@ -333,9 +348,7 @@ class TargetPropagationRule(WholeNetworkRule):
     """The registry entry of one target-propagation algorithm (its `name`): `nowt train --rule dtp` and
     `rule_class("dtp").learner(net, lr=..., seed=...)` build a `TargetPropTrainer`."""
 
-    options: ClassVar[dict[str, Any]] = {"schedule": "parallel", "alternate_every": 0, "inverse_lr": 1e-4,
-                                         "inverse_betas": (0.9, 0.999), "inverse_eps": 1e-8, "sigma": 0.1,
-                                         "alpha": 0.1}
+    options: ClassVar[dict[str, Option]] = OPTIONS
 
     @classmethod
     def usage(cls) -> str:

@@ -1,6 +1,7 @@
 """One training loop for every rule: `fit(TrainConfig(rule="fa"))`.
 
     config.py     TrainConfig: every field's default, choices, range and help; `validate()`, `from_dict()`
+    schema.py     the fields' metadata and checks; the rule options' fields, made from the rules' `Option`s
     factories.py  loaders, model (converted to its rule), optimizer, lr schedule, loss, rule options
     kinds.py      learner_kind: per-layer or whole-network, decided once; what follows from it (LearnerKind)
     learners.py   what one batch does: RuleLearner (per-layer rules, DFA) or WholeNetworkLearner (a

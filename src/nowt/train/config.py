@@ -2,28 +2,35 @@
 
 Each field carries its help text, choices, range and flag name in `field(metadata=...)`, so the command line
 (`nowt.cli` builds its flags from these fields), TOML files and Python callers share one set of defaults and
-one validation path: `TrainConfig.validate()` (and `TrainConfig.from_dict` for raw TOML values).
-
-metadata keys: help (str), choices (tuple, or a function returning the names, for registries filled at
-import time), flag (the CLI flag when not --field-name), metavar, min / gt / lt (numeric bounds, also for
-each entry of a tuple), cli (False: no flag), rule_option (True: passed to the rules that declare it).
+one validation path: `TrainConfig.validate()` (and `TrainConfig.from_dict` for raw TOML values). The metadata
+keys, and how the rule options' fields are made from the rules' own declarations: `nowt.train.schema`.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import types
 from collections.abc import Mapping
-from dataclasses import MISSING, Field, asdict, dataclass, field, fields
+from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import TYPE_CHECKING, Any, get_args, get_type_hints
 
 import torch
 
+import nowt.targetprop  # noqa: F401  (registers target propagation's rules, whose options are fields here)
 from nowt.rules import rule_class, rules
-from nowt.rules.wm import MIRROR_ANNEAL, MIRROR_EVERY, MIRROR_WARMUP_BATCH
 from nowt.train.kinds import learner_kind
+from nowt.train.schema import (
+    _PLURAL,
+    FieldsByName,
+    RuleOptionFields,
+    _f,
+    check_value,
+    choices_of,
+    flag_name,
+    is_default,
+    parse_list,
+    with_rule_options,
+)
 
 #: Config fields that say where and how fast a run goes, not what it computes: a resume may change them.
 NOT_IDENTITY = ("out_dir", "data_dir", "download", "device", "num_workers")
@@ -53,16 +60,19 @@ def _activations() -> list[str]:
     return sorted(ACTIVATIONS)
 
 
-def _f(default: Any, help: str, **meta: Any) -> Any:
-    """A dataclass field whose metadata the CLI and `validate` read."""
-    if isinstance(default, dict):
-        return field(default_factory=dict, metadata={"help": help, **meta})
-    return field(default=default, metadata={"help": help, **meta})
+@with_rule_options(after="channels_last")
+class TrainConfig(metaclass=RuleOptionFields):
+    """One training run. Field names are TOML keys; flags are --field-name unless metadata says otherwise.
 
+    Besides the fields written here, one field per rule option that a registered rule declares for the
+    config (`nowt.rules.config_options`: the weight mirror's `mirror_*`, DFA's `conv_feedback`, `blocks`,
+    `position_feedback`, target propagation's `schedule`, `alternate_every`, `inverse_*`, `sigma`,
+    `alpha`), after `channels_last`, generated from the rule's `Option` and kept in step with the registry
+    (`nowt.train.schema`); each is passed to the rules that declare it and refused for the others.
+    """
 
-@dataclass
-class TrainConfig:
-    """One training run. Field names are TOML keys; flags are --field-name unless metadata says otherwise."""
+    if TYPE_CHECKING:  # the rule-option fields, made from the registry
+        def __getattr__(self, name: str) -> Any: ...
 
     rule: str = _f("fa", "learning rule", choices=_rules)
     model: str = _f("mlp", "model (nowt.models registry)", choices=_models)
@@ -87,7 +97,7 @@ class TrainConfig:
     lr: float = _f(0.01, "learning rate", gt=0.0)
     momentum: float = _f(0.9, "momentum (sgd, rmsprop)", min=0.0)
     adam_betas: tuple[float, ...] = _f((0.9, 0.999), "Adam's / AdamW's betas (target propagation's forward "
-                                       "optimizer too)", min=0.0, lt=1.0, metavar="B1,B2")
+                                       "optimizer too)", min=0.0, lt=1.0, length=2, metavar="B1,B2")
     adam_eps: float = _f(1e-8, "Adam's / AdamW's epsilon (target propagation's forward optimizer too)",
                          gt=0.0)
     weight_decay: float = _f(0.0, "L2 weight decay", min=0.0)
@@ -103,51 +113,6 @@ class TrainConfig:
     amp: str = _f("off", "bf16: forward and backward under torch.autocast in bfloat16 (weights stay fp32)",
                   choices=("off", "bf16"))
     channels_last: bool = _f(False, "NHWC memory format for the model and image batches (faster GPU convs)")
-    mirror_steps: int = _f(1, "mirror steps after every --mirror-every-th optimizer step", min=0,
-                           rule_option=True)
-    mirror_warmup: int = _f(300, "mirror steps before training", min=0, rule_option=True)
-    mirror_every: int = _f(MIRROR_EVERY, "optimizer steps between mirror steps", min=1, rule_option=True)
-    mirror_batch: int = _f(0, "noise batch of a training mirror step; 0: mirror_every / 8 of the batch",
-                           min=0, rule_option=True)
-    mirror_warmup_batch: int = _f(MIRROR_WARMUP_BATCH, "noise batch of a warm-up mirror step", min=1,
-                                  rule_option=True)
-    mirror_lr: float | None = _f(None, "mirror step size; default: automatic, shrinking as evidence "
-                                 "accumulates", gt=0.0, rule_option=True)
-    mirror_anneal: float = _f(MIRROR_ANNEAL, "the automatic mirror step after the t-th training mirror step "
-                              "is min(lr_auto, A / t); 0: a fixed step", min=0.0, rule_option=True)
-    mirror_decay: float | None = _f(None, "decay of B per mirror step; default: the step (a moving average); "
-                                    "0: accumulate", min=0.0, lt=1.0, rule_option=True)
-    mirror_noise: str = _f("normal", "distribution of the mirror's noise", choices=("normal", "uniform"),
-                           rule_option=True)
-    mirror_noise_std: float = _f(1.0, "standard deviation of the mirror's noise", gt=0.0, rule_option=True)
-    mirror_activation: str = _f("none", "the mirror's response: W x (none) or act(W x + b)",
-                                choices=("none", "sigmoid", "tanh", "relu"), rule_option=True)
-    mirror_normalize: bool = _f(True, "the mirror's estimate is y x^T / (s^2 n), an estimate of W; "
-                                "--no-mirror-normalize: the raw sum y x^T (the paper's)", rule_option=True)
-    conv_feedback: str = _f("full", "dfa: a convolution's B spans its whole input (full) or is "
-                            "BioTorch's n_out x in_channels x kernel, e spread over the output positions "
-                            "(kernel)",
-                            choices=("full", "kernel"), rule_option=True)
-    blocks: tuple[str, ...] = _f((), "dfa: modules whose output gets B e as a whole, with backprop inside "
-                                 "them (Launay et al. 2020), by name or glob, e.g. 'blocks.*' for vit",
-                                 metavar="NAME[,NAME...]", rule_option=True)
-    position_feedback: str = _f("full", "dfa: a sequence's B, for Linear inputs and block outputs (N, T, C): "
-                                "n_out x T x C (full) or one n_out x C for every position (shared, as Launay "
-                                "et al. 2020 for transformers)", choices=("full", "shared"), rule_option=True)
-    schedule: str = _f("parallel", "target propagation: train inverses with the forward weights "
-                       "(parallel) or alternate by epoch (or --alternate-every)",
-                       choices=("parallel", "alternating"), rule_option=True)
-    alternate_every: int = _f(0, "target propagation, alternating schedule: switch every N batches instead "
-                              "of every epoch (0)", min=0, metavar="N", rule_option=True)
-    inverse_lr: float = _f(1e-4, "target propagation: Adam lr of the inverses g", gt=0.0, rule_option=True)
-    inverse_betas: tuple[float, ...] = _f((0.9, 0.999), "target propagation: Adam betas of the inverses",
-                                          min=0.0, lt=1.0, metavar="B1,B2", rule_option=True)
-    inverse_eps: float = _f(1e-8, "target propagation: Adam epsilon of the inverses", gt=0.0,
-                            rule_option=True)
-    sigma: float = _f(0.1, "target propagation: std of the noise that corrupts h in the inverse loss",
-                      min=0.0, rule_option=True)
-    alpha: float = _f(0.1, "target propagation (tp, dtp): step size of the penultimate layer's target",
-                      gt=0.0, rule_option=True)
     standardize: bool = _f(True, "standardise inputs (per-channel mean/std); --no-standardize: pixels / 255")
     shuffle: bool = _f(True, "shuffle the training set every epoch; --no-shuffle: batches in dataset order")
     drop_last: bool = _f(False, "drop the last, incomplete training batch of each epoch")
@@ -191,10 +156,12 @@ class TrainConfig:
             setattr(self, f.name, check_value(f, hints[f.name], getattr(self, f.name)))
         if not self.hidden:  # an MLP without hidden layers is a linear model: never what a run asks for
             raise ValueError("hidden (--hidden) is empty; give at least one width, e.g. 1000 or 500,500")
-        for name in ("adam_betas", "inverse_betas"):
-            if len(getattr(self, name)) != 2:
-                raise ValueError(f"{name} ({flag_name(FIELDS[name])}) takes two numbers B1,B2, got "
-                                 f"{getattr(self, name)!r}")
+        for f in fields(self):
+            count = f.metadata.get("length")
+            if count is not None and len(getattr(self, f.name)) != count:
+                raise ValueError(f"{f.name} ({flag_name(f)}) takes {_COUNT.get(count, count)} "
+                                 f"{_PLURAL[get_args(hints[f.name])[0]]} {f.metadata['metavar']}, got "
+                                 f"{getattr(self, f.name)!r}")
         adam = self.optimizer in ("adam", "adamw") or (self.rule in rules()
                                                          and learner_kind(self.rule).own_optimizer == "adam")
         changed = [flag_name(FIELDS[n]) for n in ("adam_betas", "adam_eps")
@@ -255,108 +222,12 @@ def saved_defaults() -> dict[str, Any]:
     return json.loads(json.dumps(asdict(TrainConfig())))
 
 
-FIELDS = {f.name: f for f in fields(TrainConfig)}  # by name, for the flags and checks that cite them
-
-
-def flag_name(f: Field) -> str:
-    return f.metadata.get("flag", "--" + f.name.replace("_", "-"))
-
-
-def choices_of(f: Field) -> list[str] | None:
-    choices = f.metadata.get("choices")
-    return list(choices() if callable(choices) else choices) if choices is not None else None
-
-
-def is_default(f: Field, value: Any) -> bool:
-    default = f.default_factory() if f.default is MISSING else f.default  # type: ignore[misc]
-    return (tuple(value) if isinstance(value, list) else value) == default  # a TOML list is a tuple field
-
-
-_PLURAL = {int: "integers", float: "numbers"}
-
-
-def _describe(kind: Any) -> str:
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string",
-            dict: "a table"}.get(kind, str(kind))
-
-
-def _bounds(f: Field) -> str:
-    parts = [f">= {f.metadata['min']}" if "min" in f.metadata else "",
-             f"> {f.metadata['gt']}" if "gt" in f.metadata else "",
-             f"< {f.metadata['lt']}" if "lt" in f.metadata else ""]
-    return " and ".join(p for p in parts if p)
-
-
-def _in_range(f: Field, x: float) -> bool:
-    m = f.metadata
-    return not (("min" in m and x < m["min"]) or ("gt" in m and x <= m["gt"]) or ("lt" in m and x >= m["lt"]))
-
-
-def _scalar(kind: type, value: Any) -> Any:
-    """`value` as `kind`, or a TypeError: no bool for a number, no float for an int, no str for a bool."""
-    if kind is bool:
-        ok = isinstance(value, bool)
-    elif kind is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif kind is float:
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-    else:
-        ok = isinstance(value, kind)
-    if not ok:
-        raise TypeError
-    if kind is float:
-        try:
-            value = float(value)
-        except OverflowError:  # an int too large for a float
-            raise ValueError("must be a finite number, got an integer too large for one") from None
-        if not math.isfinite(value):  # NaN passes every bound and compares unequal to itself
-            raise ValueError(f"must be a finite number, got {value!r}")
-    return value
-
-
-def parse_list(text: str, kind: type = int) -> tuple:
-    """"500,500" -> (500, 500), "0.9,0.999" -> (0.9, 0.999) (kind float): a tuple field's flag (and TOML
-    string) form."""
-    try:
-        return tuple(kind(h) for h in text.split(",") if h.strip())
-    except ValueError:
-        example = "1000 or 500,500" if kind is int else "0.9,0.999"
-        raise ValueError(f"takes comma-separated {_PLURAL[kind]} like {example}, got {text!r}") from None
-
-
-def check_value(f: Field, hint: Any, value: Any) -> Any:
-    """`value` of field `f` (type `hint`) checked and normalised; ValueError naming the key and flag."""
-    name = f"{f.name} ({flag_name(f)})"
-    optional = get_origin(hint) in (Union, types.UnionType) and type(None) in get_args(hint)
-    kind = next(a for a in get_args(hint) if a is not type(None)) if optional else hint
-    if value is None and optional:
-        return None
-    bounds = _bounds(f)
-    try:
-        if get_origin(kind) is tuple:
-            element = get_args(kind)[0]
-            if isinstance(value, str):
-                value = parse_list(value, element)
-            if not isinstance(value, list | tuple):
-                raise TypeError
-            value = tuple(_scalar(element, v) for v in value)
-            items = value
-        else:
-            value = _scalar(get_origin(kind) or kind, value)
-            items = (value,) if isinstance(value, int | float) and not isinstance(value, bool) else ()
-    except TypeError:
-        what = f"a list of {_PLURAL[get_args(kind)[0]]}" if get_origin(kind) is tuple else _describe(kind)
-        what += f" {bounds}" if bounds else ""
-        what += " or none" if optional else ""
-        raise ValueError(f"{name} expects {what}, got {value!r} ({type(value).__name__})") from None
-    except ValueError as e:
-        raise ValueError(f"{name} {e}") from None
-    if not all(_in_range(f, x) for x in items):
-        raise ValueError(f"{name} must be {bounds}, got {value!r}")
-    choices = choices_of(f)
-    if choices is not None and value not in choices:
-        raise ValueError(f"unknown {f.name} {value!r} ({flag_name(f)}); choose from: {', '.join(choices)}")
-    return value
+#: TrainConfig's fields by name, for the flags and checks that cite them (read when asked: rule options follow
+#: the registry).
+FIELDS: Mapping[str, Any] = FieldsByName(TrainConfig)
+_COUNT = {2: "two", 3: "three"}
+__all__ = ["FIELDS", "NOT_IDENTITY", "TrainConfig", "check_device", "check_out_dir", "check_value",
+           "choices_of", "flag_name", "is_default", "parse_list", "read_saved_config", "saved_defaults"]
 
 
 def check_device(device: str) -> torch.device:

@@ -45,7 +45,7 @@ import torch
 from torch import Tensor, nn
 
 from nowt.ops import ConvOp, LinearOp, autocast_apply
-from nowt.rules.base import Rule, host_value, rule_layers
+from nowt.rules.base import Option, Rule, declare, host_value, rule_layers
 from nowt.rules.dfa import storage
 from nowt.rules.dfa.blocks import find_blocks
 from nowt.rules.dfa.capture import Context, Pass
@@ -89,33 +89,36 @@ class DirectFeedbackFunction(torch.autograd.Function):
 
 class DirectFeedback(Rule):
     name = "dfa"
-    options: ClassVar[dict[str, Any]] = {"storage": "dense", "chunk": 4096, "scale": 1.0, "zero_init": False,
-                                         "feedback_init": "uniform", "conv_feedback": "full", "blocks": (),
-                                         "position_feedback": "full", "output": None, "error_at": None}
     FEEDBACK_INITS = ("uniform", "xavier")
     CONV_FEEDBACKS = ("full", "kernel")
     POSITION_FEEDBACKS = ("full", "shared")
+    options: ClassVar[dict[str, Option]] = declare(
+        Option("storage", "dense", "where B lives (`storage.py`)", choices=storage.STORAGES, config=False),
+        Option("chunk", 4096, "columns of B per chunk", gt=0, config=False),
+        Option("scale", 1.0, "a factor on B's initial draw", gt=0.0, config=False),
+        Option("zero_init", False, "zero every converted layer's weight and bias", config=False),
+        # nowt train sets it from --init xavier
+        Option("feedback_init", "uniform", "B's distribution", choices=FEEDBACK_INITS, config=False),
+        Option("conv_feedback", "full", "dfa: a convolution's B spans its whole input (full) or is "
+               "BioTorch's n_out x in_channels x kernel, e spread over the output positions (kernel)",
+               choices=CONV_FEEDBACKS),
+        Option("blocks", (), "dfa: modules whose output gets B e as a whole, with backprop inside them "
+               "(Launay et al. 2020), by name or glob, e.g. 'blocks.*' for vit", kind=tuple[str, ...],
+               metavar="NAME[,NAME...]"),
+        Option("position_feedback", "full", "dfa: a sequence's B, for Linear inputs and block outputs "
+               "(N, T, C): n_out x T x C (full) or one n_out x C for every position (shared, as Launay "
+               "et al. 2020 for transformers)", choices=POSITION_FEEDBACKS),
+        Option("output", None, "which tensor of the model's output e is taken of (`outputs.py`)", kind=Any,
+               config=False),
+        Option("error_at", None, "the module at whose input e is taken", kind=str | None, config=False),
+    )
     transports_weights = False
     blocks: tuple[str, ...] = ()  # the defaults of the options a subclass (ifa) does not take
     position_feedback = "full"
     error_at: str | None = None
 
     def validate(self) -> None:
-        if self.storage not in storage.STORAGES:
-            raise ValueError(f"unknown storage {self.storage!r}; choose one of {', '.join(storage.STORAGES)}")
-        if not (isinstance(self.chunk, int) and self.chunk > 0):
-            raise ValueError(f"chunk must be a positive int (columns of B per chunk), got {self.chunk!r}")
-        if not self.scale > 0:
-            raise ValueError(f"scale must be positive, got {self.scale}")
-        if self.feedback_init not in self.FEEDBACK_INITS:
-            raise ValueError(f"unknown feedback_init {self.feedback_init!r}; choose "
-                             f"{' or '.join(self.FEEDBACK_INITS)}")
-        if self.conv_feedback not in self.CONV_FEEDBACKS:
-            raise ValueError(f"unknown conv_feedback {self.conv_feedback!r}; choose "
-                             f"{' or '.join(self.CONV_FEEDBACKS)}")
-        if self.position_feedback not in self.POSITION_FEEDBACKS:
-            raise ValueError(f"unknown position_feedback {self.position_feedback!r}; choose "
-                             f"{' or '.join(self.POSITION_FEEDBACKS)}")
+        super().validate()  # each option against its declaration: choices, chunk and scale
         if not (self.output is None or callable(self.output) or isinstance(self.output, (int, str))
                 and not isinstance(self.output, bool) and self.output != ""):
             raise ValueError(f"output must be a key, an attribute name, an index or a callable picking the "
