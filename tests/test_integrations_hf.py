@@ -149,3 +149,23 @@ def test_log_every_is_checked():
     with pytest.raises(ValueError, match="log_every"):
         hf.NowtCallback(log_every=-1)
     assert math.isfinite(hf.NowtCallback(log_every=0).log_every)
+
+
+def test_dfa_trains_in_the_trainer_with_the_loss_taken_from_the_output(tmp_path):
+    """As docs/integrations.md says: DFA takes its error at the model's output, so the loss must be computed
+    from `outputs.logits` (a `compute_loss_func`), not inside the model from `labels`."""
+
+    def loss_fn(outputs, labels, num_items_in_batch=None):
+        logits = outputs.logits
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
+
+    model = nowt.convert(bert(), "dfa", seed=0)
+    t = trainer(model, tmp_path, [hf.NowtCallback()])
+    t.compute_loss_func = loss_fn
+    first = model.bert.encoder.layer[0].intermediate.dense.weight.detach().clone()
+    t.train()
+    assert all(math.isfinite(e["loss"]) for e in t.state.log_history if "loss" in e)
+    assert not torch.equal(first, model.bert.encoder.layer[0].intermediate.dense.weight)
+    inside = nowt.convert(bert(), "dfa", seed=0)
+    with pytest.raises(RuntimeError, match="output"):
+        trainer(inside, tmp_path, [hf.NowtCallback()]).train()
