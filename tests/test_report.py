@@ -98,6 +98,20 @@ def test_only_seeds_of_one_recipe_are_grouped(tmp_path):
     assert [[r.name for r in g] for g in groups] == [["a", "b"], ["c"], ["d"], ["e"]]
 
 
+def test_an_option_the_rule_does_not_have_does_not_split_its_seeds(tmp_path):
+    """akrout2019's fa seed 0 was saved when mirror_every's default was 2, seeds 1-2 with 8: fa has no mirror,
+    so they are seeds of one recipe; for wm, whose option it is, they are not."""
+    from nowt.report import seed_groups
+
+    for name, rule, seed, every in [("fa0", "fa", 0, 2), ("fa1", "fa", 1, 8), ("wm0", "wm", 0, 2),
+                                    ("wm1", "wm", 1, 8)]:
+        write_run(tmp_path / name, rule, [90.0])
+        (tmp_path / name / "config.json").write_text(json.dumps({"rule": rule, "seed": seed,
+                                                                 "mirror_every": every}))
+    groups = seed_groups([load_run(tmp_path / n) for n in ("fa0", "fa1", "wm0", "wm1")])
+    assert [[r.name for r in g] for g in groups] == [["fa0", "fa1"], ["wm0"], ["wm1"]]
+
+
 def test_seeds_of_one_recipe_share_a_colour_and_one_legend_entry(tmp_path, monkeypatch):
     import nowt.report as report
 

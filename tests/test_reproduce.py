@@ -53,11 +53,11 @@ def test_metrics_read_histories():
     h = [{"test_accuracy": 90.0, "test_top1_error": 10.0, "test_top5_error": 2.0, "train_accuracy": 91.0,
           "weight_angles": {"1": 80.0, "3": 30.0}},
          {"test_accuracy": 89.0, "test_top1_error": 11.0, "test_top5_error": 1.0, "train_accuracy": 99.5,
-          "weight_angles": {"1": 70.0, "3": 20.0}}]
+          "weight_angles": {"1": 70.0, "3": 20.0}, "test_bpc": 3.5}]
     got = {name: fn(h) for name, fn in METRICS.items()}
     assert got == {"best_test_accuracy": 90.0, "final_test_accuracy": 89.0, "best_test_error": 10.0,
                    "final_test_error": 11.0, "final_train_error": 0.5, "best_top5_error": 1.0,
-                   "output_angle": 20.0, "hidden_angle": 70.0}
+                   "final_test_bpc": 3.5, "output_angle": 20.0, "hidden_angle": 70.0}
 
 
 def test_run_reproduction_sets_ours_beside_published_and_skips_what_is_missing(tmp_path):

@@ -20,7 +20,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, ScalarFormatter
 
-from nowt.train.config import read_saved_config, saved_defaults
+from nowt.train.config import not_identity, read_saved_config, saved_defaults
 
 DPI = 110
 
@@ -147,8 +147,12 @@ def _settings(run: Run) -> dict:
 
 
 def recipe(run: Run) -> dict:
-    """The run's configuration less its seed and directory; a field it predates counts as its default."""
-    return {k: v for k, v in _settings(run).items() if k not in ("seed", "out_dir")}
+    """The run's configuration less its seed, its directories and the options its rule does not have (a run
+    saved before such an option's default changed is still a seed of the same recipe); a field it predates
+    counts as its default."""
+    settings = _settings(run)
+    skip = {"seed"} | not_identity(str(settings.get("rule")))
+    return {k: v for k, v in settings.items() if k not in skip}
 
 
 def seed_groups(runs: list[Run]) -> list[list[Run]]:

@@ -178,11 +178,7 @@ class TrainConfig(metaclass=RuleOptionFields):
         return self
 
     def _not_identity(self) -> set[str]:
-        """Where and how fast a run goes, and the rule options its rule does not have (refused when set,
-        so they cannot change what it computes)."""
-        declared = rule_class(self.rule).options if self.rule in rules() else {}
-        return set(NOT_IDENTITY) | {f.name for f in fields(self)
-                                    if f.metadata.get("rule_option") and f.name not in declared}
+        return not_identity(self.rule)
 
     def identity(self) -> dict[str, Any]:
         """The fields that decide what a run computes: a checkpoint resumes only under the same identity."""
@@ -203,6 +199,14 @@ class TrainConfig(metaclass=RuleOptionFields):
         skip = self._not_identity() | (set() if self.schedule_spans_epochs() else {"epochs"})
         return sorted(k for k in set(earlier) | set(ours) if k not in skip
                       and earlier.get(k, defaults.get(k)) != ours.get(k, defaults.get(k)))
+
+
+def not_identity(rule: str) -> set[str]:
+    """The fields that do not decide what a run of `rule` computes: where and how fast it goes, and the rule
+    options its rule does not have (refused when set, so they cannot change what it computes)."""
+    declared = rule_class(rule).options if rule in rules() else {}
+    return set(NOT_IDENTITY) | {name for name, f in FIELDS.items()
+                                if f.metadata.get("rule_option") and name not in declared}
 
 
 def read_saved_config(path: Path) -> dict[str, Any]:
@@ -227,7 +231,8 @@ def saved_defaults() -> dict[str, Any]:
 FIELDS: Mapping[str, Any] = FieldsByName(TrainConfig)
 _COUNT = {2: "two", 3: "three"}
 __all__ = ["FIELDS", "NOT_IDENTITY", "TrainConfig", "check_device", "check_out_dir", "check_value",
-           "choices_of", "flag_name", "is_default", "parse_list", "read_saved_config", "saved_defaults"]
+           "choices_of", "flag_name", "is_default", "not_identity", "parse_list", "read_saved_config",
+           "saved_defaults"]
 
 
 def check_device(device: str) -> torch.device:
