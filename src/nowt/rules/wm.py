@@ -258,9 +258,10 @@ def mirror_layers(
                 step = min(auto, anneal / (increment_buffer(layer, "mirror_count") + 1))
             keep = 1 - (step if decay is None else decay)
             x = noise_for_shard(shape, noise, generator=generator, device=w.device, dtype=w.dtype) * noise_std
-            if decay is None and size == 1 and isinstance(layer.op, LinearOp):
+            if decay is None and size == 1 and type(layer.op) is LinearOp:
                 # the default moving average fused into the estimate's product: one pass over B, no
-                # weight-sized temporary (the mirror step is two products and this pass)
+                # weight-sized temporary (the mirror step is two products and this pass); B stored (out, in),
+                # so not a subclass such as GPT-2's Conv1D (TransposedLinearOp, B stored (in, out))
                 y = _response(layer, x, activation)
                 layer.feedback.addmm_(y.reshape(-1, y.shape[-1]).t(), x.reshape(-1, x.shape[-1]),
                                       beta=1 - step, alpha=step * scale)
