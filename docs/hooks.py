@@ -1,10 +1,11 @@
-"""mkdocs hooks: keep the pages true to the code and the repository (`mkdocs build --strict` fails on a warning).
+"""mkdocs hooks: keep the pages true to the code and the repository (`mkdocs build --strict` fails on a
+warning).
 
-1. Option tables. A line `<!-- options: RULE [RULE...] -->` is followed by a markdown table whose first column is an
-   option name in backticks and whose second is its default as a Python literal in backticks. The names must
-   be exactly the options `nowt.rules.rule_class(RULE)` declares for each RULE named and each default equal
-   to the code's (`Rule.defaults()`); a mismatch is a warning, so a changed default or a new option fails the
-   docs build until the page says so. A marker with no table after it says the rule takes no options.
+1. Option tables. A line `<!-- options: RULE [RULE...] -->` is followed by a markdown table whose first column
+   is an option name in backticks and whose second is its default as a Python literal in backticks. The names
+   must be exactly the options `nowt.rules.rule_class(RULE)` declares for each RULE named and each default
+   equal to the code's (`Rule.defaults()`); a mismatch is a warning, so a changed default or new option fails
+   the docs build until the page says so. A marker with no table after it says the rule takes no options.
 2. Rule flags. `<!-- rule-flags -->` becomes the list of the rule options that are `nowt train` flags, each
    with the rules that declare it, read from the registry (`nowt.rules.config_options`): a new rule's flags
    are listed with no edit to the page.
@@ -26,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 REPO_DIRS = ("results/", "benchmarks/", "src/", "tests/", "scripts/", ".ci/")
 OPTIONS = re.compile(r"^<!-- options: ([\w\s-]+?) -->\s*$")
 CELL = re.compile(r"^`(.*)`$")
-PATH = re.compile(r"`((?:%s)[^`\s]*)`" % "|".join(re.escape(d) for d in REPO_DIRS))
+PATH = re.compile(r"`((?:{})[^`\s]*)`".format("|".join(re.escape(d) for d in REPO_DIRS)))
 
 
 def _normal(value):
@@ -74,11 +75,11 @@ def _rule_flags(page: str) -> str:
     """The rule options' flags grouped by the rules that declare them, each rule linked to its page if any."""
     import os
 
-    from nowt.rules import config_options, rule_class, rules
+    from nowt.rules import config_options, list_rules, rule_class
 
     groups: dict[tuple[str, ...], list[str]] = {}
     for name, option in config_options().items():
-        declaring = tuple(r for r in rules() if name in rule_class(r).options)
+        declaring = tuple(r for r in list_rules() if name in rule_class(r).options)
         groups.setdefault(declaring, []).append(f"`{option.flag or '--' + name.replace('_', '-')}`")
     here = os.path.dirname(page)
 

@@ -62,7 +62,7 @@ def per_layer_rules(*, any_model: bool = False) -> list[str]:
     """Every per-layer rule in the registry, in its order, read when called (at collection: a rule added to
     the registry is tested with no edit here). `any_model`: only those that convert any model, not those
     whose class declares `mlp_only` (ifa takes `nn.Sequential` MLPs only)."""
-    from nowt.rules import rule_class, rules
+    from nowt.rules import list_rules, rule_class
 
-    return [r for r in rules() if is_per_layer(r)
+    return [r for r in list_rules() if is_per_layer(r)
             and not (any_model and getattr(rule_class(r), "mlp_only", False))]

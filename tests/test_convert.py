@@ -33,7 +33,7 @@ def test_forward_is_unchanged_by_conversion():
 
 
 def test_unknown_rule_names_the_known_rules():
-    known = re.escape(", ".join(nowt.rules()))  # every rule in the registry, in its order
+    known = re.escape(", ".join(nowt.list_rules()))  # every rule in the registry, in its order
     with pytest.raises(ValueError, match=r"unknown rule 'nope'.*known rules: " + known):
         nowt.convert(tiny_mlp(), "nope")
 

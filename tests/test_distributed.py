@@ -14,7 +14,7 @@ import torch.nn.functional as F
 import nowt
 from nowt import distributed
 
-RULES = [r for r in ("bp", "fa", "kp", "wm", "brsf", "dfa", "dtp", "sdtp") if r in nowt.rules()]
+RULES = [r for r in ("bp", "fa", "kp", "wm", "brsf", "dfa", "dtp", "sdtp") if r in nowt.list_rules()]
 TARGETPROP = ("dtp", "sdtp")
 STEPS = 4
 #: name -> (factory, input shape of one example): the convnet runs every rule, the new layers fa, kp and wm.

@@ -1,6 +1,6 @@
 """The real-client check (issue 27, item 7): a fixed list of Hugging Face transformers models, built from tiny
 random configurations (nothing downloaded), converted with every per-layer rule in the registry
-(`nowt.rules()` less the whole-network ones: a rule added later is checked here without a line changed).
+(`nowt.list_rules()` less the whole-network ones: a rule added later is checked here without a line changed).
 For each pair: conversion either succeeds with every weight accounted for (each parameter belongs to a
 converted layer or to a module left on backprop by design; no weight matrix left on plain backprop; every
 converted layer ran) and one SGD step gives finite losses and weights, or it is one of the refusals listed
@@ -26,7 +26,7 @@ from nowt.rules import WholeNetworkRule, rule_class
 transformers = pytest.importorskip("transformers")
 T = transformers
 
-RULES = [r for r in nowt.rules() if not issubclass(rule_class(r), WholeNetworkRule)]
+RULES = [r for r in nowt.list_rules() if not issubclass(rule_class(r), WholeNetworkRule)]
 V = 64  # vocabulary
 IDS = torch.randint(0, V, (2, 8), generator=torch.Generator().manual_seed(0))
 SMALL = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
@@ -145,7 +145,7 @@ def test_real_model_converts_completely_and_steps(name, rule):
 
 def test_every_per_layer_rule_is_checked():
     """The rule list is the registry's, not a copy: a new per-layer rule is checked here automatically."""
-    assert set(RULES) == {r for r in nowt.rules() if not issubclass(rule_class(r), WholeNetworkRule)}
+    assert set(RULES) == {r for r in nowt.list_rules() if not issubclass(rule_class(r), WholeNetworkRule)}
     assert {"fa", "kp", "wm", "dfa"} <= set(RULES) and not any(
         issubclass(rule_class(r), WholeNetworkRule) for r in RULES)
 

@@ -159,7 +159,7 @@ def test_every_run_names_a_model_and_rule_that_exist(tmp_path):
         for label in repro.runs:
             cfg = run_config(repro, label, False, tmp_path)
             assert cfg.model in known_models(), (repro.name, label, cfg.model)
-            assert cfg.rule in nowt.rules(), (repro.name, label, cfg.rule)
+            assert cfg.rule in nowt.list_rules(), (repro.name, label, cfg.rule)
     assert REPRODUCTIONS["bartunov2018-mnist-lc"].runs["bp-convnet"]["model"] == "mnist_conv"
 
 

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 import nowt
 from nowt.rules import _REGISTRY as REGISTRY
-from nowt.rules import Option, RandomFeedbackRule, declare, register, rule_class, rules
+from nowt.rules import Option, RandomFeedbackRule, declare, list_rules, register, rule_class
 from nowt.train import TrainConfig, fit
 
 TOY = "toy-scaled-fa"
@@ -241,7 +241,7 @@ def _task(n: int, seed: int) -> tuple[Tensor, Tensor]:
     return x, (x @ torch.randn(6, 3, generator=torch.Generator().manual_seed(9))).argmax(1)
 
 
-@pytest.mark.parametrize("rule", [*rules(), TOY], indirect=True)
+@pytest.mark.parametrize("rule", [*list_rules(), TOY], indirect=True)
 def test_two_epochs_equal_one_and_a_resumed_one(rule, tmp_path):
     train, test = _task(48, 0), _task(16, 1)
     cfg = dict(rule=rule, model="mlp", hidden=(8,), batch_size=16, lr=0.05, lr_schedule="constant")
@@ -263,14 +263,14 @@ def test_every_contract_test_takes_every_registered_rule_and_the_toy():
     """The toy rule goes through every test here that takes a rule, as does each rule the registry lists;
     outside its tests the toy is not registered."""
     per_layer = {c.values[0] for c in cases(("mlp",))}
-    assert per_layer == {*per_layer_rules(), TOY} and TOY not in rules()
+    assert per_layer == {*per_layer_rules(), TOY} and TOY not in list_rules()
     tests = [f for name, f in globals().items() if name.startswith("test_") and hasattr(f, "pytestmark")]
     assert len(tests) >= 6
     for f in tests:
         (mark,) = [m for m in f.pytestmark if m.name == "parametrize"]
         names = {p.values[0] if hasattr(p, "values") else p for p in mark.args[1]}
         assert TOY in names and set(per_layer_rules()) <= names, f.__name__
-        assert set(rules()) <= names or "model" in mark.args[0], f.__name__
+        assert set(list_rules()) <= names or "model" in mark.args[0], f.__name__
 
 
 def test_the_toy_rule_differs_from_fa_so_its_tests_are_its_own():

@@ -115,9 +115,9 @@ def test_alignment_pairs_come_from_each_rule():
 
 
 def test_target_propagation_registers_whole_network_rules_with_a_learner():
-    whole = [r for r in nowt.rules() if not is_per_layer(r)]
+    whole = [r for r in nowt.list_rules() if not is_per_layer(r)]
     assert whole and whole == list(ALGORITHMS)  # target propagation registers each of its algorithms
-    assert nowt.rules()[-len(whole):] == whole  # listed after every per-layer rule
+    assert nowt.list_rules()[-len(whole):] == whole  # listed after every per-layer rule
     cls = rule_class("sdtp")
     assert issubclass(cls, WholeNetworkRule) and cls.defaults() == {
         "schedule": "parallel", "alternate_every": 0, "inverse_lr": 1e-4, "inverse_betas": (0.9, 0.999),

@@ -14,7 +14,7 @@ RULES = ["bp", "fa", "usf", "brsf", "frsf", "kp", "wm"]
 
 
 def test_rules_lists_every_per_layer_rule():
-    assert set(RULES) <= set(nowt.rules())
+    assert set(RULES) <= set(nowt.list_rules())
 
 
 @pytest.mark.parametrize("make", [tiny_mlp, tiny_convnet])

@@ -267,7 +267,7 @@ def test_update_angles_leave_the_trainer_untouched():
 
 
 def test_registry_and_bad_arguments():
-    assert {"tp", "dtp", "sdtp", "ao-sdtp"} <= set(nowt.rules())
+    assert {"tp", "dtp", "sdtp", "ao-sdtp"} <= set(nowt.list_rules())
     with pytest.raises(ValueError, match="TargetPropTrainer"):
         nowt.convert(nn.Sequential(nn.Linear(2, 2)), "dtp")
     with pytest.raises(ValueError, match="unknown target-propagation algorithm"):

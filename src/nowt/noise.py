@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nowt.layers import feedback_layers, feedback_rules
-from nowt.measures import effective_ranks, mean_neuron_angles
 from nowt.metrics import weight_angles
+from nowt.noise_measures import effective_ranks, mean_neuron_angles
 from nowt.optim import make_optimizer
 from nowt.progress import progress_bar
 

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from nowt.data import load_fashion_mnist, load_mnist
-from nowt.measures import (
+from nowt.noise_measures import (
     OOD_KINDS,
     accuracy_and_loss,
     area_under_curve,

@@ -6,7 +6,7 @@ notes (../shared/papers.md) state it, and where the paper is silent, the same la
 
 - from the paper: every batch fresh inputs x ~ N(0, I) and fresh labels uniform on 0..9, independent of x;
   a 784-100-10 ReLU network with a softmax cross-entropy loss trained by feedback alignment; alignment as
-  the per-neuron angle between the rows of W^T and B (`nowt.measures.neuron_angles`), about 90 untrained.
+  the per-neuron angle between the rows of W^T and B (`nowt.noise_measures.neuron_angles`), ~90 untrained.
 - from the lab's code, where the paper is silent: SGD lr 0.01, momentum 0.9, weight decay 0.01; batch 256;
   5 noise epochs of 50,000 images (`num_image // batch_size` = 195 steps each: 975 steps); forward and
   feedback weights drawn from He's normal, N(0, 2 / fan_in), and biases at zero (its `Linear`).
@@ -30,11 +30,11 @@ from dataclasses import asdict, dataclass, replace
 import torch
 from torch import nn
 
-from nowt.convert import convert
+from nowt.conversion import convert
 from nowt.layers import feedback_layers
-from nowt.measures import effective_ranks, mean_neuron_angles
 from nowt.metrics import weight_angles
 from nowt.noise import noise_batches
+from nowt.noise_measures import effective_ranks, mean_neuron_angles
 from nowt.train import RuleLearner, TrainConfig
 
 INITS = ("he", "torch")

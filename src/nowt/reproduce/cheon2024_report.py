@@ -6,7 +6,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from nowt.measures import OOD_KINDS
+from nowt.noise_measures import OOD_KINDS
 from nowt.report import figure, format_mean_std, markdown_table, mean_std, save, style
 from nowt.reproduce.cheon2024_conditions import falls
 from nowt.reproduce.entry import provenance

@@ -29,7 +29,7 @@ import torch
 from nowt.models import MODELS
 from nowt.optim import HalveOnPlateau
 from nowt.report import cell, load_run, markdown_table, report_runs
-from nowt.rules import rules
+from nowt.rules import list_rules
 from nowt.train import TrainConfig, fit
 from nowt.train.factories import load_data
 from nowt.train.loop import out_of_patience
@@ -213,7 +213,7 @@ def known_models() -> set[str]:
 
 def missing_piece(cfg: TrainConfig) -> str | None:
     """Why this install cannot run `cfg`, or None when it can."""
-    if cfg.rule not in rules():  # target propagation's names are registered there too
+    if cfg.rule not in list_rules():  # target propagation's names are registered there too
         return f"rule {cfg.rule!r} not in this install"
     if cfg.model not in known_models():
         return f"model {cfg.model!r} not in this install"

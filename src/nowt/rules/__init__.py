@@ -19,7 +19,7 @@ def register(cls: type[Rule]) -> type[Rule]:
     return cls
 
 
-def rules() -> list[str]:
+def list_rules() -> list[str]:
     """The names of every learning rule nowt knows."""
     return list(_REGISTRY)
 
@@ -44,7 +44,7 @@ def make_rule(rule: str | Rule, **options: Any) -> Rule:
             raise ValueError("pass options either to the Rule you build or to convert, not both")
         return rule
     if not isinstance(rule, str) or rule.lower() not in _REGISTRY:
-        raise ValueError(f"unknown rule {rule!r}; known rules: {', '.join(rules())}")
+        raise ValueError(f"unknown rule {rule!r}; known rules: {', '.join(list_rules())}")
     return _REGISTRY[rule.lower()](**options)
 
 
@@ -58,7 +58,7 @@ class WholeNetworkRule(Rule):
     """A registry entry for an algorithm that trains a whole network, not layer by layer (target
     propagation registers its four from `nowt.targetprop`).
 
-    It is listed by `rules()` so that every learning rule has one name space, but it has no per-layer
+    It is listed by `list_rules()` so that every learning rule has one name space, but it has no per-layer
     backward, so making one (and so `nowt.convert`) raises a ValueError; `learner` builds what trains it.
     `issubclass(rule_class(name), WholeNetworkRule)` tells a caller which way to train.
     """
@@ -92,7 +92,7 @@ class WholeNetworkRule(Rule):
         return {**cls.defaults(), **options}
 
 
-# Registration order is the order `rules()` lists them in (target propagation's names follow, registered
+# Registration order is the order `list_rules()` lists them in (target propagation's names follow, registered
 # by nowt.targetprop, which `import nowt` loads).
 from nowt.rules import backprop, dfa, fa, kp, sign, wm  # noqa: E402
 

@@ -19,7 +19,7 @@ from nowt.targetprop.networks import (
 )
 from nowt.targetprop.trainer import SCHEDULES, TargetPropagationRule, TargetPropTrainer, split_blocks
 
-# The rule names `nowt.rules()` lists after the per-layer ones: tp, dtp, sdtp, ao-sdtp. alpha (the step of
+# The names `nowt.list_rules()` lists after the per-layer ones: tp, dtp, sdtp, ao-sdtp. alpha (the step of
 # the gradient target) is an option only of those that take one, so `--alpha` with sdtp is refused.
 for _name, _algorithm in ALGORITHMS.items():
     _options = {k: v for k, v in TargetPropagationRule.options.items()

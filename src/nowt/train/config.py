@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, get_args, get_type_hints
 import torch
 
 import nowt.targetprop  # noqa: F401  (registers target propagation's rules, whose options are fields here)
-from nowt.rules import rule_class, rules
+from nowt.rules import list_rules, rule_class
 from nowt.train.kinds import learner_kind
 from nowt.train.schema import (
     _PLURAL,
@@ -37,9 +37,9 @@ NOT_IDENTITY = ("out_dir", "data_dir", "download", "device", "num_workers")
 
 
 def _rules() -> list[str]:
-    from nowt.rules import rules
+    from nowt.rules import list_rules
 
-    return rules()
+    return list_rules()
 
 
 def _models() -> list[str]:
@@ -162,7 +162,7 @@ class TrainConfig(metaclass=RuleOptionFields):
                 raise ValueError(f"{f.name} ({flag_name(f)}) takes {_COUNT.get(count, count)} "
                                  f"{_PLURAL[get_args(hints[f.name])[0]]} {f.metadata['metavar']}, got "
                                  f"{getattr(self, f.name)!r}")
-        adam = self.optimizer in ("adam", "adamw") or (self.rule in rules()
+        adam = self.optimizer in ("adam", "adamw") or (self.rule in list_rules()
                                                          and learner_kind(self.rule).own_optimizer == "adam")
         changed = [flag_name(FIELDS[n]) for n in ("adam_betas", "adam_eps")
                    if not is_default(FIELDS[n], getattr(self, n))]
@@ -204,7 +204,7 @@ class TrainConfig(metaclass=RuleOptionFields):
 def not_identity(rule: str) -> set[str]:
     """The fields that do not decide what a run of `rule` computes: where and how fast it goes, and the rule
     options its rule does not have (refused when set, so they cannot change what it computes)."""
-    declared = rule_class(rule).options if rule in rules() else {}
+    declared = rule_class(rule).options if rule in list_rules() else {}
     return set(NOT_IDENTITY) | {name for name, f in FIELDS.items()
                                 if f.metadata.get("rule_option") and name not in declared}
 

@@ -20,12 +20,12 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 import nowt.targetprop  # noqa: F401  (registers the Bartunov networks in nowt.models.MODELS)
-from nowt.convert import convert
+from nowt.conversion import convert
 from nowt.data import Data, load_dataset
 from nowt.metrics import as_tokens
 from nowt.models import FIXED_ACTIVATION, MODELS
 from nowt.optim import HalveOnPlateau
-from nowt.rules import rule_class, rules
+from nowt.rules import list_rules, rule_class
 from nowt.train.config import FIELDS, TrainConfig, flag_name, is_default
 from nowt.train.kinds import LearnerKind, learner_kind
 
@@ -148,7 +148,7 @@ def model_factories() -> dict[str, Callable[..., nn.Module]]:
 
 def rules_declaring(option: str) -> list[str]:
     """The rules whose class declares `option` (where a rule-option field applies)."""
-    return [r for r in rules() if option in rule_class(r).options]
+    return [r for r in list_rules() if option in rule_class(r).options]
 
 
 def rule_options(cfg: TrainConfig) -> dict[str, Any]:

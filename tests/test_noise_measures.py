@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import nowt
-from nowt.measures import (
+from nowt.noise_measures import (
     affine_images,
     area_under_curve,
     effective_rank,
