@@ -41,7 +41,7 @@ from nowt.rules import WholeNetworkRule, rule_class
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from history import record  # noqa: E402
 
-RULES = [r for r in nowt.rules() if not issubclass(rule_class(r), WholeNetworkRule)]
+RULES = [r for r in nowt.list_rules() if not issubclass(rule_class(r), WholeNetworkRule)]
 
 #: suite -> {model: (builder name or callable, input shape)}. Builders: "module:function" with num_classes=10.
 MODELS: dict[str, dict[str, tuple[str | Callable[[], nn.Module], tuple[int, ...]]]] = {
