@@ -174,6 +174,19 @@ def test_one_model_registry_holds_the_target_propagation_networks():
 
     with pytest.raises(ValueError, match="'mlp' is already registered"):
         nowt.models.register_model(mlp)
+    # registered where they are defined, with the activation they are built with
+    assert nowt.models.FIXED_ACTIVATION["mnist_lc"] == "tanh" and "mlp" not in nowt.models.FIXED_ACTIVATION
+
+    def toy_tanh_net():
+        return torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Tanh())
+
+    try:
+        assert nowt.models.register_model(activation="tanh")(toy_tanh_net) is toy_tanh_net
+        assert nowt.models.FIXED_ACTIVATION["toy_tanh_net"] == "tanh"
+        assert isinstance(nowt.models.create_model("toy_tanh_net")[1], torch.nn.Tanh)
+    finally:
+        nowt.models.MODELS.pop("toy_tanh_net", None)
+        nowt.models.FIXED_ACTIVATION.pop("toy_tanh_net", None)
 
 
 # --- the general trainer: DataLoader data, mid-step kills, learners, metrics -----------------------------

@@ -5,7 +5,7 @@
     nowt.weight_angles(model)                   # degrees between feedback and forward weights
 """
 
-from nowt import models, targetprop
+from nowt import models, targetprop  # first: their registries (models, rules) are full for every import
 from nowt.conversion import convert
 from nowt.feedback_scale import check_feedback_scale
 from nowt.inventory import summary

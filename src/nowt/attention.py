@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from nowt.layers import CONVERTIBLE, FeedbackLayer
+from nowt.layers import CONVERTIBLE, FeedbackLayer, convertible
 from nowt.ops import LinearOp
 from nowt.rules import Rule
 
@@ -48,6 +48,7 @@ class Projection(FeedbackLayer):
         return f"{self.weight_name}, rule={self.rule}"
 
 
+@convertible(nn.MultiheadAttention)
 class MultiheadAttention(nn.MultiheadAttention):
     """`nn.MultiheadAttention` whose projections go through a rule; attention itself is
     `F.scaled_dot_product_attention` (or, with `need_weights`, the same maths written out)."""
@@ -231,9 +232,6 @@ def keep_dense(model: nn.Module) -> None:
         if isinstance(m, nn.TransformerEncoder) and converted:
             m.use_nested_tensor = False
 
-
-# Registered here, not in nowt.layers, which this module imports.
-CONVERTIBLE[nn.MultiheadAttention] = MultiheadAttention  # type: ignore[assignment]
 
 __all__ = ["MultiheadAttention", "Projection", "RoutedAttention", "RoutedLinear", "keep_dense",
            "register_torchvision"]

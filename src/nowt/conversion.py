@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from nowt import attention  # adds nn.MultiheadAttention to CONVERTIBLE
+from nowt import attention
 from nowt.inventory import class_path, conversion, unknown_weights, watch
 from nowt.layers import CONVERTIBLE, VARIANTS, FeedbackLayer, register_transformers
 from nowt.rules import Rule, make_rule

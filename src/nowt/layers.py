@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import sys
 from dataclasses import replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -261,6 +262,17 @@ CONVERTIBLE: dict[type[nn.Module], type[FeedbackLayer]] = {
     nn.Conv3d: Conv3d, nn.ConvTranspose1d: ConvTranspose1d, nn.ConvTranspose2d: ConvTranspose2d,
     nn.ConvTranspose3d: ConvTranspose3d, lc.LocallyConnected2d: LocallyConnected2d,
 }
+
+
+def convertible(*types: type[nn.Module]) -> Any:
+    """Class decorator: `nowt.convert` swaps each of `types` for the decorated rule-trained layer (as
+    `nowt.attention.MultiheadAttention` registers itself for nn.MultiheadAttention)."""
+    def add(cls: type) -> type:
+        for t in types:
+            CONVERTIBLE[t] = cls
+        return cls
+
+    return add
 
 
 #: Layers converted by class path (`nowt.inventory.SAME_OP`) into a layer of their own.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -16,14 +17,20 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "si
 FIXED_ACTIVATION: dict[str, str] = {}
 
 
-def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+def register_model(fn: Callable[..., nn.Module] | None = None, *, activation: str | None = None) -> Any:
     """Decorator: registers `fn` under its `__name__`; a second, different factory of one name is refused
-    so that one package cannot silently replace another's model."""
-    name = fn.__name__
-    if MODELS.get(name, fn) is not fn:
-        raise ValueError(f"model {name!r} is already registered")
-    MODELS[name] = fn
-    return fn
+    so that one package cannot silently replace another's model. `@register_model(activation="tanh")`
+    also records the activation a model without an `activation` argument is built with."""
+    def add(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        name = fn.__name__
+        if MODELS.get(name, fn) is not fn:
+            raise ValueError(f"model {name!r} is already registered")
+        MODELS[name] = fn
+        if activation is not None:
+            FIXED_ACTIVATION[name] = activation
+        return fn
+
+    return add if fn is None else add(fn)
 
 
 def models() -> list[str]:

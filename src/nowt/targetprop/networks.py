@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from nowt.lc import LocallyConnected2d
+from nowt.models import register_model
 
 ConvSpec = tuple[int, int, int]  # (kernel size, out channels, stride)
 
@@ -69,6 +70,18 @@ def build_network(
     return network
 
 
+#: Bartunov et al.'s networks by name (`create_network`).
+NETWORKS: dict[str, Callable[..., nn.Sequential]] = {}
+
+
+def network(fn: Callable[..., nn.Sequential]) -> Callable[..., nn.Sequential]:
+    """Decorator: a Bartunov et al. network, in `NETWORKS` and in the one model registry
+    (`nowt.models.create_model`, `nowt train --model mnist_lc`), built with tanh."""
+    NETWORKS[fn.__name__] = fn
+    return register_model(activation="tanh")(fn)
+
+
+@network
 def mnist_fc(num_classes: int = 10) -> nn.Sequential:
     return build_network((1, 28, 28), fc=(256,) * 5, num_classes=num_classes)
 
@@ -79,41 +92,41 @@ IMAGENET_LC: tuple[ConvSpec, ...] = ((9, 48, 4), (3, 48, 2), (5, 96, 1), (3, 96,
                                      (3, 384, 1))
 
 
+@network
 def mnist_lc(num_classes: int = 10) -> nn.Sequential:
     return build_network((1, 28, 28), lc=MNIST_LC, fc=(1024,), num_classes=num_classes)
 
 
+@network
 def mnist_conv(num_classes: int = 10) -> nn.Sequential:
     return build_network((1, 28, 28), lc=MNIST_LC, fc=(1024,), num_classes=num_classes, shared=True)
 
 
+@network
 def cifar_fc(num_classes: int = 10) -> nn.Sequential:
     return build_network((3, 32, 32), fc=(1024,) * 3, num_classes=num_classes)
 
 
+@network
 def cifar_lc(num_classes: int = 10) -> nn.Sequential:
     return build_network((3, 32, 32), lc=CIFAR_LC, fc=(1024,), num_classes=num_classes)
 
 
+@network
 def cifar_conv(num_classes: int = 10) -> nn.Sequential:
     return build_network((3, 32, 32), lc=CIFAR_LC, fc=(1024,), num_classes=num_classes, shared=True)
 
 
+@network
 def imagenet_lc(num_classes: int = 1000, image_size: int = 224) -> nn.Sequential:
     """The paper's seven locally connected layers and a softmax readout (about 260M weights at 224)."""
     return build_network((3, image_size, image_size), lc=IMAGENET_LC, num_classes=num_classes)
 
 
+@network
 def imagenet_conv(num_classes: int = 1000, image_size: int = 224) -> nn.Sequential:
     """`imagenet_lc` with shared (convolutional) weights: the paper's ImageNet "BP convnet"."""
     return build_network((3, image_size, image_size), lc=IMAGENET_LC, num_classes=num_classes, shared=True)
-
-
-NETWORKS: dict[str, Callable[..., nn.Sequential]] = {
-    "mnist_fc": mnist_fc, "mnist_lc": mnist_lc, "mnist_conv": mnist_conv, "cifar_fc": cifar_fc,
-    "cifar_lc": cifar_lc, "cifar_conv": cifar_conv, "imagenet_lc": imagenet_lc,
-    "imagenet_conv": imagenet_conv,
-}
 
 
 def create_network(name: str, **kwargs) -> nn.Sequential:
@@ -176,10 +189,3 @@ class AuxiliaryFeatures(nn.Module):
     def forward(self, h: Tensor) -> Tensor:
         return torch.tanh(h.flatten(1) @ self.weight.t())
 
-
-# The one model registry (`nowt.models.create_model`, `nowt train --model mnist_lc`) holds these networks too.
-from nowt.models import FIXED_ACTIVATION, register_model  # noqa: E402
-
-for _name, _network in NETWORKS.items():
-    register_model(_network)
-    FIXED_ACTIVATION[_name] = "tanh"

@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-import nowt.targetprop  # noqa: F401  (registers the Bartunov networks in nowt.models.MODELS)
 from nowt.conversion import convert
 from nowt.data import Data, load_dataset
 from nowt.metrics import as_tokens
