@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from nowt.layers import feedback_layers, feedback_rules
 from nowt.metrics import weight_angles
 from nowt.noise_measures import effective_ranks, mean_neuron_angles
-from nowt.optim import make_optimizer
+from nowt.optim import make_optimizer, rule_step
 from nowt.progress import progress_bar
 
 NOISES = ("gaussian", "uniform")
@@ -202,19 +202,12 @@ def pretrain_noise(
     history = [{"step": 0, "loss": math.nan, **_alignment(model, layers), "seconds": 0.0}]
     bar = progress_bar(range(1, steps + 1), "noise pretraining", progress)
     loss_sum, count = 0.0, 0
-    # The step of nowt.train's RuleLearner.train_step (equal weights: tests/test_reproduce.py), written
-    # out here because noise.py lies below nowt.train in the layering (issue 26); the Cheon reproduction
-    # calls RuleLearner.train_step itself.
-    for step in bar:
+    for step in bar:  # nowt.train's step (nowt.optim.rule_step); the Cheon reproduction uses RuleLearner's
         x, y = next(batches)
         loss = F.cross_entropy(model(x), y)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"noise pretraining loss became {float(loss)} at step {step}; lower lr")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        for rule in rules:  # what a rule does between steps (weight mirrors: their mirror schedule)
-            rule.after_step(model, step)
+        rule_step(model, rules, opt, loss, step)
         loss_sum, count = loss_sum + loss.item(), count + 1
         if step % log_every == 0 or step == steps:
             record = {

@@ -1,11 +1,14 @@
-"""The optimizers nowt builds by name, for `nowt train` and for noise pretraining alike."""
+"""The optimizers nowt builds by name, and the one training step of a rule-trained model, for `nowt train`
+and for noise pretraining alike."""
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
+from torch import Tensor, nn
 
 #: name -> (optimizer class, whether it takes momentum)
 OPTIMIZERS = {"sgd": (torch.optim.SGD, True), "adam": (torch.optim.Adam, False),
@@ -85,3 +88,16 @@ class HalveOnPlateau:
     def load_state_dict(self, state: dict) -> None:
         self.mean_error, self.halvings = state["mean_error"], state["halvings"]
         self.finished = state["finished"]
+
+
+def rule_step(model: nn.Module, rules: Sequence[Any], optimizer: torch.optim.Optimizer, loss: Tensor,
+              step: int) -> None:
+    """One training step of a model converted by per-layer rules: the backward pass (each layer's error
+    reaches it by its rule), the optimizer's step, then each rule's `after_step(model, step)` hook (weight
+    mirrors: their mirror schedule). `step` counts optimizer steps from 1. `nowt.train`'s RuleLearner and
+    `nowt.pretrain_noise` both train through this."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    for rule in rules:
+        rule.after_step(model, step)

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from nowt import distributed
 from nowt.layers import feedback_rules
 from nowt.metrics import backprop_mode
-from nowt.optim import HalveOnPlateau, make_optimizer
+from nowt.optim import HalveOnPlateau, make_optimizer, rule_step
 from nowt.rules import rule_class
 from nowt.train.config import FIELDS, TrainConfig, flag_name, is_default
 from nowt.train.factories import make_loss, make_scheduler, parameter_groups, rule_options, sized
@@ -92,14 +92,10 @@ class RuleLearner:
         # Every rank sees the global batch's mean loss, so all stop together on a NaN anywhere. The step is
         # taken without reading the loss (no host sync): the loop checks finiteness before any checkpoint.
         loss, mean_loss = distributed.weigh_shard(loss, count)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        if not self.per_epoch_schedule:
-            self.scheduler.step()
         self.steps += 1
-        for rule in self.rules:
-            rule.after_step(self.model, self.steps)
+        rule_step(self.model, self.rules, self.optimizer, loss, self.steps)
+        if not self.per_epoch_schedule:  # after the hooks, which read no optimizer lr
+            self.scheduler.step()
         return {"loss": mean_loss, "output": out.detach()[:count]}
 
     def end_epoch(self, train_metrics: dict[str, float]) -> None:
