@@ -19,7 +19,6 @@ import inspect
 import math
 import os
 import platform
-import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -28,7 +27,7 @@ import torch
 
 from nowt.models import MODELS
 from nowt.optim import HalveOnPlateau
-from nowt.report import cell, load_run, markdown_table, report_runs
+from nowt.report import cell, load_run, markdown_table, mean_std, report_runs
 from nowt.rules import list_rules
 from nowt.train import TrainConfig, fit
 from nowt.train.factories import load_data
@@ -274,8 +273,8 @@ def run_reproduction(repro: Reproduction, *, quick: bool = False, out_dir: str |
         published = repro.published.get(label) or {"best_test_accuracy": math.nan}
         for metric, value in published.items():
             values = [METRICS[metric](h) for h in finished.values()]
-            mean = statistics.fmean(values) if values else math.nan
-            std = statistics.stdev(values) if len(values) > 1 else math.nan
+            mean, std = mean_std(values)
+            std = std if len(values) > 1 else math.nan  # one seed: no spread
             rows.append({"run": label, "metric": metric, "published": value, "ours": mean, "std": std,
                          "values": values, "seeds": list(finished), "difference": mean - value,
                          "verdict": verdict(mean, value, repro.band, metric)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from nowt.report import figure, markdown_table, save, style
+from nowt.report import figure, markdown_table, mean_std, save, style
 from nowt.theory import fit_exponential_rate
 
 VERDICT = {True: "**borne out**", False: "**not borne out**"}
@@ -21,10 +21,6 @@ FLOOR = 1e-24  # float64 round-off: losses below are left out of the rate fits
 
 def g(v: float) -> str:
     return f"{v + 0.0:.3g}"  # + 0.0: no "-0"
-
-
-def mean_sd(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def difference(a: dict, b: dict) -> dict:
@@ -48,7 +44,7 @@ def _rates(rec: dict) -> dict:
 
 def _point(runs: list[dict], **key) -> dict:
     """Mean and sd over seeds of the final cos(b, beta); mean final loss."""
-    a, sd = mean_sd([r["alignment"][-1] for r in runs])
+    a, sd = mean_std([r["alignment"][-1] for r in runs])
     return dict(key, alignment=a, alignment_sd=sd, seeds=len(runs),
                 loss_end=statistics.fmean(r["loss"][-1] for r in runs))
 
@@ -66,7 +62,7 @@ def analyse(records: list[dict], cfg: dict) -> dict:
     conv = []
     for (psi, fb), runs in _group(records, "convergence", "psi", "feedback").items():
         fits = [_rates(r) for r in runs]
-        rate, rate_sd = mean_sd([f["rate"] for f in fits])
+        rate, rate_sd = mean_std([f["rate"] for f in fits])
         conv.append(dict(psi=psi, feedback=fb, seeds=len(runs), rate=rate, rate_sd=rate_sd,
                          rate_first=statistics.fmean(f["rate_first"] for f in fits),
                          rate_second=statistics.fmean(f["rate_second"] for f in fits),
