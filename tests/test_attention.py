@@ -7,12 +7,13 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import per_layer_rules
 from torch import nn
 
 import nowt
 from nowt.attention import MultiheadAttention
 
-RULES = ["bp", "fa", "usf", "brsf", "frsf", "kp", "wm", "dfa"]
+RULES = per_layer_rules(any_model=True)  # every rule that converts any model, read from the registry
 
 
 class SDPAModel(nn.Module):

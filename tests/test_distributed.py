@@ -14,6 +14,9 @@ import torch.nn.functional as F
 import nowt
 from nowt import distributed
 
+# One rule per distributed code path, not every rule: each case is a real two-process torchrun (seconds each).
+# A fixed B (fa), a trained B (kp), the mirror's shared noise (wm), a per-batch draw (brsf), the output error
+# broadcast (dfa), and target propagation's own learner (dtp, sdtp); the contract test covers every rule.
 RULES = [r for r in ("bp", "fa", "kp", "wm", "brsf", "dfa", "dtp", "sdtp") if r in nowt.list_rules()]
 TARGETPROP = ("dtp", "sdtp")
 STEPS = 4

@@ -6,12 +6,13 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import per_layer_rules
 from torch import nn
 
 import nowt
 from nowt.ops import ConvOp, FeedbackFunction
 
-RULES = ["bp", "fa", "usf", "brsf", "frsf", "kp", "wm", "dfa"]
+RULES = per_layer_rules(any_model=True)  # every rule that converts any model, read from the registry
 
 #: (torch layer, input shape, functional form taking (x, weight)) for each new op.
 CASES = {

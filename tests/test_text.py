@@ -9,6 +9,7 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import per_layer_rules
 
 import nowt
 from nowt.data import load_dataset
@@ -17,7 +18,7 @@ from nowt.metrics import evaluate
 from nowt.models import create_model
 from nowt.train import TrainConfig, fit, make_loss
 
-PER_LAYER = ["bp", "fa", "usf", "kp", "wm"]
+PER_LAYER = per_layer_rules(any_model=True)
 
 
 def write_corpus(folder, fortune: bool = True) -> bytes:

@@ -7,13 +7,14 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import per_layer_rules
 from torch import nn
 
 import nowt
 
 tv = pytest.importorskip("torchvision")
 
-RULES = ["bp", "fa", "usf", "brsf", "frsf", "kp", "wm", "dfa"]
+RULES = per_layer_rules(any_model=True)  # every rule that converts any model, read from the registry
 
 
 def vit(make=tv.models.VisionTransformer, *args, **kwargs) -> nn.Module:
