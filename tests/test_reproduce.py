@@ -289,3 +289,28 @@ def test_verdicts_table_lists_registered_rows_only_and_fills_the_readme_block(tm
     begin, end = reproduce.VERDICTS_BEGIN, reproduce.VERDICTS_END
     (tmp_path / "README.md").write_text(f"# r\n\n{begin}\nold\n{end}\nend\n")
     assert reproduce.write_verdicts(tmp_path).read_text() == f"# r\n\n{begin}\n{table}{end}\nend\n"
+
+
+def test_verdict_summary_counts_registered_cells_and_fills_the_top_readme(tmp_path, monkeypatch):
+    """Two of three seeds: fa's cells are provisional; fa-wide (an exploration) is never counted."""
+    tiny = Reproduction(name="tiny", paper="Tiny 2026", table="Table 0",
+                        config=dict(dataset="synthetic", hidden=(8,), epochs=1, batch_size=50),
+                        runs={"fa": {"rule": "fa"}, "fa-wide": {"rule": "fa", "hidden": (16,)},
+                              "bp": {"rule": "bp"}},
+                        published={"fa": {"best_test_accuracy": 0.0, "output_angle": 0.0},
+                                   "fa-wide": {"best_test_accuracy": 50.0},
+                                   "bp": {"best_test_accuracy": 50.0}},
+                        explorations={"fa-wide": "after fa missed"}, seeds=(0, 1, 2))
+    monkeypatch.setitem(REPRODUCTIONS, "tiny", tiny)
+    monkeypatch.setattr(reproduce, "COMMITTED", {"tiny": "tiny"})
+    root = tmp_path / "results"
+    run_reproduction(tiny, out_dir=root / "tiny", seeds=[0, 1], only=["fa"], progress=False)
+    summary = reproduce.verdict_summary(root)
+    # fa's accuracy lies far above 0 (a miss) and its output angle far from 0 degrees (a miss): provisional
+    assert summary.splitlines()[2] == "| [tiny](results/tiny/RESULTS.md) | 3 | 0 | 0 | 0 / 2 | 1 |"
+    begin, end = reproduce.VERDICTS_BEGIN, reproduce.VERDICTS_END
+    (root / "README.md").write_text(f"{begin}\n{end}\n")
+    top = tmp_path / "README.md"
+    top.write_text(f"# nowt\n{reproduce.SUMMARY_BEGIN}\nstale\n{reproduce.SUMMARY_END}\nrest\n")
+    reproduce.write_verdicts(root)
+    assert top.read_text() == f"# nowt\n{reproduce.SUMMARY_BEGIN}\n{summary}{reproduce.SUMMARY_END}\nrest\n"

@@ -56,33 +56,73 @@ COMMITTED = {"akrout2019": "akrout2019", "nokland2016": "nokland2016", "biotorch
 VERDICTS_BEGIN, VERDICTS_END = "<!-- verdicts: nowt reproduce --verdicts -->", "<!-- end verdicts -->"
 
 
-def verdicts(root: str | os.PathLike = "results") -> str:
+SUMMARY_BEGIN = "<!-- verdict summary: nowt reproduce --verdicts -->"
+SUMMARY_END = "<!-- end verdict summary -->"
+
+
+def _registered_cells(root: str | os.PathLike) -> dict[str, tuple[str, list[dict]]]:
+    """name -> (folder, the registered rows' cells that have a published number), read from the logs."""
+    cells = {}
+    for name, folder in COMMITTED.items():
+        entry = get(name)
+        rows = run_reproduction(entry, out_dir=Path(root) / folder, gather=True, progress=False,
+                                only=[r for r in entry.runs if r not in entry.explorations])
+        cells[name] = (folder, [r for r in rows
+                                if r["metric"] != "final_train_error" and r["published"] == r["published"]])
+    return cells
+
+
+def verdicts(root: str | os.PathLike = "results", cells: dict | None = None) -> str:
     """Every committed reproduction's registered rows read from their logs (training nothing): ours as mean ±
     std over the finished seeds beside the published number, and the verdict (`entry.verdict`); the
     explorations are linked, never listed here. Train errors are left to each RESULTS.md."""
     lines = ["| reproduction | row | metric | published | ours: mean ± std (seeds) | verdict |",
              "|---|---|---|---|---|---|"]
-    for name, folder in COMMITTED.items():
-        entry = get(name)
-        rows = run_reproduction(entry, out_dir=Path(root) / folder, gather=True, progress=False,
-                                only=[r for r in entry.runs if r not in entry.explorations])
+    for name, (folder, rows) in (cells or _registered_cells(root)).items():
         link = f"[{name}]({folder}/RESULTS.md)"
         for r in rows:
-            if r["metric"] != "final_train_error" and r["published"] == r["published"]:
-                lines.append(f"| {link} | {r['run']} | {r['metric']} | {r['published']:.2f} | "
-                             f"{results_spread(r)} | {r['verdict']} |")
+            lines.append(f"| {link} | {r['run']} | {r['metric']} | {r['published']:.2f} | "
+                         f"{results_spread(r)} | {r['verdict']} |")
     return "\n".join(lines) + "\n"
 
 
-def write_verdicts(root: str | os.PathLike = "results") -> Path:
-    """Rewrites the generated block of ROOT/README.md with `verdicts(root)`."""
-    path = Path(root) / "README.md"
+def verdict_summary(root: str | os.PathLike = "results", cells: dict | None = None) -> str:
+    """One line per committed reproduction: of its registered cells (a row's metric with a published
+    number), how many match and miss with every registered seed finished, how many are provisional (fewer
+    seeds) and how many have no finished run yet. Links are relative to the repository root."""
+    lines = ["| reproduction | registered cells | match | miss | provisional (match / miss) | not run yet |",
+             "|---|---|---|---|---|---|"]
+    for name, (folder, rows) in (cells or _registered_cells(root)).items():
+        done = [r["verdict"] for r in rows if r["values"]]
+        final = [v for v in done if "provisional" not in v]
+        early = [v for v in done if "provisional" in v]
+        lines.append(f"| [{name}]({Path(root).name}/{folder}/RESULTS.md) | {len(rows)} | "
+                     f"{_count(final, 'matches')} | {_count(final, 'misses')} | "
+                     f"{_count(early, 'matches')} / {_count(early, 'misses')} | {len(rows) - len(done)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _count(verdicts: list[str], word: str) -> int:
+    return sum(v.startswith(word) for v in verdicts)
+
+
+def _fill(path: Path, begin: str, end: str, body: str) -> Path:
     text = path.read_text()
-    if VERDICTS_BEGIN not in text or VERDICTS_END not in text:
-        raise ValueError(f"{path} has no {VERDICTS_BEGIN} ... {VERDICTS_END} block to fill")
-    head, rest = text.split(VERDICTS_BEGIN, 1)
-    tail = rest.split(VERDICTS_END, 1)[1]
-    path.write_text(f"{head}{VERDICTS_BEGIN}\n{verdicts(root)}{VERDICTS_END}{tail}")
+    if begin not in text or end not in text:
+        raise ValueError(f"{path} has no {begin} ... {end} block to fill")
+    head, rest = text.split(begin, 1)
+    path.write_text(f"{head}{begin}\n{body}{end}{rest.split(end, 1)[1]}")
+    return path
+
+
+def write_verdicts(root: str | os.PathLike = "results") -> Path:
+    """Rewrites the generated block of ROOT/README.md with `verdicts(root)` and, where the README above ROOT
+    (the repository's) has one, its summary block with `verdict_summary(root)`."""
+    cells = _registered_cells(root)
+    path = _fill(Path(root) / "README.md", VERDICTS_BEGIN, VERDICTS_END, verdicts(root, cells))
+    top = Path(root).resolve().parent / "README.md"
+    if top.is_file() and SUMMARY_BEGIN in top.read_text():
+        _fill(top, SUMMARY_BEGIN, SUMMARY_END, verdict_summary(root, cells))
     return path
 
 
@@ -120,7 +160,8 @@ def run(name: str, out_dir: str | os.PathLike | None = None, quick: bool = False
                          seeds=seeds, **overrides)
 
 
-__all__ = ["BAND", "COMMITTED", "METRICS", "PAPERS", "REPRODUCTIONS", "SEEDS", "Analysis", "Entry",
+__all__ = ["BAND", "COMMITTED", "METRICS", "PAPERS", "REPRODUCTIONS", "SEEDS", "SUMMARY_BEGIN", "SUMMARY_END",
+           "VERDICTS_BEGIN", "VERDICTS_END", "Analysis", "Entry",
            "Reproduction", "default_out", "describe", "get", "known_models", "listing", "missing_piece",
            "provenance", "results_spread", "results_table", "run", "run_config", "run_reproduction",
-           "seed_dir", "verdict", "verdicts", "write_verdicts"]
+           "seed_dir", "verdict", "verdict_summary", "verdicts", "write_verdicts"]
