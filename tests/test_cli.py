@@ -169,6 +169,10 @@ def test_bad_flags_are_one_line_errors(tmp_path, capsys):
         (["--model", "mnist_fc", "--activation", "relu"],
          "'mnist_fc' has no activation option (its activation is tanh); --activation applies to: mlp"),
         (["--model", "convnet", "--dropout", "0"], "model 'convnet' has no dropout option"),
+        (["--model", "mlp", "--pool", "mean"], "model 'mlp' has no pool option; --pool applies to: vit"),
+        (["--rule", "fa", "--storage", "seeded"], "--storage applies only to: dfa, ifa"),
+        (["--rule", "kp", "--error-at", "head"], "--error-at applies only to: dfa, ifa"),
+        (["--rule", "dfa", "--storage", "disk"], "--storage"),
     ]:
         _one_line_error(capsys, ["train", "--dataset", "synthetic", "--epochs", "1", *argv], *expected)
     if not torch.cuda.is_available():

@@ -419,3 +419,17 @@ def test_a_run_starts_by_printing_each_layers_rule_and_what_its_backward_reads(c
     assert out.splitlines()[1].split() == ["1", "nowt.layers.Linear", "fa", "(8,", "64)", "B"]
     fit(TrainConfig(dataset="synthetic", hidden=(8,), epochs=1, rule="fa"), progress=False)
     assert "backward reads" not in capsys.readouterr().out  # quiet runs (tests, --no-progress) print none
+
+
+def test_the_vit_pool_and_dfa_storage_and_error_at_reach_model_and_rule():
+    """`--pool`, `--storage` and `--error-at` (Launay et al.'s ViT settings, issue 28) are TrainConfig fields
+    that build_model hands to the model and the rule."""
+    from nowt.train import build_model
+
+    cfg = TrainConfig(rule="dfa", model="vit", dataset="synthetic", pool="mean", storage="seeded",
+                      error_at="head", blocks=("blocks.*",), position_feedback="shared")
+    model = build_model(cfg, (1, 28, 28), 10)
+    assert model.pool == "mean" and model.pos.shape[1] == 16  # no class token
+    (rule,) = {id(r): r for r in nowt.feedback_rules(model)}.values()
+    assert rule.storage == "seeded" and rule.error_at == "head"
+    assert build_model(TrainConfig(model="vit"), (1, 28, 28), 10).pool == "cls"  # the default

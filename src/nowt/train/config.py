@@ -82,6 +82,8 @@ class TrainConfig(metaclass=RuleOptionFields):
     dropout: float = _f(0.0, "dropout probability after each hidden layer of the MLP", min=0.0, lt=1.0)
     input_dropout: float = _f(0.0, "dropout probability on the MLP's input (Nøkland 2016: 0.1)", min=0.0,
                               lt=1.0)
+    pool: str = _f("cls", "vit: the head reads the class token (cls) or the mean over the tokens (mean)",
+                   choices=("cls", "mean"))
     init: str = _f("default", "weight init; normal_fan_avg: W, b and B ~ N(0, 1/(fan_in + fan_out)) "
                    "(Akrout et al.); xavier: W and B Glorot uniform, b 0 (BioTorch); zeros: forward "
                    "weights and biases start at 0, feedback stays random (Nøkland's FA/DFA tanh nets)",

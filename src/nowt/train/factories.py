@@ -168,7 +168,7 @@ def rule_options(cfg: TrainConfig) -> dict[str, Any]:
     return options
 
 
-MODEL_OPTIONS = ("hidden", "activation", "dropout", "input_dropout")
+MODEL_OPTIONS = ("hidden", "activation", "dropout", "input_dropout", "pool")
 
 
 def check_model_options(model: str, requested: dict[str, object]) -> None:
@@ -199,8 +199,9 @@ def build_model(cfg: TrainConfig, input_shape: tuple[int, ...], num_classes: int
     if factory is None:
         raise ValueError(f"unknown model {cfg.model!r}; known models: {', '.join(MODELS)}")
     offered = dict(in_features=math.prod(input_shape), hidden=cfg.hidden, activation=cfg.activation,
-                   dropout=cfg.dropout, input_dropout=cfg.input_dropout, num_classes=num_classes,
-                   in_channels=input_shape[0], image_size=input_shape[-1], input_shape=input_shape)
+                   dropout=cfg.dropout, input_dropout=cfg.input_dropout, pool=cfg.pool,
+                   num_classes=num_classes, in_channels=input_shape[0], image_size=input_shape[-1],
+                   input_shape=input_shape)
     accepted = inspect.signature(factory).parameters
     # left at its default, a model option is no request (the CLI also checks the flags given explicitly)
     check_model_options(cfg.model, {name: getattr(cfg, name) for name in MODEL_OPTIONS

@@ -93,7 +93,8 @@ class DirectFeedback(Rule):
     CONV_FEEDBACKS = ("full", "kernel")
     POSITION_FEEDBACKS = ("full", "shared")
     options: ClassVar[dict[str, Option]] = declare(
-        Option("storage", "dense", "where B lives (`storage.py`)", choices=storage.STORAGES, config=False),
+        Option("storage", "dense", "dfa: where B lives: a dense tensor, or regenerated from a seed chunk by "
+               "chunk (seeded: no B in memory, for large layers; `storage.py`)", choices=storage.STORAGES),
         Option("chunk", 4096, "columns of B per chunk", gt=0, config=False),
         Option("scale", 1.0, "a factor on B's initial draw", gt=0.0, config=False),
         Option("zero_init", False, "zero every converted layer's weight and bias", config=False),
@@ -110,7 +111,8 @@ class DirectFeedback(Rule):
                "et al. 2020 for transformers)", choices=POSITION_FEEDBACKS),
         Option("output", None, "which tensor of the model's output e is taken of (`outputs.py`)", kind=Any,
                config=False),
-        Option("error_at", None, "the module at whose input e is taken", kind=str | None, config=False),
+        Option("error_at", None, "dfa: the module (by name) at whose input e is taken, e.g. a loss module "
+               "inside the model; none: the model's output", kind=str | None),
     )
     transports_weights = False
     blocks: tuple[str, ...] = ()  # the defaults of the options a subclass (ifa) does not take
