@@ -93,8 +93,10 @@ class DirectFeedback(Rule):
     CONV_FEEDBACKS = ("full", "kernel")
     POSITION_FEEDBACKS = ("full", "shared")
     options: ClassVar[dict[str, Option]] = declare(
-        Option("storage", "dense", "dfa: where B lives: a dense tensor, or regenerated from a seed chunk by "
-               "chunk (seeded: no B in memory, for large layers; `storage.py`)", choices=storage.STORAGES),
+        Option("storage", "dense", "dfa: where B lives: a buffer per layer (dense), slices of one matrix "
+               "(shared, as TinyDFA), or redrawn from its seed chunk by chunk in backward (seeded: no B in "
+               "memory, for ImageNet-sized layers); the same gradients (`storage.py`)",
+               choices=storage.STORAGES),
         Option("chunk", 4096, "columns of B per chunk", gt=0, config=False),
         Option("scale", 1.0, "a factor on B's initial draw", gt=0.0, config=False),
         Option("zero_init", False, "zero every converted layer's weight and bias", config=False),
