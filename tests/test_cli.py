@@ -173,6 +173,11 @@ def test_bad_flags_are_one_line_errors(tmp_path, capsys):
         (["--rule", "fa", "--storage", "seeded"], "--storage applies only to: dfa, ifa"),
         (["--rule", "kp", "--error-at", "head"], "--error-at applies only to: dfa, ifa"),
         (["--rule", "dfa", "--storage", "disk"], "--storage"),
+        # flags at their default values are requests too: target propagation decides these itself
+        (["--rule", "dtp", "--lr-schedule", "cosine"], "'dtp' (target propagation) does not support "
+                                                       "--lr-schedule cosine"),
+        (["--rule", "sdtp", "--momentum", "0.9"], "does not support --momentum 0.9"),
+        (["--rule", "fa", "--storage", "dense"], "--storage applies only to: dfa, ifa (not 'fa')"),
     ]:
         _one_line_error(capsys, ["train", "--dataset", "synthetic", "--epochs", "1", *argv], *expected)
     if not torch.cuda.is_available():
@@ -194,7 +199,6 @@ def test_flags_are_generated_from_the_config_fields(tmp_path):
 
     from nowt.cli import _shown, build_parser, config_from_args
     from nowt.train import TrainConfig
-    from nowt.train.factories import MODEL_OPTIONS
 
     parser = build_parser()
     train = parser._subparsers._group_actions[0].choices["train"]
@@ -203,10 +207,8 @@ def test_flags_are_generated_from_the_config_fields(tmp_path):
         if f.name == "extra":
             continue
         assert f.name in flags, f.name
-        if f.name in MODEL_OPTIONS:  # None: unset, so that a flag given at its default value is seen
-            assert flags[f.name].default is None and f"(default: {_shown(f.default)})" in flags[f.name].help
-        else:
-            assert flags[f.name].default == f.default, f.name  # one source of defaults
+        # None: unset, so that a flag given at its default value is seen; the default is TrainConfig's alone
+        assert flags[f.name].default is None and f"(default: {_shown(f.default)})" in flags[f.name].help
     assert all(a.help for a in train._actions), [a.dest for a in train._actions if not a.help]
     assert flags["num_workers"].option_strings == ["--workers"]
     assert flags["out_dir"].option_strings == ["--out"]
@@ -241,6 +243,12 @@ def test_a_whole_config_in_toml_may_hold_model_options_at_their_defaults(tmp_pat
     config.write_text('model = "mnist_fc"\nhidden = [500]\n')
     with pytest.raises(ValueError, match="'mnist_fc' has no hidden option"):
         parse()
+    # target propagation's saved config holds every field, at defaults it does not use: accepted from TOML
+    config.write_text('rule = "sdtp"\nmodel = "mnist_fc"\noptimizer = "sgd"\nmomentum = 0.9\n'
+                      'lr_schedule = "cosine"\nstorage = "dense"\n')
+    assert parse().rule == "sdtp"
+    with pytest.raises(ValueError, match="does not support --lr-schedule cosine"):
+        parse("--lr-schedule", "cosine")  # the same value as a flag is a request
 
 
 def test_evaluate_scores_a_saved_run_on_its_train_and_test_sets(tmp_path, capsys):

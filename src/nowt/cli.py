@@ -30,6 +30,7 @@ from nowt.train.config import (
     parse_list,
 )
 from nowt.train.factories import MODEL_OPTIONS, check_model_options, load_data, rules_declaring
+from nowt.train.learners import check_flags_apply
 
 
 class Parser(argparse.ArgumentParser):
@@ -77,13 +78,12 @@ def add_training_args(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) ->
         if f.metadata.get("rule_option"):
             help_text += f" (rule option of: {', '.join(rules_declaring(f.name))})"
         help_text += f" (default: {_shown(default)})"
-        if f.name in MODEL_OPTIONS:
-            default = None  # so that config_from_args sees which were given, even at their default value
+        # no argparse default: config_from_args sees which flags were given, even at their default value
         if hints[f.name] is bool:
             p.add_argument(flag_name(f), dest=f.name, action=argparse.BooleanOptionalAction,
-                           default=default, help=help_text)
+                           default=None, help=help_text)
         else:
-            p.add_argument(flag_name(f), dest=f.name, type=_flag_type(hints[f.name]), default=default,
+            p.add_argument(flag_name(f), dest=f.name, type=_flag_type(hints[f.name]), default=None,
                            metavar=f.metadata.get("metavar", f.name.upper()), help=help_text)
     p.add_argument("--resume", action="store_true", help="continue the run(s) in --out from the checkpoint")
     p.add_argument("--overwrite", action="store_true",
@@ -199,18 +199,19 @@ def read_toml(path: str, command: str = "train") -> dict:
 
 def config_from_args(args: argparse.Namespace, **overrides) -> TrainConfig:
     """The run's TrainConfig from flags and TOML values, checked once (TrainConfig.validate)."""
-    values = {k: v for k, v in vars(args).items() if k in FIELDS}
+    values = {k: v for k, v in vars(args).items() if k in FIELDS and v is not None}  # None: not given
     values.update(overrides)
-    # a model option given as a flag must apply to the model, even at its default value (a TOML file, which
-    # may be a whole run's config, is held to build_model's check: only values other than the default)
-    given = {k: v for k in MODEL_OPTIONS if (v := values.pop(k, None)) is not None}
-    from_config = getattr(args, "from_config", set())
-    requested = {k: v for k, v in given.items() if k not in from_config or not is_default(FIELDS[k], v)}
-    check_model_options(str(values.get("model", TrainConfig.model)), requested)
-    values.update(given)
     if isinstance(values.get("rule"), str):
         values["rule"] = values["rule"].lower()
-    return TrainConfig.from_dict(values)
+    # A flag given on the command line must apply, even at its default value (a TOML file, which may be a
+    # whole run's config, is held to the checks of values other than the default, as a TrainConfig is).
+    flags = set(values) - getattr(args, "from_config", set()) - set(overrides)
+    check_model_options(str(values.get("model", FIELDS["model"].default)),
+                        {k: values[k] for k in MODEL_OPTIONS
+                         if k in values and (k in flags or not is_default(FIELDS[k], values[k]))})
+    cfg = TrainConfig.from_dict(values)
+    check_flags_apply(cfg, flags)
+    return cfg
 
 
 def train_command(args: argparse.Namespace) -> int:
@@ -234,7 +235,8 @@ def compare_command(args: argparse.Namespace) -> int:
     rules = list(dict.fromkeys(r.strip().lower() for r in str(args.rules).split(",") if r.strip()))
     if not rules:
         raise ValueError("--rules is empty")
-    out = check_out_dir(args.out_dir) if args.out_dir is not None else Path(f"runs/compare-{args.dataset}")
+    dataset = args.dataset if args.dataset is not None else FIELDS["dataset"].default
+    out = check_out_dir(args.out_dir) if args.out_dir is not None else Path(f"runs/compare-{dataset}")
     if args.seeds is None:
         configs = [config_from_args(args, rule=rule, out_dir=str(out / rule)) for rule in rules]
     else:

@@ -9,6 +9,7 @@ follows from it (convert the network? measure feedback? take --optimizer?) is as
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 import torch
@@ -20,7 +21,14 @@ from nowt.metrics import backprop_mode
 from nowt.optim import HalveOnPlateau, make_optimizer, rule_step
 from nowt.rules import rule_class
 from nowt.train.config import FIELDS, TrainConfig, flag_name, is_default
-from nowt.train.factories import make_loss, make_scheduler, parameter_groups, rule_options, sized
+from nowt.train.factories import (
+    make_loss,
+    make_scheduler,
+    parameter_groups,
+    rule_options,
+    rules_declaring,
+    sized,
+)
 from nowt.train.kinds import PER_LAYER, WHOLE_NETWORK, LearnerKind, learner_kind
 
 
@@ -144,6 +152,29 @@ WHOLE_NETWORK_FIXED: dict[str, tuple] = {
 }
 
 
+def check_whole_network_fields(cfg: TrainConfig, names: Iterable[str]) -> None:
+    """Refuses those of the fields `names` that a whole-network rule decides itself (WHOLE_NETWORK_FIXED)
+    at a value it does not take."""
+    refused = [f"{flag_name(FIELDS[name])} {_shown(getattr(cfg, name))}" for name in names
+               if name in WHOLE_NETWORK_FIXED and getattr(cfg, name) not in WHOLE_NETWORK_FIXED[name]]
+    if refused:
+        raise ValueError(f"rule {cfg.rule!r} (target propagation) does not support {', '.join(refused)}; "
+                         "it trains with Adam at a constant --lr on its own layer-local losses")
+
+
+def check_flags_apply(cfg: TrainConfig, flags: Iterable[str]) -> None:
+    """Fields given as command-line flags must apply to the run even at their default values (a
+    TrainConfig alone cannot tell a default from a default asked for): a rule option `cfg.rule` does not
+    declare, or an option target propagation decides itself (`--lr-schedule cosine`), is refused."""
+    declared = rule_class(cfg.rule).options
+    for name in sorted(flags):
+        if FIELDS[name].metadata.get("rule_option") and name not in declared:
+            raise ValueError(f"{flag_name(FIELDS[name])} applies only to: "
+                             f"{', '.join(rules_declaring(name))} (not {cfg.rule!r})")
+    if learner_kind(cfg.rule) is WHOLE_NETWORK:
+        check_whole_network_fields(cfg, sorted(flags))
+
+
 class WholeNetworkLearner:
     """A whole-network rule (target propagation) through the learner its rule class builds
     (`WholeNetworkRule.learner`): the plain network, trained with Adam at a constant --lr on the rule's own
@@ -154,12 +185,8 @@ class WholeNetworkLearner:
     finished = False  # a constant lr: only --epochs and --patience end the run
 
     def __init__(self, model: nn.Module, cfg: TrainConfig, steps_per_epoch: int):
-        ignored = [f"{flag_name(FIELDS[name])} {_shown(getattr(cfg, name))}"
-                   for name, accepted in WHOLE_NETWORK_FIXED.items()
-                   if not is_default(FIELDS[name], getattr(cfg, name)) and getattr(cfg, name) not in accepted]
-        if ignored:
-            raise ValueError(f"rule {cfg.rule!r} (target propagation) does not support {', '.join(ignored)}; "
-                             "it trains with Adam at a constant --lr on its own layer-local losses")
+        check_whole_network_fields(cfg, [name for name in WHOLE_NETWORK_FIXED
+                                         if not is_default(FIELDS[name], getattr(cfg, name))])
         self.cfg = cfg
         self.inner = rule_class(cfg.rule).learner(model, lr=cfg.lr, seed=cfg.seed, betas=cfg.adam_betas,
                                                   eps=cfg.adam_eps, **rule_options(cfg))
