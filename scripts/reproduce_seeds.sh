@@ -2,7 +2,9 @@
 # Every registered seed of the long reproductions (issue 24), one run at a time on one torch thread, in an
 # order that completes each paper's table before the next starts, then nowt's own fair ViT and GPT
 # comparisons (issue 28). Finished runs are read, not retrained, and an interrupted one resumes from its
-# checkpoint: after a stop, run this script again.
+# checkpoint: after a stop, run this script again. Each pass rewrites every RESULTS.md it reaches: set
+# NOWT_AKROUT_LOGS to a checkout of the authors' repository (github.com/makrout/Deep-Learning-without-Weight-Transport)
+# or akrout2019's table loses its comparison with their logs (restore it with git checkout).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1
