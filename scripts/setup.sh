@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Creates .venv and installs nowt with its dev and docs extras (pytest, ruff; mkdocs for `.ci/run`).
+# Creates .venv and installs nowt with its dev and docs extras (pytest, ruff, mypy; mkdocs for `.ci/run`).
 # Installs the CPU build of PyTorch first when none is present, so that `torch>=2.4` does not pull a
 # multi-GB CUDA build.
 set -euo pipefail

@@ -15,13 +15,14 @@ from __future__ import annotations
 import copy
 import math
 import sys
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from nowt.layers import CONVERTIBLE, FeedbackLayer, convertible
+from nowt.layers import CONVERTIBLE, FeedbackLayer, Replacement, convertible
 from nowt.ops import LinearOp
 from nowt.rules import Rule
 
@@ -52,6 +53,11 @@ class Projection(FeedbackLayer):
 class MultiheadAttention(nn.MultiheadAttention):
     """`nn.MultiheadAttention` whose projections go through a rule; attention itself is
     `F.scaled_dot_product_attention` (or, with `need_weights`, the same maths written out)."""
+
+    in_proj: Projection  # packed q, k, v (`_qkv_same_embed_dim`), else q_proj, k_proj, v_proj
+    q_proj: Projection
+    k_proj: Projection
+    v_proj: Projection
 
     @classmethod
     def from_module(cls, m: nn.MultiheadAttention, rule: Rule) -> MultiheadAttention:
@@ -105,10 +111,11 @@ class MultiheadAttention(nn.MultiheadAttention):
             raise RuntimeError("Need attn_mask if specifying the is_causal hint (as nn.MultiheadAttention)")
         q, k, v = self._project(query, key, value)
         for extra in (self.bias_k, self.bias_v), (k.new_zeros(()),) * 2 if self.add_zero_attn else None:
-            if extra is None or extra[0] is None:
+            extra_k, extra_v = extra if extra is not None else (None, None)
+            if extra_k is None or extra_v is None:  # bias_k and bias_v: both or neither
                 continue  # one more key and value (learned, or zeros), which no mask hides
             k, v = (torch.cat([t, e.expand(t.shape[0], 1, t.shape[2])], 1)
-                    for t, e in zip((k, v), extra, strict=True))
+                    for t, e in ((k, extra_k), (v, extra_v)))
             attn_mask, key_padding_mask = (None if m is None else F.pad(m, (0, 1))
                                            for m in (attn_mask, key_padding_mask))
         n, length, s, h = q.shape[0], q.shape[1], k.shape[1], self.num_heads
@@ -219,8 +226,9 @@ def register_torchvision() -> None:
     for name in ("ShiftedWindowAttention", "ShiftedWindowAttentionV2"):
         base = getattr(swin, name, None)
         if base is not None and base not in CONVERTIBLE:
-            CONVERTIBLE[base] = type(base.__name__, (RoutedAttention, base),  # type: ignore[assignment]
-                                     {"linear_names": ("qkv", "proj"), "__module__": __name__})
+            cls = type(base.__name__, (RoutedAttention, base),
+                       {"linear_names": ("qkv", "proj"), "__module__": __name__})
+            CONVERTIBLE[base] = cast(Replacement, cls)  # a class made at run time: `type` to mypy
 
 
 def keep_dense(model: nn.Module) -> None:

@@ -60,7 +60,7 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
     """Deletes the temporary files of `path` that no live writer holds: those of a process of this host
     that no longer runs (or of this process), and any older than `STALE_AFTER_S`. Returns them."""
     path = Path(path)
-    removed = []
+    removed: list[Path] = []
     if not path.parent.is_dir():
         return removed
     host = socket.gethostname()

@@ -13,10 +13,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import MISSING, replace
 from pathlib import Path
 from types import UnionType
-from typing import NoReturn, Union, get_args, get_origin, get_type_hints
+from typing import Any, NoReturn, Union, get_args, get_origin, get_type_hints
 
 from nowt import distributed
 from nowt.train.config import (
@@ -50,14 +51,14 @@ def _list_of(kind: type):
     return parse
 
 
-def _flag_type(hint) -> type | None:
+def _flag_type(hint: Any) -> Callable[[str], Any]:
     """How argparse turns a flag's text into the field's type (the checks come later, in TrainConfig)."""
     if get_origin(hint) in (Union, UnionType):  # X | None
         hint = next(a for a in get_args(hint) if a is not type(None))
     kind = hint
     if get_origin(kind) is tuple:
         return _list_of(get_args(kind)[0])
-    return kind if kind in (int, float) else None
+    return kind if kind in (int, float) else str  # str: the text as given
 
 
 def add_training_args(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
@@ -172,20 +173,24 @@ def build_parser(config_defaults: dict | None = None) -> argparse.ArgumentParser
     return parser
 
 
+def _load_toml(path: str) -> dict[str, Any]:
+    if sys.version_info < (3, 11):  # Python 3.10: no tomllib
+        raise ValueError("--config needs Python 3.11+ (tomllib)")
+    else:  # (an else: mypy checks it as Python 3.11's)
+        import tomllib
+
+        try:
+            with open(path, "rb") as f:
+                return tomllib.load(f)
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise ValueError(f"cannot read config {path}: {e}") from None
+
+
 def read_toml(path: str, command: str = "train") -> dict:
     """Raw TrainConfig fields (and `rules` for compare) from a TOML file; unknown keys are refused here
     (and a key the command would ignore: `rules` in train, `rule` in compare), types and ranges by
     TrainConfig.validate with the flags' values."""
-    try:
-        import tomllib
-    except ImportError:  # Python 3.10
-        raise ValueError("--config needs Python 3.11+ (tomllib)") from None
-    try:
-        with open(path, "rb") as f:
-            values = tomllib.load(f)
-    except (OSError, tomllib.TOMLDecodeError) as e:
-        raise ValueError(f"cannot read config {path}: {e}") from None
-    values = {k.replace("-", "_"): v for k, v in values.items()}
+    values = {k.replace("-", "_"): v for k, v in _load_toml(path).items()}
     allowed = {f.name for f in FIELDS.values() if f.metadata.get("cli", True)}
     allowed = allowed - {"rule"} | {"rules"} if command == "compare" else allowed
     unknown = sorted(set(values) - allowed)
@@ -262,7 +267,7 @@ def compare_command(args: argparse.Namespace) -> int:
         raise ValueError("--holdout applies with --lr-grid only")
     for cfg in configs:  # the very same tensors, model recipe, seed and budget for every rule
         fit(cfg, data.train, data.test, **run)
-    dirs = [cfg.out_dir for cfg in configs]
+    dirs = [cfg.out_dir for cfg in configs if cfg.out_dir is not None]  # every one's: made with out_dir
     runs = [load_run(d, name=str(Path(d).relative_to(out))) for d in dirs]
     by_rule = seed_summary_table(runs)
     print(grid + summary_table(runs) + (f"\n{by_rule}" if by_rule else ""), end="")

@@ -5,14 +5,14 @@ from __future__ import annotations
 import fnmatch
 import warnings
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 
 from nowt import attention
 from nowt.inventory import class_path, conversion, unknown_weights, watch
-from nowt.layers import CONVERTIBLE, VARIANTS, FeedbackLayer, register_transformers
+from nowt.layers import CONVERTIBLE, VARIANTS, FeedbackLayer, _Conv, register_transformers
 from nowt.rules import Rule, make_rule
 
 #: Layers whose weights also carry errors backwards but that no rule converts yet. Converting a model that
@@ -113,11 +113,15 @@ def convert(
         module = modules[key]
         layer_rule = backprop if _matches(layer_names[0], module, exclude) else rule
         base, variant = plan[key]
+        assert base is not None  # `modules` holds only what converts
         layer = VARIANTS.get(variant, CONVERTIBLE[base]).from_module(module, layer_rule)
         if variant == "pad_same":
+            assert isinstance(layer, _Conv)  # timm's Conv2dSame
             layer.pad_same = True
         generator = torch.Generator().manual_seed(layer_seed)
-        for part in getattr(layer, "rule_parts", lambda: [layer])():  # noqa: B023 (attention: per projection)
+        one = [cast(FeedbackLayer, layer)]  # any replacement but attention (its projections) is one layer
+        parts: list[FeedbackLayer] = getattr(layer, "rule_parts", lambda: one)()  # noqa: B023
+        for part in parts:
             part.draw_state = generator.get_state()  # to redraw the same B after `to_empty`
             layer_rule.setup(part, generator)
             _tag_rule(part)
@@ -194,7 +198,7 @@ def _check_rule_name(module, state_dict, prefix, *args) -> None:
                          f"rule={writer!r}")
 
 
-def _keep_feedback(module: nn.Module, state_dict: dict, prefix: str) -> None:
+def _keep_feedback(module: FeedbackLayer, state_dict: dict, prefix: str) -> None:
     """A plain model's state dict (a pretrained checkpoint) holds none of the rule's state: the layer keeps
     its own, and the weights load under strict checking of everything else. Partly present state is left
     to the strict check."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from torch import Tensor, nn
@@ -25,7 +25,7 @@ from nowt.metrics import backprop_mode, preserved_state
 FACTOR = 100.0
 
 
-def _pass(model: nn.Module, layers: dict[str, nn.Module], loss_fn: Callable[[Any, Any], Tensor], x: Any,
+def _pass(model: nn.Module, layers: Mapping[str, nn.Module], loss_fn: Callable[[Any, Any], Tensor], x: Any,
           y: Any) -> dict[str, float]:
     """One forward and backward; the norm of the gradient reaching each layer's output (summed over the
     layer's calls), the buffers and the random number generators left as they were."""

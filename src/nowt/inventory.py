@@ -12,6 +12,7 @@ from typing import TextIO
 
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
+from torch.utils.hooks import RemovableHandle
 
 from nowt.layers import CONVERTIBLE, FeedbackLayer
 
@@ -110,12 +111,13 @@ def watch(model: nn.Module, layers: dict[str, FeedbackLayer], unknown: str = "er
             hook = _FirstGradient(name, layer, unknown)
             hook.handle = w.register_hook(hook)
     if watched and not isinstance(model, FeedbackLayer):
-        hook = _FirstForward(watched)
-        hook.handle = model.register_forward_hook(hook)
+        first_forward = _FirstForward(watched)
+        first_forward.handle = model.register_forward_hook(first_forward)
 
 
 class _FirstGradient:
     __torch_unserializable__ = True  # not saved with the weight: the check is for this process's first step
+    handle: RemovableHandle
 
     def __init__(self, name: str, layer: FeedbackLayer, unknown: str) -> None:
         self.name, self.layer, self.unknown = name, layer, unknown
@@ -135,6 +137,8 @@ class _FirstGradient:
 
 
 class _FirstForward:
+    handle: RemovableHandle
+
     def __init__(self, layers: dict[str, FeedbackLayer]) -> None:
         self.layers = layers
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, Literal, Protocol, TypeVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +19,7 @@ from torch.nn.utils import parametrize
 from nowt import lc
 from nowt.ops import ConvOp, LinearOp, LocallyConnected2dOp, TransposedLinearOp
 from nowt.rules import Rule
+from nowt.rules.base import RuleLayer
 
 
 class FeedbackLayer(nn.Module):
@@ -25,9 +27,10 @@ class FeedbackLayer(nn.Module):
 
     rule: Rule
     op: LinearOp | ConvOp | LocallyConnected2dOp
-    last_input_shape = None  # the most recent input's shape (weight mirrors drive noise of this shape)
+    last_input_shape: torch.Size | None = None  # the most recent input's shape (weight mirrors drive noise
+    # of this shape)
     backprop_only = False  # set by `nowt.metrics.backprop_mode` to compute the true gradient
-    own_state = ("weight", "bias")  # the layer's own state, not the rule's
+    own_state: tuple[str, ...] = ("weight", "bias")  # the layer's own state, not the rule's
     skipped = False  # set when the model ran and this layer did not (`nowt.convert`'s first-forward check)
     draw_state: Tensor | None = None  # the generator state `nowt.convert` drew this layer's feedback from
 
@@ -41,7 +44,7 @@ class FeedbackLayer(nn.Module):
             return self.op.forward(x, self.weight, self.bias)
         return self.rule.forward(self, x)
 
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str) -> Any:
         try:
             return super().__getattr__(name)
         except AttributeError:
@@ -71,8 +74,9 @@ class FeedbackLayer(nn.Module):
             # the meta device here), then copied in: the same tensors, the same draw as convert's.
             stand_in = nn.Module()
             stand_in.weight = nn.Parameter(self.weight.new_empty(self.weight.shape, device=state[0].device))
-            stand_in.feedback_std = self.__dict__.get("feedback_std")  # init="match": W's spread at convert
-            self.rule.setup(stand_in, torch.Generator().set_state(self.draw_state))
+            stand_in.__dict__["feedback_std"] = self.__dict__.get("feedback_std")  # init="match": W's spread
+            # at convert. A plain module with W only, not a whole layer: what `setup` reads of one.
+            self.rule.setup(cast(RuleLayer, stand_in), torch.Generator().set_state(self.draw_state))
             with torch.no_grad():
                 for name, t in (*stand_in._parameters.items(), *stand_in._buffers.items()):
                     if name != "weight":
@@ -94,8 +98,10 @@ def adopt_parameters(layer: nn.Module, m: nn.Module) -> None:
             setattr(layer, name, getattr(m, name))
     # torch's own steps of register_parametrization (private helpers, stable since torch 1.9)
     parametrize._inject_new_class(layer)
-    layer.parametrizations = m.parametrizations
-    for name in m.parametrizations:
+    parametrizations = m.parametrizations
+    assert isinstance(parametrizations, nn.ModuleDict)  # `is_parametrized`: torch's ModuleDict of them
+    layer.parametrizations = parametrizations
+    for name in parametrizations:
         parametrize._inject_property(layer, name)
 
 
@@ -127,7 +133,7 @@ def register_transformers() -> None:
     itself; `nowt.convert` calls this)."""
     base = getattr(sys.modules.get("transformers.pytorch_utils"), "Conv1D", None)
     if base is not None and base not in CONVERTIBLE:
-        cls = type("Conv1D", (TransposedLinear, base), {"__module__": __name__})
+        cls = cast(Replacement, type("Conv1D", (TransposedLinear, base), {"__module__": __name__}))
         globals()["Conv1D"] = CONVERTIBLE[base] = cls  # a module attribute: a converted model pickles
 
 
@@ -139,11 +145,23 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+_C = TypeVar("_C", bound="_Conv")
+_S = TypeVar("_S", bound="StandardizedConv2d")
+
+
 class _Conv(FeedbackLayer):
     """Shared by every convolution, plain or transposed, of any dimension: one `ConvOp` geometry."""
 
+    op: ConvOp
+    kernel_size: tuple[int, ...]  # nn.Conv*'s own attributes, read by `forward` and `prepare_input`
+    stride: tuple[int, ...]
+    padding: str | tuple[int, ...]
+    dilation: tuple[int, ...]
+    padding_mode: Literal["zeros", "reflect", "replicate", "circular"]
+    _reversed_padding_repeated_twice: list[int]
+
     @classmethod
-    def from_module(cls, m: nn.modules.conv._ConvNd, rule: Rule) -> _Conv:
+    def from_module(cls: type[_C], m: nn.modules.conv._ConvNd, rule: Rule) -> _C:
         args = (m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding)
         if m.transposed:  # ConvTranspose's signature: output_padding, groups, bias, dilation, padding_mode
             layer = cls(*args, m.output_padding, m.groups, m.bias is not None, m.dilation, m.padding_mode,
@@ -154,7 +172,7 @@ class _Conv(FeedbackLayer):
         # String paddings ("same") and non-zero padding modes are applied by an explicit pad, so the op
         # itself only ever sees symmetric integer zero padding.
         explicit = isinstance(m.padding, str) or m.padding_mode != "zeros"
-        padding = (0,) * len(m.kernel_size) if explicit else tuple(m.padding)
+        padding = (0,) * len(m.kernel_size) if explicit or isinstance(m.padding, str) else tuple(m.padding)
         layer.rule = rule
         layer.op = ConvOp(tuple(m.stride), padding, tuple(m.dilation), m.groups, m.transposed,
                           tuple(m.output_padding) if m.transposed else ())
@@ -212,7 +230,7 @@ class StandardizedConv2d(Conv2d):
     eps, scale = 1e-6, 1.0
 
     @property
-    def weight(self) -> Tensor:
+    def weight(self) -> Tensor:  # type: ignore[override]  # nn.Conv2d's attribute, computed here
         w, gain = self._parameters.get("weight"), self._parameters.get("gain")
         if w is None:
             raise AttributeError("weight")  # not registered yet (nn.Conv2d's __init__ asks first)
@@ -221,7 +239,7 @@ class StandardizedConv2d(Conv2d):
                             momentum=0.0, eps=self.eps).reshape_as(w)  # timm's own computation
 
     @classmethod
-    def from_module(cls, m: nn.Conv2d, rule: Rule) -> StandardizedConv2d:
+    def from_module(cls: type[_S], m: Any, rule: Rule) -> _S:  # m: timm's StdConv2d (or Scaled, Same)
         layer = super().from_module(m, rule)
         layer.eps, layer.scale = m.eps, getattr(m, "scale", 1.0)
         if getattr(m, "gain", None) is not None:
@@ -247,6 +265,7 @@ class ConvTranspose3d(_ConvTranspose, nn.ConvTranspose3d):
 
 
 class LocallyConnected2d(FeedbackLayer, lc.LocallyConnected2d):
+    op: LocallyConnected2dOp
     @classmethod
     def from_module(cls, m: lc.LocallyConnected2d, rule: Rule) -> LocallyConnected2d:
         layer = cls(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding,
@@ -256,18 +275,28 @@ class LocallyConnected2d(FeedbackLayer, lc.LocallyConnected2d):
         return layer.train(m.training)
 
 
+class Replacement(Protocol):
+    """What `CONVERTIBLE` maps a torch layer type to: a class whose `from_module(m, rule)` makes the
+    rule-trained module that replaces `m` (a `FeedbackLayer`, or attention holding some)."""
+
+    def from_module(self, m: Any, rule: Rule, /) -> nn.Module: ...
+
+
 #: torch layer type -> rule-trained counterpart; `nowt.convert` swaps these.
-CONVERTIBLE: dict[type[nn.Module], type[FeedbackLayer]] = {
+CONVERTIBLE: dict[type[nn.Module], Replacement] = {
     nn.Linear: Linear, NonDynamicallyQuantizableLinear: Linear, nn.Conv1d: Conv1d, nn.Conv2d: Conv2d,
     nn.Conv3d: Conv3d, nn.ConvTranspose1d: ConvTranspose1d, nn.ConvTranspose2d: ConvTranspose2d,
     nn.ConvTranspose3d: ConvTranspose3d, lc.LocallyConnected2d: LocallyConnected2d,
 }
 
 
-def convertible(*types: type[nn.Module]) -> Any:
+_R = TypeVar("_R", bound=Replacement)
+
+
+def convertible(*types: type[nn.Module]) -> Callable[[_R], _R]:
     """Class decorator: `nowt.convert` swaps each of `types` for the decorated rule-trained layer (as
     `nowt.attention.MultiheadAttention` registers itself for nn.MultiheadAttention)."""
-    def add(cls: type) -> type:
+    def add(cls: _R) -> _R:
         for t in types:
             CONVERTIBLE[t] = cls
         return cls
@@ -276,7 +305,7 @@ def convertible(*types: type[nn.Module]) -> Any:
 
 
 #: Layers converted by class path (`nowt.inventory.SAME_OP`) into a layer of their own.
-VARIANTS: dict[str, type[FeedbackLayer]] = {"standardize": StandardizedConv2d}
+VARIANTS: dict[str, Replacement] = {"standardize": StandardizedConv2d}
 
 
 def feedback_layers(model: nn.Module) -> dict[str, FeedbackLayer]:

@@ -9,6 +9,7 @@ it into a rule-trained layer like `nn.Linear` and `nn.Conv2d`, and target propag
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -22,7 +23,7 @@ def _pair(value: int | tuple[int, int], name: str, minimum: int) -> tuple[int, i
     pair = (value, value) if isinstance(value, int) else tuple(value)
     if len(pair) != 2 or not all(isinstance(v, int) and v >= minimum for v in pair):
         raise ValueError(f"{name} must be an int >= {minimum} or a pair of them, got {value!r}")
-    return pair  # type: ignore[return-value]
+    return pair
 
 
 class LocallyConnected2d(nn.Module):
@@ -65,7 +66,7 @@ class LocallyConnected2d(nn.Module):
         if min(self.op.output_size) < 1:
             raise ValueError(f"kernel {self.kernel_size} with padding {self.padding} does not fit input "
                              f"{self.input_size}")
-        factory = {"device": device, "dtype": dtype}
+        factory: dict[str, Any] = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty(self.op.weight_shape, **factory))
         if bias:
             self.bias = nn.Parameter(torch.empty(out_channels, *self.op.output_size, **factory))

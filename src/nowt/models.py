@@ -154,6 +154,8 @@ class GPT(nn.Module):
     and norms stay on backprop under `nowt.convert`; attention's projections, the MLPs and the head learn by
     the rule. Block-level DFA: `--blocks 'blocks.*'`."""
 
+    causal: Tensor  # the causal mask, a buffer
+
     def __init__(self, vocab_size: int = 256, context: int = 128, dim: int = 128, depth: int = 2,
                  heads: int = 4, mlp_ratio: int = 4, dropout: float = 0.0) -> None:
         super().__init__()

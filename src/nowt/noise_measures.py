@@ -110,7 +110,7 @@ def generalization_gap(
     return {"accuracy": train_acc - test_acc, "loss": test_loss - train_loss}
 
 
-def _per_image(value: float | Tensor, n: int, width: int, dtype: torch.dtype) -> Tensor:
+def _per_image(value: float | Sequence[float] | Tensor, n: int, width: int, dtype: torch.dtype) -> Tensor:
     t = torch.as_tensor(value, dtype=dtype)
     return t.expand(n, width) if width > 1 else t.reshape(-1).expand(n)
 

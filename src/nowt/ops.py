@@ -91,7 +91,9 @@ class ConvOp(_Op):
 
     def weight_grad(self, x: Tensor, grad_out: Tensor, weight_shape: torch.Size) -> Tensor:
         stand_in = grad_out.new_zeros(()).expand(weight_shape)  # only its shape is read
-        return self.backward(grad_out, x, stand_in, (False, True, False))[1]
+        grad = self.backward(grad_out, x, stand_in, (False, True, False))[1]
+        assert grad is not None  # asked for
+        return grad
 
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -198,6 +200,10 @@ class LocallyConnected2dOp(_Op):
         grad_w = self._weight_grad(cols, grad_out) if needs[1] else None
         grad_b = grad_out.sum(0) if needs[2] else None
         return grad_x, grad_w, grad_b
+
+
+#: A trainable layer's op (`nowt.layers.FeedbackLayer.op`).
+LayerOp = LinearOp | ConvOp | LocallyConnected2dOp
 
 
 def _positions_first(t: Tensor) -> Tensor:

@@ -16,7 +16,7 @@ OPTIMIZERS = {"sgd": (torch.optim.SGD, True), "adam": (torch.optim.Adam, False),
 
 
 def make_optimizer(name: str, params: Iterable, lr: float, momentum: float = 0.9,
-                   weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.999),
+                   weight_decay: float = 0.0, betas: tuple[float, ...] = (0.9, 0.999),
                    eps: float = 1e-8) -> torch.optim.Optimizer:
     """`name` (sgd, adam, adamw, rmsprop) over `params` (tensors or parameter groups); momentum is used by
     sgd and rmsprop only, betas by adam and adamw, eps by all but sgd."""

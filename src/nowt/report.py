@@ -16,6 +16,7 @@ import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, ScalarFormatter
@@ -91,7 +92,7 @@ class Run:
     config: dict
     history: list[dict]
 
-    def summary(self) -> dict[str, float | int | str]:
+    def summary(self) -> dict[str, Any]:  # numbers, and the run's name and rule
         last = self.history[-1]
         angles = last.get("weight_angles") or {}
         return {
@@ -287,7 +288,7 @@ def distinct(run_dirs: Iterable[str | os.PathLike]) -> list[str | os.PathLike]:
     return list(seen.values())
 
 
-def report_runs(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike,
+def report_runs(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
                 figures: bool = True) -> list[str]:
     """Draws `curves.png` and `alignment.png` of the runs into `out_dir` (unless not `figures`); returns the
     markdown parts (the summary table and the figure links) for a document there."""
@@ -326,8 +327,8 @@ def lr_grid_table(chosen: dict[str, tuple[float, dict[float, dict]]], held_out: 
             + markdown_table(["rule", *(f"lr {lr:g}" for lr in lrs), "chosen"], rows) + "\n\n")
 
 
-def write_report(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike, title: str = "nowt report",
-                 preamble: str = "") -> Path:
+def write_report(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
+                 title: str = "nowt report", preamble: str = "") -> Path:
     """Writes `out_dir/report.md` with the summary table, `curves.png` and `alignment.png`; returns the
     markdown's path."""
     parts = report_runs(run_dirs, out_dir)

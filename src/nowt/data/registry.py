@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -14,7 +15,7 @@ from torch.utils.data import Dataset, Subset
 from nowt.data.cifar import cifar_normalize, load_cifar10
 from nowt.data.datasets import load_fashion_mnist, load_mnist, mnist_normalize
 from nowt.data.downloads import fetch
-from nowt.data.imagenet import load_image_folders
+from nowt.data.imagenet import ImageFolder, load_image_folders
 from nowt.data.synthetic import synthetic
 from nowt.data.text import TEXT_DATASETS, VOCAB, load_text
 from nowt.data.transforms import Transform, cifar_augmentation
@@ -80,7 +81,8 @@ def balanced_sample(labels: Tensor, n: int, seed: int = 0) -> Tensor:
 def train_subset(train: TensorPair | Dataset, n: int) -> TensorPair | Dataset:
     """`--train-size n`: a class-balanced random sample of `n` training examples (`balanced_sample`, seed 0:
     the same examples for every run and seed), in their order in the dataset."""
-    labels = train[1] if isinstance(train, tuple) else torch.as_tensor([y for _, y in train.samples])
+    labels = train[1] if isinstance(train, tuple) else torch.as_tensor(
+        [y for _, y in cast(ImageFolder, train).samples])  # the one Dataset `load_dataset` makes
     if n >= len(labels):
         return train
     keep = balanced_sample(labels, n)
@@ -110,6 +112,8 @@ def load_dataset(name: str, *, root: str | os.PathLike | None = None, download: 
         raise ValueError(f"--context applies to the text datasets ({', '.join(TEXT_DATASETS)}), not {name!r}")
     if download and (name in ("fashion-mnist", "cifar10") or name == "mnist" and root is not None):
         root = fetch(name, root)  # MNIST without a root is the embedded copy: nothing to download
+    train: TensorPair | Dataset
+    test: TensorPair | ImageFolder
     if name in ("mnist", "fashion-mnist"):
         load = load_mnist if name == "mnist" else load_fashion_mnist
         (xtr, ytr), (xte, yte) = (load(split, root=root) for split in ("train", "test"))
@@ -133,8 +137,9 @@ def load_dataset(name: str, *, root: str | os.PathLike | None = None, download: 
         train, test = load_image_folders(root, augment=augment)  # checked: the same classes
     if train_size is not None:  # one rule for every dataset
         train = train_subset(train, train_size)
-    if isinstance(train, Dataset):  # an image folder
+    if isinstance(test, ImageFolder):  # image folders (train too, or a Subset of it)
         return Data(train, test, len(test.classes), (3, 224, 224))
+    assert isinstance(train, tuple)  # as test: tensors
     num_classes = int(torch.cat([train[1], test[1]]).max()) + 1
     input_shape = tuple(train[0].shape[1:])
     if augment and name != "cifar10":

@@ -57,6 +57,7 @@ class NowtCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, model: nn.Module | None = None, train_dataloader=None,
                        **kwargs):
+        assert model is not None  # the Trainer passes its model
         self.hooks = RuleHooks(model)
         if state.global_step > 0:
             return
@@ -72,6 +73,7 @@ class NowtCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, model: nn.Module | None = None, **kwargs):
         step = state.global_step
+        assert model is not None  # the Trainer passes its model
         if self.hooks is None:  # the Trainer always calls on_train_begin first; a hand call may not
             self.hooks = RuleHooks(model)
         self.hooks.after_step(model, step)

@@ -62,6 +62,7 @@ class NowtCallback(Callback):
         if not self._fresh:
             return
         self._fresh = False
+        assert self.hooks is not None  # made by on_train_start
         size = self.batch_size or (batch_length(batch) * trainer.world_size * trainer.accumulate_grad_batches)
         self.hooks.begin(pl_module, size, lambda: self.forward(pl_module, batch))
         self.began = True
@@ -69,6 +70,7 @@ class NowtCallback(Callback):
     def on_train_batch_end(self, trainer, pl_module: nn.Module, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         every = trainer.log_every_n_steps if self.log_every is None else self.log_every
+        assert self.hooks is not None  # made by on_train_start
         while self.step < trainer.global_step:
             self.step += 1
             self.hooks.after_step(pl_module, self.step)

@@ -65,6 +65,7 @@ def _registered_cells(root: str | os.PathLike) -> dict[str, tuple[str, list[dict
     cells = {}
     for name, folder in COMMITTED.items():
         entry = get(name)
+        assert isinstance(entry, Reproduction)  # the committed ones train runs
         rows = run_reproduction(entry, out_dir=Path(root) / folder, gather=True, progress=False,
                                 only=[r for r in entry.runs if r not in entry.explorations])
         cells[name] = (folder, [r for r in rows

@@ -5,6 +5,8 @@ locally connected networks) and Table 2 (ImageNet LC network), target propagatio
 
 from __future__ import annotations
 
+from typing import Any
+
 from nowt.reproduce.entry import Reproduction
 
 PAPER = ("Bartunov, Santoro, Richards, Marris, Hinton, Lillicrap 2018, Assessing the Scalability of "
@@ -43,7 +45,7 @@ TABLE2 = {  # label: (top-1 error, top-5 error) in %, ImageNet LC network; DFA d
 #: values of the same schedule (our choice). Several values lie outside the search ranges of the paper's
 #: Table 4 (e.g. MNIST FC DTP parallel's lr 7.57e-4, beta1 0.99): we use Table 5 as printed.
 _TP = ("dtp-parallel", "dtp-alternating", "sdtp-parallel", "sdtp-alternating")
-TABLE5 = {
+TABLE5: dict[str, dict[str, Any]] = {
     "mnist-fc": dict(
         forward={"dtp-parallel": (7.57e-4, .99, .95, 1e-3), "dtp-alternating": (3.08e-4, .99, .99, 1e-4),
                  "sdtp-parallel": (4.02e-4, .99, .999, 1e-8), "sdtp-alternating": (3.01e-4, .9, .95, 1e-4),
@@ -161,8 +163,8 @@ def _convnet(network: str) -> dict[str, dict]:
 def _table1() -> list[Reproduction]:
     entries = []
     for i, (column, (dataset, network)) in enumerate(_COLUMNS.items()):
-        published = {label: {"final_train_error": v[i][0], "best_test_error": v[i][1]}
-                     for label, v in TABLE1.items() if v[i] is not None}
+        published = {label: {"final_train_error": row[0], "best_test_error": row[1]}
+                     for label, v in TABLE1.items() if (row := v[i]) is not None}
         runs = column_runs(column, network)
         explorations = {label: why for label, (_, _, why) in EXPLORATIONS.get(column, {}).items()}
         published |= {label: published[row] for label, (row, _, _) in EXPLORATIONS.get(column, {}).items()}

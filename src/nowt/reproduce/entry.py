@@ -264,6 +264,7 @@ def run_reproduction(repro: Reproduction, *, quick: bool = False, out_dir: str |
             if history:
                 dirs.append(cfg.out_dir)
             if state == "ok":
+                assert history is not None  # an ended run's
                 finished[seed] = history
             else:
                 notes.append(f"seed {seed}: {state}")
@@ -291,8 +292,9 @@ def _grid_choice(repro: Reproduction, label: str, out_dir: str | os.PathLike, ga
     lead = run_config(repro, label, False, out_dir)
     for key, value in overrides.items():
         setattr(lead, key, value)
-    if missing_piece(lead) is not None:
-        return None, missing_piece(lead)
+    missing = missing_piece(lead)
+    if missing is not None:
+        return None, missing
     fit_part = held_out = how = None
     records = {}
     for rate in repro.lr_grid:
@@ -307,6 +309,7 @@ def _grid_choice(repro: Reproduction, label: str, out_dir: str | os.PathLike, ga
             history, state = fit(cfg, fit_part, held_out, resume=True, progress=progress), "ok"
         if state != "ok":
             return None, f"lr grid: {rate:g} {state}"
+        assert history is not None  # an ended run's
         records[rate] = history[-1]
     chosen = best_lr(records)
     grid = ", ".join(f"{rate:g}: {shown(r)}" for rate, r in records.items())
@@ -316,6 +319,7 @@ def _grid_choice(repro: Reproduction, label: str, out_dir: str | os.PathLike, ga
 def gathered(cfg: TrainConfig) -> tuple[list[dict] | None, str]:
     """The history of `cfg`'s run read from its folder, training nothing, and its state: ok when the run
     ended (its epochs or its patience), else how far it got; a folder of another configuration is refused."""
+    assert cfg.out_dir is not None  # a reproduction's runs have their folders
     try:
         run = load_run(cfg.out_dir)
     except FileNotFoundError:

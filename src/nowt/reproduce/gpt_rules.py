@@ -12,11 +12,12 @@ before any run.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from nowt.reproduce.entry import Reproduction
 
 #: row -> its rule and rule options
-VARIANTS = {**{r: {"rule": r} for r in ("bp", "fa", "usf", "kp", "wm")},
+VARIANTS: dict[str, dict[str, Any]] = {**{r: {"rule": r} for r in ("bp", "fa", "usf", "kp", "wm")},
             "dfa": {"rule": "dfa", "position_feedback": "shared"},
             "dfa-blocks": {"rule": "dfa", "blocks": ("blocks.*",), "position_feedback": "shared"}}
 #: One budget for every row, sized for a 2-core CPU: 2 epochs of the first 3,200 training windows (409,600

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -30,10 +31,10 @@ from nowt.theory import ACTIVATIONS, FEEDBACKS, SimulationResult, TwoLayerFA, ma
 PAPER = ("Song, Xu, Lafferty 2021, Convergence and Alignment of Gradient Descent with Random Backpropagation "
          "Weights")
 # 3 seeds a point: every claim below is a difference, claimed only when larger than the seeds' spread
-FULL = dict(conv_steps=10_000, conv_seeds=3, lam_steps=5_000, lam_seeds=3,
-            widths=(50, 100, 200, 400, 800, 1600, 3200), width_steps=1_500, width_seeds=3)
-QUICK = dict(conv_steps=1_000, conv_seeds=2, lam_steps=1_000, lam_seeds=2, widths=(50, 200, 800),
-             width_steps=600, width_seeds=2)
+FULL: dict[str, Any] = dict(conv_steps=10_000, conv_seeds=3, lam_steps=5_000, lam_seeds=3,
+                            widths=(50, 100, 200, 400, 800, 1600, 3200), width_steps=1_500, width_seeds=3)
+QUICK: dict[str, Any] = dict(conv_steps=1_000, conv_seeds=2, lam_steps=1_000, lam_seeds=2,
+                             widths=(50, 200, 800), width_steps=600, width_seeds=2)
 LAMBDAS = (0.0, 1e-3, 1e-2, 1e-1)
 WIDTH_LAMBDAS = (0.0, 0.1)
 #: traces kept in runs.jsonl: every RECORD[group] steps (and the last step)
@@ -110,10 +111,11 @@ def reproduce_song2021(out_dir: str | Path, quick: bool = False, *, progress: bo
         finally:
             torch.set_num_threads(threads)
         command = command or f"nowt reproduce song2021{' --quick' if quick else ''}"
-        meta = dict(config=dict(cfg, widths=list(cfg["widths"]), n=n, d=d, p=p, lr=lr, quick=quick,
-                                lambdas=list(LAMBDAS), width_lambdas=list(WIDTH_LAMBDAS), record=RECORD),
-                    seconds=time.time() - t0, cpu_seconds=time.process_time() - c0, command=command,
-                    provenance=provenance(command))
+        config = dict(cfg, widths=list(cfg["widths"]), n=n, d=d, p=p, lr=lr, quick=quick,
+                      lambdas=list(LAMBDAS), width_lambdas=list(WIDTH_LAMBDAS), record=RECORD)
+        meta: dict[str, Any] = dict(config=config, seconds=time.time() - t0,
+                                    cpu_seconds=time.process_time() - c0, command=command,
+                                    provenance=provenance(command))
         write_raw(out, records, meta)
     records, meta = read_raw(out)  # both paths compute from the files alone
     tables = analyse(records, meta["config"])

@@ -137,11 +137,11 @@ def plots(out: Path, records: list[dict], t: dict) -> None:
         ps, ys, sds = ([r[k] for r in rows] for k in ("p", "alignment", "alignment_sd"))
         ax.errorbar(ps, ys, yerr=sds, marker="o", capsize=3, label=f"feedback alignment, lam={lam:g}")
     rows, slope = [r for r in t["width"] if r["lam"] == 0.0], t["width_slope"]
-    ps = torch.tensor([float(r["p"]) for r in rows])
+    widths = torch.tensor([float(r["p"]) for r in rows])
     logc = sum(math.log(r["alignment"]) - slope * math.log(r["p"]) for r in rows) / len(rows)
-    ax.plot(ps, math.exp(logc) * ps**slope, "k:", label=f"fit at lam=0: p^{slope:.2f}")
+    ax.plot(widths, math.exp(logc) * widths**slope, "k:", label=f"fit at lam=0: p^{slope:.2f}")
     ax.set_xscale("log")
-    ax.set_xticks(ps.tolist(), [str(int(q)) for q in ps.tolist()])
+    ax.set_xticks(widths.tolist(), [str(int(q)) for q in widths.tolist()])
     ax.minorticks_off()
     style(ax, xlabel="width p", ylabel="cos(b, beta) after training", ylim=(0, 1),
           title="alignment vs width (n=100, d=20, relu; mean +- sd over seeds)")

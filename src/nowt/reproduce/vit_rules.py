@@ -9,13 +9,14 @@ from __future__ import annotations
 import math
 import statistics
 from pathlib import Path
+from typing import Any
 
 from nowt.report import figure, format_mean_std, load_run, markdown_table, save, style
 from nowt.reproduce.entry import SEEDS, Reproduction, seed_dir
 
 DATASETS = ("mnist", "fashion-mnist")
 #: run name -> its rule and rule options
-VARIANTS = {**{r: {"rule": r} for r in ("bp", "fa", "usf", "kp", "wm", "dfa")},
+VARIANTS: dict[str, dict[str, Any]] = {**{r: {"rule": r} for r in ("bp", "fa", "usf", "kp", "wm", "dfa")},
             "dfa-blocks": {"rule": "dfa", "blocks": ("blocks.*",)},
             "dfa-blocks-shared": {"rule": "dfa", "blocks": ("blocks.*",), "position_feedback": "shared"}}
 RULES = tuple(VARIANTS)

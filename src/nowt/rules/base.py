@@ -5,17 +5,14 @@ from __future__ import annotations
 import math
 import numbers
 import types
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Union, get_args, get_origin
+from typing import Any, ClassVar, Protocol, TypeGuard, Union, get_args, get_origin
 
 import torch
 from torch import Tensor, nn
 
-from nowt.ops import feedback_forward
-
-if TYPE_CHECKING:
-    from nowt.layers import FeedbackLayer
+from nowt.ops import LayerOp, feedback_forward
 
 #: "match" (the default of `nowt.convert`): B ~ U(-sqrt(3) s, sqrt(3) s) with s = std(W) of the layer at
 #: conversion, so B has the spread of the model's own weights; the others are PyTorch's fixed-scale inits.
@@ -130,6 +127,49 @@ def check_option(option: Option, value: Any) -> None:
         raise ValueError(f"{name} must be {text}, got {value!r}")
 
 
+class RuleLayer(Protocol):
+    """What a rule needs of a layer it trains: the layers of `nowt.layers` (`FeedbackLayer`) are these, so
+    that rules need not import `nowt.layers` (which imports them).
+
+    A rule reads the layer's forward weight and bias and its op (the geometry that forms the output and the
+    gradients), keeps its per-layer state on it as buffers (`register_buffer`) or plain attributes of its
+    own naming (`feedback_std`, DFA's `dfa_context`: the `__getattr__` / `__setattr__` below), and reads B,
+    `feedback`: the buffer or parameter registered, or what `Rule.materialized_feedback` makes.
+    """
+
+    rule: Rule
+    op: LayerOp
+    last_input_shape: torch.Size | None  # the most recent input's shape
+    backprop_only: bool  # True while `nowt.metrics.backprop_mode` asks for the true gradient
+    _buffers: dict[str, Tensor | None]
+
+    @property
+    def weight(self) -> Tensor: ...
+
+    @property
+    def bias(self) -> Tensor | None: ...
+
+    @property
+    def feedback(self) -> Tensor: ...
+
+    def register_buffer(self, name: str, tensor: Tensor | None, persistent: bool = True) -> None: ...
+
+    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]: ...
+
+    def __getattr__(self, name: str) -> Any: ...  # the rule's own per-layer state
+
+    def __setattr__(self, name: str, value: Any) -> None: ...
+
+
+#: A rule-trained layer or any module that gets feedback like one (a DFA block), for helpers taking either.
+LayerLike = nn.Module | RuleLayer
+
+
+def is_rule_layer(module: object) -> TypeGuard[RuleLayer]:
+    """Whether `module` is a layer some rule trains (one with a `Rule` as its `rule`)."""
+    return isinstance(getattr(module, "rule", None), Rule)
+
+
 class Rule:
     """A learning rule for a layer. Subclasses set `name` and override `setup` and/or `feedback`.
 
@@ -142,7 +182,7 @@ class Rule:
     #: The options the rule takes, each declared once (`Option`), by name: `declare(Option(...), ...)`.
     options: ClassVar[dict[str, Option]] = {}
     #: True where the backward pass reads the layer's own forward weights (backprop, sign symmetry).
-    transports_weights: ClassVar[bool] = True
+    transports_weights: bool = True
 
     def __init__(self, **options: Any) -> None:
         unknown = set(options) - set(self.options)
@@ -166,13 +206,13 @@ class Rule:
         for key, option in self.options.items():
             check_option(option, getattr(self, key))
 
-    def setup(self, layer: FeedbackLayer, generator: torch.Generator) -> None:
+    def setup(self, layer: RuleLayer, generator: torch.Generator) -> None:
         """Creates the layer's feedback state (called once, by `nowt.convert`)."""
 
     def setup_model(self, model: nn.Module) -> None:
         """Called once by `nowt.convert` after every layer is swapped (DFA hooks the model's output here)."""
 
-    def materialized_feedback(self, layer: FeedbackLayer) -> Tensor:
+    def materialized_feedback(self, layer: RuleLayer) -> Tensor:
         """`layer.feedback` where no `feedback` buffer or parameter is registered: W itself by default."""
         return layer.weight
 
@@ -186,7 +226,7 @@ class Rule:
         """After every optimizer step; `step` counts optimizer steps from 1 and is checkpointed by the
         caller, so a resumed run calls with the numbers of an unbroken one. (Weight mirrors: the mirror.)"""
 
-    def feedback_tensors(self, layer: FeedbackLayer) -> list[Tensor]:
+    def feedback_tensors(self, layer: RuleLayer) -> list[Tensor]:
         """The random feedback tensors an init scheme may redraw (B of fa, kp, wm); [] by default."""
         return []
 
@@ -198,15 +238,15 @@ class Rule:
         """
         return {name: (layer.feedback, layer.weight) for name, layer in self.layers(model).items()}
 
-    def layers(self, model: nn.Module) -> dict[str, FeedbackLayer]:
+    def layers(self, model: nn.Module) -> dict[str, RuleLayer]:
         """The layers of `model` this rule instance trains, by qualified name, in module order."""
-        return {name: m for name, m in model.named_modules() if getattr(m, "rule", None) is self}
+        return {name: m for name, m in model.named_modules() if is_rule_layer(m) and m.rule is self}
 
-    def feedback(self, layer: FeedbackLayer) -> Tensor | None:
+    def feedback(self, layer: RuleLayer) -> Tensor | None:
         """The matrix (weight-shaped) that carries the error to the input this step; None means W itself."""
         return None
 
-    def forward(self, layer: FeedbackLayer, x: Tensor) -> Tensor:
+    def forward(self, layer: RuleLayer, x: Tensor) -> Tensor:
         if not torch.is_grad_enabled():  # evaluation: no backward, so no B to form (a sign rule's costs)
             return layer.op.forward(x, layer.weight, layer.bias)
         matrix = self.feedback(layer)
@@ -276,8 +316,10 @@ class RandomFeedbackRule(Rule):
         Option("scale", 1.0, "a factor on B's initial draw", gt=0.0, config=False),
     )
     transports_weights = False
+    init: str  # the options' values (set by `Rule.__init__`)
+    scale: float
 
-    def weight_std(self, layer: FeedbackLayer) -> float | None:
+    def weight_std(self, layer: RuleLayer) -> float | None:
         """The spread "match" draws B at: std(W) over all of the layer's weight entries (a convolution's
         kernel too, whose fan-in B shares), read once at conversion and kept on the layer as
         `feedback_std` (a plain attribute: a redraw after `to_empty`, where W holds no values yet, uses it).
@@ -292,31 +334,31 @@ class RandomFeedbackRule(Rule):
             layer.feedback_std = std
         return std or None
 
-    def initial_feedback(self, layer: FeedbackLayer, generator: torch.Generator) -> Tensor:
+    def initial_feedback(self, layer: RuleLayer, generator: torch.Generator) -> Tensor:
         w = layer.weight
         std = self.weight_std(layer)
         return random_matrix(w.shape, generator, self.init, self.scale, std=std).to(w.device, w.dtype)
 
-    def setup(self, layer: FeedbackLayer, generator: torch.Generator) -> None:
+    def setup(self, layer: RuleLayer, generator: torch.Generator) -> None:
         layer.register_buffer("feedback", self.initial_feedback(layer, generator))
 
-    def feedback(self, layer: FeedbackLayer) -> Tensor:
+    def feedback(self, layer: RuleLayer) -> Tensor:
         return layer.feedback
 
-    def materialized_feedback(self, layer: FeedbackLayer) -> Tensor:
+    def materialized_feedback(self, layer: RuleLayer) -> Tensor:
         raise AttributeError(f"{self.name}: this layer has no feedback matrix yet (`setup` registers it)")
 
-    def feedback_tensors(self, layer: FeedbackLayer) -> list[Tensor]:
+    def feedback_tensors(self, layer: RuleLayer) -> list[Tensor]:
         return [layer.feedback]
 
 
-def rule_layers(model: nn.Module) -> dict[str, FeedbackLayer]:
+def rule_layers(model: nn.Module) -> dict[str, RuleLayer]:
     """Every rule-trained layer of `model` by qualified name: found by its `rule`, so that rules need not
     import `nowt.layers` (which imports them)."""
-    return {name: m for name, m in model.named_modules() if isinstance(getattr(m, "rule", None), Rule)}
+    return {name: m for name, m in model.named_modules() if is_rule_layer(m)}
 
 
-def host_value(module: nn.Module, name: str):
+def host_value(module: LayerLike, name: str) -> Any:
     """`module.<name>.tolist()`, read from the device once and then cached for as long as the buffer is the
     same tensor at the same version: a GPU would otherwise sync on every forward. `.to()` makes a new
     tensor and `load_state_dict` bumps the version, so both are seen."""
@@ -327,14 +369,14 @@ def host_value(module: nn.Module, name: str):
     return cache[name][1]
 
 
-def increment_buffer(module: nn.Module, name: str) -> int:
+def increment_buffer(module: LayerLike, name: str) -> int:
     """Adds 1 to an integer scalar buffer and returns its value before, keeping `host_value`'s cache valid
     without reading the device."""
     value = host_value(module, name)
     getattr(module, name).add_(1)
-    module._host_values[name] = (_version_key(getattr(module, name)), value + 1)
+    module.__dict__["_host_values"][name] = (_version_key(getattr(module, name)), value + 1)
     return value
 
 
-def _version_key(t: Tensor) -> tuple:
+def _version_key(t: Tensor) -> tuple[int, int, torch.device, int]:
     return id(t), t.data_ptr(), t.device, t._version

@@ -22,7 +22,7 @@ UNIFORM = ("match", "kaiming_uniform", "xavier_uniform")
 
 
 class _SignSymmetry(RandomFeedbackRule):
-    transports_weights: ClassVar[bool] = True
+    transports_weights: bool = True
 
     def magnitude(self, layer) -> torch.Tensor:
         raise NotImplementedError

@@ -31,6 +31,7 @@ mirror_warmup_batch=128, mirror_noise="uniform", mirror_noise_std=0.1/sqrt(12), 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import ClassVar
 
 import torch
@@ -38,7 +39,7 @@ from torch import Tensor, nn
 
 from nowt.distributed import all_reduce_sum_, noise_for_shard, world
 from nowt.ops import LinearOp
-from nowt.rules.base import Option, RandomFeedbackRule, declare, host_value, increment_buffer
+from nowt.rules.base import Option, RandomFeedbackRule, RuleLayer, declare, host_value, increment_buffer
 
 #: The default schedule: warm-up noise batch (per process); a mirror step after every MIRROR_EVERY optimizer
 #: steps with a noise batch of MIRROR_EVERY / MIRROR_BATCH_DIVISOR of the training batch.
@@ -79,6 +80,18 @@ class WeightMirror(RandomFeedbackRule):
         Option("mirror_normalize", True, "the mirror's estimate is y x^T / (s^2 n), an estimate of W; "
                "--no-mirror-normalize: the raw sum y x^T (the paper's)"),
     )}
+    mirror_steps: int  # the options' values (set by `Rule.__init__`)
+    mirror_warmup: int
+    mirror_every: int
+    mirror_batch: int
+    mirror_warmup_batch: int
+    mirror_lr: float | None
+    mirror_anneal: float
+    mirror_decay: float | None
+    mirror_noise: str
+    mirror_noise_std: float
+    mirror_activation: str
+    mirror_normalize: bool
 
     def setup(self, layer, generator: torch.Generator) -> None:
         super().setup(layer, generator)
@@ -87,7 +100,8 @@ class WeightMirror(RandomFeedbackRule):
         layer.register_buffer("mirror_batch_size", torch.tensor(0, device=layer.weight.device))
         layer.register_buffer("mirror_count", torch.tensor(0, device=layer.weight.device))
 
-    def _mirror(self, layers: dict[str, nn.Module], steps: int, batch_size: int | None, anneal: bool) -> None:
+    def _mirror(self, layers: Mapping[str, RuleLayer], steps: int, batch_size: int | None,
+                anneal: bool) -> None:
         mirror_layers(layers, steps, lr=self.mirror_lr, decay=self.mirror_decay, noise=self.mirror_noise,
                       noise_std=self.mirror_noise_std, activation=self.mirror_activation,
                       normalize=self.mirror_normalize, batch_size=batch_size,
@@ -105,7 +119,7 @@ class WeightMirror(RandomFeedbackRule):
         for name, (steps, batch) in plan.items():  # layer by layer, as one call runs them
             self._mirror({name: layers[name]}, steps, batch, anneal=False)
 
-    def warmup_plan(self, layers: dict[str, nn.Module]) -> dict[str, tuple[int, int]]:
+    def warmup_plan(self, layers: Mapping[str, RuleLayer]) -> dict[str, tuple[int, int]]:
         """{layer name: (warm-up mirror steps, noise batch per process)}.
 
         With `mirror_warmup_batch` > 0: `mirror_warmup` steps of that batch for every layer (the old
@@ -207,7 +221,7 @@ AUTO_LR_SCALE = 0.1
 
 @torch.no_grad()
 def mirror_layers(
-    layers: dict[str, nn.Module],
+    layers: Mapping[str, RuleLayer],
     steps: int = 1,
     *,
     lr: float | None = None,
@@ -264,7 +278,7 @@ def mirror_layers(
                 # so not a subclass such as GPT-2's Conv1D (TransposedLinearOp, B stored (in, out))
                 y = _response(layer, x, activation)
                 layer.feedback.addmm_(y.reshape(-1, y.shape[-1]).t(), x.reshape(-1, x.shape[-1]),
-                                      beta=1 - step, alpha=step * scale)
+                                      beta=1 - step, alpha=float(step * scale))
                 continue
             estimate = all_reduce_sum_(_local_estimate(layer, x, scale, activation))
             if decay is None:  # the default moving average, in one pass over B

@@ -35,6 +35,7 @@ def _glorot_linear(in_features: int, out_features: int) -> nn.Linear:
 def _glorot_conv(in_channels: int, out_channels: int, kernel: int, stride: int) -> nn.Conv2d:
     layer = nn.Conv2d(in_channels, out_channels, kernel, stride, kernel // 2)
     nn.init.xavier_uniform_(layer.weight)
+    assert layer.bias is not None  # made with one
     nn.init.zeros_(layer.bias)
     return layer
 
@@ -53,11 +54,12 @@ def build_network(
         raise ValueError(f"locally connected layers need a (C, H, W) input shape, got {shape}")
     blocks: list[nn.Module] = []
     for kernel, channels, stride in lc:
+        layer: nn.Module
         if shared:
             layer = _glorot_conv(shape[0], channels, kernel, stride)
         else:
-            layer = LocallyConnected2d(shape[0], channels, kernel, stride, kernel // 2, input_size=shape[1:],
-                                       init="glorot")
+            layer = LocallyConnected2d(shape[0], channels, kernel, stride, kernel // 2,
+                                       input_size=(shape[1], shape[2]), init="glorot")
         blocks.append(nn.Sequential(layer, nn.Tanh()))
         shape = (channels, *(-(-size // stride) for size in shape[1:]))  # ceil(in / stride)
     width = math.prod(shape)
@@ -66,7 +68,8 @@ def build_network(
         width = features
     blocks.append(nn.Sequential(nn.Flatten(), _glorot_linear(width, num_classes)))
     network = nn.Sequential(*blocks)
-    network.input_shape = tuple(input_shape)
+    # torch types Module.__setattr__'s value as Tensor | Module, though any value is stored
+    network.input_shape = tuple(input_shape)  # type: ignore[assignment]
     return network
 
 
@@ -173,13 +176,17 @@ def make_inverse(block: nn.Module, in_shape: Sequence[int], out_features: int | 
     layer = weight_layer(block)
     if isinstance(layer, LocallyConnected2d) and out_features is None:
         return nn.Sequential(InverseLocallyConnected2d(layer), nn.Tanh())
-    out_features = layer.out_features if out_features is None else out_features
+    if out_features is None:
+        assert isinstance(layer, nn.Linear)  # a locally connected one returned above
+        out_features = layer.out_features
     linear = _glorot_linear(out_features, math.prod(in_shape)).to(layer.weight.device, layer.weight.dtype)
     return nn.Sequential(nn.Flatten(), linear, nn.Tanh(), nn.Unflatten(1, tuple(in_shape)))
 
 
 class AuxiliaryFeatures(nn.Module):
     """AO-SDTP's z = tanh(R h_{L-1}): fixed random features of the penultimate layer, never trained."""
+
+    weight: Tensor  # R, a buffer
 
     def __init__(self, in_features: int, size: int, device=None, dtype=None) -> None:
         super().__init__()

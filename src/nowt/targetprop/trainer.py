@@ -139,7 +139,7 @@ class TargetPropTrainer:
         alternate_every: int = _D["alternate_every"],
         lr: float = 1e-4,
         inverse_lr: float = _D["inverse_lr"],
-        betas: tuple[float, float] = (0.9, 0.999),
+        betas: tuple[float, ...] = (0.9, 0.999),
         eps: float = 1e-8,
         inverse_betas: tuple[float, float] = _D["inverse_betas"],
         inverse_eps: float = _D["inverse_eps"],
@@ -280,6 +280,7 @@ class TargetPropTrainer:
             inv_loss = sum(inverse_loss(self._inverse(layer), self._layer_map(layer), hs[layer - 1],
                                         self.sigma, self.generator, self.denoise)
                            for layer in self.inverse_layers)
+            assert isinstance(inv_loss, Tensor)  # a sum over at least one layer
             self.inverse_optimizer.zero_grad(set_to_none=True)
             (inv_loss * weight).backward()
             _step(self.inverse_optimizer)
@@ -356,7 +357,7 @@ class TargetPropagationRule(WholeNetworkRule):
                 f"schedule='parallel'|'alternating')")
 
     @classmethod
-    def learner(cls, model: nn.Module, *, lr: float, seed: int, betas: tuple[float, float] = (0.9, 0.999),
+    def learner(cls, model: nn.Module, *, lr: float, seed: int, betas: tuple[float, ...] = (0.9, 0.999),
                 eps: float = 1e-8, **options: Any) -> TargetPropTrainer:
         return TargetPropTrainer(model, algorithm=cls.name, lr=lr, seed=seed, betas=betas, eps=eps,
                                  **cls.resolve_options(options))

@@ -72,6 +72,8 @@ class TrainConfig(metaclass=RuleOptionFields):
     """
 
     if TYPE_CHECKING:  # the rule-option fields, made from the registry
+        def __init__(self, **values: Any) -> None: ...  # every field by keyword, rule options too
+
         def __getattr__(self, name: str) -> Any: ...
 
     rule: str = _f("fa", "learning rule", choices=_rules)

@@ -25,6 +25,7 @@ from nowt.metrics import as_tokens
 from nowt.models import FIXED_ACTIVATION, MODELS
 from nowt.optim import HalveOnPlateau
 from nowt.rules import list_rules, rule_class
+from nowt.rules.base import is_rule_layer
 from nowt.train.config import FIELDS, TrainConfig, flag_name, is_default
 from nowt.train.kinds import LearnerKind, learner_kind
 
@@ -224,10 +225,11 @@ def build_model(cfg: TrainConfig, input_shape: tuple[int, ...], num_classes: int
     elif cfg.init != "default":
         raise ValueError(f"unknown init {cfg.init!r}; choose default, normal_fan_avg, xavier or zeros")
     model = model.to(cfg.device)
-    return model.to(memory_format=torch.channels_last) if cfg.channels_last else model
+    # Module.to takes memory_format (torch's own docs), but its stubs' overloads leave it out
+    return model.to(memory_format=torch.channels_last) if cfg.channels_last else model  # type: ignore[call-overload]
 
 
-def _weight_layers(model: nn.Module) -> Iterator[nn.Module]:
+def _weight_layers(model: nn.Module) -> Iterator[nn.Linear | nn.modules.conv._ConvNd]:
     """The Linear and convolution layers (converted or not) that an init rewrites."""
     return (m for m in model.modules() if isinstance(m, nn.Linear | nn.modules.conv._ConvNd))
 
@@ -237,7 +239,7 @@ def _xavier_(model: nn.Module, seed: int) -> None:
     """W and the random feedback ~ Glorot uniform, biases 0: BioTorch's benchmark init."""
     g = torch.Generator().manual_seed(seed)
     for m in _weight_layers(model):
-        tensors = [m.weight] + (m.rule.feedback_tensors(m) if hasattr(m, "rule") else [])
+        tensors = [m.weight] + (m.rule.feedback_tensors(m) if is_rule_layer(m) else [])
         for t in tensors:
             t.copy_(nn.init.xavier_uniform_(torch.empty(t.shape), generator=g))
         if m.bias is not None:
@@ -264,7 +266,7 @@ def _normal_fan_avg_(model: nn.Module, seed: int) -> None:
         fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(m.weight)
         std = (fan_in + fan_out) ** -0.5
         tensors = [m.weight, m.bias]
-        if hasattr(m, "rule"):  # a converted layer: the random feedback its rule lets an init redraw
+        if is_rule_layer(m):  # a converted layer: the random feedback its rule lets an init redraw
             tensors += m.rule.feedback_tensors(m)
         for t in tensors:
             if t is not None:

@@ -19,7 +19,7 @@ from nowt import distributed
 from nowt.layers import feedback_rules
 from nowt.metrics import backprop_mode
 from nowt.optim import HalveOnPlateau, make_optimizer, rule_step
-from nowt.rules import rule_class
+from nowt.rules import WholeNetworkRule, rule_class
 from nowt.train.config import FIELDS, TrainConfig, flag_name, is_default
 from nowt.train.factories import (
     make_loss,
@@ -37,7 +37,10 @@ class Learner(Protocol):
 
     kind: LearnerKind  # what the loop asks of it (does it measure feedback layers?), set by its class
     model: nn.Module
-    finished: bool  # the schedule has ended the run before its last epoch
+    @property
+    def finished(self) -> bool:
+        """The schedule has ended the run before its last epoch."""
+        ...
 
     def begin_training(self, first_batch: Tensor | None = None) -> None:
         """Once, before the first step of a fresh (not resumed) run; `first_batch` is shown to the model."""
@@ -66,7 +69,7 @@ class RuleLearner:
         self.net = distributed.wrap(model, torch.device(cfg.device))  # DDP under torchrun, else the model
         if cfg.amp not in ("off", "bf16"):
             raise ValueError(f"unknown amp {cfg.amp!r}; choose off or bf16")
-        self.autocast = dict(device_type=torch.device(cfg.device).type, dtype=torch.bfloat16,
+        self.autocast: dict[str, Any] = dict(device_type=torch.device(cfg.device).type, dtype=torch.bfloat16,
                              enabled=cfg.amp == "bf16")
         self.channels_last = cfg.channels_last
         groups = parameter_groups(model, cfg.lr, cfg.bias_lr_scale)
@@ -102,14 +105,14 @@ class RuleLearner:
         loss, mean_loss = distributed.weigh_shard(loss, count)
         self.steps += 1
         rule_step(self.model, self.rules, self.optimizer, loss, self.steps)
-        if not self.per_epoch_schedule:  # after the hooks, which read no optimizer lr
+        if not isinstance(self.scheduler, HalveOnPlateau):  # after the hooks, which read no optimizer lr
             self.scheduler.step()
         return {"loss": mean_loss, "output": out.detach()[:count]}
 
     def end_epoch(self, train_metrics: dict[str, float]) -> None:
         """The plateau schedule judges the epoch's training error (target propagation switches phases
         here)."""
-        if self.per_epoch_schedule:
+        if isinstance(self.scheduler, HalveOnPlateau):  # per epoch (`per_epoch_schedule`)
             self.scheduler.step(1.0 - train_metrics["train_accuracy"] / 100)
 
     @property
@@ -188,7 +191,9 @@ class WholeNetworkLearner:
         check_whole_network_fields(cfg, [name for name in WHOLE_NETWORK_FIXED
                                          if not is_default(FIELDS[name], getattr(cfg, name))])
         self.cfg = cfg
-        self.inner = rule_class(cfg.rule).learner(model, lr=cfg.lr, seed=cfg.seed, betas=cfg.adam_betas,
+        rule = rule_class(cfg.rule)
+        assert issubclass(rule, WholeNetworkRule)  # the whole-network kind's (`learner_kind`)
+        self.inner = rule.learner(model, lr=cfg.lr, seed=cfg.seed, betas=cfg.adam_betas,
                                                   eps=cfg.adam_eps, **rule_options(cfg))
         self.model = self.inner.model
 

@@ -64,7 +64,8 @@ def fit(cfg: TrainConfig, train=None, test=None, *, resume: bool = False, overwr
             cfg.device = str(device)
         progress = progress and distributed.world()[0] == 0
     owns_dir = cfg.out_dir is not None and distributed.world()[0] == 0  # rank 0 alone writes
-    claim = rundir.claim(Path(cfg.out_dir), cfg, resume=resume, overwrite=overwrite) if owns_dir else None
+    claim = (rundir.claim(Path(cfg.out_dir), cfg, resume=resume, overwrite=overwrite)
+             if owns_dir and cfg.out_dir is not None else None)
     try:
         with _deterministic(cfg.deterministic), contextlib.ExitStack() as stack:
             try:
@@ -116,7 +117,7 @@ def _fit(cfg: TrainConfig, train, test, resume: bool, progress: bool) -> list[di
     learner = make_learner(cfg, model, len(train_loader), kind)
     loss_fn = make_loss(cfg.loss)
     history: list[dict] = []
-    if resuming:
+    if resuming and checkpoint is not None:
         state = load_checkpoint(checkpoint, RUN_STATE)
         if cfg.identity_differences(state["config"]):
             raise ValueError(f"checkpoint in {out} was made with another configuration; use a new --out")
@@ -128,11 +129,12 @@ def _fit(cfg: TrainConfig, train, test, resume: bool, progress: bool) -> list[di
         if len(history) > cfg.epochs:
             raise ValueError(f"the run in {out} has done {len(history)} epochs, more than --epochs "
                              f"{cfg.epochs}")
-        if writes:  # a kill between the checkpoint and the metrics write is healed from the checkpoint
+        # a kill between the checkpoint and the metrics write is healed from the checkpoint
+        if writes and out is not None:
             _write_metrics(out, history)
     else:
         learner.begin_training(probe_x[:cfg.batch_size])
-    if writes:
+    if writes and out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1) + "\n")
     writer = _tensorboard(out) if writes else None
@@ -163,7 +165,7 @@ def _fit(cfg: TrainConfig, train, test, resume: bool, progress: bool) -> list[di
             bpc = f"test bpc {record['test_bpc']:.3f}, " if "test_bpc" in record else ""
             tqdm.write(f"epoch {epoch + 1}: train loss {record['train_loss']:.4f}, {bpc}"
                        f"test accuracy {record['test_accuracy']:.2f}% ({record['seconds']:.1f}s)")
-        if writes:
+        if writes and out is not None:
             _write_epoch(out, cfg, epoch, model, learner, train_loader, history)
         if writer:
             _log_tensorboard(writer, record)
@@ -331,7 +333,7 @@ def _deterministic(on: bool) -> Iterator[None]:
 
 def _rng_state() -> dict[str, Any]:
     """torch's global RNG (CPU and every GPU): dropout and augmentation draws resume where they were."""
-    state = {"torch": torch.get_rng_state()}
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state

@@ -18,12 +18,18 @@ parser after registering.
 from __future__ import annotations
 
 import math
+import sys
 import types
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields
-from typing import Any, Union, dataclass_transform, get_args, get_origin
+from typing import Any, Union, get_args, get_origin
 
 from nowt.rules import Option, config_options
+
+if sys.version_info >= (3, 11):
+    from typing import dataclass_transform
+else:  # Python 3.10 (typing_extensions: a dependency of torch)
+    from typing_extensions import dataclass_transform
 from nowt.rules.base import bounds_text, in_bounds
 
 
@@ -56,7 +62,7 @@ class RuleOptionFields(type):
 def with_rule_options(after: str) -> Callable[[type], type]:
     """A dataclass of the class's own fields (each made by `_f`) and, after its field `after`, one field per
     rule option in the registry (`option_field`), kept in step with it by `sync_rule_fields`."""
-    def build(cls: type) -> type:
+    def build(cls: Any) -> type:  # gains the attributes `sync_rule_fields` reads
         own = [(name, hint, cls.__dict__[name]) for name, hint in cls.__annotations__.items()]
         if after not in cls.__annotations__ or not all(isinstance(f, Field) for _, _, f in own):
             raise TypeError(f"{cls.__name__}: every field needs a _f(...) default and {after!r} must be one")
@@ -121,7 +127,7 @@ def choices_of(f: Field) -> list[str] | None:
 
 
 def is_default(f: Field, value: Any) -> bool:
-    default = f.default_factory() if f.default is MISSING else f.default  # type: ignore[misc]
+    default = f.default_factory() if f.default is MISSING and callable(f.default_factory) else f.default
     return (tuple(value) if isinstance(value, list) else value) == default  # a TOML list is a tuple field
 
 

@@ -4,13 +4,15 @@ the rate with the best final held-out accuracy; its test runs then train on the 
 
 from __future__ import annotations
 
+from collections.abc import Sized
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch.utils.data import Dataset, Subset
 
+from nowt.data.imagenet import ImageFolder
 from nowt.data.registry import Data, balanced_sample
 from nowt.train.config import TrainConfig
 from nowt.train.loop import fit
@@ -23,7 +25,8 @@ HOLDOUT_SEED = 1
 def holdout(train: TensorPair | Dataset, n: int) -> tuple[TensorPair | Dataset, TensorPair | Dataset]:
     """(the training set less `n` held-out examples, those examples): a class-balanced random sample, the
     same for every rule and seed."""
-    labels = train[1] if isinstance(train, tuple) else torch.as_tensor([y for _, y in train.samples])
+    labels = train[1] if isinstance(train, tuple) else torch.as_tensor(
+        [y for _, y in cast(ImageFolder, train).samples])  # the one Dataset `load_dataset` makes
     if labels.dim() != 1:
         raise ValueError("--holdout needs one label per example (not a text corpus: it has a validation "
                          "part of its own)")
@@ -48,7 +51,7 @@ def selection_data(data: Data, n_holdout: int | None) -> tuple[Any, Any, str]:
                              "training text; leave --holdout out")
         return (data.train, data.validation,
                 f"the corpus's validation part ({len(data.validation[1])} windows)")
-    n = n_holdout or len(data.train[1] if isinstance(data.train, tuple) else data.train) // 10
+    n = n_holdout or len(data.train[1] if isinstance(data.train, tuple) else cast(Sized, data.train)) // 10
     fit_part, held_out = holdout(data.train, n)
     return (fit_part, held_out,
             f"{n} examples held out of the training set (class-balanced, seed {HOLDOUT_SEED})")

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
+from nowt.rules.base import RuleLayer, is_rule_layer
 from nowt.rules.dfa.state import adopt_buffers
 
 if TYPE_CHECKING:
@@ -56,7 +57,7 @@ class BlockFeedbackFunction(torch.autograd.Function):
         return projected.view(ctx.shape).to(grad.dtype), None, None
 
 
-def find_blocks(rule: DirectFeedback, model: nn.Module) -> list[tuple[str, nn.Module, nn.Module]]:
+def find_blocks(rule: DirectFeedback, model: nn.Module) -> list[tuple[str, nn.Module, RuleLayer]]:
     """(name, block, the first layer converted by `rule` inside it) for the outermost modules of `model`
     matching `rule.blocks`. Marks every converted layer in a block (`dfa_block`: the block's name) to run
     backprop, and gives each block the first one's seed."""
@@ -76,13 +77,15 @@ def find_blocks(rule: DirectFeedback, model: nn.Module) -> list[tuple[str, nn.Mo
             raise ValueError(f"{rule.name}: block {name!r} is a {type(block).__name__}, a container the "
                              f"model never calls, so its layers would train by plain backprop; name the "
                              f"modules it holds ({name + '.*'!r})")
-        layers = [m for m in block.modules() if getattr(m, "rule", None) is rule]
+        layers = [m for m in block.modules() if is_rule_layer(m) and m.rule is rule]
         if not layers:
             raise ValueError(f"{rule.name}: block {name!r} holds no layer converted by {rule.name}; a block "
                              f"must contain a trained layer (its seed draws the block's B)")
         for layer in layers:
             layer.dfa_block = name
-        block.dfa_is_block = True  # a block that is itself a converted layer is both (`has_feedback`)
+        # a block that is itself a converted layer is both (`has_feedback`); torch types Module.__setattr__'s
+        # value as Tensor | Module, though any value is stored
+        block.dfa_is_block = True  # type: ignore[assignment]
         if "feedback_seed" not in block._buffers:
             block.register_buffer("feedback_seed", layers[0].feedback_seed.clone())
             block.register_load_state_dict_pre_hook(adopt_buffers(("feedback", "feedback_shape")))

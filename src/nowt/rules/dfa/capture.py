@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from nowt.rules.base import LayerLike, RuleLayer
 from nowt.rules.dfa import outputs
 from nowt.rules.dfa.blocks import BlockFeedbackFunction
 from nowt.rules.dfa.storage import AnyProjection
 
 if TYPE_CHECKING:
-    from nowt.layers import FeedbackLayer
     from nowt.rules.dfa.rule import DirectFeedback
 
 
@@ -35,10 +35,10 @@ class Pass:
         self.rule = rule
         self.error: Tensor | None = None
         self.past_error = False  # error_at's point has run: later layers learn by backprop
-        self.pending: list[tuple[FeedbackLayer, torch.Size]] | None = []
+        self.pending: list[tuple[LayerLike, torch.Size]] | None = []  # a layer's input, a block's output
         self.projections: list[AnyProjection | None] = []
 
-    def register(self, layer: FeedbackLayer, x: Tensor) -> int:
+    def register(self, layer: LayerLike, x: Tensor) -> int:
         if self.pending is None:
             raise RuntimeError("dfa: a converted layer ran after the model's forward returned")
         self.pending.append((layer, x.shape))
@@ -50,6 +50,7 @@ class Pass:
         n, n_out = output.shape[0], output.shape[-1]
         tokens = output.shape[1] if output.dim() == 3 else None
         fed = self.pending
+        assert fed is not None  # resolved once, when the forward returns (or at error_at's point)
         # A block after which no converted layer ran has no B: nothing downstream of it reads a converted
         # weight, so it keeps the gradient from downstream (e itself at the output), as an output layer does.
         # Before an error point (error_at) every block gets its B, as Launay et al. feed the last block too.
@@ -88,7 +89,10 @@ class Pass:
     def input_grad(self, slot: int) -> Tensor | None:
         """The gradient for the input of the layer that registered as `slot`: e projected by its B."""
         project = self.projections[slot]
-        return None if project is None else project(self.error)
+        if project is None:
+            return None
+        assert self.error is not None  # `check_error` came first
+        return project(self.error)
 
 
 class RecordError(torch.autograd.Function):
@@ -112,16 +116,16 @@ class Context:
         self.rule, self.model = rule, model  # the model holds the shared matrix
         self.current: Pass | None = None
         # block -> a converted layer inside it (keyed by the module, so that deepcopy maps both)
-        self.block_layers: dict[nn.Module, FeedbackLayer] = {}
+        self.block_layers: dict[nn.Module, RuleLayer] = {}
         self.block_names: dict[nn.Module, str] = {}
         self.running: set[str] = set()  # the blocks whose forward is under way
 
-    def add_block(self, block: nn.Module, layer: FeedbackLayer, name: str) -> None:
+    def add_block(self, block: nn.Module, layer: RuleLayer, name: str) -> None:
         self.block_layers[block], self.block_names[block] = layer, name
         block.register_forward_pre_hook(self.block_begin)
         block.register_forward_hook(self.block_end)
 
-    def check_in_block(self, layer: FeedbackLayer) -> None:
+    def check_in_block(self, layer: RuleLayer) -> None:
         """A layer of a block runs backprop: only right while its block runs, whose output then gets B e."""
         if layer.dfa_block not in self.running:
             name = next((n for n, m in self.model.named_modules() if m is layer), "?")
@@ -181,6 +185,7 @@ class Context:
     def end(self, model: nn.Module, args: Any, output: Any) -> Any:
         """e is the gradient of the loss with respect to one tensor of the output (`outputs.pick`)."""
         pass_, self.current = self.current, None
+        assert pass_ is not None  # opened by `begin`
         if self.rule.error_at is not None:
             if not pass_.past_error and torch.is_grad_enabled():
                 raise ValueError(f"{self.rule.name}: error_at={self.rule.error_at!r} did not run in this "

@@ -13,16 +13,13 @@ with W = 0 no error reaches layers 2 and up.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import torch.autograd.forward_ad as fwAD
 from torch import Tensor, nn
 
+from nowt.rules.base import LayerLike, RuleLayer, is_rule_layer
 from nowt.rules.dfa.capture import Pass
 from nowt.rules.dfa.rule import DirectFeedback
-
-if TYPE_CHECKING:
-    from nowt.layers import FeedbackLayer
 
 #: Modules allowed between the Linear layers of an `ifa` MLP: elementwise, deterministic.
 ELEMENTWISE = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Softplus, nn.Hardtanh,
@@ -46,7 +43,9 @@ class IndirectPass(Pass):
     def sweep(self) -> dict[int, Tensor]:
         """Gradients for the inputs of layers 2, 3, ...: t_{k+1} = W_k (f'(a_{k-1}) * t_k), t_1 = B e."""
         if self._grads is None:
-            grads = {1: self.projections[1](self.error)}
+            project = self.projections[1]
+            assert project is not None and self.error is not None  # the first hidden layer's B; e recorded
+            grads = {1: project(self.error)}
             for i in sorted(self.outputs):
                 with fwAD.dual_level():
                     a = fwAD.make_dual(self.outputs[i], grads[i + 1].view_as(self.outputs[i]))
@@ -76,14 +75,16 @@ class IndirectFeedback(DirectFeedback):
             if odd:
                 raise ValueError(f"ifa needs elementwise activations between its Linear layers; got {odd}")
         for index, (i, j) in enumerate(zip(at, at[1:] + [len(mods)], strict=True)):
-            mods[i].ifa_index = index
-            mods[i].ifa_segment = nn.Sequential(*mods[i + 1:j]) if index < len(at) - 2 else None
+            layer = mods[i]
+            assert is_rule_layer(layer)  # converted by this rule (`at`)
+            layer.ifa_index = index
+            layer.ifa_segment = nn.Sequential(*mods[i + 1:j]) if index < len(at) - 2 else None
         super().setup_model(model)
 
     def new_pass(self) -> IndirectPass:
         return IndirectPass(self)
 
-    def forward(self, layer: FeedbackLayer, x: Tensor) -> Tensor:
+    def forward(self, layer: RuleLayer, x: Tensor) -> Tensor:
         out = super().forward(layer, x)
         pass_ = layer.dfa_context.current
         if pass_ is not None and layer.ifa_segment is not None and out.requires_grad:
@@ -94,6 +95,6 @@ class IndirectFeedback(DirectFeedback):
             pass_.weights[layer.ifa_index] = layer.weight  # read in backward: upstream weights only
         return out
 
-    def has_feedback(self, layer: FeedbackLayer) -> bool:
+    def has_feedback(self, layer: LayerLike) -> bool:
         """Only the first hidden layer (the second layer's input) gets `B e`."""
-        return layer.ifa_index == 1
+        return bool(layer.ifa_index == 1)

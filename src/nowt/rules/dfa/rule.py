@@ -39,20 +39,18 @@ spread over the output positions and sent back by the convolution's input gradie
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, TypeGuard
 
 import torch
 from torch import Tensor, nn
 
 from nowt.ops import ConvOp, LinearOp, autocast_apply
-from nowt.rules.base import Option, Rule, declare, host_value, rule_layers
+from nowt.rules.base import LayerLike, Option, Rule, RuleLayer, declare, host_value, rule_layers
 from nowt.rules.dfa import storage
 from nowt.rules.dfa.blocks import find_blocks
 from nowt.rules.dfa.capture import Context, Pass
 from nowt.rules.dfa.state import adopt_buffers, anchor, buffer
-
-if TYPE_CHECKING:
-    from nowt.layers import FeedbackLayer
+from nowt.rules.dfa.storage import AnyProjection, Broadcast, KernelProjection, Projection
 
 
 class DirectFeedbackFunction(torch.autograd.Function):
@@ -117,6 +115,13 @@ class DirectFeedback(Rule):
                "inside the model; none: the model's output", kind=str | None),
     )
     transports_weights = False
+    storage: str  # the options' values (set by `Rule.__init__`)
+    chunk: int
+    scale: float
+    zero_init: bool
+    feedback_init: str
+    conv_feedback: str
+    output: Any
     blocks: tuple[str, ...] = ()  # the defaults of the options a subclass (ifa) does not take
     position_feedback = "full"
     error_at: str | None = None
@@ -144,11 +149,12 @@ class DirectFeedback(Rule):
             raise ValueError(f"conv_feedback='kernel' keeps its small B dense; storage {self.storage!r} is "
                              f"for the full B")
 
-    def setup(self, layer: FeedbackLayer, generator: torch.Generator) -> None:
-        if self.kernel_form(layer) and (layer.op.transposed or layer.op.groups != 1):
+    def setup(self, layer: RuleLayer, generator: torch.Generator) -> None:
+        op = layer.op
+        if self.kernel_form(layer) and isinstance(op, ConvOp) and (op.transposed or op.groups != 1):
             raise ValueError(f"{self.name}: conv_feedback='kernel' needs a plain convolution (groups 1, not "
-                             f"transposed); got {type(layer).__name__} with groups {layer.op.groups}"
-                             f"{', transposed' if layer.op.transposed else ''}")
+                             f"transposed); got {type(layer).__name__} with groups {op.groups}"
+                             f"{', transposed' if op.transposed else ''}")
         seed = int(torch.randint(0, 2**32, (), generator=generator))
         layer.dfa_block = None  # or the name of the block it is in (`blocks.find_blocks`)
         layer.register_buffer("feedback_seed", torch.tensor(seed, device=layer.weight.device))
@@ -180,7 +186,7 @@ class DirectFeedback(Rule):
         """The record of one forward pass (IFA keeps more in its own)."""
         return Pass(self)
 
-    def forward(self, layer: FeedbackLayer, x: Tensor) -> Tensor:
+    def forward(self, layer: RuleLayer, x: Tensor) -> Tensor:
         if layer.dfa_block is not None:  # inside a block: backprop (the block's output gets B e)
             if torch.is_grad_enabled():
                 layer.dfa_context.check_in_block(layer)
@@ -192,7 +198,7 @@ class DirectFeedback(Rule):
         return autocast_apply(DirectFeedbackFunction.apply, x, layer.weight, layer.bias, layer.op, pass_,
                               slot)
 
-    def note_shape(self, layer: FeedbackLayer, shape: torch.Size) -> None:
+    def note_shape(self, layer: LayerLike, shape: torch.Size) -> None:
         """Fixes the shape of the layer's B (`stored_shape`) at its first forward."""
         shape = self.stored_shape(layer, shape)
         known = buffer(layer, "feedback_shape")
@@ -210,34 +216,34 @@ class DirectFeedback(Rule):
             raise ValueError(f"{self.name}: a layer's feedback has shape (n_out, *input) = {fixed}, fixed at "
                              f"the first forward, but now needs {tuple(shape)}{hint}")
 
-    def stored_shape(self, module: nn.Module, shape: torch.Size) -> torch.Size:
+    def stored_shape(self, module: LayerLike, shape: torch.Size) -> torch.Size:
         """The shape of the B a module keeps, from `(n_out, *input.shape[1:])`: that, or `(n_out, C)` where
         one B serves every position (`shares_positions`)."""
         return torch.Size((shape[0], shape[-1])) if self.shares_positions(module, shape) else shape
 
-    def follows_tokens(self, module: nn.Module, shape: torch.Size, tokens: int) -> bool:
+    def follows_tokens(self, module: LayerLike, shape: torch.Size, tokens: int) -> bool:
         """Whether a module of shape `(n_out, *input.shape[1:])` takes per-token errors from a sequence
         output `(N, tokens, n_out)`: a Linear layer's input or a block's output `(N, tokens, ..., C)`."""
         op = getattr(module, "op", None)
         return len(shape) > 2 and shape[1] == tokens and (op is None or isinstance(op, LinearOp))
 
-    def kernel_form(self, layer: FeedbackLayer) -> bool:
+    def kernel_form(self, layer: LayerLike) -> TypeGuard[RuleLayer]:
         """Whether the layer's B is BioTorch's `n_out x in_channels x kernel` (a convolution, with
         conv_feedback="kernel")."""
         return self.conv_feedback == "kernel" and isinstance(getattr(layer, "op", None), ConvOp)
 
-    def has_feedback(self, layer: nn.Module) -> bool:
+    def has_feedback(self, layer: LayerLike) -> bool:
         """Whether the layer's input (a block's output) gets `B e`: every dfa layer's but those in blocks;
         a block that is itself a layer has its block's B."""
         return getattr(layer, "dfa_is_block", False) or getattr(layer, "dfa_block", None) is None
 
-    def feedback_modules(self, model: nn.Module) -> list[nn.Module]:
+    def feedback_modules(self, model: nn.Module) -> list[LayerLike]:
         """This rule's layers, then its blocks: every module that may get a B."""
         layers = list(self.layers(model).values())
-        return layers + list(layers[0].dfa_context.block_layers)
+        return [*layers, *layers[0].dfa_context.block_layers]
 
-    def projection(self, model: nn.Module, layer: FeedbackLayer, shape: torch.Size,
-                   tokens: int | None = None) -> storage.AnyProjection | None:
+    def projection(self, model: nn.Module, layer: LayerLike, shape: torch.Size,
+                   tokens: int | None = None) -> AnyProjection | None:
         """The layer's B as a projection of e, creating its stored state at the first forward; `shape` is
         `(n_out, *input.shape[1:])`, `tokens` the output's positions T where it is a sequence."""
         if not self.has_feedback(layer):
@@ -246,22 +252,21 @@ class DirectFeedback(Rule):
         if tokens is None:
             return project
         if self.follows_tokens(layer, shape, tokens):
-            return storage.PerToken(project.project if isinstance(project, storage.Broadcast) else project,
-                                    shape)
+            inner = project.project if isinstance(project, Broadcast) else project
+            assert isinstance(inner, Projection)  # a kernel B is a convolution's, which follows no tokens
+            return storage.PerToken(inner, shape)
         return storage.Summed(project)
 
-    def _projection(self, model: nn.Module, layer: FeedbackLayer, shape: torch.Size) -> storage.AnyProjection:
+    def _projection(self, model: nn.Module, layer: LayerLike,
+                    shape: torch.Size) -> Projection | Broadcast | KernelProjection:
         seed = int(host_value(layer, "feedback_seed"))
-        kernel = self.kernel_form(layer)
         full, shape = shape, self.stored_shape(layer, shape)  # (n_out, C): broadcast over the positions
-        taps = math.prod(layer.weight.shape[2:]) if kernel else 1
-        fan_in = layer.weight.shape[1] * taps if kernel else math.prod(shape[1:])
-        if self.feedback_init == "xavier":
-            scale = self.scale * math.sqrt(6 / (fan_in + shape[0] * taps))
-        else:
-            scale = self.scale / math.sqrt(fan_in)
-        if kernel:
+        if self.kernel_form(layer):  # fans as a convolution weight's
+            taps = math.prod(layer.weight.shape[2:])
+            scale = self._scale(layer.weight.shape[1] * taps, shape[0] * taps)
             return storage.kernel(layer, seed, shape, scale, self.chunk)
+        scale = self._scale(math.prod(shape[1:]), shape[0])
+        project: Projection
         if self.storage == "dense":
             project = storage.dense(layer, seed, shape, scale, self.chunk)
         elif self.storage == "shared":
@@ -270,24 +275,31 @@ class DirectFeedback(Rule):
             project = storage.seeded(seed, shape, scale, self.chunk, anchor(layer))
         return storage.Broadcast(project, full) if shape != full else project
 
-    def shares_positions(self, module: nn.Module, shape: torch.Size) -> bool:
+    def _scale(self, fan_in: int, fan_out: int) -> float:
+        """The bound of B's uniform draw: `scale / sqrt(fan_in)`, or Glorot's with feedback_init="xavier"."""
+        if self.feedback_init == "xavier":
+            return self.scale * math.sqrt(6 / (fan_in + fan_out))
+        return self.scale / math.sqrt(fan_in)
+
+    def shares_positions(self, module: LayerLike, shape: torch.Size) -> bool:
         """Whether a module's B is one `(n_out, C)` for every position of a `(N, *positions, C)` tensor: with
         position_feedback="shared", for a Linear layer's input (C its features) and a block's output."""
         op = getattr(module, "op", None)
         return (self.position_feedback == "shared" and len(shape) > 2
                 and (op is None or isinstance(op, LinearOp)))
 
-    def materialized_feedback(self, layer: FeedbackLayer) -> Tensor:
+    def materialized_feedback(self, layer: RuleLayer) -> Tensor:
         """`layer.feedback` for the shared and seeded storages (a new tensor on every access)."""
         if not self.has_feedback(layer):
             raise AttributeError(f"{self.name}: this layer has no feedback matrix; its error arrives through "
                                  f"the forward weights")
-        shape = buffer(layer, "feedback_shape")
-        if shape is None or self.storage == "dense":  # dense: the buffer, once the first forward made it
+        known = buffer(layer, "feedback_shape")
+        if known is None or self.storage == "dense":  # dense: the buffer, once the first forward made it
             raise AttributeError(f"{self.name}: a layer's feedback has shape (n_out, *input.shape[1:]) and "
                                  f"is created at the first forward pass; run one first")
-        shape = torch.Size(shape.tolist())
-        return self.projection(layer.dfa_context.model, layer, shape).matrix(layer.weight)
+        project = self.projection(layer.dfa_context.model, layer, torch.Size(known.tolist()))
+        assert project is not None  # the layer has a B (`has_feedback`)
+        return project.matrix(layer.weight)
 
     def alignment_pairs(self, model: nn.Module) -> dict[str, tuple[Tensor | None, Tensor | None]]:
         """B against what backprop would send instead: `e @ W_L @ ... @ W_l` without the activations'
@@ -307,5 +319,6 @@ class DirectFeedback(Rule):
                 continue
             ready = (layer.dfa_block is None and self.has_feedback(layer)  # a block's B is at its output
                      and buffer(layer, "feedback_shape") is not None)
-            pairs[name] = (layer.feedback, product.clone()) if chain and ready else (None, None)
+            pairs[name] = ((layer.feedback, product.clone()) if chain and ready and product is not None
+                           else (None, None))
         return pairs

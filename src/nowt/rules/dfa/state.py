@@ -10,8 +10,10 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from nowt.rules.base import LayerLike
 
-def buffer(module: nn.Module, name: str) -> Tensor | None:
+
+def buffer(module: LayerLike, name: str) -> Tensor | None:
     """A buffer if registered; never `layer.feedback`'s materialising fallback."""
     return module._buffers.get(name)
 
@@ -31,7 +33,7 @@ def _adopt_buffers(names: tuple[str, ...], module: nn.Module, state_dict, prefix
             module.register_buffer(name, torch.empty_like(state_dict[key], device=ref.device))
 
 
-def anchor(module: nn.Module) -> Tensor:
+def anchor(module: LayerLike) -> Tensor:
     """The tensor whose device (and, where B is stored, dtype) a module's B takes: a layer's weight, or the
     first parameter of a block (`blocks`)."""
     weight = getattr(module, "weight", None)

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from nowt.ops import ConvOp
+from nowt.rules.base import LayerLike, RuleLayer
 from nowt.rules.dfa.state import anchor, buffer
 
 STORAGES = ("dense", "shared", "seeded")
@@ -99,16 +100,18 @@ def seeded(seed: int, shape: torch.Size, scale: float, chunk: int, like: Tensor)
                       drawn=like.device.type == "cpu")  # a GPU's draws are queued kernels: no threads
 
 
-def dense(layer: nn.Module, seed: int, shape: torch.Size, scale: float, chunk: int) -> Projection:
+def dense(layer: LayerLike, seed: int, shape: torch.Size, scale: float, chunk: int) -> Projection:
     """The layer's (or block's) `feedback` buffer, drawn (as `seeded` would draw it) at the first forward."""
     w = anchor(layer)
-    if buffer(layer, "feedback") is None:
-        layer.register_buffer("feedback", seeded(seed, shape, scale, chunk, w).matrix(w))
-    b = layer.feedback.flatten(1)
+    feedback = buffer(layer, "feedback")
+    if feedback is None:
+        feedback = seeded(seed, shape, scale, chunk, w).matrix(w)
+        layer.register_buffer("feedback", feedback)
+    b = feedback.flatten(1)
     return Projection(shape, chunk, lambda k, j0, j1: b[:, j0:j1])
 
 
-def shared(model: nn.Module, layers: Sequence[nn.Module], shape: torch.Size, scale: float, chunk: int,
+def shared(model: nn.Module, layers: Sequence[LayerLike], shape: torch.Size, scale: float, chunk: int,
            name: str) -> Projection:
     """A slice of the model's one shared matrix, created at the first forward as wide as the widest input
     of `layers` (in order; the first one's seed draws it)."""
@@ -117,9 +120,11 @@ def shared(model: nn.Module, layers: Sequence[nn.Module], shape: torch.Size, sca
         shapes = [buffer(m, "feedback_shape") for m in layers]
         width = max(math.prod(s.tolist()[1:]) for s in shapes if s is not None)
         first = layers[0]
-        raw = seeded(int(first.feedback_seed), torch.Size((shape[0], width)), 1.0, chunk, anchor(first))
-        model.register_buffer("dfa_feedback", raw.matrix(anchor(first)))
-        matrix = model.dfa_feedback
+        seed = buffer(first, "feedback_seed")
+        assert seed is not None  # registered by `setup` (a layer) or `find_blocks` (a block)
+        raw = seeded(int(seed), torch.Size((shape[0], width)), 1.0, chunk, anchor(first))
+        matrix = raw.matrix(anchor(first))
+        model.register_buffer("dfa_feedback", matrix)
     cols = math.prod(shape[1:])
     if matrix.shape[0] != shape[0] or matrix.shape[1] < cols:
         raise ValueError(f"{name}: the shared feedback matrix is {tuple(matrix.shape)}, fixed at "
@@ -212,20 +217,25 @@ class KernelProjection:
         ones = e.new_ones(1, n * c, *self.out_size)
         stand_in = e.new_zeros(()).expand(1, n * c, *self.input_shape[1:])  # only its shape is read
         spread = ConvOp(self.op.stride, self.op.padding, self.op.dilation, n * c)
-        return spread.backward(ones, stand_in, taps, (True, False, False))[0].view(n, *self.input_shape)
+        grad = spread.backward(ones, stand_in, taps, (True, False, False))[0]
+        assert grad is not None  # asked for
+        return grad.view(n, *self.input_shape)
 
     def matrix(self, like: Tensor) -> Tensor:
         return self.feedback
 
 
-def kernel(layer: nn.Module, seed: int, shape: torch.Size, scale: float, chunk: int) -> KernelProjection:
+def kernel(layer: RuleLayer, seed: int, shape: torch.Size, scale: float, chunk: int) -> KernelProjection:
     """The layer's `n_out x in_channels x kernel` `feedback` buffer, drawn as `seeded` draws, at the first
     forward; `shape` is `(n_out, *input.shape[1:])`."""
-    w = layer.weight
-    if buffer(layer, "feedback") is None:
+    w, op = layer.weight, layer.op
+    assert isinstance(op, ConvOp)  # a convolution's (`DirectFeedback.kernel_form`)
+    feedback = buffer(layer, "feedback")
+    if feedback is None:
         kernel_shape = torch.Size((shape[0], w.shape[1], *w.shape[2:]))
-        layer.register_buffer("feedback", seeded(seed, kernel_shape, scale, chunk, w).matrix(w))
-    return KernelProjection(layer.feedback, layer.op, shape)
+        feedback = seeded(seed, kernel_shape, scale, chunk, w).matrix(w)
+        layer.register_buffer("feedback", feedback)
+    return KernelProjection(feedback, op, shape)
 
 
 #: What a module's B is, as `DirectFeedback.projection` makes it: every kind maps e to the module's gradient.
