@@ -1,5 +1,6 @@
 """One import direction: a module of nowt imports only modules to its left in ORDER (or leaf utilities), at
-module level and inside functions alike (`if TYPE_CHECKING:` imports aside), so there is no cycle at all."""
+module level, inside functions and under `if TYPE_CHECKING:` alike, so there is no cycle at all, not even one
+for type hints (where a module needs the type of one that imports it, a Protocol describes what it reads)."""
 
 from __future__ import annotations
 
@@ -19,20 +20,11 @@ ORDER = ("ops", "rules", "lc", "layers", "attention", "inventory", "conversion",
 CHECKED = ORDER
 
 
-def _is_type_checking(test: ast.expr) -> bool:
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
-
-
 def _imports(tree: ast.AST, package: str) -> list[tuple[int, str]]:
-    """(line, imported module) for every import in `tree`, at any depth, except under `if TYPE_CHECKING`."""
+    """(line, imported module) for every import in `tree`, at any depth (under `if TYPE_CHECKING` too)."""
     found: list[tuple[int, str]] = []
 
     def visit(node: ast.AST) -> None:
-        if isinstance(node, ast.If) and _is_type_checking(node.test):
-            for child in node.orelse:
-                visit(child)
-            return
         if isinstance(node, ast.Import):
             found.extend((node.lineno, alias.name) for alias in node.names)
         elif isinstance(node, ast.ImportFrom):

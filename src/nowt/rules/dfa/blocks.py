@@ -21,7 +21,7 @@ Launay et al. feed DFA to each transformer block instead. What the edge cases me
 from __future__ import annotations
 
 import fnmatch
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
@@ -29,9 +29,23 @@ from torch import Tensor, nn
 from nowt.rules.base import RuleLayer, is_rule_layer
 from nowt.rules.dfa.state import adopt_buffers
 
-if TYPE_CHECKING:
-    from nowt.rules.dfa.capture import Pass
-    from nowt.rules.dfa.rule import DirectFeedback
+
+class BlockedRule(Protocol):
+    """What `find_blocks` reads of the rule (`DirectFeedback`; a Protocol, so that this module, which the
+    rule imports, need not import it back)."""
+
+    blocks: tuple[str, ...]
+
+    @property
+    def name(self) -> str: ...
+
+
+class ErrorSource(Protocol):
+    """What a block's backward reads of the forward pass it ran in (`capture.Pass`)."""
+
+    def check_error(self) -> None: ...
+
+    def input_grad(self, slot: int) -> Tensor | None: ...
 
 
 class BlockFeedbackFunction(torch.autograd.Function):
@@ -39,7 +53,7 @@ class BlockFeedbackFunction(torch.autograd.Function):
     gradient arrived from downstream."""
 
     @staticmethod
-    def forward(ctx, output: Tensor, pass_: Pass | None, slot: int) -> Tensor:
+    def forward(ctx, output: Tensor, pass_: ErrorSource | None, slot: int) -> Tensor:
         ctx.pass_, ctx.slot, ctx.shape = pass_, slot, output.shape
         # The same memory under a tensor of its own, not a view: code after a block may work in place on
         # it (a ReLU(inplace=True)), which autograd refuses on a view out of a custom Function.
@@ -57,7 +71,7 @@ class BlockFeedbackFunction(torch.autograd.Function):
         return projected.view(ctx.shape).to(grad.dtype), None, None
 
 
-def find_blocks(rule: DirectFeedback, model: nn.Module) -> list[tuple[str, nn.Module, RuleLayer]]:
+def find_blocks(rule: BlockedRule, model: nn.Module) -> list[tuple[str, nn.Module, RuleLayer]]:
     """(name, block, the first layer converted by `rule` inside it) for the outermost modules of `model`
     matching `rule.blocks`. Marks every converted layer in a block (`dfa_block`: the block's name) to run
     backprop, and gives each block the first one's seed."""

@@ -14,7 +14,7 @@ learns by backprop, so e is the loss's gradient there, and every block before it
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -24,14 +24,32 @@ from nowt.rules.dfa import outputs
 from nowt.rules.dfa.blocks import BlockFeedbackFunction
 from nowt.rules.dfa.storage import AnyProjection
 
-if TYPE_CHECKING:
-    from nowt.rules.dfa.rule import DirectFeedback
+
+class CapturingRule(Protocol):
+    """What a pass and its context read of the rule (`DirectFeedback`; a Protocol, so that this module,
+    which the rule imports, need not import it back)."""
+
+    output: Any
+    error_at: str | None
+    position_feedback: str
+
+    @property
+    def name(self) -> str: ...
+
+    def new_pass(self) -> Pass: ...
+
+    def note_shape(self, layer: LayerLike, shape: torch.Size) -> None: ...
+
+    def shares_positions(self, module: LayerLike, shape: torch.Size) -> bool: ...
+
+    def projection(self, model: nn.Module, layer: LayerLike, shape: torch.Size,
+                   tokens: int | None = None) -> AnyProjection | None: ...
 
 
 class Pass:
     """One forward pass of a converted model: the layers it ran and, once backward reaches the output, e."""
 
-    def __init__(self, rule: DirectFeedback) -> None:
+    def __init__(self, rule: CapturingRule) -> None:
         self.rule = rule
         self.error: Tensor | None = None
         self.past_error = False  # error_at's point has run: later layers learn by backprop
@@ -112,7 +130,7 @@ class RecordError(torch.autograd.Function):
 class Context:
     """Per converted model: the pass in progress. The hooks are its bound methods."""
 
-    def __init__(self, rule: DirectFeedback, model: nn.Module) -> None:
+    def __init__(self, rule: CapturingRule, model: nn.Module) -> None:
         self.rule, self.model = rule, model  # the model holds the shared matrix
         self.current: Pass | None = None
         # block -> a converted layer inside it (keyed by the module, so that deepcopy maps both)
