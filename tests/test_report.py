@@ -60,6 +60,7 @@ def test_report_names_the_epoch_a_run_collapsed_at(tmp_path):
     write_run(tmp_path / "bp", "bp", [90.0, 95.0], collapsed=(99,))  # recorded, never collapsed
     text = write_report([tmp_path / "fa", tmp_path / "bp"], tmp_path / "rep").read_text()
     assert "- fa: from epoch 3 the model gave one output for every probe input" in text
+    assert "that epoch's mean training loss: 0.333" in text  # epoch 3's, where a blow-up would show
     assert "- bp:" not in text
 
 

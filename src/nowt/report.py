@@ -237,11 +237,18 @@ def summary_table(runs: list[Run]) -> str:
     for run in runs:
         s = run.summary()
         rows.append([*(s[k] for k in keys), f"{s['output_angle']:.1f}", f"{s['seconds_per_epoch']:.1f}"])
-    collapses = [f"- {run.name}: from epoch {first} the model gave one output for every probe input (its "
-                 "units no longer told inputs apart, e.g. dead ReLUs)"
-                 for run in runs if (first := next((r["epoch"] for r in run.history if r.get("collapsed")),
-                                                   None)) is not None]
+    collapses = [collapse_note(run.name, record) for run in runs
+                 if (record := next((r for r in run.history if r.get("collapsed")), None)) is not None]
     return markdown_table(header, rows) + ("\n" + "\n".join(collapses) + "\n" if collapses else "")
+
+
+def collapse_note(name: str, record: dict) -> str:
+    """A line on a run's first collapsed epoch, with that epoch's mean training loss (a run that blew up
+    before it collapsed shows it there: seeds of BioTorch's dfa row logged 1.9e+28)."""
+    loss = record.get("train_loss")
+    said = f"; that epoch's mean training loss: {loss:.3g}" if isinstance(loss, (int, float)) else ""
+    return (f"- {name}: from epoch {record['epoch']} the model gave one output for every probe input (its "
+            f"units no longer told inputs apart, e.g. dead ReLUs){said}")
 
 
 def counted(group: list[Run]) -> tuple[list[Run], list[str]]:
