@@ -77,7 +77,6 @@ class RuleLearner:
                                         cfg.adam_betas, cfg.adam_eps)
         self.scheduler = make_scheduler(cfg.lr_schedule, self.optimizer, cfg.epochs * steps_per_epoch,
                                         [e * steps_per_epoch for e in cfg.lr_milestones])
-        self.per_epoch_schedule = isinstance(self.scheduler, HalveOnPlateau)
         self.steps = 0  # optimizer steps taken, for the rules' after-step hooks
         self.rules = feedback_rules(model)
 
@@ -112,7 +111,7 @@ class RuleLearner:
     def end_epoch(self, train_metrics: dict[str, float]) -> None:
         """The plateau schedule judges the epoch's training error (target propagation switches phases
         here)."""
-        if isinstance(self.scheduler, HalveOnPlateau):  # per epoch (`per_epoch_schedule`)
+        if isinstance(self.scheduler, HalveOnPlateau):  # the one schedule stepped per epoch
             self.scheduler.step(1.0 - train_metrics["train_accuracy"] / 100)
 
     @property
