@@ -314,3 +314,13 @@ def test_verdict_summary_counts_registered_cells_and_fills_the_top_readme(tmp_pa
     top.write_text(f"# nowt\n{reproduce.SUMMARY_BEGIN}\nstale\n{reproduce.SUMMARY_END}\nrest\n")
     reproduce.write_verdicts(root)
     assert top.read_text() == f"# nowt\n{reproduce.SUMMARY_BEGIN}\n{summary}{reproduce.SUMMARY_END}\nrest\n"
+
+
+def test_an_experiment_that_chooses_its_rate_on_held_out_data_reports_last_epochs_only():
+    """A table whose lr is chosen off the test set must not then pick each run's epoch on it."""
+    from nowt.reproduce.entry import table_metrics
+
+    for repro in TABLES.values():
+        if repro.lr_grid:
+            for label in repro.runs:
+                assert all(m.startswith("final_") for m in table_metrics(repro, label)), (repro.name, label)

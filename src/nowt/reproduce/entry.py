@@ -271,8 +271,7 @@ def run_reproduction(repro: Reproduction, *, quick: bool = False, out_dir: str |
         if status is None:
             status = grid_note + f"{len(finished)} of {len(registered)} seeds" + (
                 f" ({'; '.join(notes)})" if notes else "")
-        published = repro.published.get(label) or {"best_test_accuracy": math.nan}
-        for metric, value in published.items():
+        for metric, value in table_metrics(repro, label).items():
             values = [METRICS[metric](h) for h in finished.values()]
             mean, std = mean_std(values)
             std = std if len(values) > 1 else math.nan  # one seed: no spread
@@ -282,6 +281,12 @@ def run_reproduction(repro: Reproduction, *, quick: bool = False, out_dir: str |
                          + (" (provisional)" if 0 < len(values) < len(registered) and value == value else ""),
                          "epochs": [len(h) for h in finished.values()], "status": status, "dirs": dirs})
     return rows
+
+
+def table_metrics(repro: Reproduction, label: str) -> dict[str, float]:
+    """{metric: published value} that row `label`'s table reports: the paper's, or the best test accuracy
+    (nan: no number to meet) for a row without one."""
+    return repro.published.get(label) or {"best_test_accuracy": math.nan}
 
 
 def _grid_choice(repro: Reproduction, label: str, out_dir: str | os.PathLike, gather: bool, progress: bool,
