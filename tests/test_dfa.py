@@ -87,6 +87,22 @@ def test_seeded_storage_redraws_exactly_the_dense_matrix_and_keeps_only_seeds(mo
     assert not torch.equal(g_dense[0], _grads("dense", 7, seed=4)[1][0])  # another seed, another B
 
 
+def test_shared_storage_multiplies_e_by_its_matrix_once_per_backward(monkeypatch):
+    """Every layer reads its columns of one e @ S (TinyDFA's saving): three layers, one product a backward,
+    and a new backward (another e) makes a new one."""
+    products = []
+    real = dfa_storage.SharedProduct.__call__
+    monkeypatch.setattr(dfa_storage.SharedProduct, "__call__",
+                        lambda self, e, m: products.append(real(self, e, m)) or products[-1])
+    model = nowt.convert(tiny_mlp(), "dfa", seed=1, storage="shared")
+    x = torch.randn(7, 5, dtype=D, requires_grad=True)
+    for step in (1, 2):
+        half_square_error(model, x, torch.randn(7, 2, dtype=D))
+        assert len(products) == 3 * step  # the three layers' input gradients, x's included
+        assert len({id(p) for p in products[3 * step - 3:]}) == 1  # ... all read off one product
+    assert products[0] is not products[3]
+
+
 def test_shared_storage_is_one_matrix_sliced_per_layer():
     model, _ = _grads("shared", 5)
     shared = model.dfa_feedback

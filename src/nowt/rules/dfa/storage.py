@@ -2,7 +2,8 @@
 
 - "dense": a `feedback` buffer per layer, `n_out * D` floats (billions at ImageNet scale).
 - "shared": one matrix `S` of `n_out x max(D)` (a `dfa_feedback` buffer on the converted model), as TinyDFA;
-  layer `l` uses `S[:, :D_l] * scale / sqrt(D_l)`.
+  layer `l` uses `S[:, :D_l] * scale / sqrt(D_l)`. One backward multiplies e by S once (`SharedProduct`)
+  and every layer reads its columns of that product: the cost of one layer's projection, not one per layer.
 - "seeded": nothing but the seed is stored; backward redraws B chunk by chunk, so the extra memory is one
   `n_out x chunk` block per torch thread (plus the input gradient itself). Costs one random number per
   entry of B per step; on a CPU the chunks are drawn by up to `torch.get_num_threads()` threads at once (a
@@ -19,6 +20,7 @@ DFA): `n_out x in_channels x kernel`, kept as a dense `feedback` buffer (it is s
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -129,7 +131,45 @@ def shared(model: nn.Module, layers: Sequence[LayerLike], shape: torch.Size, sca
     if matrix.shape[0] != shape[0] or matrix.shape[1] < cols:
         raise ValueError(f"{name}: the shared feedback matrix is {tuple(matrix.shape)}, fixed at "
                          f"the first forward, but a layer needs {shape[0]} x {cols}")
-    return Projection(shape, chunk, lambda k, j0, j1: matrix[:, j0:j1] * scale)
+    product = _PRODUCTS.get(model)
+    if product is None:
+        product = _PRODUCTS[model] = SharedProduct()
+    return SharedProjection(shape, chunk, matrix, scale, product)
+
+
+class SharedProduct:
+    """The last `e @ S` of one shared matrix S, with the e it was made from, so that the layers of one
+    backward (each given e, or a view of it) multiply once. The key is e's memory, layout and version and
+    S's: holding e keeps its memory from being reused by another tensor while the key stands (a pass holds
+    its e until the next forward anyway)."""
+
+    def __init__(self) -> None:
+        self.key: tuple | None = None
+        self.source: Tensor | None = None
+        self.value: Tensor | None = None
+
+    def __call__(self, e: Tensor, matrix: Tensor) -> Tensor:
+        key = (e.untyped_storage().data_ptr(), e.storage_offset(), tuple(e.shape), e.stride(), e._version,
+               e.dtype, matrix.data_ptr(), matrix._version)
+        if key != self.key or self.value is None:
+            self.key, self.source, self.value = key, e, e @ matrix.to(e.dtype)
+        return self.value
+
+
+#: converted model -> the product cache of its shared matrix (an entry goes with its model)
+_PRODUCTS: weakref.WeakKeyDictionary[nn.Module, SharedProduct] = weakref.WeakKeyDictionary()
+
+
+class SharedProjection(Projection):
+    """A layer's slice of the shared matrix: `e @ (S[:, :D] * scale)`, read off the backward's one `e @ S`."""
+
+    def __init__(self, shape: torch.Size, chunk: int, matrix: Tensor, scale: float,
+                 product: SharedProduct) -> None:
+        super().__init__(shape, chunk, lambda k, j0, j1: matrix[:, j0:j1] * scale)
+        self.shared_matrix, self.scale, self.product = matrix, scale, product
+
+    def __call__(self, e: Tensor) -> Tensor:
+        return self.product(e, self.shared_matrix)[:, :self.cols] * self.scale
 
 
 class Broadcast:
