@@ -9,8 +9,9 @@ T5 32128, Llama 32000, GPT-Neo 50257): DFA's error has one entry per vocabulary 
 vocabulary sets its cost. A step is forward, cross-entropy over the logits, backward and an SGD (momentum)
 step; every variant is timed in each interleaved round and the median reported as a ratio to autograd's.
 DFA runs per token with one B shared by the positions (`position_feedback="shared"`), per layer and by block
-(`blocks=`: each transformer block's output gets B e); OPT is left out (DFA refuses it: its MLP folds the
-batch into the positions).
+(`blocks=`: each transformer block's output gets B e), each with a B of its own (the default storage) and
+as slices of one matrix S (`storage="shared"`, "one S": one e @ S a step); OPT is left out (DFA refuses
+it: its MLP folds the batch into the positions).
 """
 
 from __future__ import annotations
@@ -58,7 +59,10 @@ def variants(name: str) -> dict[str, torch.nn.Module]:
             "fa": nowt.convert(copy.deepcopy(base), "fa", seed=0),
             "kp": nowt.convert(copy.deepcopy(base), "kp", seed=0),
             "dfa": nowt.convert(copy.deepcopy(base), "dfa", seed=0, **shared),
-            "dfa blocks": nowt.convert(copy.deepcopy(base), "dfa", seed=0, blocks=blocks, **shared)}
+            "dfa blocks": nowt.convert(copy.deepcopy(base), "dfa", seed=0, blocks=blocks, **shared),
+            "dfa one S": nowt.convert(copy.deepcopy(base), "dfa", seed=0, storage="shared", **shared),
+            "dfa blocks one S": nowt.convert(copy.deepcopy(base), "dfa", seed=0, blocks=blocks,
+                                             storage="shared", **shared)}
 
 
 def training_step(model: torch.nn.Module, inputs: dict, labels: torch.Tensor):
