@@ -324,3 +324,12 @@ def test_an_experiment_that_chooses_its_rate_on_held_out_data_reports_last_epoch
         if repro.lr_grid:
             for label in repro.runs:
                 assert all(m.startswith("final_") for m in table_metrics(repro, label)), (repro.name, label)
+
+
+def test_an_experiment_without_published_numbers_states_no_verdict_rule(tmp_path, monkeypatch):
+    tiny = Reproduction(name="tiny", paper="nowt's own", table="Table 0",
+                        config=dict(dataset="synthetic", hidden=(8,), epochs=1, batch_size=50),
+                        runs={"fa": {"rule": "fa"}}, published={})
+    monkeypatch.setitem(REPRODUCTIONS, "tiny", tiny)
+    text = reproduce.run("tiny", tmp_path, seeds=[0], progress=False).read_text()
+    assert "there is no published number, so no verdict" in text and "**matches** when" not in text

@@ -147,8 +147,9 @@ class Reproduction(Entry):
         registered = [r for r in rows if r["run"] not in self.explorations]
         explored = [r for r in rows if r["run"] in self.explorations]
         parts = [f"# {self.name}{' (quick)' if quick else ''}", self.paper, f"{self.table}. {self.notes}",
-                 provenance(command or self.command(quick)), "## Registered rows", verdict_rule(self.band),
-                 results_table(registered)]
+                 provenance(command or self.command(quick)), "## Registered rows"]
+        published = any(r["published"] == r["published"] for r in registered)  # nan: no paper number
+        parts += [verdict_rule(self.band) if published else NO_PAPER_RULE, results_table(registered)]
         if (Path(out_dir) / "EXPLORATIONS.md").is_file():
             parts.append("Explorations, probes and the history of these runs (none a verdict): "
                          "[EXPLORATIONS.md](EXPLORATIONS.md).")
@@ -341,6 +342,12 @@ def gathered(cfg: TrainConfig) -> tuple[list[dict] | None, str]:
                                                                   for r in history])):
         return history, "ok"
     return history, f"unfinished ({len(history)} of {cfg.epochs} epochs)"
+
+
+#: The registered rows' text for nowt's own experiments (no published number: no verdict).
+NO_PAPER_RULE = ("Each row: the mean ± std of its finished seeds (seed folders `ROW/seedS`); there is no "
+                 "published number, so no verdict. A row with fewer finished seeds than registered says so "
+                 "in its status.")
 
 
 def verdict_rule(band: dict[str, float]) -> str:
