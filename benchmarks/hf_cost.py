@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
-import time
 
 import history
 import torch
 import torch.nn.functional as F
 import transformers as T
+from timing import interleaved_ms
 
 import nowt
 from nowt.optim import make_optimizer
@@ -94,16 +93,8 @@ def main() -> None:
         steps = {k: training_step(m, inputs, ids) for k, m in models.items()}
         for step in steps.values():
             step()  # first forward: DFA's state, allocations
-        times: dict[str, list[float]] = {k: [] for k in steps}
-        names = list(steps)
-        for r in range(args.rounds):
-            for k in names[r % len(names):] + names[:r % len(names)]:
-                t0 = time.perf_counter()
-                for _ in range(args.steps):
-                    steps[k]()
-                times[k].append((time.perf_counter() - t0) / args.steps * 1e3)
-        ms = {k: statistics.median(v) for k, v in times.items()}
-        row = {k: ms[k] / ms["autograd"] for k in names} | {"autograd ms": ms["autograd"]}
+        ms = interleaved_ms(steps, args.rounds, args.steps)
+        row = {k: ms[k] / ms["autograd"] for k in ms} | {"autograd ms": ms["autograd"]}
         workload = f"{name} (vocab {vocab}), batch {BATCH} x {TOKENS} tokens"
         numbers[workload] = row
         print(workload, {k: round(v, 2) for k, v in row.items()}, flush=True)

@@ -18,13 +18,12 @@ import argparse
 import copy
 import json
 import platform
-import statistics
-import time
 from datetime import date
 
 import history
 import torch
 import torch.nn.functional as F
+from timing import interleaved_ms
 
 import nowt
 from nowt.optim import make_optimizer
@@ -70,17 +69,9 @@ def main() -> None:
         b_opt.step()
     # The pieces alone run with B's tensors warm in cache; after a step they are not, as in kp's own step.
     steps["fa + copy + B step"] = fa_and_b_work
-    times: dict[str, list[float]] = {k: [] for k in steps}
     for fn in steps.values():
         fn()
-    names = list(steps)
-    for r in range(args.rounds):
-        for k in names[r % len(names):] + names[:r % len(names)]:
-            t0 = time.perf_counter()
-            for _ in range(args.steps):
-                steps[k]()
-            times[k].append((time.perf_counter() - t0) / args.steps * 1e3)
-    ms = {k: statistics.median(v) for k, v in times.items()}
+    ms = interleaved_ms(steps, args.rounds, args.steps)
     auto = ms["autograd"]
     result = {
         "command": f"python benchmarks/kp_cost.py --threads {args.threads} --rounds {args.rounds} "
