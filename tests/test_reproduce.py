@@ -333,3 +333,17 @@ def test_an_experiment_without_published_numbers_states_no_verdict_rule(tmp_path
     monkeypatch.setitem(REPRODUCTIONS, "tiny", tiny)
     text = reproduce.run("tiny", tmp_path, seeds=[0], progress=False).read_text()
     assert "there is no published number, so no verdict" in text and "**matches** when" not in text
+
+
+def test_training_a_subset_of_rows_keeps_every_row_in_the_table(tmp_path, monkeypatch):
+    """`nowt reproduce NAME --runs fa` trains fa alone, and RESULTS.md still lists the rows it did not train
+    (as their runs stand), rather than a table of fa alone."""
+    tiny = Reproduction(name="tiny", paper="Tiny 2026", table="Table 0",
+                        config=dict(dataset="synthetic", hidden=(8,), epochs=1, batch_size=50),
+                        runs={"bp": {"rule": "bp"}, "fa": {"rule": "fa"}},
+                        published=dict.fromkeys(("bp", "fa"), {"best_test_accuracy": 50.0}))
+    monkeypatch.setitem(REPRODUCTIONS, "tiny", tiny)
+    reproduce.run("tiny", tmp_path, only=["bp"], seeds=[0], progress=False)
+    text = reproduce.run("tiny", tmp_path, only=["fa"], seeds=[0], progress=False).read_text()
+    assert "| bp | best_test_accuracy |" in text and "| fa | best_test_accuracy |" in text
+    assert "| bp/seed0 | bp |" in text  # bp's run, read, in the runs table too

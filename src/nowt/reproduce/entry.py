@@ -143,6 +143,9 @@ class Reproduction(Entry):
             seeds=None, **overrides) -> Path:
         rows = run_reproduction(self, quick=quick, out_dir=out_dir, only=only, progress=progress,
                                 gather=gather, seeds=seeds, **overrides)
+        if only:  # trained a subset: the table still holds every row (the others as their runs stand)
+            rows = run_reproduction(self, quick=quick, out_dir=out_dir, progress=progress, gather=True,
+                                    **overrides)
         ran = sorted({d for r in rows for d in r["dirs"]})
         registered = [r for r in rows if r["run"] not in self.explorations]
         explored = [r for r in rows if r["run"] in self.explorations]
