@@ -32,7 +32,8 @@ def models(big: bool):
     out = [("mlp 784-1000-10, batch 32 (nowt train's default)", nowt.models.mlp(784, (1000,), 10),
             (32, 784)),
            ("convnet 32x32x3, batch 64", nowt.models.convnet(3, 10, 32, 32), (64, 3, 32, 32)),
-           ("vit 28x28x1, batch 128", nowt.models.vit(), (128, 1, 28, 28))]
+           ("vit 28x28x1, batch 128", nowt.models.vit(), (128, 1, 28, 28)),
+           ("gpt bytes, context 128, batch 32 (gpt-rules)", nowt.models.gpt((128,)), (32, 128))]
     if big:
         out += [("resnet18 64x64x3, batch 32", nowt.models.resnet18(num_classes=10), (32, 3, 64, 64)),
                 ("resnet18 128x128x3, batch 16", nowt.models.resnet18(num_classes=10), (16, 3, 128, 128)),
@@ -60,13 +61,16 @@ def timed(fn, repeat: int = 3) -> float:
 
 def measure(name: str, base: nn.Module, shape: tuple[int, ...], big: bool) -> list[str]:
     torch.manual_seed(0)
-    x, y = torch.randn(shape), torch.randint(0, 10, (shape[0],))
+    if name.startswith("gpt"):  # bytes in, the next byte at every position out
+        x = y = torch.randint(0, 256, shape)
+    else:
+        x, y = torch.randn(shape), torch.randint(0, 10, (shape[0],))
     model = nowt.convert(copy.deepcopy(base), "wm", seed=0)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
 
     def step():
         opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
+        F.cross_entropy(model(x).flatten(0, -2), y.flatten()).backward()
         opt.step()
 
     t_step = timed(step)

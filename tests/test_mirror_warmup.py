@@ -69,6 +69,21 @@ def test_nowt_train_keeps_its_fixed_warm_up():
     assert set(rule.warmup_plan(rule.layers(model)).values()) == {(300, 256)}
 
 
+def test_nowt_train_sizes_the_warm_up_per_layer_when_asked():
+    """`--mirror-warmup-batch 0`: on a token model the fixed warm-up (300 steps of 256 sequences) costs
+    minutes, the sized one (100 steps of 1-4) a second."""
+    from nowt.cli import build_parser, config_from_args
+
+    cfg = config_from_args(build_parser().parse_args(["train", "--rule", "wm", "--model", "gpt",
+                                                      "--mirror-warmup-batch", "0"]))
+    model = build_model(cfg, (16,), 256)
+    model(torch.randint(0, 256, (2, 16)))
+    rule = nowt.feedback_rules(model)[0]
+    plan = rule.warmup_plan(rule.layers(model))
+    own_model, own = _wm(nowt.models.gpt((16,)), torch.randint(0, 256, (2, 16)))  # the rule's default: sized
+    assert plan == own.warmup_plan(own.layers(own_model)) and max(batch for _, batch in plan.values()) <= 32
+
+
 def test_a_sized_plan_needs_a_forward_pass_and_a_valid_batch():
     model = nowt.convert(nowt.models.mlp(6, (5,), 3), "wm", seed=0)
     rule = nowt.feedback_rules(model)[0]

@@ -65,8 +65,9 @@ class WeightMirror(RandomFeedbackRule):
         Option("mirror_batch", 0, "noise batch of a training mirror step; 0: mirror_every / 8 of the batch",
                min=0),
         # nowt train keeps the fixed warm-up batch every recipe ran with; the rule's 0 sizes it per layer
-        Option("mirror_warmup_batch", 0, "noise batch of a warm-up mirror step", min=0,
-               train={"default": MIRROR_WARMUP_BATCH, "min": 1}),
+        Option("mirror_warmup_batch", 0, "noise batch of a warm-up mirror step; 0: sized per layer (far "
+               "cheaper where a layer sees many positions: convolutions, tokens)", min=0,
+               train={"default": MIRROR_WARMUP_BATCH}),
         Option("mirror_lr", None, "mirror step size; default: automatic, shrinking as evidence accumulates",
                kind=float | None, gt=0.0),
         Option("mirror_anneal", MIRROR_ANNEAL, "the automatic mirror step after the t-th training mirror "
