@@ -177,6 +177,28 @@ def test_vit_rules_summary_averages_seeds_and_layers(tmp_path):
     assert (tmp_path / "vit_rules.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_gpt_rules_summary_averages_seeds_and_draws_the_grid(tmp_path):
+    import json
+
+    from nowt.reproduce.gpt_rules import summarize
+
+    def write(label, bpcs, angles):
+        (tmp_path / label).mkdir(parents=True)
+        records = [{"epoch": i + 1, "test_accuracy": 20.0, "test_bpc": b, "update_angles": angles}
+                   for i, b in enumerate(bpcs)]
+        (tmp_path / label / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+    write("fa/seed0", [4.5, 4.0], {"blocks.0.linear1": 80.0, "head": 0.0})
+    write("fa/seed1", [4.4, 4.2], {"blocks.0.linear1": 70.0, "head": 0.0})
+    write("fa/lr-grid/lr0.001", [4.6, 4.3], {"blocks.0.linear1": 80.0, "head": 0.0})
+    write("dfa/seed0", [5.0], {"blocks.0.linear1": 95.0, "head": 0.0})
+    text = "\n".join(summarize(tmp_path))
+    # 4.0 and 4.2: mean 4.1, sample sd 0.14; the last epoch's angles averaged per layer; rows never run absent
+    assert "| fa | 4.10 ± 0.14 | 75.0 | 0.0 |" in text and "| dfa | 5.00 | 95.0 | 0.0 |" in text
+    assert "| bp |" not in text and "gpt_rules.png" in text
+    assert (tmp_path / "gpt_rules.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_vit_rules_panels_show_update_angles_where_b_vs_w_is_undefined():
     from nowt.reproduce.vit_rules import _angle_key
 
@@ -189,7 +211,7 @@ def test_vit_rules_panels_show_update_angles_where_b_vs_w_is_undefined():
 def test_vit_rules_quick_run_trains_and_records_attention_alignment(tmp_path):
     path = reproduce.run("vit-rules", tmp_path, quick=True, only=["mnist-usf"], progress=False)
     text = path.read_text()
-    assert "| mnist-usf | best_test_accuracy | – |" in text and "| usf |" in text
+    assert "| mnist-usf | final_test_accuracy | – |" in text and "| usf |" in text
     assert "vit_rules.png" in text
     assert not (tmp_path / "alignment.png").exists()  # one figure for the whole table, not one per run
     from nowt.report import load_run

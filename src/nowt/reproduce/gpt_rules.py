@@ -12,9 +12,12 @@ before any run.
 from __future__ import annotations
 
 import math
+import statistics
+from pathlib import Path
 from typing import Any
 
-from nowt.reproduce.entry import Reproduction
+from nowt.report import figure, format_mean_std, load_run, markdown_table, save, style
+from nowt.reproduce.entry import SEEDS, Reproduction, seed_dir
 
 #: row -> its rule and rule options
 VARIANTS: dict[str, dict[str, Any]] = {**{r: {"rule": r} for r in ("bp", "fa", "usf", "kp", "wm")},
@@ -27,12 +30,64 @@ CONFIG = dict(model="gpt", dataset="fortunes", context=128, train_size=3200, epo
 GRID = (3e-4, 1e-3, 3e-3)
 NO_NUMBER = {"final_test_bpc": math.nan}
 
+
+def _histories(out_dir: Path, row: str) -> list[list[dict]]:
+    """The per-epoch records of row's seeds that have run."""
+    dirs = [seed_dir(out_dir, row, s) for s in SEEDS]
+    return [load_run(d).history for d in dirs if (d / "metrics.jsonl").is_file()]
+
+
+def _grid(out_dir: Path, row: str) -> dict[float, float]:
+    """{lr: held-out bits per character after the last epoch} of row's grid runs (OUT/ROW/lr-grid/lrX)."""
+    found = {}
+    for d in sorted((out_dir / row / "lr-grid").glob("lr*")):
+        if (d / "metrics.jsonl").is_file():
+            found[float(d.name[2:])] = load_run(d).history[-1]["test_bpc"]
+    return dict(sorted(found.items()))
+
+
+def summarize(out_dir: Path) -> list[str]:
+    """The `compare` hook: each row's final test bpc over seeds and its per-layer update angle to backprop's
+    gradient after the last epoch (mean over seeds), and one figure of the curves, the grid and the angles
+    (a panel per run would be 21 panels)."""
+    out_dir = Path(out_dir)
+    runs = {row: h for row in VARIANTS if (h := _histories(out_dir, row))}
+    finals = {row: {layer: statistics.mean(h[-1]["update_angles"][layer] for h in hs)
+                    for layer in hs[0][-1].get("update_angles", {})} for row, hs in runs.items()}
+    layers = next((list(a) for a in finals.values() if a), [])
+    parts = ["## Over seeds",
+             "Each row's update angle to backprop's gradient (degrees) per layer after the last epoch, mean "
+             "over seeds (under every rule the head's update is the true gradient: 0):",
+             markdown_table(["row", "test bpc", *layers],
+                            [[row, format_mean_std(h[-1]["test_bpc"] for h in runs[row]),
+                              *(finals[row].get(n, math.nan) for n in layers)] for row in runs], digits=1)]
+    fig, axes = figure(3, 1, width=4.6, height=3.6)
+    for row, hs in runs.items():
+        epochs = range(1, min(map(len, hs)) + 1)
+        axes[0][0].plot(epochs, [statistics.mean(h[e - 1]["test_bpc"] for h in hs) for e in epochs],
+                        marker=".", label=row)
+        if grid := _grid(out_dir, row):
+            axes[0][1].plot(list(grid), list(grid.values()), marker="o", label=row)
+        axes[0][2].plot(range(len(layers)), [finals[row].get(n, math.nan) for n in layers], marker=".",
+                        label=row)
+    style(axes[0][0], title="test bpc, mean over seeds", xlabel="epoch", ylabel="bits per character",
+          integer_x=True)
+    style(axes[0][1], title="held-out bpc of each grid rate (seed 0)", xlabel="learning rate", xscale="log",
+          legend=False)
+    style(axes[0][2], title="update vs backprop, last epoch", ylabel="degrees", legend=False)
+    axes[0][1].set_xticks(GRID, [f"{lr:g}" for lr in GRID], minor=False)
+    axes[0][1].minorticks_off()
+    axes[0][2].set_xticks(range(len(layers)), [n.replace("blocks.", "b").replace("self_attn.", "")
+                                               for n in layers], rotation=60, fontsize=7)
+    save(fig, out_dir / "gpt_rules.png")
+    return [*parts, "![test bpc over epochs, the lr grid, per-layer update angles](gpt_rules.png)"]
+
 ENTRIES = [
     Reproduction(
         name="gpt-rules", paper="nowt's own experiment (no paper): learning rules on a byte-level GPT",
         table="gpt on the fortunes corpus, 7 rows x 3 seeds, lr per row from one grid, bits per character",
         config=CONFIG, runs=VARIANTS, published=dict.fromkeys(VARIANTS, NO_NUMBER),
-        quick=dict(epochs=1, train_size=64, context=32), lr_grid=GRID,
+        quick=dict(epochs=1, train_size=64, context=32), lr_grid=GRID, compare=summarize, run_figures=False,
         notes=("Every row trains with the same budget and optimizer; its rate is chosen on the corpus's "
                "validation part (never the test text). The corpus needs `apt-get install fortunes`; "
                "without it the rows are reported as skipped.")),
