@@ -11,7 +11,7 @@ export OMP_NUM_THREADS=1
 # Last, Bartunov et al.'s MNIST locally connected rows, seed 0 only (issue 24 item 5: about 4 h a row here).
 for entry in akrout2019:akrout2019 nokland2016:nokland2016 biotorch-mnist:biotorch2021 \
              bartunov2018-mnist-fc:bartunov2018 vit-rules-fair:vit-rules-fair gpt-rules:gpt-rules \
-             gpt-rules-wide:gpt-rules-wide \
+             gpt-rules-wide:gpt-rules-wide vit-rules-fair-wide:vit-rules-fair-wide \
              bartunov2018-mnist-lc:bartunov2018/mnist-lc:--seeds=0; do
   IFS=: read -r name folder extra <<< "$entry"
   echo "== $(date -u +%FT%TZ) $name"
