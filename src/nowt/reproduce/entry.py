@@ -209,6 +209,12 @@ def seed_dir(out_dir: str | os.PathLike, label: str, seed: int) -> Path:
     return Path(out_dir) / label / f"seed{seed}"
 
 
+def seed_histories(out_dir: str | os.PathLike, label: str) -> list[list[dict]]:
+    """The per-epoch records of row `label`'s registered seeds that have run (OUT/LABEL/seedS)."""
+    dirs = [seed_dir(out_dir, label, s) for s in SEEDS]
+    return [load_run(d).history for d in dirs if (d / "metrics.jsonl").is_file()]
+
+
 def known_models() -> set[str]:
     """Every model name `nowt train --model` accepts (the one registry; the Bartunov networks are in it)."""
     return set(MODELS)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from nowt.report import figure, format_mean_std, load_run, markdown_table, save, style
-from nowt.reproduce.entry import SEEDS, Reproduction, seed_dir
+from nowt.reproduce.entry import Reproduction, seed_histories
 
 #: row -> its rule and rule options
 VARIANTS: dict[str, dict[str, Any]] = {**{r: {"rule": r} for r in ("bp", "fa", "usf", "kp", "wm")},
@@ -36,12 +36,6 @@ CONFIG = dict(model="gpt", dataset="fortunes", context=128, train_size=3200, epo
 GRID = (3e-4, 1e-3, 3e-3)
 WIDE_GRID = (3e-3, 1e-2, 3e-2)
 NO_NUMBER = {"final_test_bpc": math.nan}
-
-
-def _histories(out_dir: Path, row: str) -> list[list[dict]]:
-    """The per-epoch records of row's seeds that have run."""
-    dirs = [seed_dir(out_dir, row, s) for s in SEEDS]
-    return [load_run(d).history for d in dirs if (d / "metrics.jsonl").is_file()]
 
 
 def _grid(out_dir: Path, row: str) -> dict[float, float]:
@@ -58,7 +52,8 @@ def summarize(out_dir: Path) -> list[str]:
     gradient after the last epoch (mean over seeds), and one figure of the curves, the grid and the angles
     (a panel per run would be 21 panels)."""
     out_dir = Path(out_dir)
-    runs = {row: h for row in VARIANTS if (h := _histories(out_dir, row))}
+    runs = {row: h for row in VARIANTS if (h := seed_histories(out_dir, row))}
+    grids = {row: _grid(out_dir, row) for row in runs}
     finals = {row: {layer: statistics.mean(h[-1]["update_angles"][layer] for h in hs)
                     for layer in hs[0][-1].get("update_angles", {})} for row, hs in runs.items()}
     layers = next((list(a) for a in finals.values() if a), [])
@@ -73,8 +68,8 @@ def summarize(out_dir: Path) -> list[str]:
         epochs = range(1, min(map(len, hs)) + 1)
         axes[0][0].plot(epochs, [statistics.mean(h[e - 1]["test_bpc"] for h in hs) for e in epochs],
                         marker=".", label=row)
-        if grid := _grid(out_dir, row):
-            axes[0][1].plot(list(grid), list(grid.values()), marker="o", label=row)
+        if grids[row]:
+            axes[0][1].plot(list(grids[row]), list(grids[row].values()), marker="o", label=row)
         axes[0][2].plot(range(len(layers)), [finals[row].get(n, math.nan) for n in layers], marker=".",
                         label=row)
     style(axes[0][0], title="test bpc, mean over seeds", xlabel="epoch", ylabel="bits per character",
@@ -82,7 +77,7 @@ def summarize(out_dir: Path) -> list[str]:
     style(axes[0][1], title="held-out bpc of each grid rate (seed 0)", xlabel="learning rate", xscale="log",
           legend=False)
     style(axes[0][2], title="update vs backprop, last epoch", ylabel="degrees", legend=False)
-    rates = sorted({lr for row in runs for lr in _grid(out_dir, row)})
+    rates = sorted({lr for grid in grids.values() for lr in grid})
     axes[0][1].set_xticks(rates, [f"{lr:g}" for lr in rates], minor=False)
     axes[0][1].minorticks_off()
     axes[0][2].set_xticks(range(len(layers)), [n.replace("blocks.", "b").replace("self_attn.", "")

@@ -11,8 +11,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from nowt.report import figure, format_mean_std, load_run, markdown_table, save, style
-from nowt.reproduce.entry import SEEDS, Reproduction, seed_dir
+from nowt.report import figure, format_mean_std, markdown_table, save, style
+from nowt.reproduce.entry import Reproduction, seed_histories
 
 DATASETS = ("mnist", "fashion-mnist")
 #: run name -> its rule and rule options
@@ -31,12 +31,6 @@ def label(dataset: str, rule: str) -> str:
 
 
 RUNS = {label(d, r): {"dataset": d, **VARIANTS[r]} for d in DATASETS for r in RULES}
-
-
-def _histories(out_dir: Path, dataset: str, rule: str) -> list[list[dict]]:
-    """The per-epoch records of the seeds of one (dataset, rule) that have run (in LABEL/seedS)."""
-    dirs = [seed_dir(out_dir, label(dataset, rule), s) for s in SEEDS]
-    return [load_run(d).history for d in dirs if (d / "metrics.jsonl").is_file()]
 
 
 def _mean_angles(histories: list[list[dict]], epoch: int, key: str = "weight_angles") -> dict[str, float]:
@@ -64,7 +58,7 @@ def summarize(out_dir: Path) -> list[str]:
     """The `compare` hook: final test accuracy as mean ± sd over seeds, each layer's final B-W angle
     (mean over seeds) per dataset, and a figure of both over epochs."""
     out_dir = Path(out_dir)
-    runs = {(d, r): _histories(out_dir, d, r) for d in DATASETS for r in RULES}
+    runs = {(d, r): seed_histories(out_dir, label(d, r)) for d in DATASETS for r in RULES}
     acc = [[rule, *(format_mean_std([h[-1]["test_accuracy"] for h in runs[d, rule]]) for d in DATASETS),
             *(len(runs[d, rule]) for d in DATASETS)] for rule in RULES]
     parts = ["## Over seeds", "Final test accuracy (%), mean ± sd over the seeds that ran:",
