@@ -43,7 +43,7 @@ class Option:
         callers of `nowt.convert`, one `nowt train` sets itself).
       flag, metavar: the CLI flag when not --name, and its metavar when not NAME.
       train: where TrainConfig's field differs from the rule's own default or bounds, e.g.
-        {"default": 256, "min": 1} (the weight mirror's warm-up batch: the rule's 0 plans it per layer).
+        {"default": 256} (the weight mirror's warm-up batch: `nowt train` keeps 256; the rule's 0 sizes it).
     """
 
     name: str
