@@ -125,7 +125,7 @@ def test_seeds_of_one_recipe_share_a_colour_and_one_legend_entry(tmp_path, monke
     err, loss = figures[0].axes
     colours = [line.get_color() for line in loss.lines]
     assert colours[0] == colours[1] != colours[2]
-    assert [t.get_text() for t in loss.get_legend().get_texts()] == ["fa, 2 seeds", "c"]
+    assert [t.get_text() for t in figures[0].legends[0].get_texts()] == ["fa, 2 seeds", "c"]
 
 
 def test_seed_groups_of_one_rule_are_told_apart_and_an_undefined_angle_is_a_dash(tmp_path):
@@ -249,3 +249,67 @@ def test_a_damaged_metrics_file_is_one_line_naming_file_and_line(tmp_path, capsy
     (run / "config.json").write_text("[1]")
     assert main(["report", str(run)]) == 2
     assert "config.json holds a JSON list" in capsys.readouterr().err
+
+
+def test_alignment_figure_has_a_column_per_recipe_and_a_line_per_seed(tmp_path, monkeypatch):
+    import nowt.report as report
+
+    figures = []
+    monkeypatch.setattr(report, "save", lambda fig, path: figures.append(fig) or path)
+    for name, rule, seed in [("fa0", "fa", 0), ("fa1", "fa", 1), ("fa2", "fa", 2), ("kp0", "kp", 0)]:
+        write_run(tmp_path / name, rule, [90.0, 91.0])
+        (tmp_path / name / "config.json").write_text(json.dumps({"rule": rule, "seed": seed}))
+    report.plot_alignment([load_run(tmp_path / n) for n in ("fa0", "fa1", "fa2", "kp0")], tmp_path / "a.png")
+    axes = figures.pop().axes
+    assert len(axes) == 4  # 2 recipes x (B vs W, update vs backprop)
+    titles = sorted(ax.get_title() for ax in axes)
+    assert titles == ["fa, 3 seeds: B vs W", "fa, 3 seeds: update vs backprop", "kp0: B vs W",
+                      "kp0: update vs backprop"]
+    fa_top = next(ax for ax in axes if ax.get_title() == "fa, 3 seeds: B vs W")
+    assert len(fa_top.lines) == 3 * 2  # a line per seed per layer
+    assert [t.get_text() for t in fa_top.get_legend().get_texts()] == ["0", "2"]  # a layer named once
+    assert len({line.get_color() for line in fa_top.lines}) == 2  # a colour per layer, not per seed
+
+
+def test_learning_curves_stay_readable_with_a_diverged_run_and_many_long_names(tmp_path, monkeypatch):
+    """bartunov2018's curves.png had its legend inside an axes: twelve long labels squashed both panels to
+    nothing; biotorch2021's had a seed's 1e35 loss that flattened every other curve."""
+    import nowt.report as report
+
+    figures = []
+    monkeypatch.setattr(report, "save", lambda fig, path: figures.append(fig) or path)
+    runs = []
+    for i in range(12):
+        name = f"a-rather-long-row-name-{i}/seed0"
+        write_run(tmp_path / name, "fa", [90.0, 91.0])
+        (tmp_path / name / "config.json").write_text(json.dumps({"rule": "fa", "lr": i}))
+        runs.append(load_run(tmp_path / name, name))
+    path = runs[0].history
+    path[1]["train_loss"] = 1e35  # one run blew up
+    report.plot_learning_curves(runs, tmp_path / "curves.png")
+    fig = figures.pop()
+    err, loss = fig.axes
+    assert not err.get_legend() and not loss.get_legend() and len(fig.legends[0].get_texts()) == 12
+    assert len({line.get_color() for line in loss.lines}) == 12  # no two rows share a colour
+    assert "clipped" in loss.get_title()
+    assert loss.get_ylim()[1] == pytest.approx(10.0)  # 10 x the median first-epoch loss
+    fig.canvas.draw()
+    for ax in (err, loss):  # the axes kept their size: the legend is outside them
+        box = ax.get_window_extent()
+        assert box.width > 200 and box.height > 100
+    labels = [t.get_text() for t in loss.yaxis.get_ticklabels() if t.get_text()]
+    assert "1" in labels and not any("e+" in t or "0.0" == t for t in labels)
+
+
+def test_seeds_in_a_reproductions_row_folders_are_named_by_the_row(tmp_path):
+    from nowt.report import group_labels, seed_groups
+
+    runs = []
+    for row, lr in [("dtp-parallel", 0.1), ("dtp-alternating", 0.2)]:
+        for seed in range(2):
+            name = f"{row}/seed{seed}"
+            write_run(tmp_path / name, "dtp", [90.0])
+            (tmp_path / name / "config.json").write_text(json.dumps({"rule": "dtp", "seed": seed, "lr": lr}))
+            runs.append(load_run(tmp_path / name, name))
+    assert group_labels(seed_groups(runs)) == ["dtp-parallel", "dtp-alternating"]  # not "dtp (lr=0.1)"
+    assert group_labels(seed_groups(runs[:1] + runs[2:3])) == ["dtp-parallel/seed0", "dtp-alternating/seed0"]

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from matplotlib import colormaps
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator, ScalarFormatter
+from matplotlib.ticker import FuncFormatter, LogFormatter, MaxNLocator
 
 from nowt.train.config import not_identity, read_saved_config, saved_defaults
 
@@ -166,16 +167,19 @@ def seed_groups(runs: list[Run]) -> list[list[Run]]:
 
 
 def group_labels(groups: list[list[Run]]) -> list[str]:
-    """A name per seed group: a lone run's own; a group's rule, followed by the settings that tell it from
-    the other groups of that rule where there are any, e.g. "dfa (blocks=["blocks.*"], dataset=mnist)"."""
+    """A name per seed group: a lone run's own; the folder its seeds share where they are named so (a
+    reproduction's "row/seed0", "row/seed1"); else the group's rule, followed by the settings that tell
+    it from the other groups of that rule where there are any, e.g. 'dfa (blocks=["blocks.*"],
+    dataset=mnist)'."""
     def shown(value) -> str:
         return value if isinstance(value, str) else json.dumps(value)
 
     labels = []
     for group in groups:
         rule = group[0].summary()["rule"]
-        if len(group) == 1:
-            labels.append(group[0].name)
+        folders = {Path(run.name).parent.name for run in group}
+        if len(group) == 1 or folders != {""} and len(folders) == 1:
+            labels.append(group[0].name if len(group) == 1 else folders.pop())
             continue
         twins = [recipe(g[0]) for g in groups if len(g) > 1 and g[0].summary()["rule"] == rule]
         keys = sorted({k for r in twins for k in r if any(t.get(k) != r.get(k) for t in twins)})
@@ -192,35 +196,50 @@ def plot_learning_curves(runs: list[Run], path: Path) -> Path:
         for k, run in enumerate(group):
             epochs = [r["epoch"] for r in run.history]
             style_kw = {"marker": "." if len(epochs) < 30 else None,  # a line through one point draws nothing
-                        "color": f"C{i % 10}"}
+                        "color": f"C{i}" if len(groups) <= 10 else colormaps["tab20"](i % 20)}
             err.plot(epochs, [100 - r["test_accuracy"] for r in run.history], **style_kw)
             err.plot(epochs, [100 - r["train_accuracy"] for r in run.history], "--", **style_kw)
             loss.plot(epochs, [r["train_loss"] for r in run.history], label=name if k == 0 else None,
                       **style_kw)
+    # A diverged run's loss (1e35 in one BioTorch seed) would squash every other curve into one pixel row:
+    # the axis stops at 10x the runs' median first-epoch loss, and says so; the error panel still shows it.
+    first = statistics.median(run.history[0]["train_loss"] for run in runs)
+    top = max(r["train_loss"] for run in runs for r in run.history)
+    clipped = math.isfinite(first) and first > 0 and not top <= 10 * first
     style(err, xlabel="epoch", ylabel="error (%)", yscale="log", title="error (solid: test, dashed: train)",
           legend=False, integer_x=True)
-    style(loss, xlabel="epoch", ylabel="training loss", yscale="log", title="training loss", integer_x=True)
+    style(loss, xlabel="epoch", ylabel="training loss", yscale="log", legend=False, integer_x=True,
+          title="training loss" + (" (axis clipped: a run diverged)" if clipped else ""))
+    if clipped:
+        loss.set_ylim(top=10 * first)
     for ax in (err, loss):
-        ax.yaxis.set_major_formatter(ScalarFormatter())
-        ax.yaxis.set_minor_formatter(ScalarFormatter())
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+    if loss.get_legend_handles_labels()[0]:  # below both panels: long row names must not squash the axes
+        fig.legend(loc="outside lower center", ncols=min(3, len(groups)), fontsize="small")
     return save(fig, path)
 
 
 def plot_alignment(runs: list[Run], path: Path) -> Path | None:
-    """One column per run with angles: B against W (top) and the rule's update against backprop's
-    (bottom), one line per layer. None when no run has angles (target propagation, or no layers)."""
+    """One column per recipe with angles: B against W (top) and the rule's update against backprop's
+    (bottom), one colour per layer and a line per seed. None when no run has angles (target propagation,
+    or no layers)."""
     runs = [r for r in runs if r.history[-1].get("weight_angles")]
     if not runs:
         return None
-    fig, axes = figure(len(runs), 2, width=3.6, height=3.0, sharey=True)
-    for col, run in enumerate(runs):
-        epochs = [r["epoch"] for r in run.history]
+    groups = seed_groups(runs)
+    fig, axes = figure(len(groups), 2, width=3.6, height=3.0, sharey=True)
+    for col, (group, label) in enumerate(zip(groups, group_labels(groups), strict=True)):
+        name = label if len(group) == 1 else f"{label}, {len(group)} seeds"
         for row, key in enumerate(("weight_angles", "update_angles")):
             ax = axes[row][col]
-            for layer in run.history[-1].get(key) or {}:
-                ax.plot(epochs, [r.get(key, {}).get(layer, math.nan) for r in run.history], marker=".",
-                        label=layer or "(model)")
-            style(ax, title=f"{run.name}: {'B vs W' if row == 0 else 'update vs backprop'}", xlabel="epoch",
+            for k, run in enumerate(group):
+                epochs = [r["epoch"] for r in run.history]
+                marker = "." if len(epochs) < 30 else None  # a line through one point draws nothing
+                for i, layer in enumerate(run.history[-1].get(key) or {}):
+                    ax.plot(epochs, [r.get(key, {}).get(layer, math.nan) for r in run.history], marker=marker,
+                            color=f"C{i % 10}", lw=1.0, label=(layer or "(model)") if k == 0 else None)
+            style(ax, title=f"{name}: {'B vs W' if row == 0 else 'update vs backprop'}", xlabel="epoch",
                   ylabel="angle (degrees)" if col == 0 else None, ylim=(0, 95), legend=row == 0,
                   integer_x=True)
             if ax.get_legend():
