@@ -348,3 +348,24 @@ def test_training_a_subset_of_rows_keeps_every_row_in_the_table(tmp_path, monkey
     text = reproduce.run("tiny", tmp_path, only=["fa"], seeds=[0], progress=False).read_text()
     assert "| bp | best_test_accuracy |" in text and "| fa | best_test_accuracy |" in text
     assert "| bp/seed0 | bp |" in text  # bp's run, read, in the runs table too
+
+
+def test_a_seed_whose_output_collapsed_is_named_beside_the_mean(tmp_path, monkeypatch):
+    """BioTorch's dfa row: two of three seeds blew up in epoch 1 and sat at chance; the registered table's
+    mean (59.80 ± 49.98) must say so in its own row, not only further down the page."""
+    import json
+
+    tiny = Reproduction(name="tiny", paper="Tiny 2026", table="Table 0",
+                        config=dict(dataset="synthetic", hidden=(8,), epochs=2, batch_size=50),
+                        runs={"bp": {"rule": "bp"}}, published={"bp": {"best_test_accuracy": 99.0}})
+    monkeypatch.setitem(REPRODUCTIONS, "tiny", tiny)
+    run_reproduction(tiny, out_dir=tmp_path, progress=False)
+    for seed, marks in [(1, (True, True)), (2, (True, False))]:
+        path = tmp_path / "bp" / f"seed{seed}" / "metrics.jsonl"
+        records = [json.loads(line) for line in path.read_text().splitlines()]
+        path.write_text("".join(json.dumps({**r, "collapsed": m}) + "\n"
+                                for r, m in zip(records, marks, strict=True)))
+    (row,) = run_reproduction(tiny, out_dir=tmp_path, gather=True, progress=False)
+    assert row["seeds"] == [0, 1, 2]  # in the mean: they are the recipe's outcome
+    assert row["status"] == ("3 of 3 seeds (seed 1: collapsed from epoch 1 to the end; "
+                             "seed 2: collapsed at epoch 1, recovered by epoch 2)")

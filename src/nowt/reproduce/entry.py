@@ -276,6 +276,8 @@ def run_reproduction(repro: Reproduction, *, quick: bool = False, out_dir: str |
             if state == "ok":
                 assert history is not None  # an ended run's
                 finished[seed] = history
+                if collapse := collapse_state(history):  # in the mean, and said beside it
+                    notes.append(f"seed {seed}: {collapse}")
             else:
                 notes.append(f"seed {seed}: {state}")
         if status is None:
@@ -291,6 +293,16 @@ def run_reproduction(repro: Reproduction, *, quick: bool = False, out_dir: str |
                          + (" (provisional)" if 0 < len(values) < len(registered) and value == value else ""),
                          "epochs": [len(h) for h in finished.values()], "status": status, "dirs": dirs})
     return rows
+
+
+def collapse_state(history: list[dict]) -> str | None:
+    """How a run's output collapsed (one output for every probe input), if it did: e.g. "collapsed from
+    epoch 1 to the end"; None if it never did."""
+    epochs = [r["epoch"] for r in history if r.get("collapsed")]
+    if not epochs:
+        return None
+    return (f"collapsed from epoch {epochs[0]} to the end" if history[-1].get("collapsed")
+            else f"collapsed at epoch {epochs[0]}, recovered by epoch {history[-1]['epoch']}")
 
 
 def table_metrics(repro: Reproduction, label: str) -> dict[str, float]:
