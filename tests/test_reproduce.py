@@ -359,13 +359,16 @@ def test_a_seed_whose_output_collapsed_is_named_beside_the_mean(tmp_path, monkey
                         config=dict(dataset="synthetic", hidden=(8,), epochs=2, batch_size=50),
                         runs={"bp": {"rule": "bp"}}, published={"bp": {"best_test_accuracy": 99.0}})
     monkeypatch.setitem(REPRODUCTIONS, "tiny", tiny)
-    run_reproduction(tiny, out_dir=tmp_path, progress=False)
+    run_reproduction(tiny, out_dir=tmp_path / "tiny", progress=False)
     for seed, marks in [(1, (True, True)), (2, (True, False))]:
-        path = tmp_path / "bp" / f"seed{seed}" / "metrics.jsonl"
+        path = tmp_path / "tiny" / "bp" / f"seed{seed}" / "metrics.jsonl"
         records = [json.loads(line) for line in path.read_text().splitlines()]
         path.write_text("".join(json.dumps({**r, "collapsed": m}) + "\n"
                                 for r, m in zip(records, marks, strict=True)))
-    (row,) = run_reproduction(tiny, out_dir=tmp_path, gather=True, progress=False)
+    (row,) = run_reproduction(tiny, out_dir=tmp_path / "tiny", gather=True, progress=False)
     assert row["seeds"] == [0, 1, 2]  # in the mean: they are the recipe's outcome
     assert row["status"] == ("3 of 3 seeds (seed 1: collapsed from epoch 1 to the end; "
                              "seed 2: collapsed at epoch 1, recovered by epoch 2)")
+    monkeypatch.setattr(reproduce, "COMMITTED", {"tiny": "tiny"})
+    (line,) = [x for x in reproduce.verdicts(tmp_path).splitlines() if "| bp |" in x]
+    assert "(n=3); seeds 1, 2 collapsed (see its RESULTS.md) |" in line  # the verdicts table says it too

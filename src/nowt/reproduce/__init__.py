@@ -82,8 +82,11 @@ def verdicts(root: str | os.PathLike = "results", cells: dict | None = None) -> 
     for name, (folder, rows) in (cells or _registered_cells(root)).items():
         link = f"[{name}]({folder}/RESULTS.md)"
         for r in rows:
+            seeds = r["collapsed"]
+            collapsed = (f"; seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))} collapsed (see its "
+                         "RESULTS.md)" if seeds else "")
             lines.append(f"| {link} | {r['run']} | {r['metric']} | {r['published']:.2f} | "
-                         f"{results_spread(r)} | {r['verdict']} |")
+                         f"{results_spread(r)}{collapsed} | {r['verdict']} |")
     return "\n".join(lines) + "\n"
 
 

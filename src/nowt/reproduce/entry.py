@@ -234,9 +234,10 @@ def run_reproduction(repro: Reproduction, *, quick: bool = False, out_dir: str |
                      seeds: list[int] | None = None, **overrides) -> list[dict]:
     """Trains every run of `repro` (or the rows in `only`, the seeds in `seeds`) and returns one row per
     table row and published metric: {run, metric, published, ours (the finished seeds' mean), std, values,
-    seeds (finished), difference, verdict, epochs, status, dirs}. Seeds not asked for are read from their
-    folders when there (as `gather` reads every seed), so the table shows every finished seed; a run that
-    has not finished is listed in the status and left out of the mean. `overrides` (TrainConfig fields,
+    seeds (finished), difference, verdict, epochs, status, dirs, collapsed (the finished seeds whose output
+    collapsed)}. Seeds not asked for are read from their folders when there (as `gather` reads every seed),
+    so the table shows every finished seed; a run that has not finished is listed in the status and left
+    out of the mean. `overrides` (TrainConfig fields,
     e.g. data_dir, device) apply to every run."""
     labels = only or list(repro.runs)
     unknown = [label for label in labels if label not in repro.runs]
@@ -249,7 +250,7 @@ def run_reproduction(repro: Reproduction, *, quick: bool = False, out_dir: str |
     for label in labels:
         # an exploration, like --quick, runs the first seed: a lead to follow, not a verdict
         registered = repro.seeds[:1] if quick or label in repro.explorations else repro.seeds
-        finished, notes, dirs, status = {}, [], [], None
+        finished, notes, dirs, status, collapsed = {}, [], [], None, []
         lr, grid_note = None, ""
         if repro.lr_grid and not quick:
             lr, grid_note = _grid_choice(repro, label, out_dir, gather, progress, overrides)
@@ -278,6 +279,7 @@ def run_reproduction(repro: Reproduction, *, quick: bool = False, out_dir: str |
                 finished[seed] = history
                 if collapse := collapse_state(history):  # in the mean, and said beside it
                     notes.append(f"seed {seed}: {collapse}")
+                    collapsed.append(seed)
             else:
                 notes.append(f"seed {seed}: {state}")
         if status is None:
@@ -291,7 +293,8 @@ def run_reproduction(repro: Reproduction, *, quick: bool = False, out_dir: str |
                          "values": values, "seeds": list(finished), "difference": mean - value,
                          "verdict": verdict(mean, value, repro.band, metric)
                          + (" (provisional)" if 0 < len(values) < len(registered) and value == value else ""),
-                         "epochs": [len(h) for h in finished.values()], "status": status, "dirs": dirs})
+                         "epochs": [len(h) for h in finished.values()], "status": status, "dirs": dirs,
+                         "collapsed": collapsed})
     return rows
 
 
