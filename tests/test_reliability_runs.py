@@ -318,3 +318,24 @@ def test_momentum_with_adam_is_refused_not_ignored(capsys):
     err = capsys.readouterr().err
     assert "--momentum applies to sgd and rmsprop, not --optimizer adam" in err and err.count("\n") == 1
     assert main(argv + ["--optimizer", "rmsprop", "--momentum", "0.5"]) == 0
+
+
+def test_a_diverged_run_is_marked_ended_and_not_resumed(tmp_path):
+    """A run that diverged has ended: its folder says where, and resuming (which would replay the steps that
+    diverged) is refused; --overwrite starts again."""
+    import json
+
+    from nowt.train import TrainConfig, fit
+
+    cfg = TrainConfig(dataset="synthetic", hidden=(8,), epochs=1, batch_size=2000, lr=1e30,
+                      lr_schedule="constant", out_dir=str(tmp_path / "run"))
+    with pytest.raises(FloatingPointError):
+        fit(cfg, progress=False)
+    marker = json.loads((tmp_path / "run" / "diverged.json").read_text())
+    assert marker["epoch"] == 1 and marker["message"].startswith("the run diverged: test loss became nan")
+    for resume in (True, False):
+        with pytest.raises(ValueError, match="diverged in epoch 1.*--overwrite to start again"):
+            fit(cfg, resume=resume, progress=False)
+    cfg.lr = 0.1  # another configuration replacing it: the marker goes with the run it marked
+    fit(cfg, overwrite=True, progress=False)
+    assert not (tmp_path / "run" / "diverged.json").exists()

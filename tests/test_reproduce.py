@@ -372,3 +372,38 @@ def test_a_seed_whose_output_collapsed_is_named_beside_the_mean(tmp_path, monkey
     monkeypatch.setattr(reproduce, "COMMITTED", {"tiny": "tiny"})
     (line,) = [x for x in reproduce.verdicts(tmp_path).splitlines() if "| bp |" in x]
     assert "(n=3); seeds 1, 2 collapsed (see its RESULTS.md) |" in line  # the verdicts table says it too
+
+
+def test_a_seed_that_diverges_is_tabulated_as_such_and_the_row_misses(tmp_path, monkeypatch):
+    """biotorch-mnist's dfa seed 0, rerun under the registered recipe, diverged in its first step-400 read:
+    the reproduction must go on with the other seeds and rows, and the table must say which seed diverged
+    instead of averaging the others as if it had not run."""
+    from nowt.reproduce import entry
+
+    tiny = Reproduction(name="tiny", paper="Tiny 2026", table="Table 0",
+                        config=dict(dataset="synthetic", hidden=(8,), epochs=1, batch_size=2000,
+                                    lr_schedule="constant"),
+                        runs={"blows-up": {"rule": "bp", "lr": 1e30}, "bp": {"rule": "bp"},
+                              "one-bad": {"rule": "fa"}},
+                        published={r: {"best_test_accuracy": 50.0} for r in ("blows-up", "bp", "one-bad")})
+    monkeypatch.setitem(REPRODUCTIONS, "tiny", tiny)
+    real_fit = entry.fit
+
+    def seed_1_of_one_bad_diverges(cfg, **kw):
+        if cfg.seed == 1 and cfg.rule == "fa":
+            cfg.lr = 1e30  # the loop's own divergence, marked in the folder; the folder keeps this config
+        return real_fit(cfg, **kw)
+
+    monkeypatch.setattr(entry, "fit", seed_1_of_one_bad_diverges)
+    rows = {r["run"]: r for r in run_reproduction(tiny, out_dir=tmp_path, progress=False)}
+    blows = rows["blows-up"]
+    assert blows["verdict"] == "misses: seeds 0, 1, 2 diverged" and blows["values"] == []
+    assert blows["status"].startswith("0 of 3 seeds (seed 0: diverged in epoch 1: test loss became nan")
+    assert rows["bp"]["status"] == "3 of 3 seeds"  # the rows after it ran
+    bad = rows["one-bad"]
+    assert bad["seeds"] == [0, 2] and bad["diverged"] == [1] and bad["verdict"] == "misses: seed 1 diverged"
+    assert "provisional" not in bad["verdict"]  # every seed has ended
+    monkeypatch.setattr(entry, "fit", real_fit)
+    again = {r["run"]: r for r in run_reproduction(tiny, out_dir=tmp_path, gather=True, progress=False)}
+    assert {k: (r["status"], r["verdict"]) for k, r in again.items()} == \
+        {k: (r["status"], r["verdict"]) for k, r in rows.items()}

@@ -261,6 +261,16 @@ def summary_table(runs: list[Run]) -> str:
     return markdown_table(header, rows) + ("\n" + "\n".join(collapses) + "\n" if collapses else "")
 
 
+def collapse_state(history: list[dict]) -> str | None:
+    """How a run's output collapsed (one output for every probe input), if it did: e.g. "collapsed from
+    epoch 1 to the end"; None if it never did."""
+    epochs = [r["epoch"] for r in history if r.get("collapsed")]
+    if not epochs:
+        return None
+    return (f"collapsed from epoch {epochs[0]} to the end" if history[-1].get("collapsed")
+            else f"collapsed at epoch {epochs[0]}, recovered by epoch {history[-1]['epoch']}")
+
+
 def collapse_note(name: str, record: dict) -> str:
     """A line on a run's first collapsed epoch, with that epoch's mean training loss (a run that blew up
     before it collapsed shows it there: seeds of BioTorch's dfa row logged 1.9e+28)."""

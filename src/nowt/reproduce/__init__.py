@@ -24,7 +24,6 @@ from nowt.reproduce import (
     vit_rules,
 )
 from nowt.reproduce.entry import (
-    BAND,
     METRICS,
     SEEDS,
     Analysis,
@@ -33,13 +32,11 @@ from nowt.reproduce.entry import (
     known_models,
     missing_piece,
     provenance,
-    results_spread,
-    results_table,
     run_config,
     run_reproduction,
     seed_dir,
-    verdict,
 )
+from nowt.reproduce.verdicts import BAND, results_spread, results_table, verdict
 
 PAPERS = {module.__name__.rsplit(".", 1)[1]: module
           for module in (akrout2019, bartunov2018, nokland2016, biotorch2021, cheon2024, song2021, vit_rules,
@@ -75,7 +72,7 @@ def _registered_cells(root: str | os.PathLike) -> dict[str, tuple[str, list[dict
 
 def verdicts(root: str | os.PathLike = "results", cells: dict | None = None) -> str:
     """Every committed reproduction's registered rows read from their logs (training nothing): ours as mean ±
-    std over the finished seeds beside the published number, and the verdict (`entry.verdict`); the
+    std over the finished seeds beside the published number, and the verdict (`verdicts.verdict`); the
     explorations are linked, never listed here. Train errors are left to each RESULTS.md."""
     lines = ["| reproduction | row | metric | published | ours: mean ± std (seeds) | verdict |",
              "|---|---|---|---|---|---|"]

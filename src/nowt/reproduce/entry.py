@@ -3,10 +3,11 @@
 - `Reproduction`, a table of runs: every registered row is one TrainConfig run per seed (`SEEDS`), each
   trained by `nowt.train.fit` into `OUT/ROW/seedS` with resume on (an interrupted reproduction continues
   where it stopped; a finished run is read, never trained again), reported as the seeds' mean ± std beside
-  the published number with a verdict from `verdict`. Rows added after a registered row's result was seen
-  are `explorations`: tabulated apart, never given a verdict. Runs whose rule, model or data this install
-  lacks are reported as skipped, with the reason. `gather` trains nothing: it reads the runs' logs
-  (metrics.jsonl, config.json) from the folder, e.g. a committed results folder whose checkpoints are gone.
+  the published number with a verdict from `nowt.reproduce.verdicts.verdict`. Rows added after a
+  registered row's result was seen are `explorations`: tabulated apart, never given a verdict. Runs whose
+  rule, model or data this install lacks are reported as skipped, with the reason. `gather` trains
+  nothing: it reads the runs' logs (metrics.jsonl, config.json) from the folder, e.g. a committed results
+  folder whose checkpoints are gone.
 - `Analysis`: a function that computes its own results (simulations, several seeds, claims checked).
 
 Both write `RESULTS.md` (and figures) into the output folder with the command, date and machine.
@@ -27,11 +28,13 @@ import torch
 
 from nowt.models import MODELS
 from nowt.optim import HalveOnPlateau
-from nowt.report import cell, load_run, markdown_table, mean_std, report_runs
+from nowt.report import collapse_state, load_run, mean_std, report_runs
+from nowt.reproduce.verdicts import BAND, NO_PAPER_RULE, results_table, verdict, verdict_rule
 from nowt.rules import list_rules
 from nowt.train import TrainConfig, fit
 from nowt.train.factories import load_data
 from nowt.train.loop import out_of_patience
+from nowt.train.rundir import divergence
 from nowt.train.select import best_lr, grid_config, selection_data, shown
 
 #: metric name -> how to read it from a run's history
@@ -50,19 +53,6 @@ METRICS = {
 
 #: The seeds every registered row runs: a verdict needs a spread.
 SEEDS = (0, 1, 2)
-#: How far the seeds' mean may lie from the published number and still match, unless a paper states its
-#: own: percentage points for accuracies and errors, degrees for angles.
-BAND = {"pp": 0.5, "degrees": 3.0}
-
-
-def verdict(mean: float, published: float, band: dict[str, float], metric: str) -> str:
-    """The one verdict rule of every reproduction: "matches" when |mean of the seeds - published| <= the
-    paper's band for the metric's unit (`BAND`), else "misses by +X.XX" (ours minus published)."""
-    if math.isnan(mean) or math.isnan(published):
-        return "–"
-    difference = mean - published
-    limit = band["degrees" if metric.endswith("angle") else "pp"]
-    return "matches" if abs(difference) <= limit else f"misses by {difference:+.2f}"
 
 
 def _angle(history: list[dict], layer: int) -> float:
@@ -234,11 +224,11 @@ def run_reproduction(repro: Reproduction, *, quick: bool = False, out_dir: str |
                      seeds: list[int] | None = None, **overrides) -> list[dict]:
     """Trains every run of `repro` (or the rows in `only`, the seeds in `seeds`) and returns one row per
     table row and published metric: {run, metric, published, ours (the finished seeds' mean), std, values,
-    seeds (finished), difference, verdict, epochs, status, dirs, collapsed (the finished seeds whose output
-    collapsed)}. Seeds not asked for are read from their folders when there (as `gather` reads every seed),
-    so the table shows every finished seed; a run that has not finished is listed in the status and left
-    out of the mean. `overrides` (TrainConfig fields,
-    e.g. data_dir, device) apply to every run."""
+    seeds (finished), difference, verdict, epochs, status, dirs, collapsed (finished seeds whose output
+    collapsed), diverged (seeds that diverged: ended, with no number)}. Seeds not asked for are read from
+    their folders when there (as `gather` reads every seed), so the table shows every finished seed; a run
+    that has not finished is listed in the status and left out of the mean. `overrides` (TrainConfig
+    fields, e.g. data_dir, device) apply to every run."""
     labels = only or list(repro.runs)
     unknown = [label for label in labels if label not in repro.runs]
     if unknown:
@@ -250,7 +240,7 @@ def run_reproduction(repro: Reproduction, *, quick: bool = False, out_dir: str |
     for label in labels:
         # an exploration, like --quick, runs the first seed: a lead to follow, not a verdict
         registered = repro.seeds[:1] if quick or label in repro.explorations else repro.seeds
-        finished, notes, dirs, status, collapsed = {}, [], [], None, []
+        finished, notes, dirs, status, collapsed, diverged = {}, [], [], None, [], []
         lr, grid_note = None, ""
         if repro.lr_grid and not quick:
             lr, grid_note = _grid_choice(repro, label, out_dir, gather, progress, overrides)
@@ -266,12 +256,15 @@ def run_reproduction(repro: Reproduction, *, quick: bool = False, out_dir: str |
             if status is not None:
                 break
             history, state = gathered(cfg)
-            if state != "ok" and not gather and (seeds is None or seed in seeds):
+            wanted = not gather and (seeds is None or seed in seeds)
+            if state.startswith(("not run", "unfinished")) and wanted:
                 try:
                     history, state = fit(cfg, resume=True, progress=progress), "ok"
                 except FileNotFoundError as e:  # the dataset is not here: report it and go on
                     status = f"skipped: {e}"
                     break
+                except FloatingPointError:  # an outcome of the recipe: tabulated, the other seeds go on
+                    history, state = gathered(cfg)
             if history:
                 dirs.append(cfg.out_dir)
             if state == "ok":
@@ -282,6 +275,8 @@ def run_reproduction(repro: Reproduction, *, quick: bool = False, out_dir: str |
                     collapsed.append(seed)
             else:
                 notes.append(f"seed {seed}: {state}")
+                if state.startswith("diverged"):
+                    diverged.append(seed)
         if status is None:
             status = grid_note + f"{len(finished)} of {len(registered)} seeds" + (
                 f" ({'; '.join(notes)})" if notes else "")
@@ -291,21 +286,12 @@ def run_reproduction(repro: Reproduction, *, quick: bool = False, out_dir: str |
             std = std if len(values) > 1 else math.nan  # one seed: no spread
             rows.append({"run": label, "metric": metric, "published": value, "ours": mean, "std": std,
                          "values": values, "seeds": list(finished), "difference": mean - value,
-                         "verdict": verdict(mean, value, repro.band, metric)
-                         + (" (provisional)" if 0 < len(values) < len(registered) and value == value else ""),
+                         "verdict": verdict(mean, value, repro.band, metric, diverged) + (
+                             " (provisional)" if 0 < len(values) < len(registered) - len(diverged)
+                             and value == value else ""),
                          "epochs": [len(h) for h in finished.values()], "status": status, "dirs": dirs,
-                         "collapsed": collapsed})
+                         "collapsed": collapsed, "diverged": diverged})
     return rows
-
-
-def collapse_state(history: list[dict]) -> str | None:
-    """How a run's output collapsed (one output for every probe input), if it did: e.g. "collapsed from
-    epoch 1 to the end"; None if it never did."""
-    epochs = [r["epoch"] for r in history if r.get("collapsed")]
-    if not epochs:
-        return None
-    return (f"collapsed from epoch {epochs[0]} to the end" if history[-1].get("collapsed")
-            else f"collapsed at epoch {epochs[0]}, recovered by epoch {history[-1]['epoch']}")
 
 
 def table_metrics(repro: Reproduction, label: str) -> dict[str, float]:
@@ -350,17 +336,23 @@ def gathered(cfg: TrainConfig) -> tuple[list[dict] | None, str]:
     """The history of `cfg`'s run read from its folder, training nothing, and its state: ok when the run
     ended (its epochs or its patience), else how far it got; a folder of another configuration is refused."""
     assert cfg.out_dir is not None  # a reproduction's runs have their folders
+    diverged = divergence(Path(cfg.out_dir))
+    if diverged is not None:  # "loss became inf by step 400 of dfa epoch 1/100", without the advice
+        why = diverged["message"].removeprefix("the run diverged: ").split(";")[0]
+        diverged_state = f"diverged in epoch {diverged['epoch']}: {why}"
     try:
         run = load_run(cfg.out_dir)
-    except FileNotFoundError:
-        return None, "not run"
-    except ValueError:
-        return None, "not run (no epoch yet)"
+    except (FileNotFoundError, ValueError) as e:
+        if diverged is not None:
+            return None, diverged_state
+        return None, "not run" if isinstance(e, FileNotFoundError) else "not run (no epoch yet)"
     differ = cfg.identity_differences(run.config)  # where and how fast a run went are not compared
     if differ:
         raise ValueError(f"run directory {cfg.out_dir} holds a run of another configuration (it differs in "
                          f"{', '.join(differ)})")
     history = run.history
+    if diverged is not None:
+        return history, diverged_state
     if len(history) >= cfg.epochs or out_of_patience(history, cfg.patience) or (
             cfg.lr_schedule == "plateau" and HalveOnPlateau.ended([1 - r["train_accuracy"] / 100
                                                                   for r in history])):
@@ -368,32 +360,3 @@ def gathered(cfg: TrainConfig) -> tuple[list[dict] | None, str]:
     return history, f"unfinished ({len(history)} of {cfg.epochs} epochs)"
 
 
-#: The registered rows' text for nowt's own experiments (no published number: no verdict).
-NO_PAPER_RULE = ("Each row: the mean ± std of its finished seeds (seed folders `ROW/seedS`); there is no "
-                 "published number, so no verdict. A row with fewer finished seeds than registered says so "
-                 "in its status.")
-
-
-def verdict_rule(band: dict[str, float]) -> str:
-    return (f"Each row: the mean ± std of its finished seeds (seed folders `ROW/seedS`) beside the published "
-            f"number. Verdict (`nowt.reproduce.entry.verdict`): **matches** when |mean - published| <= "
-            f"{band['pp']:g} percentage points for accuracies and errors, {band['degrees']:g} degrees for "
-            f"angles; otherwise **misses by** the difference. A row with fewer finished seeds than "
-            f"registered says so in its status: its verdict is provisional.")
-
-
-def results_spread(row: dict) -> str:
-    """A row's "mean ± std (n=N)" over its finished seeds."""
-    n = len(row["values"])
-    if n == 0:
-        return "–"
-    return cell(row["ours"]) + (f" ± {cell(row['std'])}" if n > 1 else "") + f" (n={n})"
-
-
-def results_table(rows: list[dict], verdicts: bool = True) -> str:
-    header = ["run", "metric", "published", "ours: mean ± std (seeds)", "ours - published", "epochs",
-              "seeds", *(["verdict"] if verdicts else [])]
-    table = [[r["run"], r["metric"], r["published"], results_spread(r), r["difference"],
-              "/".join(map(str, r["epochs"])) or "–", r["status"], *([r["verdict"]] if verdicts else [])]
-             for r in rows]
-    return markdown_table(header, table)

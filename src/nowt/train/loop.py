@@ -143,12 +143,17 @@ def _fit(cfg: TrainConfig, train, test, resume: bool, progress: bool) -> list[di
         if learner.finished or out_of_patience(history, cfg.patience):
             break  # the lr schedule or --patience has ended the run
         t0 = time.perf_counter()
-        with sized(f"training (--batch-size {cfg.batch_size})"):
-            train_metrics = train_epoch(learner, train_loader, f"{cfg.rule} epoch {epoch + 1}/{cfg.epochs}",
-                                        cfg.device, progress)
-        learner.end_epoch(train_metrics)
-        test_metrics = evaluate(model, test_loader, loss_fn, cfg.device)
-        _check_finite(model, test_metrics["loss"], f"the end of epoch {epoch + 1}")  # before any checkpoint
+        try:
+            with sized(f"training (--batch-size {cfg.batch_size})"):
+                desc = f"{cfg.rule} epoch {epoch + 1}/{cfg.epochs}"
+                train_metrics = train_epoch(learner, train_loader, desc, cfg.device, progress)
+            learner.end_epoch(train_metrics)
+            test_metrics = evaluate(model, test_loader, loss_fn, cfg.device)
+            _check_finite(model, test_metrics["loss"], f"the end of epoch {epoch + 1}")  # before a checkpoint
+        except FloatingPointError as e:
+            if writes and out is not None:
+                rundir.mark_diverged(out, epoch + 1, str(e))
+            raise
         record = {
             "epoch": epoch + 1, **train_metrics,
             **{f"test_{k}": v for k, v in test_metrics.items()},

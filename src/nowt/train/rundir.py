@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -17,8 +18,23 @@ from pathlib import Path
 from nowt.train.config import NOT_IDENTITY, TrainConfig, read_saved_config
 
 #: What a run writes into its directory (`--overwrite` replaces them).
-RUN_FILES = ("checkpoint.pt", "metrics.jsonl", "config.json", "tensorboard")
+RUN_FILES = ("checkpoint.pt", "metrics.jsonl", "config.json", "tensorboard", "diverged.json")
 ASIDE = ".overwritten"  # the earlier run's files while its replacement has no checkpoint yet
+DIVERGED = "diverged.json"  # a run that ended by diverging: where and how (its last good epoch is kept)
+
+
+def mark_diverged(out: Path, epoch: int, message: str) -> None:
+    """Records that the run in `out` diverged in `epoch` (1-based): the run has ended, and a table reading
+    the directory must say so rather than take it for a run still to finish."""
+    tmp = out / f"{DIVERGED}.tmp"
+    tmp.write_text(json.dumps({"epoch": epoch, "message": message}) + "\n")
+    os.replace(tmp, out / DIVERGED)
+
+
+def divergence(out: Path) -> dict | None:
+    """{"epoch", "message"} of the run in `out` if it diverged, else None."""
+    path = out / DIVERGED
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 @contextlib.contextmanager
@@ -79,6 +95,9 @@ def _check_owner(out: Path, cfg: TrainConfig, *, resume: bool, overwrite: bool) 
             if (out / name).exists() or (out / name).is_symlink():
                 os.replace(out / name, out / ASIDE / name)
         return
+    if (diverged := divergence(out)) is not None:  # resuming would replay the steps that diverged
+        raise ValueError(f"the run in {out} diverged in epoch {diverged['epoch']} ({diverged['message']}); "
+                         f"it has ended: pass --overwrite to start again, or choose another --out")
     if not config.exists():
         return
     try:
