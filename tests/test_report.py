@@ -313,3 +313,21 @@ def test_seeds_in_a_reproductions_row_folders_are_named_by_the_row(tmp_path):
             runs.append(load_run(tmp_path / name, name))
     assert group_labels(seed_groups(runs)) == ["dtp-parallel", "dtp-alternating"]  # not "dtp (lr=0.1)"
     assert group_labels(seed_groups(runs[:1] + runs[2:3])) == ["dtp-parallel/seed0", "dtp-alternating/seed0"]
+
+
+def test_seeds_stopped_by_their_patience_count_in_the_mean_and_killed_ones_do_not(tmp_path):
+    """nokland2016's and bartunov2018's seed tables said "1 of 3" and showed one seed: the others had ended
+    by their stop rule (patience, lr halvings) at other epochs than the furthest, taken for killed runs."""
+    from nowt.report import seed_summary_table
+
+    runs = []
+    for seed, accs, patience in [(0, [90.0, 92.0, 91.0, 91.0], 2), (1, [91.0, 90.0, 90.0], 2),
+                                 (2, [88.0, 89.0, 90.0, 95.0, 94.0, 93.0], 2), (3, [85.0], 2)]:
+        name = f"row/seed{seed}"
+        write_run(tmp_path / name, "fa", accs)
+        (tmp_path / name / "config.json").write_text(json.dumps({"rule": "fa", "seed": seed, "epochs": 20,
+                                                                 "patience": patience}))
+        runs.append(load_run(tmp_path / name, name))
+    table = seed_summary_table(runs)
+    # seeds 0-2 ended by patience (best 2 epochs old); seed 3 was stopped after 1 epoch of 20: not a result
+    assert "| row | 3 of 4 (seed 3 stopped at epoch 1 of 20) | 92.67 ± 2.08 |" in table

@@ -161,14 +161,16 @@ def test_vit_rules_summary_averages_seeds_and_layers(tmp_path):
 
     from nowt.reproduce.vit_rules import summarize
 
-    def write(label, accuracies, angles):
+    def write(label, accuracies, angles, epochs=None):
         (tmp_path / label).mkdir(parents=True)
         records = [{"epoch": i + 1, "test_accuracy": a, "weight_angles": angles[i]}
                    for i, a in enumerate(accuracies)]
         (tmp_path / label / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        (tmp_path / label / "config.json").write_text(json.dumps({"epochs": epochs or len(records)}))
 
     write("mnist-fa/seed0", [80.0, 90.0], [{"embed": 90.0, "head": 50.0}, {"embed": 80.0, "head": 40.0}])
     write("mnist-fa/seed1", [85.0, 94.0], [{"embed": 88.0, "head": 46.0}, {"embed": 70.0, "head": 30.0}])
+    write("mnist-fa/seed2", [10.0], [{"embed": 90.0, "head": 90.0}], epochs=2)  # still running: not a seed's
     write("mnist-dfa/seed0", [70.0], [{"embed": math.nan, "head": math.nan}])
     text = "\n".join(summarize(tmp_path))
     # 90 and 94: mean 92, sample sd 2 sqrt(2); the last epoch's angles averaged per layer
@@ -182,14 +184,16 @@ def test_gpt_rules_summary_averages_seeds_and_draws_the_grid(tmp_path):
 
     from nowt.reproduce.gpt_rules import summarize
 
-    def write(label, bpcs, angles):
+    def write(label, bpcs, angles, epochs=None):
         (tmp_path / label).mkdir(parents=True)
         records = [{"epoch": i + 1, "test_accuracy": 20.0, "test_bpc": b, "update_angles": angles}
                    for i, b in enumerate(bpcs)]
         (tmp_path / label / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        (tmp_path / label / "config.json").write_text(json.dumps({"epochs": epochs or len(records)}))
 
     write("fa/seed0", [4.5, 4.0], {"blocks.0.linear1": 80.0, "head": 0.0})
     write("fa/seed1", [4.4, 4.2], {"blocks.0.linear1": 70.0, "head": 0.0})
+    write("fa/seed2", [6.0], {"blocks.0.linear1": 90.0, "head": 0.0}, epochs=2)  # unfinished: left out
     write("fa/lr-grid/lr0.001", [4.6, 4.3], {"blocks.0.linear1": 80.0, "head": 0.0})
     write("dfa/seed0", [5.0], {"blocks.0.linear1": 95.0, "head": 0.0})
     text = "\n".join(summarize(tmp_path))

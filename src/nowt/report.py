@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogFormatter, MaxNLocator
 
 from nowt.train.config import not_identity, read_saved_config, saved_defaults
+from nowt.train.loop import run_ended
 
 DPI = 110
 
@@ -92,6 +93,13 @@ class Run:
     name: str
     config: dict
     history: list[dict]
+
+    def ended(self) -> bool:
+        """Whether the run had ended by its own rule (epochs, patience, plateau halvings) when last logged;
+        without a config.json nothing is known of its rule: never."""
+        settings = _settings(self)
+        return bool(self.config) and run_ended(self.history, settings["epochs"], settings.get("patience"),
+                                                  settings.get("lr_schedule", "constant"))
 
     def summary(self) -> dict[str, Any]:  # numbers, and the run's name and rule
         last = self.history[-1]
@@ -281,14 +289,15 @@ def collapse_note(name: str, record: dict) -> str:
 
 
 def counted(group: list[Run]) -> tuple[list[Run], list[str]]:
-    """The runs of a seed group that its mean counts: those that reached the group's furthest epoch, each seed
-    once; and why each other run was left out ("seed 2 stopped at epoch 1 of 2")."""
+    """The runs of a seed group that its mean counts: those that ended by their own rule (epochs, patience,
+    lr halvings) or reached the group's furthest epoch, each seed once; and why each other run was left out
+    ("seed 2 stopped at epoch 1 of 2")."""
     furthest = max(run.history[-1]["epoch"] for run in group)
     kept: dict[object, Run] = {}
     left_out = []
     for run in group:
         seed, epoch = _settings(run).get("seed"), run.history[-1]["epoch"]
-        if epoch < furthest:
+        if epoch < furthest and not run.ended():  # a run its patience (or lr rule) stopped has its result
             left_out.append(f"seed {seed} stopped at epoch {epoch} of {_settings(run).get('epochs', '?')}")
         elif seed in kept:
             left_out.append(f"seed {seed} again in {run.name}, counted once")

@@ -27,13 +27,12 @@ from pathlib import Path
 import torch
 
 from nowt.models import MODELS
-from nowt.optim import HalveOnPlateau
 from nowt.report import collapse_state, load_run, mean_std, report_runs
 from nowt.reproduce.verdicts import BAND, NO_PAPER_RULE, results_table, verdict, verdict_rule
 from nowt.rules import list_rules
 from nowt.train import TrainConfig, fit
 from nowt.train.factories import load_data
-from nowt.train.loop import out_of_patience
+from nowt.train.loop import run_ended
 from nowt.train.rundir import divergence
 from nowt.train.select import best_lr, grid_config, selection_data, shown
 
@@ -200,9 +199,10 @@ def seed_dir(out_dir: str | os.PathLike, label: str, seed: int) -> Path:
 
 
 def seed_histories(out_dir: str | os.PathLike, label: str) -> list[list[dict]]:
-    """The per-epoch records of row `label`'s registered seeds that have run (OUT/LABEL/seedS)."""
-    dirs = [seed_dir(out_dir, label, s) for s in SEEDS]
-    return [load_run(d).history for d in dirs if (d / "metrics.jsonl").is_file()]
+    """The per-epoch records of row `label`'s registered seeds that have finished (OUT/LABEL/seedS): a run
+    still going, or killed, is not a seed's result."""
+    runs = [load_run(d) for s in SEEDS if ((d := seed_dir(out_dir, label, s)) / "metrics.jsonl").is_file()]
+    return [r.history for r in runs if r.ended()]
 
 
 def known_models() -> set[str]:
@@ -353,9 +353,7 @@ def gathered(cfg: TrainConfig) -> tuple[list[dict] | None, str]:
     history = run.history
     if diverged is not None:
         return history, diverged_state
-    if len(history) >= cfg.epochs or out_of_patience(history, cfg.patience) or (
-            cfg.lr_schedule == "plateau" and HalveOnPlateau.ended([1 - r["train_accuracy"] / 100
-                                                                  for r in history])):
+    if run_ended(history, cfg.epochs, cfg.patience, cfg.lr_schedule):
         return history, "ok"
     return history, f"unfinished ({len(history)} of {cfg.epochs} epochs)"
 

@@ -27,6 +27,7 @@ from nowt.checkpoint import load_checkpoint, save_checkpoint
 from nowt.inventory import summary
 from nowt.layers import feedback_layers
 from nowt.metrics import as_tokens, evaluate, output_collapsed, update_angles, weight_angles
+from nowt.optim import HalveOnPlateau
 from nowt.progress import progress_bar
 from nowt.train import rundir
 from nowt.train.config import TrainConfig, read_saved_config
@@ -142,6 +143,9 @@ def _fit(cfg: TrainConfig, train, test, resume: bool, progress: bool) -> list[di
     for epoch in range(len(history), cfg.epochs):
         if learner.finished or out_of_patience(history, cfg.patience):
             break  # the lr schedule or --patience has ended the run
+        # under torchrun, ranks > 0 draw their own dropout/noise from here on (rank 0 keeps its stream, which
+        # the checkpoint saves; the others restart from (seed, rank, epoch), so a resume draws the same)
+        distributed.seed_rank(cfg.seed, epoch)
         t0 = time.perf_counter()
         try:
             with sized(f"training (--batch-size {cfg.batch_size})"):
@@ -228,6 +232,14 @@ def out_of_patience(history: list[dict], patience: int | None) -> bool:
         return False
     errors = [r["test_top1_error"] for r in history]
     return len(errors) - 1 - errors.index(min(errors)) >= patience
+
+
+def run_ended(history: list[dict], epochs: int, patience: int | None, lr_schedule: str) -> bool:
+    """Whether a run with this log has ended: its epochs done, its patience out, or (the plateau schedule)
+    its lr halvings spent, as the loop would have stopped it. Read from logs by the tables, so a run that
+    stopped early by its own rule counts as finished and a killed one does not."""
+    return len(history) >= epochs or out_of_patience(history, patience) or (
+        lr_schedule == "plateau" and HalveOnPlateau.ended([1 - r["train_accuracy"] / 100 for r in history]))
 
 
 def _write_epoch(out: Path, cfg: TrainConfig, epoch: int, model: nn.Module, learner: Learner,
