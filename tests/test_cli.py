@@ -282,3 +282,19 @@ def test_evaluate_scores_a_saved_run_on_its_train_and_test_sets(tmp_path, capsys
     saved = json.loads((out / "config.json").read_text())
     (out / "config.json").write_text(json.dumps({**saved, "lr": 0.5}))
     _one_line_error(capsys, ["evaluate", str(out)], "does not describe the checkpoint", "['lr']")
+
+
+def test_compare_with_target_propagation_records_and_states_its_own_optimizer(tmp_path, capsys):
+    """dtp trains with Adam at a constant lr whatever the defaults say: its config.json said sgd, cosine,
+    and the report called the runs one budget."""
+    import json
+
+    assert main(["compare", "--rules", "bp,dtp", "--dataset", "synthetic", "--epochs", "1", "--out",
+                 str(tmp_path), "--no-progress"]) == 0
+    note = "Not one optimizer: bp: sgd, cosine lr; dtp: adam, constant lr."
+    assert note in capsys.readouterr().out and note in (tmp_path / "report.md").read_text()
+    saved = json.loads((tmp_path / "dtp" / "config.json").read_text())
+    assert (saved["optimizer"], saved["lr_schedule"]) == ("adam", "constant")
+    assert main(["compare", "--rules", "bp", "--seed", "7", "--seeds", "0,1", "--dataset", "synthetic",
+                 "--epochs", "1", "--out", str(tmp_path / "s"), "--no-progress"]) == 2
+    assert "--seed and --seeds exclude each other" in capsys.readouterr().err

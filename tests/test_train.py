@@ -345,7 +345,9 @@ def test_target_propagation_rules_dispatch_to_the_targetprop_trainer(tmp_path, m
     assert not nowt.feedback_layers(tp.model)  # the plain network, not converted to a per-layer rule
     assert hist[-1]["test_accuracy"] > 60 and hist[-1]["train_accuracy"] > 50
     assert hist[-1]["weight_angles"] == {}
-    cfg.epochs = 3
+    saved = json.loads((tmp_path / "config.json").read_text())  # what it ran, not the unused defaults
+    assert (saved["optimizer"], saved["lr_schedule"]) == ("adam", "constant")
+    cfg.lr = 0.2
     with pytest.raises(ValueError, match="another configuration"):
         fit(cfg, train, test, resume=True, progress=False)
 

@@ -215,7 +215,7 @@ def config_from_args(args: argparse.Namespace, **overrides) -> TrainConfig:
                         {k: values[k] for k in MODEL_OPTIONS
                          if k in values and (k in flags or not is_default(FIELDS[k], values[k]))})
     cfg = TrainConfig.from_dict(values)
-    check_flags_apply(cfg, flags)
+    check_flags_apply(cfg, {name: values[name] for name in flags})
     return cfg
 
 
@@ -245,12 +245,18 @@ def compare_command(args: argparse.Namespace) -> int:
     if args.seeds is None:
         configs = [config_from_args(args, rule=rule, out_dir=str(out / rule)) for rule in rules]
     else:
+        if args.seed is not None:
+            raise ValueError("--seed and --seeds exclude each other: --seeds gives every seed to run")
         seeds = args.seeds
         if not seeds or min(seeds) < 0 or len(set(seeds)) < len(seeds):
             raise ValueError(f"--seeds {','.join(map(str, seeds))}: give distinct seeds >= 0, e.g. 0,1,2")
         configs = [config_from_args(args, rule=rule, seed=seed, out_dir=str(out / rule / f"seed{seed}"))
                    for rule in rules for seed in seeds]
-    first = configs[0]  # checked: every config differs only in its rule, seed and directory
+    first = configs[0]  # checked: every config differs only in its rule, seed, directory (and TP optimizer)
+    trained = {c.rule: f"{c.optimizer}, {c.lr_schedule} lr" for c in configs}
+    optimizers = ("" if len(set(trained.values())) == 1 else  # target propagation runs its own Adam
+                  "Not one optimizer: " + "; ".join(f"{r}: {how}" for r, how in trained.items()) + ".\n\n")
+    print(optimizers, end="")
     data = load_data(first)
     run = {"resume": args.resume, "overwrite": args.overwrite, "progress": not args.no_progress}
     grid = ""
@@ -272,7 +278,7 @@ def compare_command(args: argparse.Namespace) -> int:
     by_rule = seed_summary_table(runs)
     print(grid + summary_table(runs) + (f"\n{by_rule}" if by_rule else ""), end="")
     report = write_report(dirs, out, title=f"nowt compare on {first.dataset}: {', '.join(rules)}",
-                          preamble=grid)
+                          preamble=optimizers + grid)
     print(f"report: {report}")
     return 0
 

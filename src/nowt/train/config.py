@@ -166,8 +166,13 @@ class TrainConfig(metaclass=RuleOptionFields):
                 raise ValueError(f"{f.name} ({flag_name(f)}) takes {_COUNT.get(count, count)} "
                                  f"{_PLURAL[get_args(hints[f.name])[0]]} {f.metadata['metavar']}, got "
                                  f"{getattr(self, f.name)!r}")
-        adam = self.optimizer in ("adam", "adamw") or (self.rule in list_rules()
-                                                         and learner_kind(self.rule).own_optimizer == "adam")
+        own = learner_kind(self.rule).own_optimizer if self.rule in list_rules() else None
+        if own is not None:  # target propagation: record the optimizer and schedule it runs, not the defaults
+            if is_default(FIELDS["optimizer"], self.optimizer):
+                self.optimizer = own
+            if is_default(FIELDS["lr_schedule"], self.lr_schedule):
+                self.lr_schedule = "constant"
+        adam = self.optimizer in ("adam", "adamw") or own == "adam"
         changed = [flag_name(FIELDS[n]) for n in ("adam_betas", "adam_eps")
                    if not is_default(FIELDS[n], getattr(self, n))]
         if changed and not adam:

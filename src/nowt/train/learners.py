@@ -10,6 +10,7 @@ follows from it (convert the network? measure feedback? take --optimizer?) is as
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any, Protocol
 
 import torch
@@ -164,17 +165,19 @@ def check_whole_network_fields(cfg: TrainConfig, names: Iterable[str]) -> None:
                          "it trains with Adam at a constant --lr on its own layer-local losses")
 
 
-def check_flags_apply(cfg: TrainConfig, flags: Iterable[str]) -> None:
-    """Fields given as command-line flags must apply to the run even at their default values (a
-    TrainConfig alone cannot tell a default from a default asked for): a rule option `cfg.rule` does not
-    declare, or an option target propagation decides itself (`--lr-schedule cosine`), is refused."""
+def check_flags_apply(cfg: TrainConfig, flags: dict[str, Any]) -> None:
+    """Fields given as command-line flags (name -> the value given) must apply to the run even at their
+    default values (a TrainConfig alone cannot tell a default from a default asked for): a rule option
+    `cfg.rule` does not declare, or an option target propagation decides itself (`--lr-schedule cosine`,
+    which `TrainConfig.validate` would otherwise have replaced by what it runs), is refused."""
     declared = rule_class(cfg.rule).options
     for name in sorted(flags):
         if FIELDS[name].metadata.get("rule_option") and name not in declared:
             raise ValueError(f"{flag_name(FIELDS[name])} applies only to: "
                              f"{', '.join(rules_declaring(name))} (not {cfg.rule!r})")
     if learner_kind(cfg.rule) is WHOLE_NETWORK:
-        check_whole_network_fields(cfg, sorted(flags))
+        asked = replace(cfg, **{n: flags[n] for n in ("optimizer", "lr_schedule") if n in flags})
+        check_whole_network_fields(asked, sorted(flags))
 
 
 class WholeNetworkLearner:
