@@ -135,26 +135,36 @@ def test_shard_splits_the_global_batch_in_rank_order(monkeypatch):
     assert distributed.shard(torch.arange(5))[0].tolist() == [0, 1, 2]
 
 
-def _torchrun(out, *extra, kill=False):
+#: `nowt train`'s options for the torchrun tests: a tiny MLP with dropout on synthetic data.
+TRAIN = ("--dataset", "synthetic", "--hidden", "16", "--epochs", "3", "--batch-size", "50", "--lr", "0.05",
+         "--dropout", "0.2", "--no-progress")
+
+
+def _torchrun(out, *extra, kill=False, train=(*TRAIN, "--rule", "kp", "--resume"), record=None):
     import subprocess
     import sys
 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--max-restarts=1",
            "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{_free_port()}", *extra,
-           "train", "--dataset", "synthetic", "--hidden", "16", "--epochs", "3", "--batch-size", "50",
-           "--lr", "0.05", "--rule", "kp", "--no-progress", "--resume", "--out", str(out)]
-    env = dict(os.environ, OMP_NUM_THREADS="1", NOWT_TEST_KILL="1" if kill else "0")
+           "train", *train, "--out", str(out)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", NOWT_TEST_KILL="1" if kill else "0",
+               NOWT_TEST_RECORD=str(record or ""))
     return subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
 
 
-def test_torchrun_restart_after_a_killed_worker_finishes_like_an_unbroken_run(tmp_path):
-    import json
+def _worker_script() -> str:
     from pathlib import Path
 
-    worker = str(Path(__file__).with_name("torchrun_worker.py"))
-    unbroken = _torchrun(tmp_path / "a", worker)
+    return str(Path(__file__).with_name("torchrun_worker.py"))
+
+
+def test_torchrun_restart_after_a_killed_worker_finishes_like_an_unbroken_run(tmp_path):
+    """With dropout: rank 1's own RNG stream (`distributed.seed_rank`) resumes to the unbroken run's too."""
+    import json
+
+    unbroken = _torchrun(tmp_path / "a", _worker_script())
     assert unbroken.returncode == 0, unbroken.stderr[-2000:]
-    killed = _torchrun(tmp_path / "b", worker, kill=True)
+    killed = _torchrun(tmp_path / "b", _worker_script(), kill=True)
     assert killed.returncode == 0, killed.stderr[-2000:]
     assert "failed (exitcode: 1) local_rank: 1" in killed.stderr, killed.stderr[-2000:]  # it did die
     a = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
@@ -163,3 +173,45 @@ def test_torchrun_restart_after_a_killed_worker_finishes_like_an_unbroken_run(tm
         ra.pop("seconds"), rb.pop("seconds")
         assert ra == rb
     assert unbroken.stdout.strip().splitlines()[-1] == killed.stdout.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("rule", ["fa", "dfa", "wm"])
+def test_torchrun_ranks_draw_their_own_dropout_with_the_same_weights_and_feedback(tmp_path, rule):
+    """Each rank's shard gets its own dropout masks (as one process's examples do), while what must be one
+    across ranks is: the initial weights, B (fa's fixed, DFA's drawn at the first forward, wm's mirrored with
+    each rank's own noise) and the weights after every epoch."""
+    train = (*TRAIN, "--rule", rule, "--activation", "tanh", "--dropout", "0.5", "--epochs", "2")
+    run = _torchrun(tmp_path / "run", "--max-restarts=0", _worker_script(), train=train, record=tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert len(rank0) == len(rank1) == 2  # epochs
+    feedback = [k for k in rank0[-1]["end"] if k.endswith("feedback")]  # DFA's: drawn in the first step
+    assert len(feedback) >= (1 if rule == "dfa" else 2), feedback
+    for e0, e1 in zip(rank0, rank1, strict=True):
+        for when in ("start", "end"):
+            assert e0[when].keys() == e1[when].keys()
+            for k in e0[when]:
+                assert torch.equal(e0[when][k], e1[when][k]), f"{rule}: {k} differs across ranks at {when}"
+        assert len(e0["masks"]) == len(e1["masks"]) > 0
+        assert all(m.any() for m in e0["masks"] + e1["masks"])  # dropout did drop units
+        for m0, m1 in zip(e0["masks"], e1["masks"], strict=True):
+            assert not torch.equal(m0, m1), f"{rule}: both ranks dropped the same units"
+    assert not torch.equal(rank1[0]["masks"][0], rank1[1]["masks"][0])  # a new stream each epoch
+    if rule == "wm":  # the mirror moved B during training, the same on both ranks
+        assert any(not torch.equal(rank0[0]["start"][k], rank0[-1]["end"][k]) for k in feedback)
+
+
+def test_seed_rank_leaves_rank_0_and_a_lone_process_on_their_stream(monkeypatch):
+    before = torch.get_rng_state()
+    for rank, size in ((0, 1), (0, 2)):
+        monkeypatch.setattr(distributed, "world", lambda rank=rank, size=size: (rank, size))
+        distributed.seed_rank(0, 3)
+        assert torch.equal(torch.get_rng_state(), before)
+    monkeypatch.setattr(distributed, "world", lambda: (1, 2))
+    draws = []
+    for epoch in (0, 0, 1):
+        distributed.seed_rank(0, epoch)
+        draws.append(torch.rand(4))
+    assert torch.equal(draws[0], draws[1]) and not torch.equal(draws[0], draws[2])  # (seed, rank, epoch)
+    seeds = {distributed.rank_seed(s, r, e) for s in (0, 1) for r in (1, 2) for e in (0, 1)}
+    assert len(seeds) == 8 and all(0 <= x < 2**63 for x in seeds)

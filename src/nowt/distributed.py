@@ -6,13 +6,22 @@ What each rule needs to stay consistent across ranks, and where it comes from:
 - kp: B is a parameter with W's gradient, so DDP all-reduces it like any weight;
 - brsf: draws come from the layer's seed and draw counter (buffers): identical while ranks step together;
 - wm: `nowt.mirror` draws the noise for the *global* batch from one generator on every rank, each rank uses
-  its own slice, and the estimates are summed across ranks: the same B as one process with the whole batch;
+  its own slice, and the estimates are summed across ranks: the same B as one process with the whole batch
+  (`nowt train`'s mirror draws from torch's global RNG, each rank's own stream: see below; the summed
+  estimate is still one tensor on every rank, so B stays identical);
 - target propagation: layer-local and inverse gradients are averaged over ranks before each optimizer step,
   and the inverse loss's noise is drawn like the mirror's.
+
+Per-step randomness is each rank's own (`seed_rank`): `nowt train` builds the model, draws every rule's
+feedback and runs `begin_training` from one global RNG state on every rank; then, at the start of every
+epoch, each rank r > 0 reseeds torch's global RNG from (seed, r, epoch), so dropout masks and other draws of
+the global RNG differ across ranks' shards as they do across one process's examples. Rank 0, and a lone
+process, keep the unbroken stream that the checkpoint saves.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from datetime import timedelta
 
@@ -94,6 +103,26 @@ def wrap(model: nn.Module, device: torch.device | None = None) -> nn.Module:
         return model
     ids = [device.index] if device is not None and device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def rank_seed(seed: int, rank: int, epoch: int) -> int:
+    """The seed of rank `rank`'s global RNG in `epoch` (counted from 0): a 63-bit hash of the three, so
+    ranks and epochs get unrelated streams (not seed + k * rank, which another run's seed could equal)."""
+    digest = hashlib.blake2b(f"nowt/rank-rng/{seed}/{rank}/{epoch}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def seed_rank(seed: int, epoch: int) -> None:
+    """At the start of `epoch`: ranks r > 0 reseed torch's global RNG (CPU and every GPU) with
+    `rank_seed(seed, r, epoch)`, so each rank draws its own dropout masks and noise for its shard instead
+    of the same ones as rank 0. Rank 0 (a lone process too) keeps its stream untouched: a single process is
+    bit-for-bit what it was, and rank 0's stream is the one the checkpoint saves. Reseeding per epoch makes
+    the other ranks' streams a function of (seed, rank, epoch), so a run resumed at an epoch's start draws
+    what the unbroken run drew without saving every rank's state. Call it after everything that must be
+    identical across ranks has drawn (model init, feedback, the rules' `begin_training`)."""
+    rank = world()[0]
+    if rank > 0:
+        torch.manual_seed(rank_seed(seed, rank, epoch))
 
 
 def shard(*tensors: Tensor) -> tuple[Tensor, ...]:
