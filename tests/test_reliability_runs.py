@@ -339,3 +339,26 @@ def test_a_diverged_run_is_marked_ended_and_not_resumed(tmp_path):
     cfg.lr = 0.1  # another configuration replacing it: the marker goes with the run it marked
     fit(cfg, overwrite=True, progress=False)
     assert not (tmp_path / "run" / "diverged.json").exists()
+
+
+def test_options_that_would_be_silently_ignored_are_refused_or_applied():
+    """An audit found each of these accepted and then not applied: wm's anneal beside a fixed mirror_lr;
+    --init on a model whose attention projections no init rewrites; --bias-lr-scale missing attention's
+    in_proj_bias."""
+    import torch
+
+    import nowt
+    from nowt.train import TrainConfig, build_model
+    from nowt.train.factories import parameter_groups
+
+    with pytest.raises(ValueError, match=r"mirror_anneal \(5\).*with mirror_lr \(0.01\) the step is fixed"):
+        nowt.convert(torch.nn.Sequential(torch.nn.Linear(4, 4)), "wm", mirror_lr=0.01, mirror_anneal=5.0)
+    nowt.convert(torch.nn.Sequential(torch.nn.Linear(4, 4)), "wm", mirror_lr=0.01)  # the default anneal
+    cfg = TrainConfig(model="vit", init="xavier", rule="fa")
+    with pytest.raises(ValueError, match=r"--init xavier rewrites Linear and convolution layers only; "
+                                         r"model vit.*in_proj_weight\): use --init default"):
+        build_model(cfg, (1, 28, 28), 10)
+    attention = torch.nn.MultiheadAttention(8, 2)
+    rest, biases = parameter_groups(attention, 1.0, 0.5)
+    assert {id(p) for p in biases["params"]} == {id(attention.in_proj_bias), id(attention.out_proj.bias)}
+    assert biases["lr"] == 0.5 and len(rest["params"]) == 2

@@ -94,6 +94,12 @@ class WeightMirror(RandomFeedbackRule):
     mirror_activation: str
     mirror_normalize: bool
 
+    def validate(self) -> None:
+        super().validate()
+        if self.mirror_lr is not None and self.mirror_anneal != MIRROR_ANNEAL:  # it would be ignored
+            raise ValueError(f"mirror_anneal ({self.mirror_anneal:g}) shapes the automatic mirror step; with "
+                             f"mirror_lr ({self.mirror_lr:g}) the step is fixed: set one of them")
+
     def setup(self, layer, generator: torch.Generator) -> None:
         super().setup(layer, generator)
         # The global training batch the noise batch is a fraction of, and the count of training mirror

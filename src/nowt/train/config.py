@@ -117,7 +117,8 @@ class TrainConfig(metaclass=RuleOptionFields):
     amp: str = _f("off", "bf16: forward and backward under torch.autocast in bfloat16 (weights stay fp32)",
                   choices=("off", "bf16"))
     channels_last: bool = _f(False, "NHWC memory format for the model and image batches (faster GPU convs)")
-    standardize: bool = _f(True, "standardise inputs (per-channel mean/std); --no-standardize: pixels / 255")
+    standardize: bool = _f(True, "standardise images: MNIST's mean/std for MNIST and Fashion-MNIST alike, "
+                           "CIFAR-10's per channel; --no-standardize: pixels / 255")
     shuffle: bool = _f(True, "shuffle the training set every epoch; --no-shuffle: batches in dataset order")
     drop_last: bool = _f(False, "drop the last, incomplete training batch of each epoch")
     bias_lr_scale: float = _f(1.0, "learning rate of the biases relative to --lr", gt=0.0)
@@ -178,7 +179,9 @@ class TrainConfig(metaclass=RuleOptionFields):
         if changed and not adam:
             raise ValueError(f"{' and '.join(changed)} {'apply' if len(changed) > 1 else 'applies'} to Adam "
                              f"and AdamW only, not --optimizer {self.optimizer}")
-        if self.optimizer in ("adam", "adamw") and not is_default(FIELDS["momentum"], self.momentum):
+        # (target propagation refuses it with its own reason: `check_whole_network_fields`)
+        if self.optimizer in ("adam", "adamw") and own is None and not is_default(FIELDS["momentum"],
+                                                                                  self.momentum):
             raise ValueError(f"--momentum applies to sgd and rmsprop, not --optimizer {self.optimizer} "
                              f"(its first moment is --adam-betas' B1)")
         check_device(self.device)

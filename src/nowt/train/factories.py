@@ -93,8 +93,9 @@ def parameter_groups(model: nn.Module, lr: float, bias_lr_scale: float = 1.0) ->
     params = dict(model.named_parameters())
     if bias_lr_scale == 1.0:
         return [{"params": list(params.values())}]
-    bias = [p for n, p in params.items() if n.rsplit(".", 1)[-1] == "bias"]
-    rest = [p for n, p in params.items() if n.rsplit(".", 1)[-1] != "bias"]
+    # "bias", and attention's "in_proj_bias"
+    bias = [p for n, p in params.items() if n.rsplit(".", 1)[-1].split("_")[-1] == "bias"]
+    rest = [p for n, p in params.items() if n.rsplit(".", 1)[-1].split("_")[-1] != "bias"]
     return [{"params": rest}, {"params": bias, "lr": lr * bias_lr_scale}]
 
 
@@ -216,6 +217,11 @@ def build_model(cfg: TrainConfig, input_shape: tuple[int, ...], num_classes: int
     if kind.converts_model:
         model = convert(model, cfg.rule, seed=cfg.seed,
                         **options)
+    untouched = [n for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)]
+    if cfg.init != "default" and untouched:  # its in_proj_weight is no Linear: the init would skip it
+        raise ValueError(f"--init {cfg.init} rewrites Linear and convolution layers only; model {cfg.model} "
+                         f"also has attention projections it would leave at their default "
+                         f"({untouched[0]}.in_proj_weight): use --init default")
     if cfg.init == "normal_fan_avg":
         _normal_fan_avg_(model, cfg.seed)
     elif cfg.init == "xavier":
