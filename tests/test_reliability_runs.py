@@ -362,3 +362,19 @@ def test_options_that_would_be_silently_ignored_are_refused_or_applied():
     rest, biases = parameter_groups(attention, 1.0, 0.5)
     assert {id(p) for p in biases["params"]} == {id(attention.in_proj_bias), id(attention.out_proj.bias)}
     assert biases["lr"] == 0.5 and len(rest["params"]) == 2
+
+
+def test_a_run_resumed_on_other_data_is_refused(tmp_path):
+    """--data-dir is no part of a run's identity (the same files lie elsewhere on another machine): a resume
+    pointed at another corpus continued as if nothing had changed. The checkpoint now keeps a fingerprint."""
+    from conftest import teacher_task
+
+    from nowt.train import TrainConfig, fit
+
+    cfg = TrainConfig(rule="fa", hidden=(8,), epochs=1, batch_size=100, lr_schedule="constant",
+                      out_dir=str(tmp_path))
+    fit(cfg, *teacher_task(seed=0), progress=False)
+    cfg.epochs = 2
+    with pytest.raises(ValueError, match="trained on other data .*pass its own --data-dir"):
+        fit(cfg, *teacher_task(seed=1), resume=True, progress=False)
+    assert len(fit(cfg, *teacher_task(seed=0), resume=True, progress=False)) == 2  # its own data resumes

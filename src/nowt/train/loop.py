@@ -102,6 +102,7 @@ def _fit(cfg: TrainConfig, train, test, resume: bool, progress: bool) -> list[di
     if len(test if not isinstance(test, tuple) else test[1]) == 0:
         raise ValueError("the test set is empty")
     probe_x, probe_y = (t.to(cfg.device) for t in _probe_batch(test))
+    data_print = rundir.data_fingerprint(train, test, probe_x, probe_y)  # --data-dir is no identity
     input_shape = tuple(probe_x.shape[1:])
     kind = learner_kind(cfg.rule)  # per-layer or whole-network: decided once, asked of `kind` from here on
     with sized(f"building model {cfg.model} for inputs {input_shape} (--hidden {_shown(cfg.hidden)})"):
@@ -122,6 +123,7 @@ def _fit(cfg: TrainConfig, train, test, resume: bool, progress: bool) -> list[di
         state = load_checkpoint(checkpoint, RUN_STATE)
         if cfg.identity_differences(state["config"]):
             raise ValueError(f"checkpoint in {out} was made with another configuration; use a new --out")
+        rundir.check_same_data(out, state.get("data"), data_print)
         model.load_state_dict(state["model"])
         learner.load_state_dict(state["learner"])
         train_loader.generator.set_state(state["loader_rng"])
@@ -175,7 +177,7 @@ def _fit(cfg: TrainConfig, train, test, resume: bool, progress: bool) -> list[di
             tqdm.write(f"epoch {epoch + 1}: train loss {record['train_loss']:.4f}, {bpc}"
                        f"test accuracy {record['test_accuracy']:.2f}% ({record['seconds']:.1f}s)")
         if writes and out is not None:
-            _write_epoch(out, cfg, epoch, model, learner, train_loader, history)
+            _write_epoch(out, cfg, epoch, model, learner, train_loader, history, data_print)
         if writer:
             _log_tensorboard(writer, record)
     if writer:
@@ -243,11 +245,11 @@ def run_ended(history: list[dict], epochs: int, patience: int | None, lr_schedul
 
 
 def _write_epoch(out: Path, cfg: TrainConfig, epoch: int, model: nn.Module, learner: Learner,
-                 train_loader, history: list[dict]) -> None:
+                 train_loader, history: list[dict], data_print: dict[str, float]) -> None:
     save_checkpoint(out / "checkpoint.pt", {
         "config": cfg.identity(), "epoch": epoch + 1, "model": model.state_dict(),
         "learner": learner.state_dict(), "loader_rng": train_loader.generator.get_state(),
-        "rng": _rng_state(), "history": history,
+        "rng": _rng_state(), "history": history, "data": data_print,
     })
     _write_metrics(out, history)
 

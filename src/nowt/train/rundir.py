@@ -10,10 +10,13 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+
+from torch import Tensor
 
 from nowt.train.config import NOT_IDENTITY, TrainConfig, read_saved_config
 
@@ -116,3 +119,26 @@ def _check_owner(out: Path, cfg: TrainConfig, *, resume: bool, overwrite: bool) 
     if not resume and (out / "checkpoint.pt").exists():
         raise ValueError(f"run directory {out} holds an earlier run of this configuration; pass --resume to "
                          f"continue it or --overwrite to start again")
+
+
+def data_fingerprint(train, test, probe_x: Tensor, probe_y: Tensor) -> dict[str, float]:
+    """What tells one data set from another at a glance: the sizes of its splits and sums over the probe
+    batch (the first test examples). A checkpoint keeps it: `--data-dir` is no part of a run's identity
+    (the same data lies in different folders on different machines), the data is."""
+    return {"train": len(train[1]) if isinstance(train, tuple) else len(train),
+            "test": len(test[1]) if isinstance(test, tuple) else len(test),
+            "inputs": float(probe_x.double().sum()), "labels": float(probe_y.double().sum())}
+
+
+def check_same_data(out: Path | None, saved: dict[str, float] | None, now: dict[str, float]) -> None:
+    """Refuses to resume the run in `out` on other data than it trained on (a checkpoint from before
+    fingerprints, `saved` None, is not checked)."""
+    if saved is None or saved.keys() == now.keys() and all(
+            math.isclose(saved[k], now[k], rel_tol=1e-6, abs_tol=1e-6) for k in saved):
+        return
+
+    def shown(d: dict[str, float]) -> str:
+        return f"{int(d['train'])} training and {int(d['test'])} test examples, probe sum {d['inputs']:.6g}"
+
+    raise ValueError(f"the run in {out} trained on other data ({shown(saved)}; now {shown(now)}): pass its "
+                     f"own --data-dir, or use a new --out")
