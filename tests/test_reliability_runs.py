@@ -4,6 +4,7 @@ line instead of a traceback."""
 
 import os
 import socket
+import warnings
 
 import pytest
 import torch
@@ -378,3 +379,17 @@ def test_a_run_resumed_on_other_data_is_refused(tmp_path):
     with pytest.raises(ValueError, match="trained on other data .*pass its own --data-dir"):
         fit(cfg, *teacher_task(seed=1), resume=True, progress=False)
     assert len(fit(cfg, *teacher_task(seed=0), resume=True, progress=False)) == 2  # its own data resumes
+
+
+def test_kp_without_weight_decay_is_warned():
+    """kp's B reaches W only through weight decay; nowt train's and compare's default decay is 0."""
+    from conftest import teacher_task
+
+    from nowt.train import TrainConfig, fit
+
+    with pytest.warns(RuntimeWarning, match="kp aligns B with W only through weight decay.*decay is 0"):
+        fit(TrainConfig(rule="kp", hidden=(8,), epochs=1, batch_size=100), *teacher_task(), progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fit(TrainConfig(rule="kp", hidden=(8,), epochs=1, batch_size=100, weight_decay=1e-4), *teacher_task(),
+            progress=False)

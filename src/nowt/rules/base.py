@@ -183,6 +183,9 @@ class Rule:
     options: ClassVar[dict[str, Option]] = {}
     #: True where the backward pass reads the layer's own forward weights (backprop, sign symmetry).
     transports_weights: bool = True
+    #: Why the rule needs weight decay to do what it promises, where it does (kp: W - B shrinks only by the
+    #: decay); a run without decay is warned with it.
+    needs_weight_decay: ClassVar[str | None] = None
 
     def __init__(self, **options: Any) -> None:
         unknown = set(options) - set(self.options)

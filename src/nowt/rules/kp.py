@@ -12,6 +12,8 @@ from nowt.rules.base import RandomFeedbackRule
 
 class KolenPollack(RandomFeedbackRule):
     name = "kp"
+    needs_weight_decay = ("kp aligns B with W only through weight decay (W - B shrinks by lr x decay a "
+                          "step); without it B moves with W but B - W stays as drawn")
 
     def setup(self, layer, generator: torch.Generator) -> None:
         # A parameter: the FeedbackFunction hands it W's gradient whenever it requires grad.

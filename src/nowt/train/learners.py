@@ -9,6 +9,7 @@ follows from it (convert the network? measure feedback? take --optimizer?) is as
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any, Protocol
@@ -80,6 +81,9 @@ class RuleLearner:
                                         [e * steps_per_epoch for e in cfg.lr_milestones])
         self.steps = 0  # optimizer steps taken, for the rules' after-step hooks
         self.rules = feedback_rules(model)
+        needs = {r.needs_weight_decay for r in self.rules if r.needs_weight_decay}
+        for why in needs if not cfg.weight_decay else ():
+            warnings.warn(f"{why}: --weight-decay is 0", RuntimeWarning, stacklevel=2)
 
     def begin_training(self, first_batch: Tensor | None = None) -> None:
         """Once, before the first step of a fresh run: the rules' hook, after the model has seen
