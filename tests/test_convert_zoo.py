@@ -259,8 +259,11 @@ class BeitAttention(nn.Module):
 def test_a_converted_layer_whose_weight_is_used_elsewhere_is_caught():
     model = nowt.convert(nn.Sequential(nn.Linear(3, 4), BeitAttention()), "fa", seed=0)
     x = torch.randn(2, 5, 3)
-    with pytest.warns(UserWarning, match=r"'1\.qkv' did not run"):
-        out = model(x)
+    with pytest.warns(UserWarning, match=r"'1\.qkv' did not run"), pytest.raises(
+            ValueError, match=r"'1\.qkv\.weight' \(the weight of converted layer '1\.qkv'\) is used by "
+                              r"torch\.nn\.functional\.linear.*exclude=\['1\.qkv'\]"):
+        model(x)  # refused at the first forward
+    out = model(x)  # and, past that, at the first backward
     assert math.isnan(nowt.weight_angles(model)["1.qkv"]) and not math.isnan(nowt.weight_angles(model)["0"])
     with pytest.raises(RuntimeError, match=r"'1\.qkv' \(nowt\.layers\.Linear\) never ran, but its weight got "
                                            r"a gradient.*exclude=\['1\.qkv'\]"):

@@ -9,9 +9,10 @@ from typing import Any, cast
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from nowt import attention
-from nowt.inventory import class_path, conversion, unknown_weights, watch
+from nowt.inventory import class_path, conversion, unknown_weights, unproven, watch
 from nowt.layers import CONVERTIBLE, VARIANTS, FeedbackLayer, _Conv, register_transformers
 from nowt.rules import Rule, make_rule
 
@@ -32,6 +33,17 @@ def _matches(name: str, module: nn.Module, selectors: Iterable[Selector]) -> boo
     return False
 
 
+def _excluded(name: str, module: nn.Module, selectors: Iterable[Selector]) -> bool:
+    """Whether a layer nowt converts is excluded: by its name or type, or by the name of one of its parameters
+    (its weight and bias train together, so a pattern naming either leaves the whole layer on backprop)."""
+    own = [n for n, _ in module.named_parameters(recurse=False)]
+    if parametrize.is_parametrized(module):  # `fc.weight` and `fc.parametrizations.weight.original0`
+        parametrizations = cast(nn.ModuleDict, module.parametrizations)
+        own += [*parametrizations, *(f"parametrizations.{n}" for n, _ in parametrizations.named_parameters())]
+    return _matches(name, module, selectors) or any(
+        _matches(f"{name}.{n}" if name else n, module, selectors) for n in own)
+
+
 def convert(
     model: nn.Module,
     rule: str | Rule,
@@ -49,14 +61,20 @@ def convert(
     Weights, biases, devices and dtypes are kept (the very same Parameter objects, so an optimizer built
     earlier still holds them; rules that add parameters, like `kp`, need them added to it).
     `seed` makes the random feedback reproducible (None draws one from torch's global RNG).
-    `exclude`: layers (or parameters) to leave on backprop, by qualified name (glob patterns allowed, a
-    prefix covers a submodule) or by type; converted layers among them become `bp` layers.
+    `exclude`: layers to leave on backprop, by qualified name (glob patterns allowed, a prefix covers a
+    submodule) or by type; converted layers among them become `bp` layers. A name that matches a parameter
+    (`"fc.weight"`, `"*.bias"`) excludes the whole layer that holds it (a layer's weight and bias train
+    together), or, in a module nowt does not convert, that parameter only.
     Every weight is accounted for: a weight matrix nowt would leave on backprop without being told (a layer
     it cannot convert, such as `nn.LSTM`, or a matrix in a module type it does not know) raises a
-    ValueError naming it, unless excluded; `unknown="warn"` warns instead. Embeddings, norms and attention's
-    activation products stay on backprop by design (`nowt.summary` shows all of it). A converted layer whose
-    weight gets a gradient without the layer running (the model calls `F.linear(x, layer.weight)`) raises
-    at that backward (warns with `unknown="warn"`). `options` go to the rule (see each rule's `options`).
+    ValueError naming it, unless excluded; `unknown="warn"` warns instead. Embedding lookups, norms, added
+    parameters (class tokens, position embeddings) and attention's activation products stay on backprop by
+    design (`nowt.summary` shows all of it). At the model's first forward, a converted layer's weight used
+    outside the layer (a tied decoder's `F.linear(h, enc.weight.t())`, `F.linear(x, layer.weight)`), or an
+    embedding table or added parameter multiplied as a matrix (a tied LM head's `F.linear(h, emb.weight)`),
+    raises a ValueError naming it (warns with `unknown="warn"`); so does, at the first backward, a converted
+    layer that never ran but whose weight got a gradient. `options` go to the rule (see each rule's
+    `options`).
     Returns the model; a bare `nn.Linear`/`nn.Conv2d` is returned converted, not in place.
     """
     if unknown not in UNKNOWN:
@@ -67,9 +85,9 @@ def convert(
     backprop = make_rule("bp")
     exclude = tuple(exclude)
     every = list(model.named_modules(remove_duplicate=False))
-    params = [n for n, _ in model.named_parameters()]
-    unmatched = [s for s in exclude if isinstance(s, str) and not any(_matches(n, m, (s,)) for n, m in every)
-                 and not any(_matches(n, model, (s,)) for n in params)]
+    # a name matches a module or one of its parameters (`_excluded`: a weight-normed layer's `fc.weight` too)
+    unmatched = [s for s in exclude
+                 if isinstance(s, str) and not any(_excluded(n, m, (s,)) for n, m in every)]
     if unmatched:
         raise ValueError(f"exclude: {unmatched} match(es) no layer of {type(model).__name__}; layer names: "
                          f"{', '.join(n for n, _ in every if n)[:300]}")
@@ -92,8 +110,9 @@ def convert(
             names.setdefault(id(m), []).append(n)
             modules[id(m)] = m
     problems = [f"{class_path(type(m))} at {n!r}: {why}" for n, m, why in refused]
-    problems += unknown_weights(model, set(modules) | {id(m) for _, m, _ in refused},
-                                lambda n, m: _matches(n, m, exclude))
+    accounted = set(modules) | {id(m) for _, m, _ in refused}
+    problems += unknown_weights(model, accounted, lambda n, m: _matches(n, m, exclude))
+    tables = unproven(model, accounted, lambda n, m: _matches(n, m, exclude))  # checked at the first forward
     if problems:
         message = (f"cannot convert {'; '.join(problems[:3])}{' (and more)' if len(problems) > 3 else ''}: "
                    f"its weights would stay on backprop; pass exclude=[name] to leave them on backprop on "
@@ -111,7 +130,7 @@ def convert(
     layers: dict[str, FeedbackLayer] = {}
     for (key, layer_names), layer_seed in zip(names.items(), seeds.tolist(), strict=True):
         module = modules[key]
-        layer_rule = backprop if _matches(layer_names[0], module, exclude) else rule
+        layer_rule = backprop if _excluded(layer_names[0], module, exclude) else rule
         base, variant = plan[key]
         assert base is not None  # `modules` holds only what converts
         layer = VARIANTS.get(variant, CONVERTIBLE[base]).from_module(module, layer_rule)
@@ -134,7 +153,7 @@ def convert(
             setattr(model.get_submodule(parent_name), child, layer)
     attention.keep_dense(model)
     rule.setup_model(model)  # once, with every layer in place (DFA hooks the model's output)
-    watch(model, layers, unknown)
+    watch(model, layers, unknown, tables)
     return model
 
 
@@ -147,7 +166,7 @@ def _check_targets(names: dict[int, list[str]], modules: dict[int, nn.Module],
     """Refuses what convert cannot do right: a shared layer excluded under one name only, and layers on
     the meta device (their feedback would be drawn into memory that `to_empty()` leaves uninitialised)."""
     for key, layer_names in names.items():
-        excluded = {n: _matches(n, modules[key], exclude) for n in layer_names}
+        excluded = {n: _excluded(n, modules[key], exclude) for n in layer_names}
         if len(set(excluded.values())) > 1:
             off = [n for n, e in excluded.items() if e]
             on = [n for n, e in excluded.items() if not e]

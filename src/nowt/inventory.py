@@ -4,15 +4,20 @@ unknown to nowt (an error at `nowt.convert`, so that no weight matrix keeps weig
 
 from __future__ import annotations
 
-import fnmatch
+import re
 import sys
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TextIO
+from typing import Any, TextIO
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
+from torch.overrides import TorchFunctionMode, resolve_name
 from torch.utils.hooks import RemovableHandle
+from torch.utils.weak import WeakIdKeyDictionary
 
 from nowt.layers import CONVERTIBLE, FeedbackLayer
 
@@ -22,9 +27,12 @@ BY_DESIGN: tuple[type[nn.Module], ...] = (
     nn.Embedding, nn.EmbeddingBag, nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm,
     nn.LocalResponseNorm, nn.PReLU,
 )
-#: Parameter names taken as added or looked up, not multiplied (class tokens, position embeddings, relative
-#: position bias tables): their gradient is the error itself, no transport.
-ADDITIVE_NAMES = ("*token*", "cls*", "*pos*", "*embed*", "*table*", "*latent*")
+#: Whole words of parameter names taken as added or looked up, not multiplied (class tokens, position
+#: embeddings, relative position bias tables, latents): their gradient is the error itself, no transport. A
+#: name only vouches until the first forward, which refuses such a parameter used as a matrix (`watch`).
+ADDITIVE_WORDS = frozenset({"cls", "class", "token", "tokens", "pos", "position", "positions", "positional",
+                            "embed", "embeds", "embedding", "embeddings", "emb", "table", "latent",
+                            "latents"})
 #: Subclasses (by class path) whose own forward computes the base layer's op, and how nowt matches it:
 #: timm's Linear (a dtype cast under TorchScript only), Conv2dSame (TensorFlow "SAME" padding first: the
 #: layer's `pad_same`), StdConv2d and ScaledStdConv2d (a standardised weight: `layers.StandardizedConv2d`).
@@ -68,38 +76,76 @@ def conversion(m: nn.Module) -> tuple[type[nn.Module] | None, str]:
     return base, ""  # e.g. torchvision's Conv3DSimple, or a parametrized layer (weight norm)
 
 
+#: Parameters the first forward saw multiplied as a matrix although named or shaped as added (`watch`).
+PROVED_MATRICES: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
+def _words(name: str) -> set[str]:
+    """`relative_position_bias_table` -> {relative, position, bias, table}; `posEmbed` -> {pos, embed}."""
+    return set(re.split(r"[^a-z]+", re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()))
+
+
+def looks_additive(name: str, p: Tensor) -> bool:
+    """Whether a parameter of two or more dimensions larger than 1 is taken as added, not multiplied: by
+    whole words of its name (`pos_embed`, `cls_token`) or by a leading 1 (broadcast over the batch)."""
+    return sum(s > 1 for s in p.shape) >= 2 and (p.shape[0] == 1 or bool(ADDITIVE_WORDS & _words(name)))
+
+
 def is_matrix(name: str, p: Tensor) -> bool:
     """Whether a parameter is a weight matrix that would carry errors backwards: two or more dimensions
-    larger than 1, not broadcast over the batch (a leading 1), not named like a token, position embedding
-    or table."""
-    return (sum(s > 1 for s in p.shape) >= 2 and p.shape[0] != 1
-            and not any(fnmatch.fnmatchcase(name.lower(), pat) for pat in ADDITIVE_NAMES))
+    larger than 1, and not taken as added (`looks_additive`) unless the first forward multiplied by it."""
+    return sum(s > 1 for s in p.shape) >= 2 and (not looks_additive(name, p) or p in PROVED_MATRICES)
 
 
-def unknown_weights(model: nn.Module, accounted: set[int], excluded) -> list[str]:
+Excluded = Callable[[str, nn.Module], bool]
+Owned = tuple[str, nn.Module, str, Tensor]  # (module name, module, parameter name, parameter)
+
+
+def _loose(model: nn.Module, accounted: set[int], excluded: Excluded) -> Iterator[Owned]:
+    """The parameters of modules neither in `accounted` nor excluded, and not excluded themselves."""
+    for name, m in model.named_modules():
+        if id(m) in accounted or isinstance(m, parametrize.ParametrizationList) or excluded(name, m):
+            continue  # a ParametrizationList's tensors are its owner's
+        params = m.parametrizations.items() if parametrize.is_parametrized(m) else ()
+        for pname, p in (*m.named_parameters(recurse=False), *((n, getattr(m, n)) for n, _ in params)):
+            if not excluded(f"{name}.{pname}" if name else pname, m):
+                yield name, m, pname, p
+
+
+def unknown_weights(model: nn.Module, accounted: set[int], excluded: Excluded) -> list[str]:
     """'<class path> at <name>' for each weight matrix of `model` in a module that is neither in `accounted`
     (ids of modules converted or refused already), nor backprop by design, nor excluded (`excluded(name,
     module)`, also asked with the parameter's qualified name)."""
-    found = []
-    for name, m in model.named_modules():
-        if (id(m) in accounted or isinstance(m, (*BY_DESIGN, parametrize.ParametrizationList))  # owner's
-                or excluded(name, m)):
-            continue
-        params = m.parametrizations.items() if parametrize.is_parametrized(m) else ()
-        own = [*m.named_parameters(recurse=False), *((n, getattr(m, n)) for n, _ in params)]
-        for pname, p in own:
-            full = f"{name}.{pname}" if name else pname
-            if is_matrix(pname, p) and not excluded(full, m):
-                found.append(f"{class_path(type(m))} at {name!r} (weight {pname!r}, {tuple(p.shape)})")
+    return [f"{class_path(type(m))} at {name!r} (weight {pname!r}, {tuple(p.shape)})"
+            for name, m, pname, p in _loose(model, accounted, excluded)
+            if not isinstance(m, BY_DESIGN) and is_matrix(pname, p)]
+
+
+Unproven = dict[str, tuple[str, str, Tensor]]
+
+
+def unproven(model: nn.Module, accounted: set[int], excluded: Excluded) -> Unproven:
+    """What the first forward checks is not used as a matrix (`watch`): embedding tables (a tied head may
+    multiply by one) and parameters taken as added: qualified name -> (kind, what to exclude, parameter)."""
+    found: Unproven = {}
+    for name, m, pname, p in _loose(model, accounted, excluded):
+        full = f"{name}.{pname}" if name else pname
+        if isinstance(m, nn.Embedding | nn.EmbeddingBag) and pname == "weight":
+            found[full] = ("the table of embedding " + repr(name), name, p)
+        elif not isinstance(m, BY_DESIGN) and looks_additive(pname, p):
+            found[full] = ("taken as added, by its name or shape", full, p)
     return found
 
 
-def watch(model: nn.Module, layers: dict[str, FeedbackLayer], unknown: str = "error") -> None:
-    """One-shot checks that no converted layer is bypassed, for a model that calls `F.linear(x,
-    layer.weight)` itself (timm's BEiT, EVA, Swin V2): its converted layer never runs and the weight trains
-    by backprop. At the model's first forward, layers that did not run are marked `skipped` (a warning);
-    at the first backward that reaches a weight, a layer that never ran raises (`unknown="warn"`: warns).
-    Both hooks remove themselves at their first call: nothing is left on the training step's path."""
+def watch(model: nn.Module, layers: dict[str, FeedbackLayer], unknown: str = "error",
+          tables: Unproven | None = None) -> None:
+    """One-shot checks that no weight crosses errors by backprop behind the rule's back. At the model's first
+    forward: a converted layer's weight used outside the layer's own forward (a tied decoder's
+    `F.linear(h, enc.weight.t())`, timm BEiT's `F.linear(x, qkv.weight)`), or a parameter of `tables`
+    (`unproven`: an embedding table, a parameter taken as added) multiplied as a matrix, raises a ValueError
+    naming it; layers that did not run are marked `skipped` (a warning). At the first backward that reaches
+    a weight, a layer that never ran raises a RuntimeError. `unknown="warn"`: all of them warn. The hooks
+    remove themselves: nothing is left on the training step's path."""
     watched = {n: m for n, m in layers.items() if m.rule.name != "bp"}
     # A weight tied to another module (GPT-2's lm_head and its token embedding) gets that module's gradient
     # whether the layer ran or not: only the forward check applies to it.
@@ -111,8 +157,10 @@ def watch(model: nn.Module, layers: dict[str, FeedbackLayer], unknown: str = "er
             hook = _FirstGradient(name, layer, unknown)
             hook.handle = w.register_hook(hook)
     if watched and not isinstance(model, FeedbackLayer):
-        first_forward = _FirstForward(watched)
-        first_forward.handle = model.register_forward_hook(first_forward)
+        first_forward = _FirstForward(watched, tables or {}, unknown)
+        # prepend: the watch ends with the model's forward, before the rule's own hooks (DFA's) run
+        first_forward.handles = [model.register_forward_pre_hook(first_forward.begin),
+                                 model.register_forward_hook(first_forward, prepend=True, always_call=True)]
 
 
 class _FirstGradient:
@@ -136,14 +184,49 @@ class _FirstGradient:
         warnings.warn(message, stacklevel=2)
 
 
+def _leaf_weights(layer: FeedbackLayer) -> list[Tensor]:
+    """The tensors a layer's `.weight` is made of: the Parameter, its parametrization's originals, or
+    StandardizedConv2d's raw weight and gain (attention's Projection holds none: its owner's weight)."""
+    if parametrize.is_parametrized(layer, "weight"):
+        return list(layer.parametrizations.weight.parameters())
+    own: list[Tensor] = [p for n, p in layer._parameters.items()
+                         if n in layer.own_state and n != "bias" and p is not None]
+    return own or [layer.weight]
+
+
 class _FirstForward:
-    handle: RemovableHandle
+    handles: list[RemovableHandle]
 
-    def __init__(self, layers: dict[str, FeedbackLayer]) -> None:
-        self.layers = layers
+    def __init__(self, layers: dict[str, FeedbackLayer], tables: Unproven, unknown: str) -> None:
+        self.layers, self.tables, self.unknown = layers, tables, unknown
+        self.uses: _Uses | None = None
+        self.inner: list[RemovableHandle] = []  # on every converted layer, for this forward only
 
-    def __call__(self, module: nn.Module, args: tuple, output) -> None:
-        self.handle.remove()
+    def begin(self, model: nn.Module, args: tuple) -> None:
+        if torch.compiler.is_compiling():
+            return  # dynamo would trace the mode: a compiled first forward gets the other checks only
+        watched = {id(p): (name, kind, fix, p) for name, (kind, fix, p) in self.tables.items()}
+        for name, layer in self.layers.items():  # also an embedding's table (GPT-2's lm_head): the layer's
+            watched |= {id(w): (f"{name}.weight", f"the weight of converted layer {name!r}", name, w)
+                        for w in _leaf_weights(layer)}
+        uses = self.uses = _Uses(watched)
+        for m in model.modules():
+            if isinstance(m, FeedbackLayer):
+                self.inner += [m.register_forward_pre_hook(uses.enter, prepend=True),
+                               m.register_forward_hook(uses.leave, always_call=True)]
+        uses.__enter__()
+
+    def __call__(self, module: nn.Module, args: tuple, output: Any) -> None:
+        uses, self.uses = self.uses, None
+        if uses is not None:
+            uses.__exit__(None, None, None)
+        for handle in self.inner:
+            handle.remove()
+        self.inner = []
+        if sys.exc_info()[0] is not None:
+            return  # the forward raised: the next one is checked
+        for handle in self.handles:
+            handle.remove()
         idle = [n for n, m in self.layers.items() if m.last_input_shape is None]
         for n in idle:
             self.layers[n].skipped = True
@@ -152,6 +235,89 @@ class _FirstForward:
             warnings.warn(f"converted layer(s) {names} did not run in the model's first forward, so the rule "
                           f"does not train them (or, if the model uses their weights itself, backprop does); "
                           f"nowt.summary(model) lists them", stacklevel=2)
+        if uses is not None and uses.found:
+            self.refuse(uses.found)
+
+    def refuse(self, found: dict[str, tuple[str, str, str, Tensor]]) -> None:
+        converted = {id(w) for m in self.layers.values() for w in _leaf_weights(m)}
+        for _, _, _, p in found.values():
+            if id(p) not in converted:
+                PROVED_MATRICES[p] = True  # `summary` shows it on backprop, reading W
+        uses = "; ".join(f"{name!r} ({kind}) is used by {op} outside any converted layer's forward"
+                         for name, (op, kind, _, _) in list(found.items())[:3])
+        fixes = ", ".join(dict.fromkeys(repr(fix) for _, _, fix, _ in found.values()))
+        message = (f"{uses}{' (and more)' if len(found) > 3 else ''}: errors cross it there by backprop "
+                   f"(weight transport). Give that use a layer nowt converts (an nn.Linear of its own; a "
+                   f"tied LM head's nn.Linear may share the embedding's weight), or exclude=[{fixes}] to "
+                   f"leave it on backprop on purpose")
+        if self.unknown == "error":
+            raise ValueError(message)
+        warnings.warn(message, stacklevel=3)
+
+
+#: Ops that multiply by a tensor as a matrix: for a parameter in one, the backward sends errors through it.
+MATRIX_OPS: frozenset[Any] = frozenset({
+    torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.Tensor.__rmatmul__, torch.linalg.matmul,
+    torch.mm, torch.Tensor.mm, torch.bmm, torch.Tensor.bmm, torch.mv, torch.Tensor.mv, torch.addmm,
+    torch.Tensor.addmm, torch.addbmm, torch.Tensor.addbmm, torch.baddbmm, torch.Tensor.baddbmm, torch.addmv,
+    torch.Tensor.addmv, torch.einsum, torch.tensordot, torch.inner, torch.Tensor.inner, torch.chain_matmul,
+    torch.linalg.multi_dot, F.linear, F.bilinear, F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d,
+    F.conv_transpose2d, F.conv_transpose3d, F.scaled_dot_product_attention,
+})
+#: Lookups of rows: no error crosses the table (a tied LM head's embedding).
+LOOKUPS: frozenset[Any] = frozenset({F.embedding, F.embedding_bag, torch.embedding, torch.embedding_bag})
+#: Ops whose other tensor arguments lend only a dtype, device or shape.
+SELF_ONLY: frozenset[Any] = frozenset({torch.Tensor.to, torch.Tensor.type_as, torch.Tensor.view_as,
+                                       torch.Tensor.reshape_as, torch.Tensor.expand_as})
+
+
+def _tensors(tree: Any) -> list[Tensor]:
+    if isinstance(tree, Tensor):
+        return [tree]
+    if isinstance(tree, list | tuple | dict):
+        return [t for x in (tree.values() if isinstance(tree, dict) else tree) for t in _tensors(x)]
+    return []
+
+
+class _Uses(TorchFunctionMode):
+    """Active for the model's first forward: notes each op outside converted layers' forwards that multiplies
+    by a watched parameter (a converted layer's weight, an embedding table, a parameter taken as added) or by
+    a tensor made from it alone (`w.t()`, `w[0]`, `torch.cat([wq, wk])`): its backward would send errors
+    through that parameter. Other uses (`w.dtype`, `x.to(w)`, a lookup, an addition) send none."""
+
+    def __init__(self, watched: dict[int, tuple[str, str, str, Tensor]]) -> None:
+        super().__init__()
+        self.watched = watched  # id -> (name, kind, what to exclude, parameter), for derived tensors too
+        self.made: list[Tensor] = []  # tensors made from watched ones, held so that their ids stay theirs
+        self.inside = 0  # converted layers' forwards under way: the rule decides their backward
+        self.found: dict[str, tuple[str, str, str, Tensor]] = {}  # name -> (op, kind, what to exclude, param)
+
+    def enter(self, module: nn.Module, args: tuple) -> None:
+        self.inside += 1
+
+    def leave(self, module: nn.Module, args: tuple, output: Any) -> None:
+        self.inside -= 1
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if self.inside or func in LOOKUPS:
+            return out
+        tensors = _tensors((args, kwargs))
+        hits = [self.watched[id(t)] for t in tensors if id(t) in self.watched]
+        if hits and func in MATRIX_OPS:
+            for name, kind, fix, p in hits:
+                self.found.setdefault(name, (resolve_name(func) or repr(func), kind, fix, p))
+        if not hits or func in MATRIX_OPS:
+            return out
+        floats = [t for t in tensors if t.is_floating_point()]
+        if floats and id(floats[0]) in self.watched and (
+                func in SELF_ONLY or all(id(t) in self.watched for t in floats)):
+            for t in _tensors(out):  # made from the watched tensor alone: still that parameter
+                if t.is_floating_point() and id(t) not in self.watched:
+                    self.watched[id(t)] = self.watched[id(floats[0])]
+                    self.made.append(t)
+        return out
 
 
 @dataclass
@@ -192,16 +358,17 @@ def summary(model: nn.Module, show: bool = True, file: TextIO | None = None) -> 
         if (isinstance(m, FeedbackLayer) or hasattr(m, "rule_parts") or not own or name.startswith(inside)
                 or any(r.name == name for r in rows)):
             continue
-        matrices = [n for n, p in own if is_matrix(n, p)]
+        design = isinstance(m, BY_DESIGN)  # unless the first forward saw its weight used as a matrix
+        matrices = [n for n, p in own if p in PROVED_MATRICES or (not design and is_matrix(n, p))]
         kind = class_path(type(m))
-        if isinstance(m, nn.Embedding | nn.EmbeddingBag):
+        if matrices:
+            rows.append(Row(name, kind, "bp", "-", f"W ({', '.join(matrices)})"))
+        elif isinstance(m, nn.Embedding | nn.EmbeddingBag):
             rows.append(Row(name, kind, "bp (by design)", "-", "nothing: a lookup"))
-        elif isinstance(m, BY_DESIGN):
+        elif design:
             rows.append(Row(name, kind, "bp (by design)", "-", "W, elementwise"))
-        elif not matrices:
-            rows.append(Row(name, kind, "bp (by design)", "-", "elementwise or added only"))
         else:
-            rows.append(Row(name, class_path(type(m)), "bp", "-", f"W ({', '.join(matrices)})"))
+            rows.append(Row(name, kind, "bp (by design)", "-", "elementwise or added only"))
     if show:
         print(format_rows(rows), file=file or sys.stdout)
     return rows

@@ -1,0 +1,162 @@
+"""nowt.convert refuses weight transport it would otherwise leave behind silently: a converted layer's weight
+used outside the layer (a tied decoder), an embedding table multiplied as a matrix (a tied LM head), a weight
+matrix taken as added by its name or shape; and `exclude` by parameter name leaves the layer on backprop."""
+
+import copy
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import tiny_mlp
+from torch import nn
+
+import nowt
+from nowt.inventory import is_matrix, looks_additive
+
+
+class TiedAutoencoder(nn.Module):
+    """The decoder is the encoder's weight transposed: backprop through it would be weight transport."""
+
+    def __init__(self):
+        super().__init__()
+        self.pre, self.enc = nn.Linear(8, 8), nn.Linear(8, 4)
+
+    def forward(self, x):
+        return F.linear(torch.tanh(self.enc(torch.tanh(self.pre(x)))), self.enc.weight.t())
+
+
+def test_a_converted_weight_used_outside_its_layer_is_refused_at_the_first_forward():
+    x = torch.randn(16, 8)
+    model = nowt.convert(TiedAutoencoder(), "fa", seed=0)
+    with pytest.raises(ValueError, match=r"'enc\.weight' \(the weight of converted layer 'enc'\) is used "
+                                         r"by torch\.nn\.functional\.linear.*transport.*exclude=\['enc'\]"):
+        model(x)
+    with torch.no_grad(), pytest.raises(ValueError, match=r"'enc\.weight'"):  # an evaluation forward too
+        nowt.convert(TiedAutoencoder(), "fa", seed=0)(x)
+    with pytest.warns(UserWarning, match=r"'enc\.weight'"):
+        nowt.convert(TiedAutoencoder(), "fa", seed=0, unknown="warn")(x)
+    model = nowt.convert(TiedAutoencoder(), "fa", seed=0, exclude=["enc"])  # on backprop, on purpose
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model(x).square().sum().backward()
+    assert model.enc.rule == "bp" and model.pre.rule == "fa"
+
+
+class TiedLM(nn.Module):
+    """A language model whose head multiplies by the token embedding's table (`F.linear(h, emb.weight)`), or,
+    with `linear_head`, an nn.Linear sharing that table, as GPT-2's lm_head does."""
+
+    def __init__(self, linear_head: bool = False):
+        super().__init__()
+        self.emb, self.body = nn.Embedding(10, 8), nn.Linear(8, 8)
+        self.pos = nn.Parameter(torch.zeros(1, 3, 8))  # added: accepted
+        self.head = None
+        if linear_head:
+            self.head = nn.Linear(8, 10, bias=False)
+            self.head.weight = self.emb.weight
+
+    def forward(self, ids):
+        h = torch.tanh(self.body(self.emb(ids) + self.pos[:, : ids.shape[1]]))
+        return self.head(h) if self.head is not None else h @ self.emb.weight.T
+
+
+def test_an_embedding_table_used_as_a_matrix_is_refused_and_a_tied_linear_head_is_not():
+    ids = torch.randint(0, 10, (4, 3))
+    with pytest.raises(ValueError, match=r"'emb\.weight' \(the table of embedding 'emb'\) is used by "
+                                         r"torch\.Tensor\.matmul.*exclude=\['emb'\]"):
+        nowt.convert(TiedLM(), "fa", seed=0)(ids)
+    model = nowt.convert(TiedLM(), "fa", seed=0, unknown="warn")
+    with pytest.warns(UserWarning, match=r"'emb\.weight'"):
+        model(ids)
+    assert {r.name: r for r in nowt.summary(model, show=False)}["emb"].reads == "W (weight)"
+    tied = nowt.convert(TiedLM(linear_head=True), "fa", seed=0)  # the lookup of a converted weight: no error
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tied(ids).sum().backward()
+    assert tied.head.rule == "fa" and tied.emb.weight.grad is not None
+    assert {r.name: r for r in nowt.summary(tied, show=False)}["emb"].reads == "nothing: a lookup"
+
+
+class Named(nn.Module):
+    """Square matrices whose names hold 'pos' and 'transpose' but no whole word of an added parameter."""
+
+    def __init__(self):
+        super().__init__()
+        self.w_transposed = nn.Parameter(torch.randn(16, 16))
+        self.decomposition = nn.Parameter(torch.randn(16, 16))
+
+    def forward(self, x):
+        return x @ self.w_transposed @ self.decomposition
+
+
+class Leading(nn.Module):
+    """A (1, 16, 16) matrix: shaped like a position embedding, used as a matrix."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(1, 16, 16))
+
+    def forward(self, x):
+        return x @ self.w[0]
+
+
+def test_matrices_named_or_shaped_like_added_parameters_are_refused_by_name():
+    with pytest.raises(ValueError, match=r"Named at '1' \(weight 'w_transposed'.*Named at '1' \(weight "
+                                         r"'decomposition'"):
+        nowt.convert(nn.Sequential(nn.Linear(16, 16), Named()), "fa")
+    model = nowt.convert(nn.Sequential(nn.Linear(16, 16), Leading()), "fa", seed=0)  # taken as added until
+    with pytest.raises(ValueError, match=r"'1\.w' \(taken as added, by its name or shape\) is used by "
+                                         r"torch\.Tensor\.matmul.*exclude=\['1\.w'\]"):
+        model(torch.randn(2, 16))  # the first forward shows it multiplied
+    assert {r.name: r for r in nowt.summary(model, show=False)}["1"].reads == "W (w)"
+    nowt.convert(nn.Sequential(nn.Linear(16, 16), Leading()), "fa", exclude=["1.w"])(torch.randn(2, 16))
+    for name in ("w_transposed", "decomposition", "temporal", "compose"):
+        assert is_matrix(name, torch.zeros(4, 4)) and not looks_additive(name, torch.zeros(4, 4)), name
+    for name in ("pos_embed", "cls_token", "relative_position_bias_table", "posEmbed", "latents",
+                 "position_embeddings", "class_embedding", "query_tokens"):
+        assert looks_additive(name, torch.zeros(4, 4)) and not is_matrix(name, torch.zeros(4, 4)), name
+
+
+class Harmless(nn.Module):
+    """Uses of weights and added parameters that send no error through them: dtype and shape reads, casts
+    to a weight's dtype, a class token and position embedding added, a table looked up by index."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.out = nn.Linear(4, 4), nn.Linear(4, 2)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, 4))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 4, 4))
+        self.bias_table = nn.Parameter(torch.zeros(7, 4))
+
+    def forward(self, x):
+        x = x.to(self.fc.weight.dtype).type_as(self.fc.weight)[..., : self.fc.weight.shape[1]]
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], 1) + self.pos_embed
+        x = self.fc(x) + self.bias_table[torch.arange(4) % 7]
+        return self.out(torch.softmax(x @ x.transpose(1, 2), -1) @ x)
+
+
+def test_uses_that_send_no_error_through_a_weight_are_accepted():
+    model = nowt.convert(Harmless(), "fa", seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model(torch.randn(2, 3, 4)).sum().backward()
+        model(torch.randn(2, 3, 4)).sum().backward()
+    assert not model._forward_hooks and not model._forward_pre_hooks  # the check is one-shot
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in nowt.feedback_layers(model).values())
+
+
+def test_exclude_by_parameter_name_leaves_the_layer_that_holds_it_on_backprop():
+    model = nowt.convert(tiny_mlp(), "fa", exclude=["2.weight"])
+    assert model[2].rule == "bp" and model[0].rule == "fa"
+    for pattern, rules in (["*.weight"], ["bp", "bp", "bp"]), (["0.bias"], ["bp", "fa", "fa"]):
+        assert [m.rule.name for m in nowt.convert(tiny_mlp(), "fa", exclude=pattern)[::2]] == rules
+    normed = nn.Sequential(nn.utils.parametrizations.weight_norm(nn.Linear(3, 3)), nn.Linear(3, 2))
+    for name in ("0.weight", "0.parametrizations.weight.original1"):
+        converted = nowt.convert(copy.deepcopy(normed), "fa", exclude=[name])
+        assert [converted[0].rule.name, converted[1].rule.name] == ["bp", "fa"], name
+    attention = nn.Sequential(nn.MultiheadAttention(4, 2), nn.Linear(4, 4))
+    converted = nowt.convert(attention, "fa", exclude=["0.out_proj.weight"])
+    assert converted[0].out_proj.rule == "bp" and converted[0].in_proj.rule == "fa"
+    with pytest.raises(ValueError, match=r"exclude: \['2\.wieght'\] match\(es\) no layer"):
+        nowt.convert(tiny_mlp(), "fa", exclude=["2.wieght"])
