@@ -393,3 +393,24 @@ def test_kp_without_weight_decay_is_warned():
         warnings.simplefilter("error")
         fit(TrainConfig(rule="kp", hidden=(8,), epochs=1, batch_size=100, weight_decay=1e-4), *teacher_task(),
             progress=False)
+
+
+def test_options_with_nothing_to_act_on_are_refused_and_dropped_hooks_are_warned():
+    """Each was accepted and did nothing: DFA's kernel-form B on a model without convolutions,
+    --no-standardize on data without pixels; a converted layer silently lost the hooks of the module it
+    replaced."""
+    import torch
+
+    import nowt
+    from nowt.data import load_dataset
+
+    with pytest.raises(ValueError, match="conv_feedback='kernel'.*this model converts none; drop it"):
+        nowt.convert(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2)), "dfa",
+                     conv_feedback="kernel")
+    for name in ("synthetic", "fortunes"):
+        with pytest.raises(ValueError, match=f"--no-standardize: {name!r} has no pixels"):
+            load_dataset(name, standardize=False)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    model[0].register_forward_hook(lambda m, i, o: o * 0)
+    with pytest.warns(UserWarning, match=r"layer '0' had 1 hook\(s\) of its own.*get_submodule\('0'\)"):
+        nowt.convert(model, "fa")

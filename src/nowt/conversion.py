@@ -134,6 +134,12 @@ def convert(
         base, variant = plan[key]
         assert base is not None  # `modules` holds only what converts
         layer = VARIANTS.get(variant, CONVERTIBLE[base]).from_module(module, layer_rule)
+        hooks = sum(map(len, (module._forward_hooks, module._forward_pre_hooks, module._backward_hooks,
+                              module._backward_pre_hooks)))
+        if hooks:  # the new layer is another module: whatever the hooks did (a mask, a probe) stops
+            warnings.warn(f"layer {layer_names[0]!r} had {hooks} hook(s) of its own (register_forward_hook, "
+                          f"...); its converted layer does not carry them over: register them again on "
+                          f"model.get_submodule({layer_names[0]!r})", stacklevel=2)
         if variant == "pad_same":
             assert isinstance(layer, _Conv)  # timm's Conv2dSame
             layer.pad_same = True

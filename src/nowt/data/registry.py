@@ -106,6 +106,9 @@ def load_dataset(name: str, *, root: str | os.PathLike | None = None, download: 
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    if not standardize and (name in TEXT_DATASETS or name == "synthetic"):
+        raise ValueError(f"--no-standardize: {name!r} has no pixels to leave unstandardised (it applies to "
+                         f"mnist, fashion-mnist and cifar10)")
     if name in TEXT_DATASETS:
         return _text(name, root, download, augment, image_size, context, train_size)
     if context is not None:

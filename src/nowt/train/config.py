@@ -88,7 +88,8 @@ class TrainConfig(metaclass=RuleOptionFields):
                    choices=("cls", "mean"))
     init: str = _f("default", "weight init; normal_fan_avg: W, b and B ~ N(0, 1/(fan_in + fan_out)) "
                    "(Akrout et al.); xavier: W and B Glorot uniform, b 0 (BioTorch); zeros: forward "
-                   "weights and biases start at 0, feedback stays random (Nøkland's FA/DFA tanh nets)",
+                   "weights and biases start at 0, feedback stays random (Nøkland's FA/DFA tanh nets); "
+                   "brsf's and frsf's random magnitudes keep the rule's own scale under every init",
                    choices=("default", "normal_fan_avg", "xavier", "zeros"))
     loss: str = _f("ce", "ce: softmax cross-entropy; bce: sigmoid cross-entropy on one-hot targets",
                    choices=("ce", "bce"))

@@ -166,6 +166,10 @@ class DirectFeedback(Rule):
                         p.zero_()
 
     def setup_model(self, model: nn.Module) -> None:
+        if self.conv_feedback == "kernel" and not any(isinstance(getattr(m, "op", None), ConvOp)
+                                                      for m in self.layers(model).values()):
+            raise ValueError(f"{self.name}: conv_feedback='kernel' (--conv-feedback kernel) shapes the B of "
+                             f"a convolution, but this model converts none; drop it")
         ctx = Context(self, model)
         for layer in self.layers(model).values():
             layer.dfa_context = ctx
