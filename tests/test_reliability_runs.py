@@ -334,6 +334,7 @@ def test_a_diverged_run_is_marked_ended_and_not_resumed(tmp_path):
         fit(cfg, progress=False)
     marker = json.loads((tmp_path / "run" / "diverged.json").read_text())
     assert marker["epoch"] == 1 and marker["message"].startswith("the run diverged: test loss became nan")
+    assert marker["message"].endswith("; lower --lr (no epoch had ended: no checkpoint)")
     for resume in (True, False):
         with pytest.raises(ValueError, match="diverged in epoch 1.*--overwrite to start again"):
             fit(cfg, resume=resume, progress=False)

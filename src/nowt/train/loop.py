@@ -157,9 +157,13 @@ def _fit(cfg: TrainConfig, train, test, resume: bool, progress: bool) -> list[di
             test_metrics = evaluate(model, test_loader, loss_fn, cfg.device)
             _check_finite(model, test_metrics["loss"], f"the end of epoch {epoch + 1}")  # before a checkpoint
         except FloatingPointError as e:
+            message = str(e)
+            if checkpoint is not None:  # (none is written before the first epoch ends)
+                message += (" (the last good checkpoint is kept)" if checkpoint.exists()
+                            else " (no epoch had ended: no checkpoint)")
             if writes and out is not None:
-                rundir.mark_diverged(out, epoch + 1, str(e))
-            raise
+                rundir.mark_diverged(out, epoch + 1, message)
+            raise FloatingPointError(message) from None
         record = {
             "epoch": epoch + 1, **train_metrics,
             **{f"test_{k}": v for k, v in test_metrics.items()},
@@ -312,7 +316,7 @@ def _check_finite(model: nn.Module, test_loss: float, where: str) -> None:
 
 
 def _diverged(what: str, where: str) -> str:
-    return f"the run diverged: {what} by {where}; lower --lr (the last good checkpoint is kept)"
+    return f"the run diverged: {what} by {where}; lower --lr"
 
 
 def _noise_pretrain(cfg: TrainConfig, model: nn.Module, input_shape: tuple[int, ...],
