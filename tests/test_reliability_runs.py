@@ -415,3 +415,13 @@ def test_options_with_nothing_to_act_on_are_refused_and_dropped_hooks_are_warned
     model[0].register_forward_hook(lambda m, i, o: o * 0)
     with pytest.warns(UserWarning, match=r"layer '0' had 1 hook\(s\) of its own.*get_submodule\('0'\)"):
         nowt.convert(model, "fa")
+
+
+def test_lr_milestones_past_the_run_are_warned():
+    from conftest import teacher_task
+
+    from nowt.train import TrainConfig, fit
+
+    with pytest.warns(RuntimeWarning, match="--lr-milestones 50: at or past --epochs 2, never reached"):
+        fit(TrainConfig(rule="fa", hidden=(8,), epochs=2, batch_size=100, lr_schedule="step",
+                        lr_milestones=(1, 50)), *teacher_task(), progress=False)

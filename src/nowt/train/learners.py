@@ -81,6 +81,10 @@ class RuleLearner:
                                         [e * steps_per_epoch for e in cfg.lr_milestones])
         self.steps = 0  # optimizer steps taken, for the rules' after-step hooks
         self.rules = feedback_rules(model)
+        beyond = [e for e in cfg.lr_milestones if e >= cfg.epochs] if cfg.lr_schedule == "step" else []
+        if beyond:  # not refused: a run lengthened later (--resume with more --epochs) may reach them
+            warnings.warn(f"--lr-milestones {','.join(map(str, beyond))}: at or past --epochs {cfg.epochs}, "
+                          f"never reached in this run", RuntimeWarning, stacklevel=2)
         needs = {r.needs_weight_decay for r in self.rules if r.needs_weight_decay}
         for why in needs if not cfg.weight_decay else ():
             warnings.warn(f"{why}: --weight-decay is 0", RuntimeWarning, stacklevel=2)
