@@ -406,8 +406,8 @@ def test_options_with_nothing_to_act_on_are_refused_and_dropped_hooks_are_warned
     from nowt.data import load_dataset
 
     with pytest.raises(ValueError, match="conv_feedback='kernel'.*this model converts none; drop it"):
-        nowt.convert(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2)), "dfa",
-                     conv_feedback="kernel")
+        mlp = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
+        nowt.convert(mlp, "dfa", conv_feedback="kernel")
     for name in ("synthetic", "fortunes"):
         with pytest.raises(ValueError, match=f"--no-standardize: {name!r} has no pixels"):
             load_dataset(name, standardize=False)

@@ -264,3 +264,20 @@ def test_song2021_writes_its_raw_runs_and_gather_rebuilds_results_from_them_alon
     assert f"| 0.1 | random | {edited:.3f} |" in (out / "RESULTS.md").read_text() and edited < mean - 0.1
     with pytest.raises(FileNotFoundError, match="without --gather"):
         reproduce.run("song2021", tmp_path / "empty", gather=True, progress=False)
+
+
+def test_cheon2024_data_phase_stops_on_a_diverged_run(monkeypatch):
+    """Its own loop never read the loss: a NaN run went on and its curve was tabulated."""
+    import torch
+
+    from nowt.reproduce import cheon2024
+    from nowt.train import RuleLearner
+
+    original = RuleLearner.train_step
+    monkeypatch.setattr(RuleLearner, "train_step",
+                        lambda self, x, y: {**original(self, x, y), "loss": torch.tensor(float("nan"))})
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+    data = (torch.rand(64, 1, 28, 28), torch.randint(0, 10, (64,)))
+    with pytest.raises(FloatingPointError, match="cheon2024: the bp run \\(seed 0\\) diverged.*epoch 1"):
+        cheon2024._train(model, cheon2024.Cheon2024Config(), "bp", 0, {"epochs": 1, "eval_every": 100},
+                         data, data)

@@ -190,12 +190,16 @@ def _train(
     step = 0
     record(0)
     model.train()
-    for _ in range(setting["epochs"]):
+    for epoch in range(setting["epochs"]):
+        loss = torch.zeros(())
         for x, y in loader:
-            learner.train_step(x, y)
+            loss = loss + learner.train_step(x, y)["loss"]  # summed on the device, read once an epoch
             step += 1
             if step % setting["eval_every"] == 0:
                 record(step)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"cheon2024: the {condition} run (seed {seed}) diverged: its loss "
+                                     f"became {float(loss)} in epoch {epoch + 1}")
     if curve["step"][-1] != step:
         record(step)
     return curve
