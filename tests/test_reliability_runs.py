@@ -425,3 +425,23 @@ def test_lr_milestones_past_the_run_are_warned():
     with pytest.warns(RuntimeWarning, match="--lr-milestones 50: at or past --epochs 2, never reached"):
         fit(TrainConfig(rule="fa", hidden=(8,), epochs=2, batch_size=100, lr_schedule="step",
                         lr_milestones=(1, 50)), *teacher_task(), progress=False)
+
+
+def test_every_start_and_resume_of_a_run_records_its_code_and_machine(tmp_path):
+    """A row's seeds were once trained by code before and after a fix, and nothing in their folders said so
+    (biotorch-mnist's dfa): each start or resume now appends what ran it."""
+    import json
+
+    from conftest import teacher_task
+
+    from nowt.train import TrainConfig, fit
+
+    cfg = TrainConfig(rule="fa", hidden=(8,), epochs=1, batch_size=100, lr_schedule="constant",
+                      out_dir=str(tmp_path))
+    fit(cfg, *teacher_task(), progress=False)
+    cfg.epochs = 2
+    fit(cfg, *teacher_task(), resume=True, progress=False)
+    records = [json.loads(line) for line in (tmp_path / "provenance.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [0, 1]
+    assert all(r["torch"] and r["device"] == "cpu" and r["started"] for r in records)
+    assert records[0]["commit"]  # this checkout's commit (tests run from the repository)

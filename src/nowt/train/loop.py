@@ -140,6 +140,7 @@ def _fit(cfg: TrainConfig, train, test, resume: bool, progress: bool) -> list[di
     if writes and out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1) + "\n")
+        rundir.record_start(out, len(history), cfg.device)
     writer = _tensorboard(out) if writes else None
     has_feedback = learner.kind.measures_feedback and bool(feedback_layers(model))
     for epoch in range(len(history), cfg.epochs):

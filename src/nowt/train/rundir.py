@@ -8,20 +8,26 @@ its end or at the next claim of the directory."""
 from __future__ import annotations
 
 import contextlib
+import datetime
 import fcntl
 import json
 import math
 import os
+import platform
 import shutil
+import subprocess
 from collections.abc import Iterator
+from importlib import metadata
 from pathlib import Path
 
+import torch
 from torch import Tensor
 
 from nowt.train.config import NOT_IDENTITY, TrainConfig, read_saved_config
 
 #: What a run writes into its directory (`--overwrite` replaces them).
-RUN_FILES = ("checkpoint.pt", "metrics.jsonl", "config.json", "tensorboard", "diverged.json")
+RUN_FILES = ("checkpoint.pt", "metrics.jsonl", "config.json", "tensorboard", "diverged.json",
+             "provenance.jsonl")
 ASIDE = ".overwritten"  # the earlier run's files while its replacement has no checkpoint yet
 DIVERGED = "diverged.json"  # a run that ended by diverging: where and how (its last good epoch is kept)
 
@@ -142,3 +148,32 @@ def check_same_data(out: Path | None, saved: dict[str, float] | None, now: dict[
 
     raise ValueError(f"the run in {out} trained on other data ({shown(saved)}; now {shown(now)}): pass its "
                      f"own --data-dir, or use a new --out")
+
+
+def record_start(out: Path, epoch: int, device: str) -> None:
+    """Appends to `out/provenance.jsonl` what code and machine the run starts (or resumes) on at `epoch`:
+    a run made over several sessions shows every version of nowt that trained it (the commit where the
+    source is a git checkout, with "+" when it had uncommitted changes)."""
+    src = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", "-C", str(src), *args], capture_output=True, text=True,
+                                  timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    top = git("rev-parse", "--show-toplevel")  # nowt's own checkout, not a repository it is installed in
+    commit = git("rev-parse", "--short", "HEAD") if top and Path(top, "src", "nowt") == src.parent else ""
+    if commit and git("status", "--porcelain", "--untracked-files=no", "--", str(src.parent)):
+        commit += "+"
+    try:
+        installed: str | None = metadata.version("nowt")
+    except metadata.PackageNotFoundError:  # run from a source tree on PYTHONPATH
+        installed = None
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    record = {"started": now, "epoch": epoch, "nowt": installed, "commit": commit or None,
+              "torch": torch.__version__, "device": device,
+              "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores"}
+    with open(out / "provenance.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
