@@ -259,6 +259,12 @@ def test_gather_tabulates_the_runs_in_a_folder_without_training(tmp_path, monkey
     text = (tmp_path / "RESULTS.md").read_text()
     assert "`nowt reproduce tiny --gather --out" in text and "| kp | best_test_accuracy | 99.00 | – |" in text
     assert "| fa/seed0 |" in text.split("## Our runs")[1]
+    metrics = tmp_path / "bp" / "seed1" / "metrics.jsonl"
+    lines = metrics.read_text().splitlines()
+    metrics.write_text("\n".join([*lines, lines[-1].replace('"epoch": 2', '"epoch": 3')]) + "\n")
+    with pytest.raises(ValueError, match="holds 3 epochs, more than the row's 2"):  # lengthened: another run
+        run_reproduction(tiny, out_dir=tmp_path, gather=True, progress=False)
+    metrics.write_text("\n".join(lines) + "\n")
     config = tmp_path / "bp" / "seed0" / "config.json"
     config.write_text(config.read_text().replace('"hidden": [\n  8\n ]', '"hidden": [\n  9\n ]'))
     with pytest.raises(ValueError, match="another configuration.*hidden"):

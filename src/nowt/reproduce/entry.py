@@ -351,6 +351,9 @@ def gathered(cfg: TrainConfig) -> tuple[list[dict] | None, str]:
         raise ValueError(f"run directory {cfg.out_dir} holds a run of another configuration (it differs in "
                          f"{', '.join(differ)})")
     history = run.history
+    if len(history) > cfg.epochs:  # lengthened past the row (a constant lr allows it): not the registered run
+        raise ValueError(f"run directory {cfg.out_dir} holds {len(history)} epochs, more than the row's "
+                         f"{cfg.epochs}: a longer run is another experiment; move it out")
     if diverged is not None:
         return history, diverged_state
     if run_ended(history, cfg.epochs, cfg.patience, cfg.lr_schedule):
