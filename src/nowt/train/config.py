@@ -123,7 +123,9 @@ class TrainConfig(metaclass=RuleOptionFields):
     shuffle: bool = _f(True, "shuffle the training set every epoch; --no-shuffle: batches in dataset order")
     drop_last: bool = _f(False, "drop the last, incomplete training batch of each epoch")
     bias_lr_scale: float = _f(1.0, "learning rate of the biases relative to --lr", gt=0.0)
-    noise_pretrain: int = _f(0, "steps of random-noise pretraining before training (Cheon et al. 2024)",
+    noise_pretrain: int = _f(0, "steps of random-noise pretraining before training (nowt.pretrain_noise's "
+                             "defaults: nowt's pool variant of Cheon et al. 2024, its own SGD at lr 0.01, "
+                             "momentum 0.9, cross-entropy, whatever --lr, --optimizer and --loss say)",
                              min=0, metavar="STEPS")
     dataset: str = _f("mnist", "dataset (used when fit() is given no data)", choices=_datasets)
     image_size: int | None = _f(None, "resize mnist / fashion-mnist / cifar10 images to N x N first "
