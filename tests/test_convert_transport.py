@@ -160,3 +160,27 @@ def test_exclude_by_parameter_name_leaves_the_layer_that_holds_it_on_backprop():
     assert converted[0].out_proj.rule == "bp" and converted[0].in_proj.rule == "fa"
     with pytest.raises(ValueError, match=r"exclude: \['2\.wieght'\] match\(es\) no layer"):
         nowt.convert(tiny_mlp(), "fa", exclude=["2.wieght"])
+
+
+class MaskedAttention(nn.Module):
+    """timm's Swin V1 (fused attention) adds a learned table as the attention mask: added, not multiplied."""
+
+    def __init__(self, tokens=4, dim=8):
+        super().__init__()
+        self.qkv, self.head = nn.Linear(dim, 3 * dim), nn.Linear(tokens * dim, 3)
+        self.relative_position_bias_table = nn.Parameter(torch.randn(tokens, tokens))
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        h = F.scaled_dot_product_attention(q, k, v, attn_mask=self.relative_position_bias_table)
+        return self.head(h.flatten(1))
+
+
+def test_a_table_only_added_in_an_op_that_also_multiplies_is_accepted():
+    model = nowt.convert(MaskedAttention(), "fa", seed=0)
+    model(torch.randn(2, 4, 8)).sum().backward()  # the first forward's watch: no refusal
+    assert model.relative_position_bias_table.grad is not None
+    bias_as_weight = MaskedAttention()
+    bias_as_weight.forward = lambda x: F.linear(x, bias_as_weight.relative_position_bias_table)  # multiplied
+    with pytest.raises(ValueError, match="relative_position_bias_table.*is used by .*linear"):
+        nowt.convert(bias_as_weight, "fa", seed=0)(torch.randn(2, 4))

@@ -264,6 +264,17 @@ MATRIX_OPS: frozenset[Any] = frozenset({
     torch.linalg.multi_dot, F.linear, F.bilinear, F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d,
     F.conv_transpose2d, F.conv_transpose3d, F.scaled_dot_product_attention,
 })
+#: Of these, the ops with an argument that is only added (a bias, addmm's input, an attention mask): the
+#: positions and names of those multiplied. A table added as a mask sends no error through itself.
+MULTIPLIED: dict[Any, tuple[tuple[int, ...], tuple[str, ...]]] = {
+    **dict.fromkeys((F.linear, F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d,
+                     F.conv_transpose3d), ((0, 1), ("input", "weight"))),
+    **dict.fromkeys((torch.addmm, torch.Tensor.addmm, torch.baddbmm, torch.Tensor.baddbmm, torch.addbmm,
+                     torch.Tensor.addbmm), ((1, 2), ("mat1", "mat2", "batch1", "batch2"))),
+    **dict.fromkeys((torch.addmv, torch.Tensor.addmv), ((1, 2), ("mat", "vec"))),
+    F.bilinear: ((0, 1, 2), ("input1", "input2", "weight")),
+    F.scaled_dot_product_attention: ((0, 1, 2), ("query", "key", "value")),
+}
 #: Lookups of rows: no error crosses the table (a tied LM head's embedding).
 LOOKUPS: frozenset[Any] = frozenset({F.embedding, F.embedding_bag, torch.embedding, torch.embedding_bag})
 #: Ops whose other tensor arguments lend only a dtype, device or shape.
@@ -306,7 +317,10 @@ class _Uses(TorchFunctionMode):
         tensors = _tensors((args, kwargs))
         hits = [self.watched[id(t)] for t in tensors if id(t) in self.watched]
         if hits and func in MATRIX_OPS:
-            for name, kind, fix, p in hits:
+            positions, names = MULTIPLIED.get(func, (range(len(args)), tuple(kwargs)))
+            multiplied = _tensors(([args[i] for i in positions if i < len(args)],
+                                   [v for k, v in kwargs.items() if k in names]))
+            for name, kind, fix, p in (self.watched[id(t)] for t in multiplied if id(t) in self.watched):
                 self.found.setdefault(name, (resolve_name(func) or repr(func), kind, fix, p))
         if not hits or func in MATRIX_OPS:
             return out
