@@ -350,6 +350,9 @@ def test_target_propagation_rules_dispatch_to_the_targetprop_trainer(tmp_path, m
     cfg.lr = 0.2
     with pytest.raises(ValueError, match="another configuration"):
         fit(cfg, train, test, resume=True, progress=False)
+    cfg.lr, cfg.epochs = 0.1, 3  # a folder saved before TP's config recorded what it runs still resumes
+    (tmp_path / "config.json").write_text(json.dumps({**saved, "optimizer": "sgd", "lr_schedule": "cosine"}))
+    assert len(fit(cfg, train, test, resume=True, progress=False)) == 3
 
 
 def test_noise_pretraining_is_called_before_training(monkeypatch):

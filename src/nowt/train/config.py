@@ -220,8 +220,11 @@ def not_identity(rule: str) -> set[str]:
     """The fields that do not decide what a run of `rule` computes: where and how fast it goes, and the rule
     options its rule does not have (refused when set, so they cannot change what it computes)."""
     declared = rule_class(rule).options if rule in list_rules() else {}
-    return set(NOT_IDENTITY) | {name for name, f in FIELDS.items()
-                                if f.metadata.get("rule_option") and name not in declared}
+    # a rule with its own optimizer runs one optimizer and schedule whatever a config says (runs saved
+    # before `validate` recorded them said sgd, cosine): they decide nothing
+    own = {"optimizer", "lr_schedule"} if rule in list_rules() and learner_kind(rule).own_optimizer else set()
+    return set(NOT_IDENTITY) | own | {name for name, f in FIELDS.items()
+                                      if f.metadata.get("rule_option") and name not in declared}
 
 
 def read_saved_config(path: Path) -> dict[str, Any]:
