@@ -144,7 +144,7 @@ def test_a_replacement_killed_before_its_first_checkpoint_gives_the_earlier_run_
     before = _files(run)
     aside = run / ".overwritten"  # what --overwrite left when killed before the new run's first checkpoint
     aside.mkdir()
-    for name in ("checkpoint.pt", "metrics.jsonl", "config.json"):
+    for name in ("checkpoint.pt", "metrics.jsonl", "config.json", "provenance.jsonl"):
         (run / name).rename(aside / name)
     (run / "config.json").write_text('{"rule": "bp"}')
     assert len(fit(cfg, resume=True, progress=False)) == 2  # the earlier run, whole, resumed
@@ -341,6 +341,11 @@ def test_a_diverged_run_is_marked_ended_and_not_resumed(tmp_path):
     cfg.lr = 0.1  # another configuration replacing it: the marker goes with the run it marked
     fit(cfg, overwrite=True, progress=False)
     assert not (tmp_path / "run" / "diverged.json").exists()
+    cfg.lr = 1e30  # a replacement that diverges before its first checkpoint has ended: the old run stays gone
+    with pytest.raises(FloatingPointError):
+        fit(cfg, overwrite=True, progress=False)
+    assert (tmp_path / "run" / "diverged.json").exists() and not (tmp_path / "run" / "checkpoint.pt").exists()
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["lr"] == 1e30
 
 
 def test_options_that_would_be_silently_ignored_are_refused_or_applied():
@@ -443,5 +448,7 @@ def test_every_start_and_resume_of_a_run_records_its_code_and_machine(tmp_path):
     fit(cfg, *teacher_task(), resume=True, progress=False)
     records = [json.loads(line) for line in (tmp_path / "provenance.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [0, 1]
+    fit(cfg, *teacher_task(), resume=True, progress=False)  # ended: trains nothing, adds no line
+    assert len((tmp_path / "provenance.jsonl").read_text().splitlines()) == 2
     assert all(r["torch"] and r["device"] == "cpu" and r["started"] for r in records)
     assert records[0]["commit"]  # this checkout's commit (tests run from the repository)

@@ -313,6 +313,9 @@ def test_seeds_in_a_reproductions_row_folders_are_named_by_the_row(tmp_path):
             runs.append(load_run(tmp_path / name, name))
     assert group_labels(seed_groups(runs)) == ["dtp-parallel", "dtp-alternating"]  # not "dtp (lr=0.1)"
     assert group_labels(seed_groups(runs[:1] + runs[2:3])) == ["dtp-parallel/seed0", "dtp-alternating/seed0"]
+    for run in runs:  # rows of the same leaf name under different parents keep their whole folder
+        run.name = ("mnist/" if "parallel" in run.name else "cifar/") + "dfa/" + run.name.rsplit("/", 1)[1]
+    assert group_labels(seed_groups(runs)) == ["mnist/dfa", "cifar/dfa"]
 
 
 def test_seeds_stopped_by_their_patience_count_in_the_mean_and_killed_ones_do_not(tmp_path):
@@ -331,3 +334,6 @@ def test_seeds_stopped_by_their_patience_count_in_the_mean_and_killed_ones_do_no
     table = seed_summary_table(runs)
     # seeds 0-2 ended by patience (best 2 epochs old); seed 3 was stopped after 1 epoch of 20: not a result
     assert "| row | 3 of 4 (seed 3 stopped at epoch 1 of 20) | 92.67 ± 2.08 |" in table
+    (tmp_path / "row/seed3/diverged.json").write_text('{"epoch": 2, "message": "the run diverged: ..."}')
+    runs[3] = load_run(tmp_path / "row/seed3", "row/seed3")
+    assert "| row | 3 of 4 (seed 3 diverged in epoch 2) |" in seed_summary_table(runs)

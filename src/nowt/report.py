@@ -24,6 +24,7 @@ from matplotlib.ticker import FuncFormatter, LogFormatter, MaxNLocator
 
 from nowt.train.config import not_identity, read_saved_config, saved_defaults
 from nowt.train.loop import run_ended
+from nowt.train.rundir import divergence
 
 DPI = 110
 
@@ -93,6 +94,7 @@ class Run:
     name: str
     config: dict
     history: list[dict]
+    diverged: dict | None = None  # {"epoch", "message"} where the run ended by diverging (its diverged.json)
 
     def ended(self) -> bool:
         """Whether the run had ended by its own rule (epochs, patience, plateau halvings) when last logged;
@@ -126,7 +128,7 @@ def load_run(run_dir: str | os.PathLike, name: str | None = None) -> Run:
         raise ValueError(f"{metrics} holds no epochs yet")
     config_file = run_dir / "config.json"
     config = read_saved_config(config_file) if config_file.is_file() else {}
-    return Run(name or run_dir.name, config, history)
+    return Run(name or run_dir.name, config, history, divergence(run_dir))
 
 
 #: what every epoch record of a metrics.jsonl holds (the tables and figures read them)
@@ -182,12 +184,16 @@ def group_labels(groups: list[list[Run]]) -> list[str]:
     def shown(value) -> str:
         return value if isinstance(value, str) else json.dumps(value)
 
+    def folder(group: list[Run]) -> str | None:  # "row" of "row/seed0", "row/seed1"
+        parents = {str(Path(run.name).parent) for run in group}
+        return parents.pop() if len(parents) == 1 and "." not in parents else None
+
+    folders = [folder(g) for g in groups]
     labels = []
-    for group in groups:
+    for group, name in zip(groups, folders, strict=True):
         rule = group[0].summary()["rule"]
-        folders = {Path(run.name).parent.name for run in group}
-        if len(group) == 1 or folders != {""} and len(folders) == 1:
-            labels.append(group[0].name if len(group) == 1 else folders.pop())
+        if len(group) == 1 or name is not None and folders.count(name) == 1:
+            labels.append(group[0].name if len(group) == 1 else str(name))
             continue
         twins = [recipe(g[0]) for g in groups if len(g) > 1 and g[0].summary()["rule"] == rule]
         keys = sorted({k for r in twins for k in r if any(t.get(k) != r.get(k) for t in twins)})
@@ -297,7 +303,9 @@ def counted(group: list[Run]) -> tuple[list[Run], list[str]]:
     left_out = []
     for run in group:
         seed, epoch = _settings(run).get("seed"), run.history[-1]["epoch"]
-        if epoch < furthest and not run.ended():  # a run its patience (or lr rule) stopped has its result
+        if run.diverged is not None:
+            left_out.append(f"seed {seed} diverged in epoch {run.diverged['epoch']}")
+        elif epoch < furthest and not run.ended():  # a run its patience (or lr rule) stopped has its result
             left_out.append(f"seed {seed} stopped at epoch {epoch} of {_settings(run).get('epochs', '?')}")
         elif seed in kept:
             left_out.append(f"seed {seed} again in {run.name}, counted once")

@@ -265,6 +265,8 @@ def run_reproduction(repro: Reproduction, *, quick: bool = False, out_dir: str |
                     break
                 except FloatingPointError:  # an outcome of the recipe: tabulated, the other seeds go on
                     history, state = gathered(cfg)
+                    if not state.startswith("diverged"):  # unmarked (not the training loop's): not a result
+                        raise
             if history:
                 dirs.append(cfg.out_dir)
             if state == "ok":
@@ -333,8 +335,9 @@ def _grid_choice(repro: Reproduction, label: str, out_dir: str | os.PathLike, ga
 
 
 def gathered(cfg: TrainConfig) -> tuple[list[dict] | None, str]:
-    """The history of `cfg`'s run read from its folder, training nothing, and its state: ok when the run
-    ended (its epochs or its patience), else how far it got; a folder of another configuration is refused."""
+    """The history of `cfg`'s run read from its folder, training nothing, and its state: "ok" when the run
+    ended (its epochs, patience or lr halvings), "diverged in epoch N: ..." when it diverged, else how far it
+    got; a folder of another configuration, or of more epochs than the row, is refused."""
     assert cfg.out_dir is not None  # a reproduction's runs have their folders
     diverged = divergence(Path(cfg.out_dir))
     if diverged is not None:  # "loss became inf by step 400 of dfa epoch 1/100", without the advice

@@ -209,6 +209,11 @@ def build_model(cfg: TrainConfig, input_shape: tuple[int, ...], num_classes: int
     check_model_options(cfg.model, {name: getattr(cfg, name) for name in MODEL_OPTIONS
                                     if not is_default(FIELDS[name], getattr(cfg, name))})
     model = factory(**{k: v for k, v in offered.items() if k in accepted})
+    untouched = [n for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)]
+    if cfg.init != "default" and untouched:  # its in_proj_weight is no Linear: the init would skip it
+        raise ValueError(f"--init {cfg.init} rewrites Linear and convolution layers only; model {cfg.model} "
+                         f"also has attention projections it would leave at their default "
+                         f"({untouched[0]}.in_proj_weight): use --init default")
     options = rule_options(cfg)
     if cfg.init == "xavier" and "feedback_init" in rule_class(cfg.rule).options:
         options["feedback_init"] = "xavier"  # DFA's B is drawn at the first forward, after the init below
@@ -217,11 +222,6 @@ def build_model(cfg: TrainConfig, input_shape: tuple[int, ...], num_classes: int
     if kind.converts_model:
         model = convert(model, cfg.rule, seed=cfg.seed,
                         **options)
-    untouched = [n for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)]
-    if cfg.init != "default" and untouched:  # its in_proj_weight is no Linear: the init would skip it
-        raise ValueError(f"--init {cfg.init} rewrites Linear and convolution layers only; model {cfg.model} "
-                         f"also has attention projections it would leave at their default "
-                         f"({untouched[0]}.in_proj_weight): use --init default")
     if cfg.init == "normal_fan_avg":
         _normal_fan_avg_(model, cfg.seed)
     elif cfg.init == "xavier":

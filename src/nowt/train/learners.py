@@ -85,9 +85,9 @@ class RuleLearner:
         if beyond:  # not refused: a run lengthened later (--resume with more --epochs) may reach them
             warnings.warn(f"--lr-milestones {','.join(map(str, beyond))}: at or past --epochs {cfg.epochs}, "
                           f"never reached in this run", RuntimeWarning, stacklevel=2)
-        needs = {r.needs_weight_decay for r in self.rules if r.needs_weight_decay}
-        for why in needs if not cfg.weight_decay else ():
-            warnings.warn(f"{why}: --weight-decay is 0", RuntimeWarning, stacklevel=2)
+        if not cfg.weight_decay:
+            for why in {r.needs_weight_decay for r in self.rules if r.needs_weight_decay}:
+                warnings.warn(f"{why}: --weight-decay is 0", RuntimeWarning, stacklevel=2)
 
     def begin_training(self, first_batch: Tensor | None = None) -> None:
         """Once, before the first step of a fresh run: the rules' hook, after the model has seen

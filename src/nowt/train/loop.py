@@ -140,15 +140,17 @@ def _fit(cfg: TrainConfig, train, test, resume: bool, progress: bool) -> list[di
     if writes and out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1) + "\n")
-        rundir.record_start(out, len(history), cfg.device)
     writer = _tensorboard(out) if writes else None
     has_feedback = learner.kind.measures_feedback and bool(feedback_layers(model))
-    for epoch in range(len(history), cfg.epochs):
+    start = len(history)
+    for epoch in range(start, cfg.epochs):
         if learner.finished or out_of_patience(history, cfg.patience):
             break  # the lr schedule or --patience has ended the run
         # under torchrun, ranks > 0 draw their own dropout/noise from here on (rank 0 keeps its stream, which
         # the checkpoint saves; the others restart from (seed, rank, epoch), so a resume draws the same)
         distributed.seed_rank(cfg.seed, epoch)
+        if writes and out is not None and epoch == start:  # a start that trains nothing adds no line
+            rundir.record_start(out, epoch, cfg.device)
         t0 = time.perf_counter()
         try:
             with sized(f"training (--batch-size {cfg.batch_size})"):
@@ -243,8 +245,9 @@ def out_of_patience(history: list[dict], patience: int | None) -> bool:
 
 def run_ended(history: list[dict], epochs: int, patience: int | None, lr_schedule: str) -> bool:
     """Whether a run with this log has ended: its epochs done, its patience out, or (the plateau schedule)
-    its lr halvings spent, as the loop would have stopped it. Read from logs by the tables, so a run that
-    stopped early by its own rule counts as finished and a killed one does not."""
+    its lr halvings spent, where the loop (`learner.finished`, `out_of_patience`) would have stopped it.
+    Read from logs by the tables, so a run that stopped early by its own rule counts as finished and a
+    killed one does not."""
     return len(history) >= epochs or out_of_patience(history, patience) or (
         lr_schedule == "plateau" and HalveOnPlateau.ended([1 - r["train_accuracy"] / 100 for r in history]))
 

@@ -2,14 +2,15 @@
 different configuration, or to start again, on top of an earlier run's files unless asked to.
 
 `--overwrite` moves the earlier run's files aside (into `.overwritten/`) and deletes them only once the new
-run has written its first checkpoint; a new run that fails (or is killed) before that gets them back, at
-its end or at the next claim of the directory."""
+run has written its first checkpoint (or diverged: that ends it too); a new run that fails otherwise (or is
+killed) before that gets them back, at its end or at the next claim of the directory."""
 
 from __future__ import annotations
 
 import contextlib
 import datetime
 import fcntl
+import functools
 import json
 import math
 import os
@@ -26,10 +27,9 @@ from torch import Tensor
 from nowt.train.config import NOT_IDENTITY, TrainConfig, read_saved_config
 
 #: What a run writes into its directory (`--overwrite` replaces them).
-RUN_FILES = ("checkpoint.pt", "metrics.jsonl", "config.json", "tensorboard", "diverged.json",
-             "provenance.jsonl")
-ASIDE = ".overwritten"  # the earlier run's files while its replacement has no checkpoint yet
 DIVERGED = "diverged.json"  # a run that ended by diverging: where and how (its last good epoch is kept)
+RUN_FILES = ("checkpoint.pt", "metrics.jsonl", "config.json", "tensorboard", DIVERGED, "provenance.jsonl")
+ASIDE = ".overwritten"  # the earlier run's files while its replacement has no checkpoint yet
 
 
 def mark_diverged(out: Path, epoch: int, message: str) -> None:
@@ -81,7 +81,8 @@ def _settle(out: Path) -> None:
     aside = out / ASIDE
     if not aside.is_dir():
         return
-    if not (out / "checkpoint.pt").exists():
+    # a new run that diverged before its first checkpoint has ended too: its marker stays, not the old run
+    if not (out / "checkpoint.pt").exists() and not (out / DIVERGED).exists():
         for name in RUN_FILES:  # the new run's files go, the earlier run's come back
             _remove(out / name)
             if (aside / name).exists():
@@ -150,10 +151,10 @@ def check_same_data(out: Path | None, saved: dict[str, float] | None, now: dict[
                      f"own --data-dir, or use a new --out")
 
 
-def record_start(out: Path, epoch: int, device: str) -> None:
-    """Appends to `out/provenance.jsonl` what code and machine the run starts (or resumes) on at `epoch`:
-    a run made over several sessions shows every version of nowt that trained it (the commit where the
-    source is a git checkout, with "+" when it had uncommitted changes)."""
+@functools.cache
+def _code_version() -> tuple[str | None, str | None]:
+    """(nowt's installed version, the commit of its checkout with "+" for uncommitted changes): read once a
+    process, the code it imported. Only nowt's own checkout counts, not a repository it is installed in."""
     src = Path(__file__).resolve().parent
 
     def git(*args: str) -> str:
@@ -163,17 +164,27 @@ def record_start(out: Path, epoch: int, device: str) -> None:
         except (OSError, subprocess.SubprocessError):
             return ""
 
-    top = git("rev-parse", "--show-toplevel")  # nowt's own checkout, not a repository it is installed in
-    commit = git("rev-parse", "--short", "HEAD") if top and Path(top, "src", "nowt") == src.parent else ""
+    top, _, commit = git("rev-parse", "--show-toplevel", "--short", "HEAD").partition("\n")
+    if not top or Path(top, "src", "nowt") != src.parent:
+        commit = ""
     if commit and git("status", "--porcelain", "--untracked-files=no", "--", str(src.parent)):
         commit += "+"
     try:
         installed: str | None = metadata.version("nowt")
     except metadata.PackageNotFoundError:  # run from a source tree on PYTHONPATH
         installed = None
+    return installed, commit or None
+
+
+def record_start(out: Path, epoch: int, device: str) -> None:
+    """Appends to `out/provenance.jsonl` what code and machine the run starts (or resumes) on at `epoch`:
+    a run made over several sessions shows every version of nowt that trained it."""
+    installed, commit = _code_version()
+    machine = f"{platform.machine()}, {os.cpu_count()} CPU cores"
+    if torch.device(device).type == "cuda":
+        machine += f", {torch.cuda.get_device_name(torch.device(device))}"
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    record = {"started": now, "epoch": epoch, "nowt": installed, "commit": commit or None,
-              "torch": torch.__version__, "device": device,
-              "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores"}
+    record = {"started": now, "epoch": epoch, "nowt": installed, "commit": commit, "torch": torch.__version__,
+              "device": device, "machine": machine}
     with open(out / "provenance.jsonl", "a") as f:
         f.write(json.dumps(record) + "\n")

@@ -166,12 +166,13 @@ class DirectFeedback(Rule):
                         p.zero_()
 
     def setup_model(self, model: nn.Module) -> None:
+        layers = self.layers(model).values()
         if self.conv_feedback == "kernel" and not any(isinstance(getattr(m, "op", None), ConvOp)
-                                                      for m in self.layers(model).values()):
+                                                      for m in layers):
             raise ValueError(f"{self.name}: conv_feedback='kernel' (--conv-feedback kernel) shapes the B of "
                              f"a convolution, but this model converts none; drop it")
         ctx = Context(self, model)
-        for layer in self.layers(model).values():
+        for layer in layers:
             layer.dfa_context = ctx
         for name, block, layer in find_blocks(self, model):
             ctx.add_block(block, layer, name)
