@@ -413,3 +413,20 @@ def test_a_seed_that_diverges_is_tabulated_as_such_and_the_row_misses(tmp_path, 
     again = {r["run"]: r for r in run_reproduction(tiny, out_dir=tmp_path, gather=True, progress=False)}
     assert {k: (r["status"], r["verdict"]) for k, r in again.items()} == \
         {k: (r["status"], r["verdict"]) for k, r in rows.items()}
+
+
+def test_a_divergence_the_loop_did_not_mark_is_raised_not_tabulated(tmp_path, monkeypatch):
+    """Only the training loop's divergence (diverged.json) is a seed's outcome; any other FloatingPointError
+    (e.g. noise pretraining's) would otherwise read as 'not run'."""
+    from nowt.reproduce import entry
+
+    tiny = Reproduction(name="tiny", paper="Tiny 2026", table="Table 0",
+                        config=dict(dataset="synthetic", hidden=(8,), epochs=1, batch_size=2000),
+                        runs={"bp": {"rule": "bp"}}, published={"bp": {"best_test_accuracy": 50.0}})
+
+    def unmarked(cfg, **kw):
+        raise FloatingPointError("noise pretraining loss became nan at step 3; lower lr")
+
+    monkeypatch.setattr(entry, "fit", unmarked)
+    with pytest.raises(FloatingPointError, match="noise pretraining"):
+        run_reproduction(tiny, out_dir=tmp_path, progress=False)
