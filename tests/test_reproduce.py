@@ -276,7 +276,8 @@ def test_gather_tabulates_the_runs_in_a_folder_without_training(tmp_path, monkey
         reproduce.run("plain", tmp_path / "plain", gather=True, progress=False)
 
 
-def test_verdicts_table_lists_registered_rows_only_and_fills_the_readme_block(tmp_path, monkeypatch):
+def test_verdicts_table_lists_registered_rows_only_and_fills_the_readme_block(tmp_path, monkeypatch,
+                                                                              capsys):
     tiny = Reproduction(name="tiny", paper="Tiny 2026", table="Table 0",
                         config=dict(dataset="synthetic", hidden=(8,), epochs=1, batch_size=50),
                         runs={"fa": {"rule": "fa"}, "fa-wide": {"rule": "fa", "hidden": (16,)}},
@@ -295,6 +296,10 @@ def test_verdicts_table_lists_registered_rows_only_and_fills_the_readme_block(tm
     begin, end = reproduce.VERDICTS_BEGIN, reproduce.VERDICTS_END
     (tmp_path / "README.md").write_text(f"# r\n\n{begin}\nold\n{end}\nend\n")
     assert reproduce.write_verdicts(tmp_path).read_text() == f"# r\n\n{begin}\n{table}{end}\nend\n"
+    from nowt.cli import main
+    capsys.readouterr()
+    assert main(["reproduce", "--verdicts", "--out", str(tmp_path)]) == 0  # prints the table it wrote
+    assert capsys.readouterr().out == f"{table}written into {tmp_path / 'README.md'}\n"
 
 
 def test_verdict_summary_counts_registered_cells_and_fills_the_top_readme(tmp_path, monkeypatch):
