@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib
-import platform
 import sys
 import warnings
 from datetime import date
@@ -27,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 import nowt
+from nowt import provenance
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from test_feedback_scale import TinyViT, mlp_ln  # noqa: E402  (the stand-ins the tests use)
@@ -120,8 +120,8 @@ def main() -> None:
     head = ["model", "rule", "fan-in B: grad / bp", "worst layer", "match B: grad / bp", "worst layer"]
     lines = [
         "# First-step gradient norm relative to backprop, B at the fan-in scale vs at W's own spread", "",
-        f"{date.today()}, {platform.node()} ({platform.machine()}, {platform.system()}), torch "
-        f"{torch.__version__}, transformers {tf_version}, 1 thread.", "",
+        f"{date.today()}, {provenance.machine()}, torch "
+        f"{torch.__version__}, transformers {tf_version}.", "",
         "Command: `" + " ".join(["python", f"benchmarks/{Path(__file__).name}", *sys.argv[1:]]) + "`", "",
         "grad / bp: norm of every parameter's gradient under the rule over backprop's, one batch; worst "
         "layer: the largest ratio `nowt.check_feedback_scale` reports (the gradient reaching a layer's "

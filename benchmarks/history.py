@@ -5,49 +5,27 @@ the file; git keeps its changes."""
 from __future__ import annotations
 
 import json
-import os
-import platform
-import subprocess
 import sys
 from datetime import date
 from pathlib import Path
 
 import torch
 
+from nowt import provenance
+
 HERE = Path(__file__).resolve().parent
 
 
-def machine() -> str:
-    """This machine in a few words: CPU model and cores, or the GPU."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return f"{cpu}, {os.cpu_count()} cores{gpu}"
-
-
 def commit() -> str:
-    """The commit the code ran at (with '+' when the tree had changes)."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=HERE, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src", "benchmarks"],
-                               capture_output=True, text=True, cwd=HERE.parent).stdout.strip()
-        return head + ("+" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "?"
+    """The commit the code ran at (with '+' when src/ or benchmarks/ had uncommitted changes)."""
+    return provenance.commit("src", "benchmarks") or "?"
 
 
 def record(name: str, numbers: dict, *, run: str | None = None, **meta) -> dict:
     """Appends one run of benchmark `name` (its `numbers`, e.g. {workload: {column: value}}) with the date,
     commit, machine, torch and command, and rebuilds NAME.md. Returns the record."""
     entry = {"run": run or f"{date.today().isoformat()}-{commit()}", "date": date.today().isoformat(),
-             "commit": commit(), "machine": machine(), "torch": torch.__version__,
+             "commit": commit(), "machine": provenance.machine(), "torch": torch.__version__,
              "command": "python " + " ".join(["benchmarks/" + Path(sys.argv[0]).name, *sys.argv[1:]]),
              **meta, "numbers": numbers}
     path = HERE / f"{name}.jsonl"

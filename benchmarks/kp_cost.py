@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import platform
 from datetime import date
 
 import history
@@ -26,6 +25,7 @@ import torch.nn.functional as F
 from timing import interleaved_ms
 
 import nowt
+from nowt import provenance
 from nowt.optim import make_optimizer
 
 
@@ -77,7 +77,7 @@ def main() -> None:
         "command": f"python benchmarks/kp_cost.py --threads {args.threads} --rounds {args.rounds} "
                    f"--steps {args.steps}",
         "date": date.today().isoformat(),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
+        "machine": provenance.machine(),
         "torch": torch.__version__, "B elements": sum(b.numel() for b in feedback),
         "ms": {k: round(v, 3) for k, v in ms.items()},
         "ratio to autograd": {k: round(v / auto, 3) for k, v in ms.items()},

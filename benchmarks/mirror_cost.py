@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import platform
 import sys
 import time
 from datetime import date
@@ -25,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import nowt
+from nowt import provenance
 from nowt.rules.wm import MIRROR_EVERY, MIRROR_WARMUP_BATCH, mirror_layers
 
 
@@ -105,8 +105,8 @@ def main() -> None:
             "saving", "mirror share of training"]
     lines = [
         "# Weight mirror: warm-up (fixed 300 x 256 vs sized per layer) and the training mirror's share", "",
-        f"{date.today()}, {platform.node()} ({platform.machine()}, {platform.system()}), torch "
-        f"{torch.__version__}, 1 thread, CPU.", "",
+        f"{date.today()}, {provenance.machine()}, torch "
+        f"{torch.__version__}, CPU.", "",
         "Command: `" + " ".join(["python", f"benchmarks/{Path(__file__).name}", *sys.argv[1:]]) + "`", "",
         "Warm-ups estimated per layer from one timed mirror step times its steps (fixed: 300 steps of 256"
         ", on resnet18 and the ViT-B stand-in timed at 64 and scaled by 4; sized: "

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import platform
 import statistics
 import time
 from datetime import date
@@ -36,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 import nowt
+from nowt import provenance
 from nowt.optim import make_optimizer
 from nowt.rules.wm import MIRROR_BATCH_DIVISOR, MIRROR_EVERY
 
@@ -174,7 +174,7 @@ def main() -> None:
     meta = {"date": date.today().isoformat(), "torch": torch.__version__, "threads": args.threads,
             "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
             "amp": args.amp,
-            "cpu": platform.processor() or platform.machine(), "rounds": args.rounds, "steps": args.steps}
+            "cpu": provenance.machine(), "rounds": args.rounds, "steps": args.steps}
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"meta": meta, "results": results}, f, indent=1)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from datetime import date
@@ -23,6 +22,7 @@ import history
 import torch
 import torch.nn.functional as F
 
+from nowt import provenance
 from nowt.reproduce.akrout2019 import OFFICIAL_MIRROR
 from nowt.train import RuleLearner, TrainConfig, build_model, make_loader, train_epoch
 from nowt.train.factories import load_data
@@ -79,8 +79,8 @@ def main() -> None:
         for name in names[i % len(names):] + names[:i % len(names)]:
             times[name].append(variants[name]())
     med = {k: statistics.median(v) for k, v in times.items()}
-    result = {"date": date.today().isoformat(), "machine": f"{platform.machine()}, {torch.get_num_threads()} "
-              f"torch threads, torch {torch.__version__}", "epoch_seconds": times,
+    result = {"date": date.today().isoformat(),
+              "machine": f"{provenance.machine()}, torch {torch.__version__}", "epoch_seconds": times,
               "median_seconds": med, "ratio_to_bare": {k: med[k] / med["bare"] for k in med},
               "kp_wm_ratio_to_fa": {k: med[k] / med["fa"] for k in ("kp", "wm")}}
     print(json.dumps({k: result[k] for k in ("median_seconds", "ratio_to_bare", "kp_wm_ratio_to_fa")},

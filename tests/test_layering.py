@@ -11,7 +11,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "nowt"
 #: Leaf utilities: anyone may import them; they import only torch.
-LEAVES = ("distributed", "checkpoint", "progress")
+LEAVES = ("distributed", "checkpoint", "progress", "provenance")
 #: Left to right; a module may import only those before it (and the other modules of its own package).
 ORDER = ("ops", "rules", "lc", "layers", "attention", "inventory", "conversion", "mirroring", "metrics",
          "feedback_scale", "noise_measures", "optim", "noise", "theory", "models", "targetprop", "data",

@@ -452,3 +452,19 @@ def test_every_start_and_resume_of_a_run_records_its_code_and_machine(tmp_path):
     assert len((tmp_path / "provenance.jsonl").read_text().splitlines()) == 2
     assert all(r["torch"] and r["device"] == "cpu" and r["started"] for r in records)
     assert records[0]["commit"]  # this checkout's commit (tests run from the repository)
+
+
+def test_the_recorded_commit_is_nowts_own_and_marks_uncommitted_changes(monkeypatch):
+    """A commit names the code only if it is nowt's checkout (not a repository that vendors it) and says when
+    the tree differed from it."""
+    from nowt import provenance
+
+    src = provenance._SRC.parent.parent  # the checkout holding src/nowt
+    answers = {"rev-parse": f"{src}\nabc1234", "status": ""}
+    monkeypatch.setattr(provenance, "_git", lambda *args: answers[args[0]])
+    for expected, top, status in (("abc1234", src, ""), ("abc1234+", src, " M src/nowt/ops.py"),
+                                  (None, "/elsewhere", "")):
+        provenance.commit.cache_clear()
+        answers.update({"rev-parse": f"{top}\nabc1234", "status": status})
+        assert provenance.commit() == expected
+    provenance.commit.cache_clear()

@@ -19,7 +19,6 @@ import datetime
 import inspect
 import math
 import os
-import platform
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -27,6 +26,7 @@ from pathlib import Path
 import torch
 
 from nowt.models import MODELS
+from nowt.provenance import machine
 from nowt.report import collapse_state, load_run, mean_std, report_runs
 from nowt.reproduce.verdicts import BAND, NO_PAPER_RULE, results_table, verdict, verdict_rule
 from nowt.rules import list_rules
@@ -61,10 +61,7 @@ def _angle(history: list[dict], layer: int) -> float:
 
 def provenance(command: str) -> str:
     """The markdown lines every RESULTS.md starts with: command, date, machine, torch."""
-    machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads"
-    if torch.cuda.is_available():
-        machine += f", {torch.cuda.get_device_name()}"
-    return (f"Command: `{command}`  \nDate: {datetime.date.today().isoformat()}. Machine: {machine}. "
+    return (f"Command: `{command}`  \nDate: {datetime.date.today().isoformat()}. Machine: {machine()}. "
             f"torch {torch.__version__}.\n")
 
 

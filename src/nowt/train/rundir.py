@@ -10,20 +10,17 @@ from __future__ import annotations
 import contextlib
 import datetime
 import fcntl
-import functools
 import json
 import math
 import os
-import platform
 import shutil
-import subprocess
 from collections.abc import Iterator
-from importlib import metadata
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from nowt import provenance
 from nowt.train.config import NOT_IDENTITY, TrainConfig, read_saved_config
 
 #: What a run writes into its directory (`--overwrite` replaces them).
@@ -151,40 +148,11 @@ def check_same_data(out: Path | None, saved: dict[str, float] | None, now: dict[
                      f"own --data-dir, or use a new --out")
 
 
-@functools.cache
-def _code_version() -> tuple[str | None, str | None]:
-    """(nowt's installed version, the commit of its checkout with "+" for uncommitted changes): read once a
-    process, the code it imported. Only nowt's own checkout counts, not a repository it is installed in."""
-    src = Path(__file__).resolve().parent
-
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(["git", "-C", str(src), *args], capture_output=True, text=True,
-                                  timeout=10).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
-    top, _, commit = git("rev-parse", "--show-toplevel", "--short", "HEAD").partition("\n")
-    if not top or Path(top, "src", "nowt") != src.parent:
-        commit = ""
-    if commit and git("status", "--porcelain", "--untracked-files=no", "--", str(src.parent)):
-        commit += "+"
-    try:
-        installed: str | None = metadata.version("nowt")
-    except metadata.PackageNotFoundError:  # run from a source tree on PYTHONPATH
-        installed = None
-    return installed, commit or None
-
-
 def record_start(out: Path, epoch: int, device: str) -> None:
     """Appends to `out/provenance.jsonl` what code and machine the run starts (or resumes) on at `epoch`:
     a run made over several sessions shows every version of nowt that trained it."""
-    installed, commit = _code_version()
-    machine = f"{platform.machine()}, {os.cpu_count()} CPU cores"
-    if torch.device(device).type == "cuda":
-        machine += f", {torch.cuda.get_device_name(torch.device(device))}"
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    record = {"started": now, "epoch": epoch, "nowt": installed, "commit": commit, "torch": torch.__version__,
-              "device": device, "machine": machine}
+    record = {"started": now, "epoch": epoch, "nowt": provenance.version(), "commit": provenance.commit(),
+              "torch": torch.__version__, "device": device, "machine": provenance.machine(device)}
     with open(out / "provenance.jsonl", "a") as f:
         f.write(json.dumps(record) + "\n")
