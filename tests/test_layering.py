@@ -13,9 +13,9 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "nowt"
 #: Leaf utilities: anyone may import them; they import only torch.
 LEAVES = ("distributed", "checkpoint", "progress", "provenance")
 #: Left to right; a module may import only those before it (and the other modules of its own package).
-ORDER = ("ops", "rules", "lc", "layers", "attention", "inventory", "conversion", "mirroring", "metrics",
-         "feedback_scale", "noise_measures", "optim", "noise", "theory", "models", "targetprop", "data",
-         "train", "report", "reproduce", "integrations", "cli", "__main__")
+ORDER = ("ops", "rules", "lc", "layers", "attention", "inventory", "first_use", "conversion", "mirroring",
+         "metrics", "feedback_scale", "noise_measures", "optim", "noise", "theory", "models", "targetprop",
+         "data", "train", "report", "reproduce", "integrations", "cli", "__main__")
 #: Every component is checked.
 CHECKED = ORDER
 

@@ -12,7 +12,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from nowt import attention
-from nowt.inventory import class_path, conversion, unknown_weights, unproven, watch
+from nowt.first_use import watch
+from nowt.inventory import class_path, conversion, own_parameter_names, unknown_weights, unproven
 from nowt.layers import CONVERTIBLE, VARIANTS, FeedbackLayer, _Conv, register_transformers
 from nowt.rules import Rule, make_rule
 
@@ -36,10 +37,10 @@ def _matches(name: str, module: nn.Module, selectors: Iterable[Selector]) -> boo
 def _excluded(name: str, module: nn.Module, selectors: Iterable[Selector]) -> bool:
     """Whether a layer nowt converts is excluded: by its name or type, or by the name of one of its parameters
     (its weight and bias train together, so a pattern naming either leaves the whole layer on backprop)."""
-    own = [n for n, _ in module.named_parameters(recurse=False)]
+    own = own_parameter_names(module)
     if parametrize.is_parametrized(module):  # `fc.weight` and `fc.parametrizations.weight.original0`
         parametrizations = cast(nn.ModuleDict, module.parametrizations)
-        own += [*parametrizations, *(f"parametrizations.{n}" for n, _ in parametrizations.named_parameters())]
+        own += [f"parametrizations.{n}" for n, _ in parametrizations.named_parameters()]
     return _matches(name, module, selectors) or any(
         _matches(f"{name}.{n}" if name else n, module, selectors) for n in own)
 

@@ -1,0 +1,218 @@
+"""The checks, at a converted model's first forward and first backward, that no weight sends errors by
+backprop behind the rule's back: a converted layer's weight, an embedding table or a parameter taken as added,
+used as a matrix outside a converted layer's forward (`watch`). The hooks remove themselves after it."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+from torch.overrides import TorchFunctionMode, resolve_name
+from torch.utils.hooks import RemovableHandle
+
+from nowt.inventory import PROVED_MATRICES, Unproven, class_path
+from nowt.layers import FeedbackLayer
+
+
+def watch(model: nn.Module, layers: dict[str, FeedbackLayer], unknown: str = "error",
+          tables: Unproven | None = None) -> None:
+    """One-shot checks that no weight crosses errors by backprop behind the rule's back. At the model's first
+    forward: a converted layer's weight used outside the layer's own forward (a tied decoder's
+    `F.linear(h, enc.weight.t())`, timm BEiT's `F.linear(x, qkv.weight)`), or a parameter of `tables`
+    (`unproven`: an embedding table, a parameter taken as added) multiplied as a matrix, raises a ValueError
+    naming it; layers that did not run are marked `skipped` (a warning). At the first backward that reaches
+    a weight, a layer that never ran raises a RuntimeError. `unknown="warn"`: all of them warn. The hooks
+    remove themselves: nothing is left on the training step's path."""
+    watched = {n: m for n, m in layers.items() if m.rule.name != "bp"}
+    # A weight tied to another module (GPT-2's lm_head and its token embedding) gets that module's gradient
+    # whether the layer ran or not: only the forward check applies to it.
+    others = (m for m in model.modules() if not isinstance(m, FeedbackLayer) and not hasattr(m, "rule_parts"))
+    tied = {id(p) for m in others for p in m.parameters(recurse=False)}
+    for name, layer in watched.items():
+        w = layer.weight
+        if isinstance(w, nn.Parameter) and w.requires_grad and id(w) not in tied:
+            hook = _FirstGradient(name, layer, unknown)
+            hook.handle = w.register_hook(hook)
+    if watched and not isinstance(model, FeedbackLayer):
+        first_forward = _FirstForward(watched, tables or {}, unknown)
+        # prepend: the watch ends with the model's forward, before the rule's own hooks (DFA's) run
+        first_forward.handles = [model.register_forward_pre_hook(first_forward.begin),
+                                 model.register_forward_hook(first_forward, prepend=True, always_call=True)]
+
+
+class _FirstGradient:
+    __torch_unserializable__ = True  # not saved with the weight: the check is for this process's first step
+    handle: RemovableHandle
+
+    def __init__(self, name: str, layer: FeedbackLayer, unknown: str) -> None:
+        self.name, self.layer, self.unknown = name, layer, unknown
+
+    def __call__(self, grad: Tensor) -> None:
+        self.handle.remove()
+        if self.layer.last_input_shape is not None:
+            return
+        self.layer.skipped = True
+        kind = class_path(type(self.layer))
+        message = (f"converted layer {self.name!r} ({kind}) never ran, but its weight got a gradient: the "
+                   f"model uses the weight itself (as F.linear(x, {self.name}.weight)), "
+                   f"so it trains by backprop with weight transport; exclude=[{self.name!r}] to say so")
+        if self.unknown == "error":
+            raise RuntimeError(message)
+        warnings.warn(message, stacklevel=2)
+
+
+def _leaf_weights(layer: FeedbackLayer) -> list[Tensor]:
+    """The tensors a layer's `.weight` is made of: the Parameter, its parametrization's originals, or
+    StandardizedConv2d's raw weight and gain (attention's Projection holds none: its owner's weight)."""
+    if parametrize.is_parametrized(layer, "weight"):
+        return list(layer.parametrizations.weight.parameters())
+    own: list[Tensor] = [p for n, p in layer._parameters.items()
+                         if n in layer.own_state and n != "bias" and p is not None]
+    return own or [layer.weight]
+
+
+class _FirstForward:
+    handles: list[RemovableHandle]
+
+    def __init__(self, layers: dict[str, FeedbackLayer], tables: Unproven, unknown: str) -> None:
+        self.layers, self.tables, self.unknown = layers, tables, unknown
+        self.uses: _Uses | None = None
+        self.inner: list[RemovableHandle] = []  # on every converted layer, for this forward only
+        self.converted: set[int] = set()  # ids of the converted layers' weights (and what they are made of)
+
+    def begin(self, model: nn.Module, args: tuple) -> None:
+        if torch.compiler.is_compiling():
+            return  # dynamo would trace the mode: a compiled first forward gets the other checks only
+        watched = {id(p): (name, kind, fix, p) for name, (kind, fix, p) in self.tables.items()}
+        for name, layer in self.layers.items():  # also an embedding's table (GPT-2's lm_head): the layer's
+            converted = {id(w): (f"{name}.weight", f"the weight of converted layer {name!r}", name, w)
+                         for w in _leaf_weights(layer)}
+            watched |= converted
+            self.converted |= converted.keys()
+        uses = self.uses = _Uses(watched)
+        for m in model.modules():
+            if isinstance(m, FeedbackLayer):
+                self.inner += [m.register_forward_pre_hook(uses.enter, prepend=True),
+                               m.register_forward_hook(uses.leave, always_call=True)]
+        uses.__enter__()
+
+    def __call__(self, module: nn.Module, args: tuple, output: Any) -> None:
+        uses, self.uses = self.uses, None
+        if uses is not None:
+            uses.__exit__(None, None, None)
+        for handle in self.inner:
+            handle.remove()
+        self.inner = []
+        if sys.exc_info()[0] is not None:
+            return  # the forward raised: the next one is checked
+        for handle in self.handles:
+            handle.remove()
+        idle = [n for n, m in self.layers.items() if m.last_input_shape is None]
+        for n in idle:
+            self.layers[n].skipped = True
+        if idle:
+            names = ", ".join(map(repr, idle[:5])) + (" ..." if len(idle) > 5 else "")
+            warnings.warn(f"converted layer(s) {names} did not run in the model's first forward, so the rule "
+                          f"does not train them (or, if the model uses their weights itself, backprop does); "
+                          f"nowt.summary(model) lists them", stacklevel=2)
+        if uses is not None and uses.found:
+            self.refuse(uses.found)
+
+    def refuse(self, found: dict[str, tuple[str, str, str, Tensor]]) -> None:
+        for _, _, _, p in found.values():
+            if id(p) not in self.converted:
+                PROVED_MATRICES[p] = True  # `summary` shows it on backprop, reading W
+        uses = "; ".join(f"{name!r} ({kind}) is used by {op} outside any converted layer's forward"
+                         for name, (op, kind, _, _) in list(found.items())[:3])
+        fixes = ", ".join(dict.fromkeys(repr(fix) for _, _, fix, _ in found.values()))
+        message = (f"{uses}{' (and more)' if len(found) > 3 else ''}: errors cross it there by backprop "
+                   f"(weight transport). Give that use a layer nowt converts (an nn.Linear of its own; a "
+                   f"tied LM head's nn.Linear may share the embedding's weight), or exclude=[{fixes}] to "
+                   f"leave it on backprop on purpose")
+        if self.unknown == "error":
+            raise ValueError(message)
+        warnings.warn(message, stacklevel=3)
+
+
+#: Ops that multiply by a tensor as a matrix: for a parameter in one, the backward sends errors through it.
+MATRIX_OPS: frozenset[Any] = frozenset({
+    torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.Tensor.__rmatmul__, torch.linalg.matmul,
+    torch.mm, torch.Tensor.mm, torch.bmm, torch.Tensor.bmm, torch.mv, torch.Tensor.mv, torch.addmm,
+    torch.Tensor.addmm, torch.addbmm, torch.Tensor.addbmm, torch.baddbmm, torch.Tensor.baddbmm, torch.addmv,
+    torch.Tensor.addmv, torch.einsum, torch.tensordot, torch.inner, torch.Tensor.inner, torch.chain_matmul,
+    torch.linalg.multi_dot, F.linear, F.bilinear, F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d,
+    F.conv_transpose2d, F.conv_transpose3d, F.scaled_dot_product_attention,
+})
+#: Of these, the ops with an argument that is only added (a bias, addmm's input, an attention mask): the
+#: positions and names of those multiplied. A table added as a mask sends no error through itself.
+MULTIPLIED: dict[Any, tuple[tuple[int, ...], tuple[str, ...]]] = {
+    **dict.fromkeys((F.linear, F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d,
+                     F.conv_transpose3d), ((0, 1), ("input", "weight"))),
+    **dict.fromkeys((torch.addmm, torch.Tensor.addmm, torch.baddbmm, torch.Tensor.baddbmm, torch.addbmm,
+                     torch.Tensor.addbmm), ((1, 2), ("mat1", "mat2", "batch1", "batch2"))),
+    **dict.fromkeys((torch.addmv, torch.Tensor.addmv), ((1, 2), ("mat", "vec"))),
+    F.bilinear: ((0, 1, 2), ("input1", "input2", "weight")),
+    F.scaled_dot_product_attention: ((0, 1, 2), ("query", "key", "value")),
+}
+#: Lookups of rows: no error crosses the table (a tied LM head's embedding).
+LOOKUPS: frozenset[Any] = frozenset({F.embedding, F.embedding_bag, torch.embedding, torch.embedding_bag})
+#: Ops whose other tensor arguments lend only a dtype, device or shape.
+SELF_ONLY: frozenset[Any] = frozenset({torch.Tensor.to, torch.Tensor.type_as, torch.Tensor.view_as,
+                                       torch.Tensor.reshape_as, torch.Tensor.expand_as})
+
+
+def _tensors(tree: Any) -> list[Tensor]:
+    if isinstance(tree, Tensor):
+        return [tree]
+    if isinstance(tree, list | tuple | dict):
+        return [t for x in (tree.values() if isinstance(tree, dict) else tree) for t in _tensors(x)]
+    return []
+
+
+class _Uses(TorchFunctionMode):
+    """Active for the model's first forward: notes each op outside converted layers' forwards that multiplies
+    by a watched parameter (a converted layer's weight, an embedding table, a parameter taken as added) or by
+    a tensor made from it alone (`w.t()`, `w[0]`, `torch.cat([wq, wk])`): its backward would send errors
+    through that parameter. Other uses (`w.dtype`, `x.to(w)`, a lookup, an addition) send none."""
+
+    def __init__(self, watched: dict[int, tuple[str, str, str, Tensor]]) -> None:
+        super().__init__()
+        self.watched = watched  # id -> (name, kind, what to exclude, parameter), for derived tensors too
+        self.made: list[Tensor] = []  # tensors made from watched ones, held so that their ids stay theirs
+        self.inside = 0  # converted layers' forwards under way: the rule decides their backward
+        self.found: dict[str, tuple[str, str, str, Tensor]] = {}  # name -> (op, kind, what to exclude, param)
+
+    def enter(self, module: nn.Module, args: tuple) -> None:
+        self.inside += 1
+
+    def leave(self, module: nn.Module, args: tuple, output: Any) -> None:
+        self.inside -= 1
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if self.inside or func in LOOKUPS:
+            return out
+        tensors = _tensors((args, kwargs))
+        hits = [self.watched[id(t)] for t in tensors if id(t) in self.watched]
+        if hits and func in MATRIX_OPS:
+            positions, names = MULTIPLIED.get(func, (range(len(args)), tuple(kwargs)))
+            multiplied = _tensors(([args[i] for i in positions if i < len(args)],
+                                   [v for k, v in kwargs.items() if k in names]))
+            for name, kind, fix, p in (self.watched[id(t)] for t in multiplied if id(t) in self.watched):
+                self.found.setdefault(name, (resolve_name(func) or repr(func), kind, fix, p))
+        if not hits or func in MATRIX_OPS:
+            return out
+        floats = [t for t in tensors if t.is_floating_point()]
+        if floats and id(floats[0]) in self.watched and (
+                func in SELF_ONLY or all(id(t) in self.watched for t in floats)):
+            for t in _tensors(out):  # made from the watched tensor alone: still that parameter
+                if t.is_floating_point() and id(t) not in self.watched:
+                    self.watched[id(t)] = self.watched[id(floats[0])]
+                    self.made.append(t)
+        return out
