@@ -201,3 +201,23 @@ def test_make_optimizer_fuses_sgd_and_steps_like_the_default():
     assert (w.detach() - start).abs().min() > 0  # the steps moved every weight: the comparison is not idle
     # RMSprop has no fused step: the default one, not an error
     assert not make_optimizer("rmsprop", [torch.nn.Parameter(torch.ones(2))], 0.1).defaults.get("fused")
+
+
+@pytest.mark.parametrize("init", ["xavier", "normal_fan_avg"])
+def test_init_reaches_locally_connected_layers_and_their_feedback(init):
+    """Bartunov's LC fa row asks Glorot for B as for W: the init once rewrote Linear and convolution layers
+    only, leaving a locally connected layer's B at its default (its fans: a unit's inputs, and the units one
+    input reaches at one position)."""
+    from nowt import lc
+    from nowt.train import build_model
+
+    model = build_model(TrainConfig(rule="fa", model="mnist_lc", init=init, seed=0), (1, 28, 28), 10)
+    layers = [m for m in model.modules() if isinstance(m, lc.LocallyConnected2d)]
+    assert layers
+    for m in layers:
+        fan_in, fan_out = m.in_channels * 9, m.out_channels * 9  # the LC network's 3x3 kernels, by hand
+        std = math.sqrt(2 / (fan_in + fan_out)) if init == "xavier" else (fan_in + fan_out) ** -0.5
+        for t in (m.weight, *m.rule.feedback_tensors(m)):
+            assert abs(float(t.std()) / std - 1) < 0.05, (init, float(t.std()), std)
+        (b,) = m.rule.feedback_tensors(m)
+        assert not torch.equal(b, m.weight) and m.fans() == (fan_in, fan_out)

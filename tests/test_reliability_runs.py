@@ -362,8 +362,8 @@ def test_options_that_would_be_silently_ignored_are_refused_or_applied():
         nowt.convert(torch.nn.Sequential(torch.nn.Linear(4, 4)), "wm", mirror_lr=0.01, mirror_anneal=5.0)
     nowt.convert(torch.nn.Sequential(torch.nn.Linear(4, 4)), "wm", mirror_lr=0.01)  # the default anneal
     cfg = TrainConfig(model="vit", init="xavier", rule="fa")
-    with pytest.raises(ValueError, match=r"--init xavier rewrites Linear and convolution layers only; "
-                                         r"model vit.*in_proj_weight\): use --init default"):
+    with pytest.raises(ValueError, match=r"--init xavier rewrites Linear, convolution and locally connected "
+                                         r"layers only; model vit.*in_proj_weight\): use --init default"):
         build_model(cfg, (1, 28, 28), 10)
     attention = torch.nn.MultiheadAttention(8, 2)
     rest, biases = parameter_groups(attention, 1.0, 0.5)

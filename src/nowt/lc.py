@@ -78,10 +78,14 @@ class LocallyConnected2d(nn.Module):
     def output_size(self) -> tuple[int, int]:
         return self.op.output_size
 
+    def fans(self) -> tuple[int, int]:
+        """(fan-in, fan-out) as Glorot counts them for a convolution with this kernel: a unit's inputs, and
+        the units one input reaches at one position (the weight's shape would count every position)."""
+        return self.weight.shape[1], self.out_channels * self.kernel_size[0] * self.kernel_size[1]
+
     def reset_parameters(self) -> None:
-        fan_in = self.weight.shape[1]
+        fan_in, fan_out = self.fans()
         if self.init == "glorot":
-            fan_out = self.out_channels * self.kernel_size[0] * self.kernel_size[1]
             bound = math.sqrt(6.0 / (fan_in + fan_out))
             nn.init.uniform_(self.weight, -bound, bound)
             if self.bias is not None:

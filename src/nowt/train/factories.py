@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from nowt import lc
 from nowt.conversion import convert
 from nowt.data import Data, load_dataset
 from nowt.metrics import as_tokens
@@ -211,8 +212,8 @@ def build_model(cfg: TrainConfig, input_shape: tuple[int, ...], num_classes: int
     model = factory(**{k: v for k, v in offered.items() if k in accepted})
     untouched = [n for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)]
     if cfg.init != "default" and untouched:  # its in_proj_weight is no Linear: the init would skip it
-        raise ValueError(f"--init {cfg.init} rewrites Linear and convolution layers only; model {cfg.model} "
-                         f"also has attention projections it would leave at their default "
+        raise ValueError(f"--init {cfg.init} rewrites Linear, convolution and locally connected layers only; "
+                         f"model {cfg.model} also has attention projections it would leave at their default "
                          f"({untouched[0]}.in_proj_weight): use --init default")
     options = rule_options(cfg)
     if cfg.init == "xavier" and "feedback_init" in rule_class(cfg.rule).options:
@@ -235,9 +236,20 @@ def build_model(cfg: TrainConfig, input_shape: tuple[int, ...], num_classes: int
     return model.to(memory_format=torch.channels_last) if cfg.channels_last else model  # type: ignore[call-overload]
 
 
-def _weight_layers(model: nn.Module) -> Iterator[nn.Linear | nn.modules.conv._ConvNd]:
-    """The Linear and convolution layers (converted or not) that an init rewrites."""
-    return (m for m in model.modules() if isinstance(m, nn.Linear | nn.modules.conv._ConvNd))
+WeightLayer = nn.Linear | nn.modules.conv._ConvNd | lc.LocallyConnected2d
+
+
+def _weight_layers(model: nn.Module) -> Iterator[WeightLayer]:
+    """The Linear, convolution and locally connected layers (converted or not) that an init rewrites."""
+    return (m for m in model.modules() if isinstance(m, WeightLayer))
+
+
+def _fans(m: WeightLayer) -> tuple[int, int]:
+    """Fan-in and fan-out as Glorot counts them (a convolution's: channels times the kernel's size, in any
+    dimension and for transposed ones too; a locally connected layer's: as for its kernel, `lc.fans`)."""
+    if isinstance(m, lc.LocallyConnected2d):
+        return m.fans()
+    return nn.init._calculate_fan_in_and_fan_out(m.weight)
 
 
 @torch.no_grad()
@@ -245,9 +257,10 @@ def _xavier_(model: nn.Module, seed: int) -> None:
     """W and the random feedback ~ Glorot uniform, biases 0: BioTorch's benchmark init."""
     g = torch.Generator().manual_seed(seed)
     for m in _weight_layers(model):
-        tensors = [m.weight] + (m.rule.feedback_tensors(m) if is_rule_layer(m) else [])
-        for t in tensors:
-            t.copy_(nn.init.xavier_uniform_(torch.empty(t.shape), generator=g))
+        fan_in, fan_out = _fans(m)
+        bound = math.sqrt(3.0) * math.sqrt(2.0 / float(fan_in + fan_out))  # xavier_uniform_'s, to the bit
+        for t in [m.weight] + (m.rule.feedback_tensors(m) if is_rule_layer(m) else []):
+            t.copy_(torch.empty(t.shape).uniform_(-bound, bound, generator=g))
         if m.bias is not None:
             m.bias.zero_()
 
@@ -266,10 +279,10 @@ def _zero_forward_(model: nn.Module) -> None:
 def _normal_fan_avg_(model: nn.Module, seed: int) -> None:
     """W, b and fixed random B ~ N(0, 1/(fan_in + fan_out)), as in Akrout et al.'s official code (fans as
     Glorot counts them: a convolution's are its channels times the kernel's size, in any dimension and for
-    transposed ones too, whose fan-in and fan-out sum the same)."""
+    transposed ones too, whose fan-in and fan-out sum the same; `_fans`)."""
     g = torch.Generator().manual_seed(seed)
     for m in _weight_layers(model):
-        fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(m.weight)
+        fan_in, fan_out = _fans(m)
         std = (fan_in + fan_out) ** -0.5
         tensors = [m.weight, m.bias]
         if is_rule_layer(m):  # a converted layer: the random feedback its rule lets an init redraw
