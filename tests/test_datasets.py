@@ -262,3 +262,21 @@ def test_train_size_takes_a_class_balanced_random_sample_of_any_dataset(tmp_path
     from nowt.train.config import FIELDS
 
     assert "class-balanced random sample" in FIELDS["train_size"].metadata["help"]  # --train-size says so
+
+
+@pytest.mark.parametrize("torchvision", [True, False])
+@pytest.mark.parametrize("size, padding", [(64, 8), (20, 3), (32, 4)])
+def test_cifar_augmentation_crops_to_the_resized_size(tmp_path, monkeypatch, torchvision, size, padding):
+    # --augment --image-size 64 used to train on 32 x 32 crops of the 64 x 64 images while testing on 64 x 64
+    from nowt.data import transforms
+
+    if not torchvision:
+        monkeypatch.setattr(transforms, "T", None)
+    elif transforms.T is None:
+        pytest.skip("torchvision not installed")
+    write_cifar(tmp_path)
+    data = load_dataset("cifar10", root=tmp_path, augment=True, image_size=size)
+    assert data.input_shape == (3, size, size) == tuple(data.test[0].shape[1:])
+    assert all(data.train[i][0].shape == data.input_shape for i in range(len(data.train)))
+    crop = transforms.cifar_augmentation(size).transforms[0]
+    assert (crop.size, crop.padding) in ((size, padding), ((size, size), padding))  # ours, torchvision's

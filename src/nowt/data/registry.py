@@ -150,7 +150,7 @@ def load_dataset(name: str, *, root: str | os.PathLike | None = None, download: 
     if augment and name != "cifar10":
         raise ValueError(f"--augment: nowt has no augmentation for {name!r} (only cifar10 and imagenet)")
     if augment:
-        train = TransformDataset(*train, cifar_augmentation(), num_classes)
+        train = TransformDataset(*train, cifar_augmentation(input_shape[-1]), num_classes)  # its size
     return Data(train, test, num_classes, input_shape)
 
 

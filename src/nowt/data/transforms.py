@@ -105,11 +105,14 @@ class RandomResizedCrop:
                              align_corners=False)[0]
 
 
-def cifar_augmentation() -> Transform:
-    """Random 32x32 crop of the 4-pixel zero-padded image and a horizontal flip (the usual CIFAR recipe)."""
+def cifar_augmentation(size: int = 32) -> Transform:
+    """A random `size` x `size` crop of the zero-padded image and a horizontal flip (the usual CIFAR recipe:
+    4 pixels of padding at 32 x 32). Images resized to another `size` (--image-size) are cropped to that
+    size, with the padding scaled alike (size / 8, rounded half up), so training sees what the test sees."""
+    padding = (size + 4) // 8
     if T is not None:
-        return T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()])
-    return Compose([RandomCrop(32, padding=4), RandomHorizontalFlip()])
+        return T.Compose([T.RandomCrop(size, padding=padding), T.RandomHorizontalFlip()])
+    return Compose([RandomCrop(size, padding=padding), RandomHorizontalFlip()])
 
 
 def imagenet_transform(train: bool, size: int = 224) -> Transform:
