@@ -380,3 +380,28 @@ def test_shared_position_feedback_without_sequences_is_refused():
                           seed=0, position_feedback="shared")
     tokens(torch.randn(2, 6, 3)).sum().backward()  # the first Linear's input is a sequence: accepted
     assert tokens[0].feedback.shape == (2, 3) and tokens[3].feedback.shape == (2, 24)
+
+
+@pytest.mark.parametrize("rule", ["dfa", "ifa"])
+def test_train_init_normal_fan_avg_draws_b_from_the_fan_average_normal(rule):
+    """--init normal_fan_avg promises W, b and B ~ N(0, 1/(fan_in + fan_out)): DFA's and IFA's B (drawn at the
+    first forward, after the init) too, fans as Glorot counts them for B's shape (n_out, D): D + n_out."""
+    from nowt.train import TrainConfig, build_model
+    feedback = {}
+    for init in ("default", "normal_fan_avg"):
+        model = build_model(TrainConfig(rule=rule, hidden=(400,), init=init), (100,), 10)
+        model(torch.randn(2, 100))
+        feedback[init] = model[3].feedback  # (10, 400): what the hidden layer of 400 units gets
+    std = (400 + 10) ** -0.5
+    b = feedback["normal_fan_avg"]
+    assert abs(b.std().item() / std - 1) < 0.05 and abs(b.mean().item()) < 0.1 * std
+    assert b.abs().max() > 3 * std  # normal tails: no uniform draw of this std reaches sqrt(3) std
+    assert abs(feedback["default"].std().item() / std - 1) > 0.2  # the default is another draw
+    made = {}
+    for storage in STORAGES:  # seeded redraws dense's B; shared slices its own matrix, of the same law
+        model = nowt.convert(nowt.models.mlp(100, (400,), 10), rule, seed=0, feedback_init="normal_fan_avg",
+                             storage=storage)
+        model(torch.randn(2, 100))
+        made[storage] = model[3].feedback
+        assert abs(made[storage].std().item() / std - 1) < 0.05 and made[storage].abs().max() > 3 * std
+    torch.testing.assert_close(made["seeded"], made["dense"])

@@ -216,8 +216,8 @@ def build_model(cfg: TrainConfig, input_shape: tuple[int, ...], num_classes: int
                          f"model {cfg.model} also has attention projections it would leave at their default "
                          f"({untouched[0]}.in_proj_weight): use --init default")
     options = rule_options(cfg)
-    if cfg.init == "xavier" and "feedback_init" in rule_class(cfg.rule).options:
-        options["feedback_init"] = "xavier"  # DFA's B is drawn at the first forward, after the init below
+    if cfg.init in ("xavier", "normal_fan_avg") and "feedback_init" in rule_class(cfg.rule).options:
+        options["feedback_init"] = cfg.init  # DFA's B is drawn at the first forward, after the init below
     if "init" in rule_class(cfg.rule).options:
         options["init"] = "kaiming_uniform"  # B at the scale every recipe ran at (convert's default: match)
     if kind.converts_model:

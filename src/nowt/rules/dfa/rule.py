@@ -10,7 +10,9 @@ its projection only when that input requires grad.
 
 B is uniform in `[-1, 1] * scale / sqrt(D)`, `D = prod(input.shape[1:])`, as in Nøkland's code, or with
 `feedback_init="xavier"` in `[-1, 1] * scale * sqrt(6 / (D + n_out))` (Glorot uniform, as BioTorch draws it;
-`nowt train --init xavier` selects it); where it is kept: `storage.py`. `zero_init=True` zeroes every
+`nowt train --init xavier` selects it), or with `feedback_init="normal_fan_avg"` from
+`N(0, scale^2 / (D + n_out))` (Akrout et al.'s; `nowt train --init normal_fan_avg` selects it); where it is
+kept: `storage.py`. `zero_init=True` zeroes every
 converted layer's weight and bias (Nøkland trains tanh nets from zero).
 
 `position_feedback="shared"` gives a Linear layer's input and a block's output of shape `(N, *positions, C)`
@@ -87,7 +89,7 @@ class DirectFeedbackFunction(torch.autograd.Function):
 
 class DirectFeedback(Rule):
     name = "dfa"
-    FEEDBACK_INITS = ("uniform", "xavier")
+    FEEDBACK_INITS = ("uniform", "xavier", "normal_fan_avg")
     CONV_FEEDBACKS = ("full", "kernel")
     POSITION_FEEDBACKS = ("full", "shared")
     options: ClassVar[dict[str, Option]] = declare(
@@ -98,7 +100,7 @@ class DirectFeedback(Rule):
         Option("chunk", 4096, "columns of B per chunk", gt=0, config=False),
         Option("scale", 1.0, "a factor on B's initial draw", gt=0.0, config=False),
         Option("zero_init", False, "zero every converted layer's weight and bias", config=False),
-        # nowt train sets it from --init xavier
+        # nowt train sets it from --init xavier / normal_fan_avg
         Option("feedback_init", "uniform", "B's distribution", choices=FEEDBACK_INITS, config=False),
         Option("conv_feedback", "full", "dfa: a convolution's B spans its whole input (full) or is "
                "BioTorch's n_out x in_channels x kernel, e spread over the output positions (kernel)",
@@ -266,24 +268,29 @@ class DirectFeedback(Rule):
                     shape: torch.Size) -> Projection | Broadcast | KernelProjection:
         seed = int(host_value(layer, "feedback_seed"))
         full, shape = shape, self.stored_shape(layer, shape)  # (n_out, C): broadcast over the positions
+        normal = self.feedback_init == "normal_fan_avg"
         if self.kernel_form(layer):  # fans as a convolution weight's
             taps = math.prod(layer.weight.shape[2:])
             scale = self._scale(layer.weight.shape[1] * taps, shape[0] * taps)
-            return storage.kernel(layer, seed, shape, scale, self.chunk)
+            return storage.kernel(layer, seed, shape, scale, self.chunk, normal)
         scale = self._scale(math.prod(shape[1:]), shape[0])
         project: Projection
         if self.storage == "dense":
-            project = storage.dense(layer, seed, shape, scale, self.chunk)
+            project = storage.dense(layer, seed, shape, scale, self.chunk, normal)
         elif self.storage == "shared":
-            project = storage.shared(model, self.feedback_modules(model), shape, scale, self.chunk, self.name)
+            project = storage.shared(model, self.feedback_modules(model), shape, scale, self.chunk, self.name,
+                                     normal)
         else:
-            project = storage.seeded(seed, shape, scale, self.chunk, anchor(layer))
+            project = storage.seeded(seed, shape, scale, self.chunk, anchor(layer), normal)
         return storage.Broadcast(project, full) if shape != full else project
 
     def _scale(self, fan_in: int, fan_out: int) -> float:
-        """The bound of B's uniform draw: `scale / sqrt(fan_in)`, or Glorot's with feedback_init="xavier"."""
+        """The bound of B's uniform draw: `scale / sqrt(fan_in)`, or Glorot's with feedback_init="xavier";
+        with "normal_fan_avg", the std of its normal draw, `scale / sqrt(fan_in + fan_out)`."""
         if self.feedback_init == "xavier":
             return self.scale * math.sqrt(6 / (fan_in + fan_out))
+        if self.feedback_init == "normal_fan_avg":
+            return self.scale / math.sqrt(fan_in + fan_out)
         return self.scale / math.sqrt(fan_in)
 
     def shares_positions(self, module: LayerLike, shape: torch.Size) -> bool:

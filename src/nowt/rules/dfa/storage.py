@@ -34,10 +34,13 @@ from nowt.rules.dfa.state import anchor, buffer
 STORAGES = ("dense", "shared", "seeded")
 
 
-def draw_chunk(seed: int, k: int, n_out: int, cols: int, scale: float, like: Tensor) -> Tensor:
-    """Chunk k (columns `k * chunk` onwards) of `B.flatten(1)`: U(-1, 1) * scale, in `like`'s dtype/device."""
+def draw_chunk(seed: int, k: int, n_out: int, cols: int, scale: float, like: Tensor,
+               normal: bool = False) -> Tensor:
+    """Chunk k (columns `k * chunk` onwards) of `B.flatten(1)`: U(-1, 1) * scale, or N(0, 1) * scale with
+    `normal`, in `like`'s dtype/device."""
     g = torch.Generator(like.device).manual_seed((seed + 0x9E3779B9 * k) % 2**32)
-    raw = torch.empty(n_out, cols, device=like.device).uniform_(-1.0, 1.0, generator=g)
+    raw = torch.empty(n_out, cols, device=like.device)
+    raw = raw.normal_(generator=g) if normal else raw.uniform_(-1.0, 1.0, generator=g)
     return raw.to(like.dtype).mul_(scale)
 
 
@@ -95,28 +98,32 @@ class Projection:
         return out.view(self.shape)
 
 
-def seeded(seed: int, shape: torch.Size, scale: float, chunk: int, like: Tensor) -> Projection:
-    """B redrawn from `seed` chunk by chunk whenever it is used."""
+def seeded(seed: int, shape: torch.Size, scale: float, chunk: int, like: Tensor,
+           normal: bool = False) -> Projection:
+    """B redrawn from `seed` chunk by chunk whenever it is used (`draw_chunk`: uniform, or `normal`)."""
     n_out = shape[0]
-    return Projection(shape, chunk, lambda k, j0, j1: draw_chunk(seed, k, n_out, j1 - j0, scale, like),
+    # `normal` passed by position: tests wrap draw_chunk in a positional-only stand-in
+    return Projection(shape, chunk,
+                      lambda k, j0, j1: draw_chunk(seed, k, n_out, j1 - j0, scale, like, normal),
                       drawn=like.device.type == "cpu")  # a GPU's draws are queued kernels: no threads
 
 
-def dense(layer: LayerLike, seed: int, shape: torch.Size, scale: float, chunk: int) -> Projection:
+def dense(layer: LayerLike, seed: int, shape: torch.Size, scale: float, chunk: int,
+          normal: bool = False) -> Projection:
     """The layer's (or block's) `feedback` buffer, drawn (as `seeded` would draw it) at the first forward."""
     w = anchor(layer)
     feedback = buffer(layer, "feedback")
     if feedback is None:
-        feedback = seeded(seed, shape, scale, chunk, w).matrix(w)
+        feedback = seeded(seed, shape, scale, chunk, w, normal).matrix(w)
         layer.register_buffer("feedback", feedback)
     b = feedback.flatten(1)
     return Projection(shape, chunk, lambda k, j0, j1: b[:, j0:j1])
 
 
 def shared(model: nn.Module, layers: Sequence[LayerLike], shape: torch.Size, scale: float, chunk: int,
-           name: str) -> Projection:
+           name: str, normal: bool = False) -> Projection:
     """A slice of the model's one shared matrix, created at the first forward as wide as the widest input
-    of `layers` (in order; the first one's seed draws it)."""
+    of `layers` (in order; the first one's seed draws it: U(-1, 1), or N(0, 1) with `normal`)."""
     matrix = buffer(model, "dfa_feedback")
     if matrix is None:
         shapes = [buffer(m, "feedback_shape") for m in layers]
@@ -124,7 +131,7 @@ def shared(model: nn.Module, layers: Sequence[LayerLike], shape: torch.Size, sca
         first = layers[0]
         seed = buffer(first, "feedback_seed")
         assert seed is not None  # registered by `setup` (a layer) or `find_blocks` (a block)
-        raw = seeded(int(seed), torch.Size((shape[0], width)), 1.0, chunk, anchor(first))
+        raw = seeded(int(seed), torch.Size((shape[0], width)), 1.0, chunk, anchor(first), normal)
         matrix = raw.matrix(anchor(first))
         model.register_buffer("dfa_feedback", matrix)
     cols = math.prod(shape[1:])
@@ -265,7 +272,8 @@ class KernelProjection:
         return self.feedback
 
 
-def kernel(layer: RuleLayer, seed: int, shape: torch.Size, scale: float, chunk: int) -> KernelProjection:
+def kernel(layer: RuleLayer, seed: int, shape: torch.Size, scale: float, chunk: int,
+           normal: bool = False) -> KernelProjection:
     """The layer's `n_out x in_channels x kernel` `feedback` buffer, drawn as `seeded` draws, at the first
     forward; `shape` is `(n_out, *input.shape[1:])`."""
     w, op = layer.weight, layer.op
@@ -273,7 +281,7 @@ def kernel(layer: RuleLayer, seed: int, shape: torch.Size, scale: float, chunk: 
     feedback = buffer(layer, "feedback")
     if feedback is None:
         kernel_shape = torch.Size((shape[0], w.shape[1], *w.shape[2:]))
-        feedback = seeded(seed, kernel_shape, scale, chunk, w).matrix(w)
+        feedback = seeded(seed, kernel_shape, scale, chunk, w, normal).matrix(w)
         layer.register_buffer("feedback", feedback)
     return KernelProjection(feedback, op, shape)
 
