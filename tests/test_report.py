@@ -136,11 +136,12 @@ def test_seed_groups_of_one_rule_are_told_apart_and_an_undefined_angle_is_a_dash
     for name, (dataset, blocks) in recipes.items():
         write_run(tmp_path / name, "dfa", [50.0 + int(name[1])], angles=False)  # dfa: no output angle
         (tmp_path / name / "config.json").write_text(json.dumps(
-            {"rule": "dfa", "seed": int(name[1]), "dataset": dataset, "blocks": blocks}))
+            {"rule": "dfa", "seed": int(name[1]), "dataset": dataset, "blocks": blocks, "epochs": 1}))
     write_run(tmp_path / "bp0", "bp", [90.0])
     write_run(tmp_path / "bp1", "bp", [92.0])
     for seed in (0, 1):
-        (tmp_path / f"bp{seed}" / "config.json").write_text(json.dumps({"rule": "bp", "seed": seed}))
+        config = {"rule": "bp", "seed": seed, "epochs": 1}
+        (tmp_path / f"bp{seed}" / "config.json").write_text(json.dumps(config))
     table = seed_summary_table([load_run(tmp_path / n) for n in [*recipes, "bp0", "bp1"]])
     assert '| dfa (blocks=[], dataset=mnist) | 2 | 50.50 ± 0.71 | 50.50 ± 0.71 | – |' in table
     assert '| dfa (blocks=["blocks.*"], dataset=mnist) | 2 |' in table
@@ -337,3 +338,17 @@ def test_seeds_stopped_by_their_patience_count_in_the_mean_and_killed_ones_do_no
     (tmp_path / "row/seed3/diverged.json").write_text('{"epoch": 2, "message": "the run diverged: ..."}')
     runs[3] = load_run(tmp_path / "row/seed3", "row/seed3")
     assert "| row | 3 of 4 (seed 3 diverged in epoch 2) |" in seed_summary_table(runs)
+
+
+def test_a_mean_over_seeds_that_all_stopped_early_says_they_are_unfinished(tmp_path):
+    """Three seeds of a 10-epoch run, all killed at epoch 2, made a clean "3" whose "final" accuracy was
+    epoch 2's."""
+    from nowt.report import seed_summary_table
+
+    for seed in range(3):
+        _seed_run(tmp_path / f"s{seed}", seed, [40.0 + seed, 50.0 + seed], epochs=10)
+    table = seed_summary_table([load_run(tmp_path / f"s{s}") for s in range(3)])
+    assert "| fa | 3 of 3 (unfinished: epoch 2 of 10) | 51.00 ± 1.00 |" in table
+    for seed in range(3):  # ended: a plain count
+        _seed_run(tmp_path / f"e{seed}", seed, [40.0 + seed, 50.0 + seed], epochs=2)
+    assert "| fa | 3 | 51.00 ± 1.00 |" in seed_summary_table([load_run(tmp_path / f"e{s}") for s in range(3)])

@@ -318,13 +318,18 @@ def seed_summary_table(runs: list[Run]) -> str:
     """Mean ± std over seeds of the runs whose configurations differ in their seed alone (one row per such
     group, named by its rule, or a run of its own by its name); "" when no two runs are seeds of one
     configuration. Only runs at the group's furthest epoch count, each seed once (see `counted`): the seeds
-    cell names the others, e.g. "2 of 3 (seed 2 stopped at epoch 1 of 2)"."""
+    cell names the others, e.g. "2 of 3 (seed 2 stopped at epoch 1 of 2)", and says when the counted runs
+    had not ended ("3 of 3 (unfinished: epoch 2 of 10)")."""
     groups = seed_groups(runs)
     if all(len(g) < 2 for g in groups):
         return ""
     rows = []
     for group, label in zip(groups, group_labels(groups), strict=True):
         kept, left_out = counted(group)
+        # runs at the furthest epoch count (a comparison at one epoch), but a mean of killed runs says so
+        unfinished = sorted({f"epoch {r.history[-1]['epoch']} of {_settings(r).get('epochs', '?')}"
+                             for r in kept if not r.ended()})
+        left_out += [f"unfinished: {', '.join(unfinished)}"] if unfinished else []
         seeds = f"{len(kept)} of {len(group)} ({'; '.join(left_out)})" if left_out else len(kept)
         s = [run.summary() for run in kept]
         rows.append([label, seeds, *(format_mean_std(x[k] for x in s) for k in
