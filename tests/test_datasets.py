@@ -5,6 +5,7 @@ import hashlib
 import io
 import os
 import pickle
+import shutil
 import tarfile
 
 import numpy as np
@@ -210,7 +211,11 @@ def test_image_folders_with_other_classes_in_val_are_refused(tmp_path, val, name
     (tmp_path / "val" / ("b" if "missing" in named else "c")).mkdir(exist_ok=True)
     if "extra" in named:
         (tmp_path / "train" / "c").mkdir()
-    data = load_dataset("imagenet", root=tmp_path)  # an empty class folder is enough to agree
+    with pytest.raises(FileNotFoundError, match="no readable image in the class folder"):
+        load_dataset("imagenet", root=tmp_path)  # an empty class folder agrees, but teaches nothing
+    for split in ("train", "val"):
+        shutil.copy(tmp_path / split / "a" / "x.png", tmp_path / split / ("b" if "missing" in named else "c"))
+    data = load_dataset("imagenet", root=tmp_path)
     assert data.num_classes == 3 and data.test.classes == data.train.classes == ["a", "b", "c"]
 
 
@@ -280,3 +285,41 @@ def test_cifar_augmentation_crops_to_the_resized_size(tmp_path, monkeypatch, tor
     assert all(data.train[i][0].shape == data.input_shape for i in range(len(data.train)))
     crop = transforms.cifar_augmentation(size).transforms[0]
     assert (crop.size, crop.padding) in ((size, padding), ((size, size), padding))  # ours, torchvision's
+
+
+def test_image_folder_follows_symlinks_refuses_empty_classes_and_has_hidden_classes_as_torchvision(tmp_path):
+    """torchvision's ImageFolder walks symlinked folders (os.walk followlinks), lists a folder's own files
+    before its subfolders', refuses a class without images and makes every folder, hidden ones too, a
+    class. Ours used to drop images behind symlinked folders and keep an empty class (or a hidden folder)
+    silently."""
+    from PIL import Image
+
+    def image(path, red):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (4, 4), (red, 0, 0)).save(path)
+
+    root = tmp_path / "train"
+    image(root / "a" / "z.png", 1)
+    image(root / "a" / "sub" / "y.png", 2)
+    image(tmp_path / "elsewhere" / "x.png", 3)
+    image(tmp_path / "elsewhere" / "w.PNG", 4)
+    (root / "a" / "linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (root / "b").symlink_to(tmp_path / "elsewhere", target_is_directory=True)  # a symlinked class folder
+    (root / "c").mkdir()
+    (root / "c" / "notes.txt").write_text("no image")
+    with pytest.raises(FileNotFoundError, match=r"no readable image in the class folder\(s\) c; "):
+        ImageFolder(root)
+    image(root / "c" / "v.png", 5)
+    (root / ".ipynb_checkpoints").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"\(s\) .ipynb_checkpoints \(a hidden folder is a class"):
+        ImageFolder(root)
+    image(root / ".ipynb_checkpoints" / "u.png", 6)
+    folder = ImageFolder(root)
+    assert folder.classes == [".ipynb_checkpoints", "a", "b", "c"]
+    assert [(str(p.relative_to(root)), y) for p, y in folder.samples] == [
+        (".ipynb_checkpoints/u.png", 0), ("a/z.png", 1), ("a/linked/w.PNG", 1), ("a/linked/x.png", 1),
+        ("a/sub/y.png", 1), ("b/w.PNG", 2), ("b/x.png", 2), ("c/v.png", 3)]
+    assert [round(float(folder[i][0][0, 0, 0]) * 255) for i in range(len(folder))] == [6, 1, 4, 3, 2, 4, 3, 5]
+    (root / "a" / "sub" / "loop").symlink_to(root / "a", target_is_directory=True)
+    with pytest.raises(ValueError, match=r"a/sub/loop links back to .*a, a folder it is in"):
+        ImageFolder(root)

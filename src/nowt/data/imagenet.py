@@ -1,9 +1,11 @@
 """ImageNet (or any dataset) in the usual folder layout: ROOT/{train,val}/CLASS/IMAGE.
 
 A reader of our own that decodes with Pillow (a matplotlib dependency, so present wherever nowt is), with
-the same labels and pixels as torchvision's ImageFolder. The folders are checked up front: train/ and val/
-must hold the same class folders (else a label would mean another class in val), and every file must open
-as an image (one that does not, e.g. an empty or truncated download, is skipped, counted and reported).
+the same labels and pixels as torchvision's ImageFolder: every folder of the root is a class (hidden ones
+too), its images are found through symlinked folders, in torchvision's order. The folders are checked up
+front: train/ and val/ must hold the same class folders (else a label would mean another class in val),
+every class must have an image (as torchvision requires), and every file must open as an image (one that
+does not, e.g. an empty or truncated download, is skipped, counted and reported).
 """
 
 from __future__ import annotations
@@ -61,8 +63,7 @@ class ImageFolder(Dataset):
         self.classes = sorted(d.name for d in self.root.iterdir() if d.is_dir())
         if classes is not None and sorted(classes) != self.classes:
             raise ValueError(class_mismatch(classes, self.classes, self.root))
-        samples = [(p, i) for i, c in enumerate(self.classes) for p in sorted((self.root / c).rglob("*"))
-                   if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()]
+        samples = [(p, i) for i, c in enumerate(self.classes) for p in image_files(self.root / c)]
         self.skipped: list[tuple[Path, str]] = []
         if check and samples:
             with ThreadPoolExecutor(min(32, 4 * (os.cpu_count() or 1))) as pool:
@@ -76,6 +77,12 @@ class ImageFolder(Dataset):
         if not self.samples:
             unreadable = f" (only {len(self.skipped)} unreadable file(s): {shown})" if self.skipped else ""
             raise FileNotFoundError(f"no images in {self.root}{unreadable}. {_HELP}")
+        empty = sorted(set(self.classes) - {self.classes[i] for _, i in self.samples})
+        if empty:  # torchvision refuses it too: a class no example can teach
+            hidden = (" (a hidden folder is a class too, as in torchvision's ImageFolder: remove it)"
+                      if any(c.startswith(".") for c in empty) else "")
+            raise FileNotFoundError(f"image folder {self.root}: no readable image in the class folder(s) "
+                                    f"{', '.join(empty)}{hidden}; give every class images, or remove it")
         if self.skipped:
             warnings.warn(f"image folder {self.root}: skipped {len(self.skipped)} unreadable file(s) of "
                           f"{len(self.samples) + len(self.skipped)}: {shown}", UnreadableImagesWarning,
@@ -96,6 +103,27 @@ class ImageFolder(Dataset):
                              f"remove or replace the file") from e
         x = torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
         return (self.transform(x) if self.transform else x), label
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The files under `folder` with an image extension, in torchvision's ImageFolder order: through
+    symlinked folders too (os.walk's followlinks), folder by folder in sorted order, each one's files
+    sorted. A folder that cannot be read, or a symlink back into its own ancestors, is an error."""
+    def unreadable(e: OSError) -> None:
+        raise OSError(f"cannot read the folder {e.filename} ({e.strerror}) in image folder {folder}")
+
+    lineage = {str(folder): {os.path.realpath(folder)}}  # each folder's own and its ancestors' real paths
+    walked = []
+    for root, dirs, files in os.walk(folder, onerror=unreadable, followlinks=True):
+        for d in dirs:
+            real = os.path.realpath(os.path.join(root, d))
+            if real in lineage[root]:
+                raise ValueError(f"{os.path.join(root, d)} links back to {real}, a folder it is in: the "
+                                 f"image folder would repeat forever; remove the link")
+            lineage[os.path.join(root, d)] = lineage[root] | {real}
+        walked.append((root, files))
+    return [Path(root, f) for root, files in sorted(walked) for f in sorted(files)
+            if f.lower().endswith(IMAGE_EXTENSIONS)]
 
 
 def class_mismatch(expected: list[str], found: list[str], root: Path) -> str:
