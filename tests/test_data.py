@@ -128,3 +128,19 @@ def test_fashion_mnist_debian():
     images, labels = load_fashion_mnist("test")
     assert images.shape == (10000, 1, 28, 28) and images.dtype == torch.float32
     assert torch.bincount(labels, minlength=10).tolist() == [1000] * 10
+
+
+def test_a_raw_and_a_gz_file_that_differ_are_refused_naming_both(tmp_path):
+    """The raw file used to win over the .gz, per file: after --download fetched (and checked) the .gz, an
+    old raw file beside it was read instead, and images and labels could come from different sources."""
+    write_mnist_dir(tmp_path, n=5)
+    write_mnist_dir(tmp_path, n=5, gz=True)  # the same data in both forms (torchvision's raw/ folder)
+    assert load_mnist("test", root=tmp_path)[1].tolist() == [0, 1, 2, 3, 4]
+    labels = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    labels.write_bytes(gzip.compress(idx_bytes(torch.tensor([4, 3, 2, 1, 0]))))
+    with pytest.raises(ValueError, match=rf"{tmp_path / 't10k-labels-idx1-ubyte'} and {labels} hold "
+                                         r"different data; remove the one"):
+        load_mnist("test", root=tmp_path)
+    (tmp_path / "t10k-labels-idx1-ubyte").unlink()
+    assert load_mnist("test", root=tmp_path)[1].tolist() == [4, 3, 2, 1, 0]
+    assert len(load_fashion_mnist("train", root=tmp_path)[1]) == 5  # the other split: still both agree

@@ -80,16 +80,24 @@ def _embedded_mnist(split: str) -> tuple[torch.Tensor, torch.Tensor]:
 def _read_dir(
     root: str | os.PathLike[str], split: str, dataset: str, help_text: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each IDX file raw or gzipped; where both forms are there (torchvision's raw/ folder has both), they
+    must hold the same data: images and labels could otherwise come from different sources."""
     root = Path(root)
     tensors = []
     for name in _check_split(split):
         candidates = [root / name, root / f"{name}.gz"]
-        path = next((p for p in candidates if p.is_file()), None)
-        if path is None:
+        found = [(p, read_idx(p)) for p in candidates if p.is_file()]
+        if not found:
             raise FileNotFoundError(
                 f"{dataset} file {name} not found: looked for {', '.join(map(str, candidates))}. {help_text}"
             )
-        tensors.append(read_idx(path))
+        if len(found) == 2 and not (found[0][1].shape == found[1][1].shape
+                                    and torch.equal(found[0][1], found[1][1])):
+            raise ValueError(
+                f"{dataset}: {found[0][0]} and {found[1][0]} hold different data; remove the one that is "
+                f"not the file you mean (--download fetches and checks the .gz)"
+            )
+        tensors.append(found[0][1])
     return _to_pair(tensors[0], tensors[1], f"{dataset} in {root}")
 
 
@@ -99,7 +107,8 @@ def load_mnist(
     """Return MNIST ``(images, labels)``: float32 ``[N,1,28,28]`` in [0,1] and int64 ``[N]``.
 
     ``root=None`` uses the checksum-verified copy shipped in ``nowt/data/mnist`` (cached per process);
-    otherwise the four standard IDX files (raw or ``.gz``) are read from ``root``.
+    otherwise the four standard IDX files (raw or ``.gz``; both forms of a file must agree) are read from
+    ``root``.
     """
     _check_split(split)
     if root is None:
