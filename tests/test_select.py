@@ -3,6 +3,7 @@ training set, never on the test set."""
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -103,3 +104,43 @@ def test_on_a_text_corpus_the_grid_scores_bits_per_character_on_its_validation_p
     assert json.loads((out / "fa" / "config.json").read_text())["lr"] == best
     assert main(argv[:-2] + ["--holdout", "10", "--out", str(tmp_path / "x")]) == 2
     assert "a text corpus has a validation part of its own" in capsys.readouterr().err
+
+
+def test_held_out_examples_are_scored_without_augmentation_for_every_dataset_kind(tmp_path):
+    """--lr-grid with --augment: an image folder's held-out images were randomly cropped and flipped, unlike
+    the test set's; augmented CIFAR-10, and an image folder under --train-size (a Subset), crashed reading
+    `.samples`."""
+    from PIL import Image
+    from test_datasets import write_cifar
+    from torch.utils.data import Subset
+
+    from nowt.data import load_dataset, load_image_folder
+    from nowt.data.registry import balanced_sample
+    from nowt.train.select import HOLDOUT_SEED
+
+    write_cifar(tmp_path / "cifar", n=8)
+    data = load_dataset("cifar10", root=tmp_path / "cifar", augment=True)
+    fit_part, (x, y) = holdout(data.train, 10)
+    held = balanced_sample(data.train.y, 10, seed=HOLDOUT_SEED)
+    assert torch.equal(x, data.train.x[held]) and torch.equal(y, data.train.y[held])  # no crop, no flip
+    assert isinstance(fit_part, Subset) and fit_part.dataset is data.train and len(fit_part) == 30
+    assert not set(fit_part.indices) & set(held.tolist())
+
+    rng = np.random.default_rng(0)
+    for split, per_class in (("train", 4), ("val", 1)):
+        for c in "abc":
+            (tmp_path / "folder" / split / c).mkdir(parents=True)
+            for i in range(per_class):
+                pixels = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(tmp_path / "folder" / split / c / f"{i}.png")
+    plain = load_image_folder(tmp_path / "folder", "train", augment=False)
+    for train_size in (None, 9):
+        data = load_dataset("imagenet", root=tmp_path / "folder", augment=True, train_size=train_size)
+        fit_part, held_out = holdout(data.train, 3)
+        base = data.train if train_size is None else data.train.dataset
+        assert fit_part.dataset is base and held_out.dataset.samples is base.samples
+        assert len(fit_part) == (9 if train_size is None else 6)
+        assert sorted(y for _, y in (base.samples[i] for i in held_out.indices)) == [0, 1, 2]
+        for k, i in enumerate(held_out.indices):
+            x, label = held_out[k]
+            assert torch.equal(x, held_out[k][0]) and torch.equal(x, plain[i][0]) and label == plain[i][1]

@@ -53,11 +53,14 @@ class ImageFolder(Dataset):
 
     `check`: open every file's header once, skipping (with an `UnreadableImagesWarning` that counts them)
     those that are not images. `classes`: the class names the labels must follow (train's, for val): a
-    folder with other class folders is refused with the difference named."""
+    folder with other class folders is refused with the difference named. `eval_transform`: the transform
+    of these images when they are scored rather than trained on (examples held out for `--lr-grid`: no
+    augmentation); default `transform`, which then draws nothing at random."""
 
     def __init__(self, root: str | os.PathLike, transform: Transform | None = None, *, check: bool = True,
-                 classes: list[str] | None = None):
+                 classes: list[str] | None = None, eval_transform: Transform | None = None):
         self.root, self.transform = Path(root), transform
+        self.eval_transform = transform if eval_transform is None else eval_transform
         if not self.root.is_dir():
             raise FileNotFoundError(f"image folder {self.root} not found. {_HELP}")
         self.classes = sorted(d.name for d in self.root.iterdir() if d.is_dir())
@@ -142,7 +145,8 @@ def load_image_folder(root: str | os.PathLike, split: str, *, augment: bool = Tr
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     transform = imagenet_transform(train=augment and split == "train", size=size)
-    return ImageFolder(Path(root) / split, transform, classes=classes, check=check)
+    return ImageFolder(Path(root) / split, transform, classes=classes, check=check,
+                       eval_transform=imagenet_transform(train=False, size=size))
 
 
 def load_image_folders(root: str | os.PathLike, *, augment: bool = True,

@@ -3,7 +3,9 @@ folders and augmented data, a `torch.utils.data.Dataset` for a DataLoader."""
 
 from __future__ import annotations
 
+import copy
 import os
+from collections.abc import Sized
 from dataclasses import dataclass
 from typing import cast
 
@@ -78,11 +80,52 @@ def balanced_sample(labels: Tensor, n: int, seed: int = 0) -> Tensor:
     return picked.sort().values
 
 
+def flat_subset(data: Dataset) -> tuple[Dataset, list[int]]:
+    """(the Dataset under any Subsets of `data`, the indices into it of `data`'s examples, in order)."""
+    if isinstance(data, Subset):
+        base, index = flat_subset(data.dataset)
+        return base, [index[i] for i in data.indices]
+    return data, list(range(len(cast(Sized, data))))
+
+
+def dataset_labels(data: TensorPair | Dataset) -> Tensor:
+    """The label of every example, read without loading any image: of tensors, and of every Dataset kind
+    `load_dataset` makes (an image folder, augmented tensors, a Subset of either), or one with `targets`."""
+    if isinstance(data, tuple):
+        return data[1]
+    base, index = flat_subset(data)
+    if isinstance(base, ImageFolder):
+        labels = torch.as_tensor([y for _, y in base.samples], dtype=torch.long)
+    elif isinstance(base, TransformDataset):
+        labels = base.y
+    elif hasattr(base, "targets"):  # torchvision's datasets
+        labels = torch.as_tensor(base.targets)
+    else:
+        raise TypeError(f"cannot read the labels of a {type(base).__name__} without loading every example: "
+                        f"give it a `targets` attribute (one label per example)")
+    return labels if base is data else labels[index]
+
+
+def unaugmented(data: TensorPair | Dataset) -> TensorPair | Dataset:
+    """`data`'s examples as they are scored (as the test set is): without training augmentation (augmented
+    tensors become the tensors; an image folder takes its `eval_transform`), in the same order."""
+    if isinstance(data, tuple):
+        return data
+    base, index = flat_subset(data)
+    if isinstance(base, TransformDataset):
+        rows = torch.as_tensor(index, dtype=torch.long)
+        return base.x[rows], base.y[rows]
+    if not isinstance(base, ImageFolder):
+        raise TypeError(f"cannot tell how a {type(base).__name__} is scored without its augmentation")
+    plain = copy.copy(base)
+    plain.transform = base.eval_transform
+    return plain if base is data else Subset(plain, index)
+
+
 def train_subset(train: TensorPair | Dataset, n: int) -> TensorPair | Dataset:
     """`--train-size n`: a class-balanced random sample of `n` training examples (`balanced_sample`, seed 0:
     the same examples for every run and seed), in their order in the dataset."""
-    labels = train[1] if isinstance(train, tuple) else torch.as_tensor(
-        [y for _, y in cast(ImageFolder, train).samples])  # the one Dataset `load_dataset` makes
+    labels = dataset_labels(train)
     if n >= len(labels):
         return train
     keep = balanced_sample(labels, n)
