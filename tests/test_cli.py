@@ -186,6 +186,28 @@ def test_bad_flags_are_one_line_errors(tmp_path, capsys):
     _one_line_error(capsys, ["reproduce", "tiny", "--device", "foo"], "unknown device 'foo'")
 
 
+def test_flags_given_at_their_default_are_held_to_the_pairwise_checks(capsys):
+    """A flag given is a request even at its default value: --momentum 0.9 with adam, --adam-betas with sgd,
+    --mirror-anneal 2 beside --mirror-lr and --mirror-noise-std where it cancels were accepted and ignored."""
+    from nowt.cli import build_parser, config_from_args
+
+    for argv, *expected in [
+        (["--optimizer", "adam", "--momentum", "0.9"], "--momentum applies to sgd and rmsprop, not --optim"),
+        (["--optimizer", "adamw", "--momentum", "0.9"], "--momentum applies to sgd and rmsprop"),
+        (["--adam-betas", "0.9,0.999"], "--adam-betas applies to Adam and AdamW only, not --optimizer sgd"),
+        (["--optimizer", "rmsprop", "--adam-eps", "1e-8"], "--adam-eps applies to Adam and AdamW only"),
+        (["--rule", "wm", "--mirror-lr", "0.01", "--mirror-anneal", "2"],
+         "--mirror-anneal has no effect: it shapes the automatic mirror step, and with mirror_lr (0.01)"),
+        (["--rule", "wm", "--mirror-noise-std", "1"], "--mirror-noise-std has no effect: ", "s cancels"),
+    ]:
+        _one_line_error(capsys, ["train", "--dataset", "synthetic", "--epochs", "1", *argv], *expected)
+    parser = build_parser()
+    for argv in (["--optimizer", "adam", "--adam-betas", "0.9,0.999"], ["--momentum", "0.9"],
+                 ["--rule", "wm", "--mirror-anneal", "2"],
+                 ["--rule", "wm", "--mirror-noise-std", "1", "--mirror-activation", "sigmoid"]):
+        config_from_args(parser.parse_args(["train", *argv]))  # where they apply, accepted
+
+
 def test_debug_flag_and_env_show_the_traceback(monkeypatch):
     with pytest.raises(ValueError, match="must be >= 1"):
         main(["train", "--train-size", "0", "--debug"])

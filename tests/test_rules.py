@@ -324,3 +324,25 @@ def test_brsf_cpu_magnitudes_are_the_randint_draws_of_their_seed_and_counter(ini
         # kaiming_uniform's: 1 / sqrt(fan_in); match's: sqrt(3) std(W) at conversion
         bound = 1 / w.shape[1] ** 0.5 if init == "kaiming_uniform" else 3**0.5 * layer.feedback_std
         torch.testing.assert_close(got, (levels + 32768.5) * (bound / 65536), rtol=0, atol=0)
+
+
+def test_mirror_noise_std_is_refused_where_the_normalised_linear_mirror_cancels_it():
+    """Under the default linear response and normalised estimate, y x^T / (s^2 n) with y = W x divides s^2
+    out: a noise std changes nothing, so setting one is refused (it was accepted and ignored). With a
+    nonlinear response or the raw sum it is taken, and the paper's recipe (OFFICIAL_MIRROR) is such."""
+    from nowt.reproduce.akrout2019 import OFFICIAL_MIRROR
+
+    x = torch.randn(4, 5, dtype=torch.double)
+    mirrored = []
+    for s in (0.1, 3.0):  # what it would do: nothing, rounding aside
+        torch.manual_seed(0)
+        model = nowt.convert(tiny_mlp(), "wm", seed=0)
+        model(x)
+        nowt.mirror(model, 3, noise_std=s, generator=torch.Generator().manual_seed(0))
+        mirrored.append([layer.feedback.clone() for layer in nowt.feedback_layers(model).values()])
+    for a, b in zip(*mirrored, strict=True):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match=r"mirror_noise_std \(0.1\) has no effect: .*s cancels"):
+        nowt.convert(tiny_mlp(), "wm", mirror_noise_std=0.1)
+    for taken in (dict(mirror_activation="sigmoid"), dict(mirror_normalize=False), OFFICIAL_MIRROR):
+        nowt.convert(tiny_mlp(), "wm", **{"mirror_noise_std": 0.1, **taken})

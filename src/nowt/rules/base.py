@@ -203,11 +203,24 @@ class Rule:
         """{option name: default}."""
         return {name: option.default for name, option in cls.options.items()}
 
+    @classmethod
+    def idle_options(cls, values: Mapping[str, Any]) -> dict[str, str]:
+        """{option: why it has no effect} for the options that the others' `values` (every option's, by
+        name) leave without effect. `validate` refuses one set to other than its default; `nowt train`
+        refuses one given as a flag even at its default (`check_flags_apply`). None by default."""
+        return {}
+
     def validate(self) -> None:
-        """Checks option values, each against its declaration (`check_option`); raises ValueError on a bad
-        one. A rule overrides it (calling this first) for what one option's declaration cannot say."""
+        """Checks option values, each against its declaration (`check_option`), and refuses an idle option
+        (`idle_options`) set to other than its default; raises ValueError on a bad one. A rule overrides it
+        (calling this first) for what one option's declaration cannot say."""
         for key, option in self.options.items():
             check_option(option, getattr(self, key))
+        values = {key: getattr(self, key) for key in self.options}
+        for key, why in self.idle_options(values).items():
+            if values[key] != self.options[key].default:  # a default is no request
+                shown = format(values[key], "g") if isinstance(values[key], float) else repr(values[key])
+                raise ValueError(f"{key} ({shown}) has no effect: {why}")
 
     def setup(self, layer: RuleLayer, generator: torch.Generator) -> None:
         """Creates the layer's feedback state (called once, by `nowt.convert`)."""

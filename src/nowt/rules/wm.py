@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -75,7 +75,8 @@ class WeightMirror(RandomFeedbackRule):
         Option("mirror_decay", None, "decay of B per mirror step; default: the step (a moving average); "
                "0: accumulate", kind=float | None, min=0.0, lt=1.0),
         Option("mirror_noise", "normal", "distribution of the mirror's noise", choices=NOISES),
-        Option("mirror_noise_std", 1.0, "standard deviation of the mirror's noise", gt=0.0),
+        Option("mirror_noise_std", 1.0, "standard deviation of the mirror's noise; only with a mirror "
+               "activation or no normalisation (the default's estimate divides it out)", gt=0.0),
         Option("mirror_activation", "none", "the mirror's response: W x (none) or act(W x + b)",
                choices=tuple(ACTIVATIONS)),
         Option("mirror_normalize", True, "the mirror's estimate is y x^T / (s^2 n), an estimate of W; "
@@ -94,11 +95,20 @@ class WeightMirror(RandomFeedbackRule):
     mirror_activation: str
     mirror_normalize: bool
 
-    def validate(self) -> None:
-        super().validate()
-        if self.mirror_lr is not None and self.mirror_anneal != MIRROR_ANNEAL:  # it would be ignored
-            raise ValueError(f"mirror_anneal ({self.mirror_anneal:g}) shapes the automatic mirror step; with "
-                             f"mirror_lr ({self.mirror_lr:g}) the step is fixed: set one of them")
+    @classmethod
+    def idle_options(cls, values: Mapping[str, Any]) -> dict[str, str]:
+        """mirror_anneal beside a fixed mirror_lr; mirror_noise_std where the normalised linear response
+        divides it out."""
+        idle = {}
+        if values["mirror_lr"] is not None:
+            idle["mirror_anneal"] = (f"it shapes the automatic mirror step, and with mirror_lr "
+                                     f"({values['mirror_lr']:g}) the step is fixed: set one of them")
+        if values["mirror_activation"] == "none" and values["mirror_normalize"]:
+            idle["mirror_noise_std"] = (
+                "the mirror's response W x is linear in the noise x of std s, and the normalised estimate "
+                "y x^T / (s^2 n) divides s^2 out again, so s cancels; it matters only with a "
+                "mirror_activation other than none or with mirror_normalize off (the paper's recipe)")
+        return idle
 
     def setup(self, layer, generator: torch.Generator) -> None:
         super().setup(layer, generator)

@@ -9,7 +9,7 @@ keys, and how the rule options' fields are made from the rules' own declarations
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_args, get_type_hints
@@ -176,17 +176,8 @@ class TrainConfig(metaclass=RuleOptionFields):
                 self.optimizer = own
             if is_default(FIELDS["lr_schedule"], self.lr_schedule):
                 self.lr_schedule = "constant"
-        adam = self.optimizer in ("adam", "adamw") or own == "adam"
-        changed = [flag_name(FIELDS[n]) for n in ("adam_betas", "adam_eps")
-                   if not is_default(FIELDS[n], getattr(self, n))]
-        if changed and not adam:
-            raise ValueError(f"{' and '.join(changed)} {'apply' if len(changed) > 1 else 'applies'} to Adam "
-                             f"and AdamW only, not --optimizer {self.optimizer}")
-        # (target propagation refuses it with its own reason: `check_whole_network_fields`)
-        if self.optimizer in ("adam", "adamw") and own is None and not is_default(FIELDS["momentum"],
-                                                                                  self.momentum):
-            raise ValueError(f"--momentum applies to sgd and rmsprop, not --optimizer {self.optimizer} "
-                             f"(its first moment is --adam-betas' B1)")
+        check_optimizer_fields(self, [n for n in OPTIMIZER_FIELDS
+                                      if not is_default(FIELDS[n], getattr(self, n))])
         check_device(self.device)
         if self.out_dir is not None:
             check_out_dir(self.out_dir)
@@ -214,6 +205,27 @@ class TrainConfig(metaclass=RuleOptionFields):
         skip = self._not_identity() | (set() if self.schedule_spans_epochs() else {"epochs"})
         return sorted(k for k in set(earlier) | set(ours) if k not in skip
                       and earlier.get(k, defaults.get(k)) != ours.get(k, defaults.get(k)))
+
+
+#: The fields only some optimizers read (`check_optimizer_fields`).
+OPTIMIZER_FIELDS = ("adam_betas", "adam_eps", "momentum")
+
+
+def check_optimizer_fields(cfg: TrainConfig, names: Iterable[str]) -> None:
+    """Refuses those of the fields `names` (those set: other than the default, or given as flags even at
+    it) that `cfg`'s optimizer does not read: --adam-betas and --adam-eps without Adam or AdamW, --momentum
+    with them."""
+    names = frozenset(names)
+    own = learner_kind(cfg.rule).own_optimizer if cfg.rule in list_rules() else None
+    adam = cfg.optimizer in ("adam", "adamw") or own == "adam"
+    changed = [flag_name(FIELDS[n]) for n in ("adam_betas", "adam_eps") if n in names]
+    if changed and not adam:
+        raise ValueError(f"{' and '.join(changed)} {'apply' if len(changed) > 1 else 'applies'} to Adam "
+                         f"and AdamW only, not --optimizer {cfg.optimizer}")
+    # (target propagation refuses it with its own reason: `check_whole_network_fields`)
+    if cfg.optimizer in ("adam", "adamw") and own is None and "momentum" in names:
+        raise ValueError(f"--momentum applies to sgd and rmsprop, not --optimizer {cfg.optimizer} "
+                         f"(its first moment is --adam-betas' B1)")
 
 
 def not_identity(rule: str) -> set[str]:
@@ -248,9 +260,9 @@ def saved_defaults() -> dict[str, Any]:
 #: the registry).
 FIELDS: Mapping[str, Any] = FieldsByName(TrainConfig)
 _COUNT = {2: "two", 3: "three"}
-__all__ = ["FIELDS", "NOT_IDENTITY", "TrainConfig", "check_device", "check_out_dir", "check_value",
-           "choices_of", "flag_name", "is_default", "not_identity", "parse_list", "read_saved_config",
-           "saved_defaults"]
+__all__ = ["FIELDS", "NOT_IDENTITY", "TrainConfig", "check_device", "check_optimizer_fields", "check_out_dir",
+           "check_value", "choices_of", "flag_name", "is_default", "not_identity", "parse_list",
+           "read_saved_config", "saved_defaults"]
 
 
 def check_device(device: str) -> torch.device:

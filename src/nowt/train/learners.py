@@ -22,7 +22,7 @@ from nowt.layers import feedback_rules
 from nowt.metrics import backprop_mode
 from nowt.optim import HalveOnPlateau, make_optimizer, rule_step
 from nowt.rules import WholeNetworkRule, rule_class
-from nowt.train.config import FIELDS, TrainConfig, flag_name, is_default
+from nowt.train.config import FIELDS, TrainConfig, check_optimizer_fields, flag_name, is_default
 from nowt.train.factories import (
     make_loss,
     make_scheduler,
@@ -176,13 +176,20 @@ def check_whole_network_fields(cfg: TrainConfig, names: Iterable[str]) -> None:
 def check_flags_apply(cfg: TrainConfig, flags: dict[str, Any]) -> None:
     """Fields given as command-line flags (name -> the value given) must apply to the run even at their
     default values (a TrainConfig alone cannot tell a default from a default asked for): a rule option
-    `cfg.rule` does not declare, or an option target propagation decides itself (`--lr-schedule cosine`,
-    which `TrainConfig.validate` would otherwise have replaced by what it runs), is refused."""
-    declared = rule_class(cfg.rule).options
+    `cfg.rule` does not declare, one the rule's other options leave idle (`Rule.idle_options`: --mirror-anneal
+    beside --mirror-lr), an optimizer setting the optimizer does not read (--momentum with adam), or an
+    option target propagation decides itself (`--lr-schedule cosine`, which `TrainConfig.validate` would
+    otherwise have replaced by what it runs), is refused."""
+    rule = rule_class(cfg.rule)
+    declared = rule.options
     for name in sorted(flags):
         if FIELDS[name].metadata.get("rule_option") and name not in declared:
             raise ValueError(f"{flag_name(FIELDS[name])} applies only to: "
                              f"{', '.join(rules_declaring(name))} (not {cfg.rule!r})")
+    idle = rule.idle_options(rule_options(cfg))
+    for name in sorted(set(flags) & set(idle)):
+        raise ValueError(f"{flag_name(FIELDS[name])} has no effect: {idle[name]}")
+    check_optimizer_fields(cfg, flags)
     if learner_kind(cfg.rule) is WHOLE_NETWORK:
         asked = replace(cfg, **{n: flags[n] for n in ("optimizer", "lr_schedule") if n in flags})
         check_whole_network_fields(asked, sorted(flags))
