@@ -323,3 +323,36 @@ def test_image_folder_follows_symlinks_refuses_empty_classes_and_has_hidden_clas
     (root / "a" / "sub" / "loop").symlink_to(root / "a", target_is_directory=True)
     with pytest.raises(ValueError, match=r"a/sub/loop links back to .*a, a folder it is in"):
         ImageFolder(root)
+
+
+def test_the_probe_batch_is_a_fixed_class_balanced_sample_of_the_test_set(tmp_path, monkeypatch):
+    """Update angles and the collapse check are measured on a probe batch; it was the first 256 test
+    examples, which in an image folder (class order: ImageNet val's first 256 are of 6 classes) or any
+    class-sorted test set leave most classes out."""
+    from PIL import Image
+
+    import nowt.train.loop as loop
+    from nowt.data.registry import balanced_sample, first_examples, probe_batch
+    from nowt.train import TrainConfig, fit
+
+    x = torch.randn(1000, 6)
+    y = torch.arange(1000) // 100  # sorted by class: the first 256 are of classes 0, 1, 2
+    probe_x, probe_y = probe_batch((x, y))
+    assert sorted(torch.bincount(probe_y).tolist()) == [25] * 4 + [26] * 6
+    rows = balanced_sample(y, 256, seed=0)
+    assert torch.equal(probe_x, x[rows]) and torch.equal(probe_y, y[rows])
+    assert torch.equal(probe_batch((x, y))[0], probe_x)  # fixed
+    seen = []
+    monkeypatch.setattr(loop, "output_collapsed", lambda model, inputs: seen.append(inputs) or False)
+    fit(TrainConfig(hidden=(4,), epochs=1, batch_size=100), (x, y), (x, y), progress=False)
+    assert torch.equal(seen[0], probe_x)
+    for c in "abc":  # an image folder: class order
+        (tmp_path / c).mkdir()
+        for i in range(4):
+            Image.new("RGB", (4, 4), (ord(c), i, 0)).save(tmp_path / c / f"{i}.png")
+    folder = ImageFolder(tmp_path)
+    xs, ys = probe_batch(folder, 6)
+    assert ys.tolist() == sorted(ys.tolist()) and torch.bincount(ys).tolist() == [2, 2, 2]
+    assert torch.equal(first_examples(folder, 6)[1], torch.tensor([0, 0, 0, 0, 1, 1]))
+    windows = torch.randint(0, 256, (300, 8))  # text: a label per position, no class per example
+    assert torch.equal(probe_batch((windows, windows))[0], windows[:256])

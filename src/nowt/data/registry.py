@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Sized
+from collections.abc import Iterable, Sized
 from dataclasses import dataclass
 from typing import cast
 
@@ -120,6 +120,38 @@ def unaugmented(data: TensorPair | Dataset) -> TensorPair | Dataset:
     plain = copy.copy(base)
     plain.transform = base.eval_transform
     return plain if base is data else Subset(plain, index)
+
+
+#: the seed of the probe batch's class-balanced sample of the test set (`probe_batch`)
+PROBE_SEED = 0
+
+
+def first_examples(data: TensorPair | Dataset, n: int) -> TensorPair:
+    """The first `n` examples of `data` (tensors or a Dataset of (input, label)) as one batch."""
+    if isinstance(data, tuple):
+        return data[0][:n], data[1][:n]
+    return _batch(data, range(min(n, len(cast(Sized, data)))))
+
+
+def probe_batch(test: TensorPair | Dataset, n: int = 256) -> TensorPair:
+    """A fixed batch of `n` test examples (the training loop measures update angles and output collapse on
+    it every epoch): a class-balanced random sample (`balanced_sample`, seed PROBE_SEED), not the first
+    `n`, since image folders are in class order (ImageNet val's first 256 images are of 6 classes). The
+    first `n` where an example has no one class label (text windows, or a Dataset whose labels cannot be
+    read without loading it)."""
+    try:
+        labels = dataset_labels(test)
+    except TypeError:
+        return first_examples(test, n)
+    if labels.dim() != 1 or labels.is_floating_point() or not len(labels) or int(labels.min()) < 0:
+        return first_examples(test, n)
+    rows = balanced_sample(labels, n, seed=PROBE_SEED)
+    return (test[0][rows], test[1][rows]) if isinstance(test, tuple) else _batch(test, rows.tolist())
+
+
+def _batch(data: Dataset, rows: Iterable[int]) -> TensorPair:
+    items = [data[i] for i in rows]
+    return torch.stack([x for x, _ in items]), torch.as_tensor([y for _, y in items])
 
 
 def train_subset(train: TensorPair | Dataset, n: int) -> TensorPair | Dataset:

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from nowt import distributed, noise
 from nowt.checkpoint import load_checkpoint, save_checkpoint
+from nowt.data.registry import first_examples, probe_batch
 from nowt.inventory import summary
 from nowt.layers import feedback_layers
 from nowt.metrics import as_tokens, evaluate, output_collapsed, update_angles, weight_angles
@@ -101,8 +102,9 @@ def _fit(cfg: TrainConfig, train, test, resume: bool, progress: bool) -> list[di
                               num_workers=cfg.num_workers)
     if len(test if not isinstance(test, tuple) else test[1]) == 0:
         raise ValueError("the test set is empty")
-    probe_x, probe_y = (t.to(cfg.device) for t in _probe_batch(test))
-    data_print = rundir.data_fingerprint(train, test, probe_x, probe_y)  # --data-dir is no identity
+    probe_x, probe_y = (t.to(cfg.device) for t in probe_batch(test))  # class-balanced
+    first_x, first_y = (t.to(cfg.device) for t in first_examples(test, 256))  # as saved checkpoints
+    data_print = rundir.data_fingerprint(train, test, first_x, first_y)  # (--data-dir is no identity)
     input_shape = tuple(probe_x.shape[1:])
     kind = learner_kind(cfg.rule)  # per-layer or whole-network: decided once, asked of `kind` from here on
     with sized(f"building model {cfg.model} for inputs {input_shape} (--hidden {_shown(cfg.hidden)})"):
@@ -136,7 +138,7 @@ def _fit(cfg: TrainConfig, train, test, resume: bool, progress: bool) -> list[di
         if writes and out is not None:
             _write_metrics(out, history)
     else:
-        learner.begin_training(probe_x[:cfg.batch_size])
+        learner.begin_training(first_x[:cfg.batch_size])
     if writes and out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1) + "\n")
@@ -214,7 +216,7 @@ def evaluate_run(run_dir: str | Path, splits: Iterable[str] = ("train", "test"),
     cfg = replace(cfg, augment=False)
     data = load_data(cfg)
     chosen = {"train": data.train, "test": data.test}
-    input_shape = tuple(_probe_batch(data.test, 1)[0].shape[1:])
+    input_shape = tuple(first_examples(data.test, 1)[0].shape[1:])
     model = build_model(cfg, input_shape, _num_classes(data.train, data.test))
     model.load_state_dict(state["model"])
     loss_fn = make_loss(cfg.loss)
@@ -329,14 +331,6 @@ def _noise_pretrain(cfg: TrainConfig, model: nn.Module, input_shape: tuple[int, 
         raise ValueError(f"--noise-pretrain needs a per-layer rule or DFA, not {cfg.rule!r}")
     noise.pretrain_noise(model, input_shape, steps=cfg.noise_pretrain, batch_size=cfg.batch_size,
                          seed=cfg.seed, progress=False)
-
-
-def _probe_batch(test, n: int = 256) -> tuple[Tensor, Tensor]:
-    """A fixed batch (the first test examples) on which update angles are measured every epoch."""
-    if isinstance(test, tuple):
-        return test[0][:n], test[1][:n]
-    items = [test[i] for i in range(min(n, len(test)))]
-    return torch.stack([x for x, _ in items]), torch.as_tensor([y for _, y in items])
 
 
 def _num_classes(train, test) -> int:
