@@ -372,3 +372,32 @@ def test_alternating_every_n_batches_switches_what_trains():
     assert rule_options(cfg)["alternate_every"] == 50
     with pytest.raises(ValueError, match="--alternate-every applies only to: tp, dtp, sdtp, ao-sdtp"):
         rule_options(TrainConfig(rule="fa", alternate_every=50))
+
+
+@pytest.mark.parametrize("algorithm", ["tp", "dtp"])
+def test_inverse_options_on_one_hidden_layer_are_refused_not_ignored(algorithm, capsys):
+    """TP and DTP learn inverses for hidden layers 2..L-1 only: on one hidden layer (nowt train's default
+    --hidden 1000) there is none, so the inverses' options were ignored and the alternating schedule trained
+    nothing in every inverse epoch. Refused: set (Python) or given as flags even at their defaults (CLI)."""
+    from nowt.cli import build_parser, config_from_args, main
+
+    def one_hidden():
+        return nowt.models.mlp(4, (5,), 3, activation="tanh")
+
+    tp = TargetPropTrainer(one_hidden(), algorithm)  # the defaults ask for nothing
+    assert tp.inverse_layers == [] and tp.inverse_optimizer is None
+    for name, value in (("inverse_lr", 0.5), ("sigma", 0.9), ("inverse_betas", (0.5, 0.9)),
+                        ("inverse_eps", 1e-3), ("schedule", "alternating")):
+        with pytest.raises(ValueError, match=f"{name}=.* has no effect: {algorithm} on a network of one "
+                                             f"hidden layer has no inverse to learn"):
+            TargetPropTrainer(one_hidden(), algorithm, **{name: value})
+    TargetPropTrainer(one_hidden(), "sdtp", sigma=0.9, schedule="alternating")  # it learns g_L: taken
+    TargetPropTrainer(nowt.models.mlp(4, (5, 5), 3, activation="tanh"), algorithm, sigma=0.9,
+                      schedule="alternating")  # two hidden layers: g_2 learns
+    argv = ["train", "--rule", algorithm, "--dataset", "synthetic", "--activation", "tanh", "--epochs", "1"]
+    for flag, value in (("--inverse-lr", "0.0001"), ("--sigma", "0.1"), ("--inverse-betas", "0.9,0.999"),
+                        ("--inverse-eps", "1e-8"), ("--schedule", "alternating")):
+        assert main([*argv, "--hidden", "8", flag, value]) == 2
+        err = capsys.readouterr().err
+        assert f"{flag} has no effect: {algorithm} on a network of one hidden layer" in err, err
+        config_from_args(build_parser().parse_args([*argv, "--hidden", "8,8", flag, value]))  # accepted

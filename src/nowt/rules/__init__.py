@@ -3,6 +3,7 @@ declared on it, `Option`), one line here."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from torch import nn
@@ -80,6 +81,12 @@ class WholeNetworkRule(Rule):
         """What trains `model` one batch at a time (`train_step`, `end_epoch`, `state_dict`, ...) with Adam
         at `lr`, `betas`, `eps`, and the class's `options` (unknown ones raise ValueError)."""
         raise NotImplementedError
+
+    @classmethod
+    def idle_options(cls, values: Mapping[str, Any], depth: int | None = None) -> dict[str, str]:
+        """As `Rule.idle_options`, and those idle on a network of `depth` weight layers, where the caller
+        knows it before the network is built (target propagation's inverses on one hidden layer)."""
+        return {}
 
     @classmethod
     def resolve_options(cls, options: dict[str, Any]) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +53,30 @@ def get_algorithm(name: str) -> Algorithm:
         raise ValueError(f"unknown target-propagation algorithm {name!r}; "
                          f"choose one of {', '.join(ALGORITHMS)}")
     return ALGORITHMS[name.lower()]
+
+
+#: The options (`trainer.OPTIONS`) that only the learned inverses read.
+INVERSE_OPTIONS = ("inverse_lr", "inverse_betas", "inverse_eps", "sigma")
+
+
+def inverse_layers(algorithm: Algorithm, depth: int) -> list[int]:
+    """The layers l with a learned inverse g_l in a network of `depth` weight layers: 2..L-1, and the readout
+    L where its target comes through g_L (SDTP, AO-SDTP), not from the loss's gradient (TP, DTP)."""
+    return list(range(2, depth)) + ([] if algorithm.gradient_top else [depth])
+
+
+def idle_without_inverses(algorithm: Algorithm, depth: int, values: Mapping[str, Any]) -> dict[str, str]:
+    """{option: why it has no effect} where `algorithm` has no inverse to learn on `depth` weight layers (TP
+    and DTP on one hidden layer): the inverses' options, and the alternating schedule (`values["schedule"]`),
+    whose inverse phases would train nothing."""
+    if inverse_layers(algorithm, depth):
+        return {}
+    why = (f"{algorithm.name} on a network of one hidden layer has no inverse to learn (inverses serve "
+           f"hidden layers 2 and up; the one hidden layer's target comes from the loss's gradient)")
+    idle = dict.fromkeys(INVERSE_OPTIONS, why)
+    if values.get("schedule") == "alternating":
+        idle["schedule"] = f"{why}: every inverse phase of the alternating schedule would train nothing"
+    return idle
 
 
 def squared_error(a: Tensor, b: Tensor) -> Tensor:

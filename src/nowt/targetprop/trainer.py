@@ -20,6 +20,8 @@ from nowt.targetprop.algorithms import (
     get_algorithm,
     gradient_target,
     hidden_targets,
+    idle_without_inverses,
+    inverse_layers,
     inverse_loss,
     propagate,
     squared_error,
@@ -126,7 +128,8 @@ class TargetPropTrainer:
       seed: seeds the inverses' init, the auxiliary features and the noise (the network is the caller's).
 
     Inverses exist for layers 2..L-1, and for the readout L under SDTP/AO-SDTP; they are built on the
-    network's device and dtype. Diagnostics: `targets(x, y)`, `update_angles(x, y)`,
+    network's device and dtype. Where there is none (TP, DTP on one hidden layer), the inverses' options
+    other than their defaults and the alternating schedule are refused (`idle_without_inverses`). Diagnostics: `targets(x, y)`, `update_angles(x, y)`,
     `reconstruction_errors(x)`; layer names are those of the weight layers in `model.named_modules()`.
     """
 
@@ -177,7 +180,14 @@ class TargetPropTrainer:
             hs, _ = self._forward(torch.zeros(1, *in_shape, device=param.device, dtype=param.dtype))
         shapes = [tuple(h.shape[1:]) for h in hs]
         depth = len(self.blocks)
-        self.inverse_layers = list(range(2, depth)) + ([] if self.algorithm.gradient_top else [depth])
+        self.inverse_layers = inverse_layers(self.algorithm, depth)
+        idle = idle_without_inverses(self.algorithm, depth, given)
+        asked = [name for name in idle if given[name] != _D[name]]  # a default is no request
+        if asked:
+            shown = ", ".join(f"{name}={given[name]!r}" for name in asked)
+            one = len(asked) == 1
+            raise ValueError(f"{shown} {'has' if one else 'have'} no effect: {idle[asked[-1]]}; give the "
+                             f"network two hidden layers or leave {'it' if one else 'them'} at the default")
         inverses = dict(inverses or {})
         if set(inverses) - set(self.inverse_layers):
             raise ValueError(f"inverses given for layers {sorted(set(inverses) - set(self.inverse_layers))}; "
@@ -350,6 +360,12 @@ class TargetPropagationRule(WholeNetworkRule):
     `rule_class("dtp").learner(net, lr=..., seed=...)` build a `TargetPropTrainer`."""
 
     options: ClassVar[dict[str, Option]] = OPTIONS
+
+    @classmethod
+    def idle_options(cls, values: Mapping[str, Any], depth: int | None = None) -> dict[str, str]:
+        """On a network of `depth` weight layers (where known): the inverses' options where there is no
+        inverse to learn (`idle_without_inverses`)."""
+        return {} if depth is None else idle_without_inverses(get_algorithm(cls.name), depth, values)
 
     @classmethod
     def usage(cls) -> str:

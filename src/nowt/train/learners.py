@@ -186,7 +186,10 @@ def check_flags_apply(cfg: TrainConfig, flags: dict[str, Any]) -> None:
         if FIELDS[name].metadata.get("rule_option") and name not in declared:
             raise ValueError(f"{flag_name(FIELDS[name])} applies only to: "
                              f"{', '.join(rules_declaring(name))} (not {cfg.rule!r})")
-    idle = rule.idle_options(rule_options(cfg))
+    values = rule_options(cfg)
+    # target propagation's inverses depend on the network's depth, known before it is built for the mlp
+    idle = (rule.idle_options(values, depth=len(cfg.hidden) + 1)
+            if issubclass(rule, WholeNetworkRule) and cfg.model == "mlp" else rule.idle_options(values))
     for name in sorted(set(flags) & set(idle)):
         raise ValueError(f"{flag_name(FIELDS[name])} has no effect: {idle[name]}")
     check_optimizer_fields(cfg, flags)
