@@ -468,3 +468,31 @@ def test_the_recorded_commit_is_nowts_own_and_marks_uncommitted_changes(monkeypa
         answers.update({"rev-parse": f"{top}\nabc1234", "status": status})
         assert provenance.commit() == expected
     provenance.commit.cache_clear()
+
+
+def test_fit_given_data_refuses_data_fields_it_would_ignore(tmp_path):
+    """fit(cfg, train, test) ignored cfg's train_size, image_size, augment, ... (they say how cfg.dataset is
+    loaded) yet recorded them in config.json, from which `nowt evaluate` rebuilds the data."""
+    import json
+
+    from conftest import teacher_task
+
+    from nowt.train import TrainConfig, fit
+
+    train, test = teacher_task()
+    cfg = TrainConfig(hidden=(4,), epochs=1, batch_size=100, train_size=50, augment=True, standardize=False)
+    says = r"given its data, to which --train-size, --augment, --standardize would not apply"
+    with pytest.raises(ValueError, match=says):
+        fit(cfg, train, test, progress=False)
+    for field, value in (("image_size", 8), ("context", 4), ("data_dir", str(tmp_path)), ("download", True)):
+        with pytest.raises(ValueError, match="would not apply"):
+            fit(TrainConfig(hidden=(4,), epochs=1, **{field: value}), train, test, progress=False)
+    with pytest.raises(ValueError, match="both train and test data, or neither"):
+        fit(TrainConfig(hidden=(4,), epochs=1), train, progress=False)
+    # data loaded by the config itself (nowt compare, --lr-grid) says so
+    cfg = TrainConfig(dataset="synthetic", hidden=(4,), epochs=1, train_size=100, out_dir=str(tmp_path / "r"))
+    from nowt.train.factories import load_data
+
+    data = load_data(cfg)
+    assert len(fit(cfg, data.train, data.test, progress=False, data_from_cfg=True)) == 1
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["train_size"] == 100

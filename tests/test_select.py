@@ -144,3 +144,23 @@ def test_held_out_examples_are_scored_without_augmentation_for_every_dataset_kin
         for k, i in enumerate(held_out.indices):
             x, label = held_out[k]
             assert torch.equal(x, held_out[k][0]) and torch.equal(x, plain[i][0]) and label == plain[i][1]
+
+
+def test_compare_lr_grid_with_augmented_cifar_trains_and_scores_every_run(tmp_path, capsys):
+    """nowt compare passes fit the data its config loaded (so fit accepts its --augment, --image-size, ...),
+    and the grid's held-out part of augmented CIFAR-10 (which crashed reading `.samples`) is scored as
+    plain tensors."""
+    from test_datasets import write_cifar
+
+    from nowt.cli import main
+
+    write_cifar(tmp_path / "cifar", n=8)
+    out = tmp_path / "cmp"
+    argv = ["compare", "--rules", "fa", "--dataset", "cifar10", "--data-dir", str(tmp_path / "cifar"),
+            "--augment", "--image-size", "16", "--hidden", "4", "--epochs", "1", "--batch-size", "10",
+            "--lr-grid", "0.1,0.01", "--holdout", "10", "--no-progress", "--out", str(out)]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert "chosen on 10 examples held out" in capsys.readouterr().out
+    for run in ("lr-grid/lr0.1", "lr-grid/lr0.01", ""):
+        config = json.loads((out / "fa" / run / "config.json").read_text())
+        assert (config["augment"], config["image_size"]) == (True, 16)

@@ -272,7 +272,7 @@ def compare_command(args: argparse.Namespace) -> int:
     elif args.holdout is not None:
         raise ValueError("--holdout applies with --lr-grid only")
     for cfg in configs:  # the very same tensors, model recipe, seed and budget for every rule
-        fit(cfg, data.train, data.test, **run)
+        fit(cfg, data.train, data.test, **run, data_from_cfg=True)
     dirs = [cfg.out_dir for cfg in configs if cfg.out_dir is not None]  # every one's: made with out_dir
     runs = [load_run(d, name=str(Path(d).relative_to(out))) for d in dirs]
     by_rule = seed_summary_table(runs)

@@ -321,7 +321,8 @@ def _grid_choice(repro: Reproduction, label: str, out_dir: str | os.PathLike, ga
         cfg = grid_config(lead, rate, how, seed_dir(out_dir, label, 0).parent / "lr-grid")
         history, state = gathered(cfg)
         if state != "ok" and not gather:
-            history, state = fit(cfg, fit_part, held_out, resume=True, progress=progress), "ok"
+            history, state = fit(cfg, fit_part, held_out, resume=True, progress=progress,
+                                 data_from_cfg=True), "ok"
         if state != "ok":
             return None, f"lr grid: {rate:g} {state}"
         assert history is not None  # an ended run's

@@ -34,6 +34,9 @@ from nowt.train.schema import (
 
 #: Config fields that say where and how fast a run goes, not what it computes: a resume may change them.
 NOT_IDENTITY = ("out_dir", "data_dir", "download", "device", "num_workers")
+#: Config fields that say how `cfg.dataset` is loaded and prepared (`load_data`): none applies to data that
+#: `fit` is given (`check_given_data`).
+DATA_FIELDS = ("train_size", "image_size", "context", "augment", "standardize", "data_dir", "download")
 
 
 def _rules() -> list[str]:
@@ -183,6 +186,16 @@ class TrainConfig(metaclass=RuleOptionFields):
             check_out_dir(self.out_dir)
         return self
 
+    def check_given_data(self) -> None:
+        """For `fit` given its data: a data field set here (DATA_FIELDS) would not apply to that data, yet
+        config.json would record it (and `nowt evaluate` load data by it): refused, naming the fields."""
+        ignored = [flag_name(FIELDS[n]) for n in DATA_FIELDS if not is_default(FIELDS[n], getattr(self, n))]
+        if ignored:
+            raise ValueError(f"fit() was given its data, to which {', '.join(ignored)} would not apply (yet "
+                             f"config.json would record them): leave them at their defaults and prepare the "
+                             f"data yourself, or pass data_from_cfg=True for data loaded by this config "
+                             f"(nowt.train.factories.load_data)")
+
     def _not_identity(self) -> set[str]:
         return not_identity(self.rule)
 
@@ -260,9 +273,9 @@ def saved_defaults() -> dict[str, Any]:
 #: the registry).
 FIELDS: Mapping[str, Any] = FieldsByName(TrainConfig)
 _COUNT = {2: "two", 3: "three"}
-__all__ = ["FIELDS", "NOT_IDENTITY", "TrainConfig", "check_device", "check_optimizer_fields", "check_out_dir",
-           "check_value", "choices_of", "flag_name", "is_default", "not_identity", "parse_list",
-           "read_saved_config", "saved_defaults"]
+__all__ = ["DATA_FIELDS", "FIELDS", "NOT_IDENTITY", "TrainConfig", "check_device", "check_optimizer_fields",
+           "check_out_dir", "check_value", "choices_of", "flag_name", "is_default", "not_identity",
+           "parse_list", "read_saved_config", "saved_defaults"]
 
 
 def check_device(device: str) -> torch.device:

@@ -43,10 +43,12 @@ LOG_EVERY = 50
 
 
 def fit(cfg: TrainConfig, train=None, test=None, *, resume: bool = False, overwrite: bool = False,
-        progress: bool = True) -> list[dict]:
+        progress: bool = True, data_from_cfg: bool = False) -> list[dict]:
     """Trains `cfg.model` with `cfg.rule`; returns one metrics dict per epoch.
 
-    `train`/`test`: (inputs, labels) tensors or Datasets; None loads `cfg.dataset`. With `cfg.out_dir`,
+    `train`/`test`: (inputs, labels) tensors or Datasets, both or neither; neither loads `cfg.dataset`. Data
+    given is used as it is, so cfg's data fields (`DATA_FIELDS`) must be at their defaults, unless
+    `data_from_cfg` says it was loaded by them (`load_data(cfg)`, or parts of it). With `cfg.out_dir`,
     writes `config.json`, `metrics.jsonl` and `checkpoint.pt` there after every epoch; `resume=True`
     continues from that checkpoint and ends with the numbers an unbroken run would have. The directory is
     locked while the run writes there, and an earlier run in it is refused unless `resume` (continue it:
@@ -56,6 +58,10 @@ def fit(cfg: TrainConfig, train=None, test=None, *, resume: bool = False, overwr
     if resume and overwrite:
         raise ValueError("--resume and --overwrite exclude each other: continue the run in --out, or "
                          "replace it")
+    if (train is None) != (test is None):
+        raise ValueError("fit() takes both train and test data, or neither (then cfg.dataset is loaded)")
+    if not data_from_cfg and train is not None:
+        cfg.check_given_data()
     if train is None or test is None:
         with sized(f"loading {cfg.dataset} (--image-size {cfg.image_size}, --train-size {cfg.train_size})"):
             data = load_data(cfg)

@@ -92,6 +92,6 @@ def choose_lr(cfg: TrainConfig, lrs: list[float], data: Data, n_holdout: int | N
     records = {}
     for lr in lrs:
         history = fit(grid_config(cfg, lr, how, grid), fit_part, held_out, resume=resume,
-                      overwrite=overwrite, progress=progress)
+                      overwrite=overwrite, progress=progress, data_from_cfg=True)  # `data` is cfg's
         records[lr] = history[-1]
     return best_lr(records), records, how
