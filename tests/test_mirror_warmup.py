@@ -91,3 +91,27 @@ def test_a_sized_plan_needs_a_forward_pass_and_a_valid_batch():
         rule.warmup_plan(rule.layers(model))
     with pytest.raises(ValueError, match="mirror_warmup_batch must be an int >= 0"):
         nowt.convert(nn.Linear(2, 2), "wm", mirror_warmup_batch=-1)
+
+
+def test_nowt_mirror_mirrors_as_the_rule_was_made_and_its_arguments_override():
+    """nowt.mirror(model) used mirror_layers' defaults whatever options the model was converted with (the
+    paper's uniform noise, sigmoid response, raw sum, lr and batch were dropped): each layer now mirrors as
+    its rule says, and an argument given to nowt.mirror still overrides the rule's."""
+    def mirrored(convert_options: dict, **call) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Linear(20, 30), nn.ReLU(), nn.Linear(30, 5))
+        model = nowt.convert(net, "wm", seed=0, **convert_options)
+        model(torch.randn(8, 20))
+        nowt.mirror(model, 3, generator=torch.Generator().manual_seed(1), **call)
+        return [layer.feedback.clone() for layer in nowt.feedback_layers(model).values()]
+
+    def same(a, b) -> bool:
+        return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+    made = dict(mirror_noise="uniform", mirror_activation="sigmoid", mirror_normalize=False, mirror_decay=0.0,
+                mirror_lr=0.01, mirror_batch=16)
+    by_hand = dict(noise="uniform", activation="sigmoid", normalize=False, decay=0.0, lr=0.01, batch_size=16)
+    assert same(mirrored(made), mirrored({}, **by_hand))
+    assert not same(mirrored(made), mirrored({}))
+    assert same(mirrored(made, lr=0.05, activation="none"), mirrored({}, **{**by_hand, "lr": 0.05,
+                                                                            "activation": "none"}))
