@@ -496,3 +496,35 @@ def test_fit_given_data_refuses_data_fields_it_would_ignore(tmp_path):
     data = load_data(cfg)
     assert len(fit(cfg, data.train, data.test, progress=False, data_from_cfg=True)) == 1
     assert json.loads((tmp_path / "r" / "config.json").read_text())["train_size"] == 100
+
+
+def test_a_resume_with_other_workers_on_a_dataset_is_refused(tmp_path):
+    """num_workers is no part of a run's identity, but a Dataset's random transforms draw from torch's global
+    RNG (checkpointed) with 0 workers and from per-worker seeds with more: a resume under another --workers
+    continued with other augmentation draws, to other numbers than an unbroken run's."""
+    from conftest import teacher_task
+
+    from nowt.data import TransformDataset
+    from nowt.data.transforms import Compose, RandomCrop, RandomHorizontalFlip
+    from nowt.train import TrainConfig, fit
+
+    (x, y), test = teacher_task(d=16)
+    x, test = x.view(-1, 1, 4, 4), (test[0].view(-1, 1, 4, 4), test[1])
+    augmented = TransformDataset(x, y, Compose([RandomCrop(4, 1), RandomHorizontalFlip()]))
+    for name, train in (("tensors", (x, y)), ("dataset", augmented)):
+        cfg = TrainConfig(hidden=(8,), epochs=1, batch_size=100, lr_schedule="constant",
+                          out_dir=str(tmp_path / name))
+        fit(cfg, train, test, progress=False)
+        cfg.epochs, cfg.num_workers = 2, 2
+        if name == "tensors":  # batched in the process whatever --workers says: it may change
+            assert len(fit(cfg, train, test, resume=True, progress=False)) == 2
+            continue
+        says = r"\(it differs in num_workers; a Dataset's random transforms draw per DataLoader worker\); "
+        with pytest.raises(ValueError, match=says + "resume with --workers 0, or use a new --out"):
+            fit(cfg, train, test, resume=True, progress=False)
+        cfg.num_workers = 0
+        assert len(fit(cfg, train, test, resume=True, progress=False)) == 2
+    # a checkpoint from before num_workers was saved resumes as before: its workers are not known
+    earlier = {k: v for k, v in TrainConfig().identity().items() if k != "num_workers"}
+    assert TrainConfig(num_workers=2).identity_differences(earlier, dataset=True) == []
+    assert TrainConfig(num_workers=2).identity_differences(TrainConfig().identity()) == []

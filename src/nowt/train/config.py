@@ -200,24 +200,40 @@ class TrainConfig(metaclass=RuleOptionFields):
         return not_identity(self.rule)
 
     def identity(self) -> dict[str, Any]:
-        """The fields that decide what a run computes: a checkpoint resumes only under the same identity."""
-        skip = self._not_identity()
+        """The fields that decide what a run computes: a checkpoint resumes only under the same identity.
+        With them num_workers, which decides it for a Dataset training set (`identity_differences`)."""
+        skip = self._not_identity() - {"num_workers"}
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items() if k not in skip}
 
     def schedule_spans_epochs(self) -> bool:
         """True when the lr at a step depends on the number of epochs (cosine; step without milestones)."""
         return self.lr_schedule == "cosine" or (self.lr_schedule == "step" and not self.lr_milestones)
 
-    def identity_differences(self, earlier: dict[str, Any]) -> list[str]:
+    def identity_differences(self, earlier: dict[str, Any], *, dataset: bool = False) -> list[str]:
         """The identity fields in which `earlier` (a saved identity) differs from this config. A field the
         earlier run did not know (added to nowt since) counts as its default, so old runs still resume.
         `epochs` counts only where the lr schedule spans them: otherwise a longer run continues a shorter
-        one exactly, so a run may be lengthened."""
+        one exactly, so a run may be lengthened. `dataset`: the training set is a Dataset, whose transforms
+        may draw random numbers (augmentation): with 0 workers from torch's global RNG, which the checkpoint
+        keeps, with more from seeds each worker gets, so num_workers counts (where `earlier` has it)."""
         ours = json.loads(json.dumps(self.identity()))  # tuples as lists, as saved
         defaults = saved_defaults()
         skip = self._not_identity() | (set() if self.schedule_spans_epochs() else {"epochs"})
+        if dataset and "num_workers" in earlier:
+            skip.discard("num_workers")
         return sorted(k for k in set(earlier) | set(ours) if k not in skip
                       and earlier.get(k, defaults.get(k)) != ours.get(k, defaults.get(k)))
+
+    def check_resumes(self, earlier: dict[str, Any], out: Path | None, *, dataset: bool) -> None:
+        """Refuses to continue the checkpoint in `out`, whose saved identity is `earlier`, under this config
+        where they differ (`identity_differences`), naming the fields."""
+        differ = self.identity_differences(earlier, dataset=dataset)
+        workers = ("; a Dataset's random transforms draw per DataLoader worker" if "num_workers" in differ
+                   else "")
+        if differ:
+            raise ValueError(f"checkpoint in {out} was made with another configuration (it differs in "
+                             f"{', '.join(differ)}{workers}); " + (f"resume with --workers "
+                             f"{earlier['num_workers']}, or " if workers else "") + "use a new --out")
 
 
 #: The fields only some optimizers read (`check_optimizer_fields`).

@@ -129,8 +129,7 @@ def _fit(cfg: TrainConfig, train, test, resume: bool, progress: bool) -> list[di
     history: list[dict] = []
     if resuming and checkpoint is not None:
         state = load_checkpoint(checkpoint, RUN_STATE)
-        if cfg.identity_differences(state["config"]):
-            raise ValueError(f"checkpoint in {out} was made with another configuration; use a new --out")
+        cfg.check_resumes(state["config"], out, dataset=not isinstance(train, tuple))
         rundir.check_same_data(out, state.get("data"), data_print)
         model.load_state_dict(state["model"])
         learner.load_state_dict(state["learner"])
