@@ -435,3 +435,35 @@ def test_a_divergence_the_loop_did_not_mark_is_raised_not_tabulated(tmp_path, mo
     monkeypatch.setattr(entry, "fit", unmarked)
     with pytest.raises(FloatingPointError, match="noise pretraining"):
         run_reproduction(tiny, out_dir=tmp_path, progress=False)
+
+
+def test_seeds_the_selected_rows_do_not_run_are_refused(tmp_path, monkeypatch, capsys):
+    """--quick and the explorations run the first seed alone: `--seeds 1` there trained nothing and exited 0,
+    or failed with "[Errno 2] ... RESULTS.md" where --out did not exist. Refused, naming the reason; a
+    folder a run leaves empty (every row skipped) still gets its RESULTS.md; --gather of a missing folder
+    and --gather with --seeds (it trains nothing) are refused."""
+    from nowt.cli import main
+
+    tiny = Reproduction(name="tiny", paper="Tiny 2026", table="Table 0",
+                        config=dict(dataset="synthetic", hidden=(8,), epochs=2, batch_size=50),
+                        runs={"fa": {"rule": "fa"}, "fa-wide": {"rule": "fa", "hidden": (16,)}},
+                        published={}, quick=dict(epochs=1), explorations={"fa-wide": "after fa missed"})
+    monkeypatch.setitem(REPRODUCTIONS, "tiny", tiny)
+    out = tmp_path / "absent"
+    with pytest.raises(ValueError, match=r"--seeds 1: .*run only seed 0: --quick runs the first seed alone"):
+        reproduce.run("tiny", out, quick=True, seeds=[1], progress=False)
+    with pytest.raises(ValueError, match=r"--seeds 1,2: .*run only seed 0: fa-wide is an exploration"):
+        reproduce.run("tiny", out, only=["fa-wide"], seeds=[1, 2], progress=False)
+    assert main(["reproduce", "tiny", "--quick", "--seeds", "1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--quick runs the first seed alone" in err and "Errno" not in err and not out.exists()
+    with pytest.raises(ValueError, match="--gather reads the runs in .*absent, which does not exist"):
+        reproduce.run("tiny", out, gather=True, progress=False)
+    with pytest.raises(ValueError, match="--gather trains nothing"):
+        reproduce.run("tiny", tmp_path, gather=True, seeds=[0], progress=False)
+    rows = run_reproduction(tiny, quick=True, out_dir=out, seeds=[0], progress=False)  # what they run
+    assert {r["status"] for r in rows} == {"1 of 1 seeds"}
+    ghost = Reproduction(name="ghost", paper="G", table="T", config=dict(dataset="synthetic"),
+                         runs={"g": {"rule": "no-such-rule"}}, published={})
+    monkeypatch.setitem(REPRODUCTIONS, "ghost", ghost)
+    assert "not in this install" in reproduce.run("ghost", tmp_path / "new", progress=False).read_text()

@@ -127,6 +127,8 @@ class Reproduction(Entry):
 
     def run(self, out_dir, *, quick=False, only=None, progress=True, command=None, gather=False,
             seeds=None, **overrides) -> Path:
+        if gather and not Path(out_dir).is_dir():
+            raise ValueError(f"--gather reads the runs in {out_dir}, which does not exist: nothing to gather")
         rows = run_reproduction(self, quick=quick, out_dir=out_dir, only=only, progress=progress,
                                 gather=gather, seeds=seeds, **overrides)
         if only:  # trained a subset: the table still holds every row (the others as their runs stand)
@@ -152,6 +154,7 @@ class Reproduction(Entry):
         if self.compare is not None:
             parts += self.compare(Path(out_dir))
         path = Path(out_dir) / "RESULTS.md"
+        path.parent.mkdir(parents=True, exist_ok=True)  # no run made it where every row was skipped
         path.write_text("\n\n".join(p.strip("\n") for p in parts) + "\n")
         return path
 
@@ -233,10 +236,20 @@ def run_reproduction(repro: Reproduction, *, quick: bool = False, out_dir: str |
     bad = sorted(set(seeds or ()) - set(repro.seeds))
     if bad:
         raise ValueError(f"{repro.name} registers seeds {', '.join(map(str, repro.seeds))}; not {bad}")
+    if seeds and gather:
+        raise ValueError("--gather trains nothing: --seeds (the seeds to train) would not apply; drop it")
+    ran = sorted({s for label in labels for s in seeds_run(repro, label, quick)})
+    idle = sorted(set(seeds or ()) - set(ran))
+    if idle:  # nothing would train them: the run would end as if it had
+        kind = "is an exploration, which runs" if len(labels) == 1 else "are explorations, which run"
+        why = ("--quick runs the first seed alone" if quick else
+               f"{', '.join(labels)} {kind} the first seed alone")
+        given, picked = ",".join(map(str, seeds or ())), f"{repro.name}'s {'picked ' if only else ''}rows"
+        raise ValueError(f"--seeds {given}: {picked} run only seed {', '.join(map(str, ran))}: {why}; "
+                         f"nothing would train seed {', '.join(map(str, idle))}")
     rows = []
     for label in labels:
-        # an exploration, like --quick, runs the first seed: a lead to follow, not a verdict
-        registered = repro.seeds[:1] if quick or label in repro.explorations else repro.seeds
+        registered = seeds_run(repro, label, quick)
         finished, notes, dirs, status, collapsed, diverged = {}, [], [], None, [], []
         lr, grid_note = None, ""
         if repro.lr_grid and not quick:
@@ -291,6 +304,12 @@ def run_reproduction(repro: Reproduction, *, quick: bool = False, out_dir: str |
                          "epochs": [len(h) for h in finished.values()], "status": status, "dirs": dirs,
                          "collapsed": collapsed, "diverged": diverged})
     return rows
+
+
+def seeds_run(repro: Reproduction, label: str, quick: bool) -> tuple[int, ...]:
+    """The seeds row `label` runs: the registered ones, or the first alone under --quick and for an
+    exploration (a lead to follow, not a verdict)."""
+    return repro.seeds[:1] if quick or label in repro.explorations else repro.seeds
 
 
 def table_metrics(repro: Reproduction, label: str) -> dict[str, float]:
