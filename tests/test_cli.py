@@ -320,3 +320,19 @@ def test_compare_with_target_propagation_records_and_states_its_own_optimizer(tm
     assert main(["compare", "--rules", "bp", "--seed", "7", "--seeds", "0,1", "--dataset", "synthetic",
                  "--epochs", "1", "--out", str(tmp_path / "s"), "--no-progress"]) == 2
     assert "--seed and --seeds exclude each other" in capsys.readouterr().err
+
+
+def test_download_and_data_dir_for_data_that_takes_none_are_refused(tmp_path, capsys):
+    """--download and --data-dir were accepted and ignored for the synthetic data (made in memory), and
+    --download for imagenet (image folders are read, never downloaded), as the text datasets refuse them."""
+    from nowt.data import load_dataset
+
+    with pytest.raises(ValueError, match="--download: not for the synthetic dataset"):
+        load_dataset("synthetic", download=True)
+    with pytest.raises(ValueError, match="--data-dir: not for the synthetic dataset"):
+        load_dataset("synthetic", root=str(tmp_path))
+    with pytest.raises(ValueError, match="--download: not for 'imagenet'"):
+        load_dataset("imagenet", root=str(tmp_path), download=True)
+    _one_line_error(capsys, ["train", "--dataset", "synthetic", "--download", "--data-dir", str(tmp_path)],
+                    "--download, --data-dir: not for the synthetic dataset")
+    assert load_dataset("synthetic").num_classes == 4  # left alone: as before

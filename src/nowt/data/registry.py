@@ -188,6 +188,12 @@ def load_dataset(name: str, *, root: str | os.PathLike | None = None, download: 
         return _text(name, root, download, augment, image_size, context, train_size)
     if context is not None:
         raise ValueError(f"--context applies to the text datasets ({', '.join(TEXT_DATASETS)}), not {name!r}")
+    if name == "synthetic" and (download or root is not None):  # made in memory: no files at all
+        asked = [flag for flag, on in (("--download", download), ("--data-dir", root is not None)) if on]
+        raise ValueError(f"{', '.join(asked)}: not for the synthetic dataset (made in memory, no files)")
+    if name == "imagenet" and download:
+        raise ValueError("--download: not for 'imagenet' (its image folders are read from --data-dir; nowt "
+                         "downloads mnist, fashion-mnist and cifar10)")
     if download and (name in ("fashion-mnist", "cifar10") or name == "mnist" and root is not None):
         root = fetch(name, root)  # MNIST without a root is the embedded copy: nothing to download
     train: TensorPair | Dataset
