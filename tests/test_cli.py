@@ -336,3 +336,26 @@ def test_download_and_data_dir_for_data_that_takes_none_are_refused(tmp_path, ca
     _one_line_error(capsys, ["train", "--dataset", "synthetic", "--download", "--data-dir", str(tmp_path)],
                     "--download, --data-dir: not for the synthetic dataset")
     assert load_dataset("synthetic").num_classes == 4  # left alone: as before
+
+
+def test_help_says_where_workers_and_the_optimizer_flags_do_not_reach(monkeypatch):
+    """--workers has no effect on in-memory tensor data (it batches itself, no DataLoader), and the noise
+    phase of --noise-pretrain runs its own SGD (momentum 0.9, no decay, one group, fp32): the help says so."""
+    import nowt.noise
+    from nowt.cli import build_parser
+    from nowt.train import TrainConfig, fit
+    from nowt.train.factories import TensorLoader, make_loader
+
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    flags = {a.dest: a.help for a in train._actions if a.option_strings}
+    assert "no effect on in-memory tensor data" in flags["num_workers"]
+    assert "--weight-decay, --momentum, --bias-lr-scale and --amp do not apply" in flags["noise_pretrain"]
+    assert isinstance(make_loader((torch.zeros(4, 2), torch.zeros(4)), 2, num_workers=3), TensorLoader)
+    made = []
+    real = nowt.noise.make_optimizer
+    monkeypatch.setattr(nowt.noise, "make_optimizer", lambda *a: made.append(a) or real(*a))
+    fit(TrainConfig(dataset="synthetic", hidden=(8,), epochs=1, train_size=64, noise_pretrain=2,
+                    weight_decay=0.1, momentum=0.5, bias_lr_scale=3.0), progress=False)
+    (name, params, lr, momentum, decay), = made
+    assert (name, lr, momentum, decay) == ("sgd", 0.01, 0.9, 0.0)
+    assert isinstance(params[0], torch.nn.Parameter)  # one group: no bias lr scale

@@ -128,7 +128,9 @@ class TrainConfig(metaclass=RuleOptionFields):
     bias_lr_scale: float = _f(1.0, "learning rate of the biases relative to --lr", gt=0.0)
     noise_pretrain: int = _f(0, "steps of random-noise pretraining before training (nowt.pretrain_noise's "
                              "defaults: nowt's pool variant of Cheon et al. 2024, its own SGD at lr 0.01, "
-                             "momentum 0.9, cross-entropy, whatever --lr, --optimizer and --loss say)",
+                             "momentum 0.9, cross-entropy, whatever --lr, --optimizer and --loss say; "
+                             "--weight-decay, --momentum, --bias-lr-scale and --amp do not apply to it: no "
+                             "decay, one lr for every parameter, fp32)",
                              min=0, metavar="STEPS")
     dataset: str = _f("mnist", "dataset (used when fit() is given no data)", choices=_datasets)
     image_size: int | None = _f(None, "resize mnist / fashion-mnist / cifar10 images to N x N first "
@@ -143,7 +145,10 @@ class TrainConfig(metaclass=RuleOptionFields):
     data_dir: str | None = _f(None, "where the dataset files are (default: embedded or the cache)")
     download: bool = _f(False, "download MNIST/Fashion-MNIST/CIFAR-10 first")
     device: str = _f("cpu", "torch device: cpu, cuda, cuda:N, mps")
-    num_workers: int = _f(0, "DataLoader worker processes", min=0, flag="--workers")
+    num_workers: int = _f(0, "DataLoader worker processes, for image folders (imagenet) and augmented "
+                          "cifar10; no effect on in-memory tensor data (mnist, fashion-mnist, cifar10 "
+                          "without --augment, synthetic, text), which batches itself", min=0,
+                          flag="--workers")
     out_dir: str | None = _f(None, "run directory (config, metrics, checkpoint); none: write nothing",
                              flag="--out")
     extra: dict = _f({}, "free-form notes kept with the config", cli=False)
