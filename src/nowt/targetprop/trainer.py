@@ -129,8 +129,9 @@ class TargetPropTrainer:
 
     Inverses exist for layers 2..L-1, and for the readout L under SDTP/AO-SDTP; they are built on the
     network's device and dtype. Where there is none (TP, DTP on one hidden layer), the inverses' options
-    other than their defaults and the alternating schedule are refused (`idle_without_inverses`). Diagnostics: `targets(x, y)`, `update_angles(x, y)`,
-    `reconstruction_errors(x)`; layer names are those of the weight layers in `model.named_modules()`.
+    other than their defaults and the alternating schedule are refused (`idle_without_inverses`).
+    Diagnostics: `targets(x, y)`, `update_angles(x, y)`, `reconstruction_errors(x)`; layer names are those
+    of the weight layers in `model.named_modules()`.
     """
 
     def __init__(
