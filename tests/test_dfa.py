@@ -321,7 +321,6 @@ def test_clear_errors():
         _ = nowt.convert(tiny_mlp(), "dfa")[0].feedback
 
 
-
 def test_seeded_chunks_drawn_by_threads_are_the_chunks_drawn_in_turn():
     from nowt.rules.dfa import storage
     shape, e = torch.Size((10, 7, 9)), torch.randn(3, 10)
@@ -360,7 +359,6 @@ def test_a_layer_off_the_batch_is_named_and_can_be_excluded():
     assert model.table_mlp.weight.grad is not None and model.body.weight.grad is not None
 
 
-
 def test_seeded_chunks_come_from_a_generator_of_the_layers_device_and_keep_the_cpu_draws(monkeypatch):
     real, made = torch.Generator, []
     monkeypatch.setattr(torch, "Generator", lambda *args: made.append(args) or real(*args))
@@ -384,24 +382,18 @@ def test_shared_position_feedback_without_sequences_is_refused():
 
 @pytest.mark.parametrize("rule", ["dfa", "ifa"])
 def test_train_init_normal_fan_avg_draws_b_from_the_fan_average_normal(rule):
-    """--init normal_fan_avg promises W, b and B ~ N(0, 1/(fan_in + fan_out)): DFA's and IFA's B (drawn at the
-    first forward, after the init) too, fans as Glorot counts them for B's shape (n_out, D): D + n_out."""
+    """--init normal_fan_avg: DFA's and IFA's B ~ N(0, 1/(fan_in + fan_out)) too (Glorot's fans of B)."""
     from nowt.train import TrainConfig, build_model
-    feedback = {}
+    std, made = (400 + 10) ** -0.5, {}  # B (n_out, D) = (10, 400): what the hidden layer of 400 units gets
     for init in ("default", "normal_fan_avg"):
-        model = build_model(TrainConfig(rule=rule, hidden=(400,), init=init), (100,), 10)
-        model(torch.randn(2, 100))
-        feedback[init] = model[3].feedback  # (10, 400): what the hidden layer of 400 units gets
-    std = (400 + 10) ** -0.5
-    b = feedback["normal_fan_avg"]
-    assert abs(b.std().item() / std - 1) < 0.05 and abs(b.mean().item()) < 0.1 * std
-    assert b.abs().max() > 3 * std  # normal tails: no uniform draw of this std reaches sqrt(3) std
-    assert abs(feedback["default"].std().item() / std - 1) > 0.2  # the default is another draw
-    made = {}
+        made[init] = build_model(TrainConfig(rule=rule, hidden=(400,), init=init), (100,), 10)
+        made[init](torch.randn(2, 100))
+    assert abs(made["default"][3].feedback.std().item() / std - 1) > 0.2  # the default is another draw
     for storage in STORAGES:  # seeded redraws dense's B; shared slices its own matrix, of the same law
-        model = nowt.convert(nowt.models.mlp(100, (400,), 10), rule, seed=0, feedback_init="normal_fan_avg",
-                             storage=storage)
-        model(torch.randn(2, 100))
-        made[storage] = model[3].feedback
-        assert abs(made[storage].std().item() / std - 1) < 0.05 and made[storage].abs().max() > 3 * std
-    torch.testing.assert_close(made["seeded"], made["dense"])
+        made[storage] = nowt.convert(nowt.models.mlp(100, (400,), 10), rule, seed=0,
+                                     feedback_init="normal_fan_avg", storage=storage)
+        made[storage](torch.randn(2, 100))
+    for b in (made[k][3].feedback for k in ("normal_fan_avg", *STORAGES)):
+        assert abs(b.std().item() / std - 1) < 0.05 and abs(b.mean().item()) < 0.1 * std
+        assert b.abs().max() > 3 * std  # normal tails: no uniform draw of this std reaches sqrt(3) std
+    torch.testing.assert_close(made["seeded"][3].feedback, made["dense"][3].feedback)

@@ -380,10 +380,7 @@ def test_inverse_options_on_one_hidden_layer_are_refused_not_ignored(algorithm, 
     --hidden 1000) there is none, so the inverses' options were ignored and the alternating schedule trained
     nothing in every inverse epoch. Refused: set (Python) or given as flags even at their defaults (CLI)."""
     from nowt.cli import build_parser, config_from_args, main
-
-    def one_hidden():
-        return nowt.models.mlp(4, (5,), 3, activation="tanh")
-
+    one_hidden = lambda: nowt.models.mlp(4, (5,), 3, activation="tanh")  # noqa: E731
     tp = TargetPropTrainer(one_hidden(), algorithm)  # the defaults ask for nothing
     assert tp.inverse_layers == [] and tp.inverse_optimizer is None
     for name, value in (("inverse_lr", 0.5), ("sigma", 0.9), ("inverse_betas", (0.5, 0.9)),
