@@ -1,8 +1,6 @@
 """Provenance: every start or resume of a run records the code and machine it ran on (nowt.provenance)."""
 
 
-
-
 def test_every_start_and_resume_of_a_run_records_its_code_and_machine(tmp_path):
     """A row's seeds were once trained by code before and after a fix, and nothing in their folders said so
     (biotorch-mnist's dfa): each start or resume now appends what ran it."""
