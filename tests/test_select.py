@@ -49,6 +49,10 @@ def test_compare_lr_grid_chooses_each_rules_rate_on_held_out_examples(tmp_path, 
         row = next(line for line in printed.splitlines() if line.startswith(f"| {rule} |"))
         assert row.endswith(f"| {best:g} |")
     assert "chosen on 400 examples" in (out / "report.md").read_text()
+    from nowt.train import evaluate_run
+
+    with pytest.warns(UserWarning, match="is a learning-rate grid run .*held out.*whole training set"):
+        evaluate_run(out / "bp" / "lr-grid" / "lr0.3", ["test"])  # its test_* were validation scores
 
 
 def test_holdout_without_a_grid_is_refused(tmp_path, capsys):

@@ -218,6 +218,9 @@ def evaluate_run(run_dir: str | Path, splits: Iterable[str] = ("train", "test"),
     differences = cfg.identity_differences(state["config"])
     if differences:
         raise ValueError(f"{saved} does not describe the checkpoint in {run} (it differs in {differences})")
+    if "test set" in cfg.extra:  # an --lr-grid run: trained without its held-out part, scored on it
+        warnings.warn(f"{run} is a learning-rate grid run ({cfg.extra['test set']}); evaluate scores the "
+                      f"whole training set (held-out part included) and the test set", stacklevel=2)
     cfg = replace(cfg, augment=False)
     data = load_data(cfg)
     chosen = {"train": data.train, "test": data.test}
