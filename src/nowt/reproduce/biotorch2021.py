@@ -43,7 +43,9 @@ ENTRIES = [
                "and its CIFAR-10 LeNet ones do not learn here (see LENET_LR in nowt.reproduce.biotorch2021): "
                "ours is 0.01 for every rule. "
                "Differences that remain: nowt's usf scales sign(W) by mean |W| (BioTorch: sqrt(2 / (fan_in "
-               "+ fan_out))); brsf redraws its magnitudes from nowt's default init.")),
+               "+ fan_out))); frsf's fixed and brsf's redrawn magnitudes are nowt's kaiming-uniform, "
+               "U(0, 1/sqrt(fan_in)), not Xavier (--init reaches W and fa's and dfa's B, not the sign rules' "
+               "magnitudes; BioTorch draws both Xavier).")),
     Reproduction(
         name="biotorch-cifar10", paper=PAPER, table="CIFAR-10 ResNet-20 (SGD), top-1 error",
         config=dict(dataset="cifar10", model="resnet20", optimizer="sgd", lr=0.1, momentum=0.9,
