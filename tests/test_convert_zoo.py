@@ -361,9 +361,17 @@ def test_a_converted_transformer_encoder_takes_a_padding_mask_in_eval():
     model = nowt.convert(copy.deepcopy(plain), "fa", seed=0)
     x, mask = torch.randn(3, 5, 8), torch.zeros(3, 5, dtype=torch.bool)
     mask[0, 3:] = mask[1, 4:] = True
+    with torch.no_grad():  # torch's nested-tensor path: zeros at the padded positions, which a mean over
+        out, ref = model(x, src_key_padding_mask=mask), plain(x, src_key_padding_mask=mask)  # positions reads
+    assert not ref[mask].any()
+    torch.testing.assert_close(out, ref)
+    float_mask = torch.zeros(3, 5).masked_fill(mask, float("-inf"))
     with torch.no_grad():
-        out, ref = model(x, src_key_padding_mask=mask), plain(x, src_key_padding_mask=mask)
-    torch.testing.assert_close(out[~mask], ref[~mask])  # nested tensors left the padded positions zero
+        torch.testing.assert_close(model(x, src_key_padding_mask=float_mask),
+                                   plain(x, src_key_padding_mask=float_mask))
+    out, ref = model(x, src_key_padding_mask=mask), plain(x, src_key_padding_mask=mask)  # with grad: no path
+    assert ref[mask].abs().sum() > 0
+    torch.testing.assert_close(out, ref)
 
 
 def test_summary_says_what_each_backward_reads(capsys):

@@ -234,11 +234,31 @@ def register_torchvision() -> None:
 def keep_dense(model: nn.Module) -> None:
     """Turns off `nn.TransformerEncoder`'s nested-tensor path (eval, no_grad, a padding mask) where its
     attention is converted: that path hands the layers nested tensors, which the converted projections do
-    not take. The padded positions then hold computed values instead of zeros, as in training mode."""
+    not take. Where the original would have taken it, the padded positions of the output are set to zero,
+    as that path returns them (`_zero_padded`); the other positions are computed alike."""
     for m in model.modules():
         converted = any(isinstance(a, MultiheadAttention) for a in m.modules())
-        if isinstance(m, nn.TransformerEncoder) and converted:
+        if isinstance(m, nn.TransformerEncoder) and converted and m.use_nested_tensor:
             m.use_nested_tensor = False
+            m.register_forward_hook(_zero_padded, with_kwargs=True)
+
+
+def _zero_padded(encoder: nn.TransformerEncoder, args: tuple, kwargs: dict, output: Tensor) -> Tensor:
+    """Zeros at the padded positions where torch's `TransformerEncoder.forward` would have run its
+    nested-tensor path (its conditions, in its order, as of torch 2.13), whose padded output is zeros."""
+    names = ("src", "mask", "src_key_padding_mask")
+    given = {**dict(zip(names, args, strict=False)), **kwargs}
+    src, mask, padding = given["src"], given.get("mask"), given.get("src_key_padding_mask")
+    first = encoder.layers[0]
+    grads = src.requires_grad or any(p.requires_grad for p in first.parameters())
+    if (not torch.backends.mha.get_fastpath_enabled() or first.training or src.dim() != 3 or padding is None
+            or mask is not None or src.is_nested or torch.is_autocast_enabled()
+            or (torch.is_grad_enabled() and grads) or src.device.type not in ("cpu", "cuda", "xpu")):
+        return output
+    padded = padding != 0 if padding.dtype != torch.bool else padding  # a float mask: -inf where padded
+    if getattr(encoder, "mask_check", True) and not torch._nested_tensor_from_mask_left_aligned(src, ~padded):
+        return output
+    return output.masked_fill(padded.unsqueeze(-1), 0.0)
 
 
 __all__ = ["MultiheadAttention", "Projection", "RoutedAttention", "RoutedLinear", "keep_dense",

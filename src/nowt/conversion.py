@@ -13,7 +13,14 @@ from torch.nn.utils import parametrize
 
 from nowt import attention
 from nowt.first_use import watch
-from nowt.inventory import class_path, conversion, own_parameter_names, unknown_weights, unproven
+from nowt.inventory import (
+    advances_on_read,
+    class_path,
+    conversion,
+    own_parameter_names,
+    unknown_weights,
+    unproven,
+)
 from nowt.layers import CONVERTIBLE, VARIANTS, FeedbackLayer, _Conv, register_transformers
 from nowt.rules import Rule, make_rule
 
@@ -126,7 +133,7 @@ def convert(
         kinds = ", ".join(sorted(t.__name__ for t in bases))
         raise ValueError(f"nothing to convert: {type(model).__name__} has no layer nowt trains by a rule "
                          f"({kinds})")
-    _check_targets(names, modules, exclude)
+    _check_targets(names, modules, exclude, rule)
     seeds = torch.randint(0, 2**62, (len(names),), generator=torch.Generator().manual_seed(seed))
     layers: dict[str, FeedbackLayer] = {}
     for (key, layer_names), layer_seed in zip(names.items(), seeds.tolist(), strict=True):
@@ -135,12 +142,7 @@ def convert(
         base, variant = plan[key]
         assert base is not None  # `modules` holds only what converts
         layer = VARIANTS.get(variant, CONVERTIBLE[base]).from_module(module, layer_rule)
-        hooks = sum(map(len, (module._forward_hooks, module._forward_pre_hooks, module._backward_hooks,
-                              module._backward_pre_hooks)))
-        if hooks:  # the new layer is another module: whatever the hooks did (a mask, a probe) stops
-            warnings.warn(f"layer {layer_names[0]!r} had {hooks} hook(s) of its own (register_forward_hook, "
-                          f"...); its converted layer does not carry them over: register them again on "
-                          f"model.get_submodule({layer_names[0]!r})", stacklevel=2)
+        _carry_hooks(module, layer)
         if variant == "pad_same":
             assert isinstance(layer, _Conv)  # timm's Conv2dSame
             layer.pad_same = True
@@ -168,10 +170,30 @@ def _child_name(layer: nn.Module, part: nn.Module) -> str:
     return "" if part is layer else next(n for n, m in layer.named_children() if m is part)
 
 
+#: A module's hook tables (torch's own attributes): the converted layer takes them over, so hooks keep
+#: acting and their handles keep removing them.
+HOOK_TABLES = ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks",
+               "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_backward_pre_hooks",
+               "_backward_hooks")
+
+
+def _carry_hooks(module: nn.Module, layer: nn.Module) -> None:
+    """Gives `layer` the hooks registered on `module` (a mask, a probe), ahead of any of its own: the same
+    tables, so that a handle the user holds still removes its hook."""
+    for table in HOOK_TABLES:
+        theirs, ours = getattr(module, table), getattr(layer, table)
+        if theirs is not ours:
+            theirs.update(ours)
+            setattr(layer, table, theirs)
+    if module._backward_hooks:
+        layer._is_full_backward_hook = module._is_full_backward_hook
+
+
 def _check_targets(names: dict[int, list[str]], modules: dict[int, nn.Module],
-                   exclude: tuple[Selector, ...]) -> None:
-    """Refuses what convert cannot do right: a shared layer excluded under one name only, and layers on
-    the meta device (their feedback would be drawn into memory that `to_empty()` leaves uninitialised)."""
+                   exclude: tuple[Selector, ...], rule: Rule) -> None:
+    """Refuses what convert cannot do right: a shared layer excluded under one name only, layers on the
+    meta device (their feedback would be drawn into memory that `to_empty()` leaves uninitialised), and a
+    rule reading a weight whose parametrization steps at every read (spectral norm)."""
     for key, layer_names in names.items():
         excluded = {n: _excluded(n, modules[key], exclude) for n in layer_names}
         if len(set(excluded.values())) > 1:
@@ -187,6 +209,17 @@ def _check_targets(names: dict[int, list[str]], modules: dict[int, nn.Module],
                          f"feedback would not be redrawn when the model is materialised; materialise the "
                          f"model first (model.to_empty(device=...), then reset_parameters() "
                          f"or load_state_dict), then convert")
+    if rule.name == "bp":
+        return
+    for key, layer_names in names.items():
+        tensor = advances_on_read(modules[key])
+        if tensor is not None and not _excluded(layer_names[0], modules[key], exclude):
+            raise ValueError(f"cannot convert layer {layer_names[0]!r} for rule {rule.name!r}: its {tensor} "
+                             f"is spectral-normed, whose power iteration steps at every read in training, "
+                             f"and the rule reads the weight beyond the forward (to make or apply its "
+                             f"feedback), so the forward would drift from the original's; "
+                             f"exclude=[{layer_names[0]!r}] "
+                             f"(backprop) or remove the parametrization")
 
 
 RULE_KEY = "rule"  # state_dict key (under each layer's prefix) naming the rule that wrote the layer's state

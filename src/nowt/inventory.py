@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from typing import TextIO, cast
 
 from torch import Tensor, nn
-from torch.nn.utils import parametrize
+from torch.nn.modules.lazy import LazyModuleMixin
+from torch.nn.utils import parametrize, prune
 from torch.utils.weak import WeakIdKeyDictionary
 
 from nowt.layers import CONVERTIBLE, FeedbackLayer
@@ -48,17 +49,29 @@ def class_path(t: type) -> str:
 def conversion(m: nn.Module) -> tuple[type[nn.Module] | None, str]:
     """(the layer type in CONVERTIBLE that `m` converts as, a variant: "" or "pad_same"), or (None, why it
     cannot be converted; "" when it is no layer nowt knows at all)."""
-    hooks = [type(h).__name__ for h in m._forward_pre_hooks.values()]
-    if "WeightNorm" in hooks or "SpectralNorm" in hooks:
+    hooks = list(m._forward_pre_hooks.values())
+    if {"WeightNorm", "SpectralNorm"} & {type(h).__name__ for h in hooks}:
         return None, ("its weight is recomputed by an old-style nn.utils.weight_norm/spectral_norm hook; use "
                       "torch.nn.utils.parametrizations.weight_norm (which nowt converts) instead")
+    if any(isinstance(h, prune.BasePruningMethod) for h in hooks):
+        return None, ("it is pruned by torch.nn.utils.prune (a hook remakes its weight from weight_orig and "
+                      "weight_mask); call prune.remove(module, 'weight') first")
     t = type(m)
-    if t in CONVERTIBLE:
-        return t, ""
-    base = next((b for b in t.__mro__[1:] if b in CONVERTIBLE), None)
-    path = class_path(t)
+    base = t if t in CONVERTIBLE else next((b for b in t.__mro__[1:] if b in CONVERTIBLE), None)
     if base is None:
         return None, ""
+    # what the new layer would not do: a forward set on the instance, a __call__ of its own
+    if "forward" in m.__dict__:
+        return None, "its forward is replaced on the instance (module.forward = ...), which conversion drops"
+    if any(getattr(t, f) is not getattr(nn.Module, f) for f in ("__call__", "_call_impl")):
+        return None, f"a {class_path(t)} with its own __call__, which conversion drops"
+    if isinstance(m, LazyModuleMixin) and m.has_uninitialized_params():
+        return None, "a lazy module whose parameters are not made yet: run one forward first"
+    if isinstance(m, nn.MultiheadAttention) and parametrize.is_parametrized(m):
+        return None, "nn.MultiheadAttention with a parametrized tensor, which nowt's attention cannot carry"
+    if t in CONVERTIBLE:
+        return t, ""
+    path = class_path(t)
     if path in REFUSED:
         return None, REFUSED[path]
     if path in SAME_OP:
@@ -70,6 +83,16 @@ def conversion(m: nn.Module) -> tuple[type[nn.Module] | None, str]:
     if extra and isinstance(m, nn.Linear | nn.modules.conv._ConvNd):  # unused by forward, but in its state
         return None, f"a subclass of {class_path(base)} holding {extra[0]!r}, which conversion would drop"
     return base, ""  # e.g. torchvision's Conv3DSimple, or a parametrized layer (weight norm)
+
+
+def advances_on_read(m: nn.Module) -> str | None:
+    """The name of a tensor of `m` whose parametrization changes state each time it is read in training
+    (torch's spectral_norm: a power-iteration step), else None."""
+    if not parametrize.is_parametrized(m):
+        return None
+    parametrizations = cast(nn.ModuleDict, m.parametrizations)
+    return next((name for name, plist in parametrizations.items()
+                 if any(type(p).__name__ == "_SpectralNorm" for p in cast(nn.ModuleList, plist))), None)
 
 
 #: Parameters the first forward saw multiplied as a matrix although named or shaped as added

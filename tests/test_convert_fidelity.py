@@ -1,0 +1,74 @@
+"""A converted model computes what the original computed, or conversion refuses by name: hooks carried over,
+and the layers whose forward conversion could not keep (a forward set on the instance, a __call__ of its
+own, a lazy or pruned layer, parametrized attention, spectral norm under a rule that reads W) refused."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import parametrizations, prune
+
+import nowt
+
+
+def test_hooks_of_a_converted_layer_keep_acting_and_their_handles_keep_removing_them():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2))
+    pre = model[0].register_forward_pre_hook(lambda m, args: (args[0] * 2,))
+    model[0].register_forward_hook(lambda m, args, out: out + 1)
+    seen = []
+    model[2].register_full_backward_hook(lambda m, grad_in, grad_out: seen.append(grad_out[0].shape))
+    x = torch.randn(3, 4)
+    expected = model(x)
+    converted = nowt.convert(copy.deepcopy(model), "bp")
+    torch.testing.assert_close(converted(x), expected, rtol=0, atol=0)
+    converted(x).sum().backward()
+    assert seen == [torch.Size([3, 2])]
+    model = nowt.convert(model, "fa", seed=0)
+    pre.remove()  # the handle taken before conversion
+    hidden = torch.tanh(F.linear(x, model[0].weight, model[0].bias) + 1)  # no doubling: the pre-hook is gone
+    torch.testing.assert_close(model(x), model[2](hidden))
+
+
+@pytest.mark.parametrize("case", ["instance forward", "own __call__", "lazy", "pruned",
+                                  "parametrized attention"])
+def test_layers_whose_forward_conversion_would_change_are_refused_by_name(case):
+    class Twice(nn.Linear):
+        def __call__(self, x):
+            return super().__call__(x) * 2
+
+    layer: nn.Module
+    if case == "instance forward":
+        layer = nn.Linear(4, 4)
+        layer.forward = lambda x: F.linear(x, layer.weight * 0.5, layer.bias)
+        says = "its forward is replaced on the instance"
+    elif case == "own __call__":
+        layer, says = Twice(4, 4), "with its own __call__"
+    elif case == "lazy":
+        layer, says = nn.LazyLinear(4), "lazy module whose parameters are not made yet"
+    elif case == "pruned":
+        layer = nn.Linear(4, 4)
+        prune.l1_unstructured(layer, "weight", amount=0.5)
+        says = r"pruned by torch.nn.utils.prune.*prune.remove"
+    else:
+        layer = nn.MultiheadAttention(4, 2)
+        parametrizations.weight_norm(layer, "in_proj_weight")
+        says = "MultiheadAttention with a parametrized tensor"
+    with pytest.raises(ValueError, match=says):
+        nowt.convert(nn.Sequential(layer), "bp")
+
+
+def test_spectral_norm_is_refused_where_the_rule_reads_the_weight_beyond_the_forward():
+    """Each read of a spectral-normed weight in training steps its power iteration: fa's conversion and
+    steps read W more often than the forward, so sigma, and the forward, drifted from the original's."""
+    torch.manual_seed(0)
+    model = nn.Sequential(parametrizations.spectral_norm(nn.Linear(8, 8)), nn.Tanh(), nn.Linear(8, 2))
+    with pytest.raises(ValueError, match=r"layer '0' for rule 'fa': its weight is spectral-normed.*exclude"):
+        nowt.convert(copy.deepcopy(model), "fa", seed=0)
+    x = torch.randn(5, 8)
+    for rule, options in (("bp", {}), ("fa", {"exclude": ["0"]})):
+        plain, converted = copy.deepcopy(model), nowt.convert(copy.deepcopy(model), rule, seed=0, **options)
+        for _ in range(3):  # training mode: every forward steps the power iteration once, in both
+            torch.testing.assert_close(converted[0](x), plain[0](x), rtol=0, atol=0)
