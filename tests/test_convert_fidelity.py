@@ -72,3 +72,15 @@ def test_spectral_norm_is_refused_where_the_rule_reads_the_weight_beyond_the_for
         plain, converted = copy.deepcopy(model), nowt.convert(copy.deepcopy(model), rule, seed=0, **options)
         for _ in range(3):  # training mode: every forward steps the power iteration once, in both
             torch.testing.assert_close(converted[0](x), plain[0](x), rtol=0, atol=0)
+
+
+def test_a_layer_swapped_in_after_conversion_is_refused_at_the_first_forward():
+    """A new head put in after `convert` trained by backprop, with only a "did not run" warning for the
+    converted one it replaced."""
+    model = nowt.convert(nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2)), "fa", seed=0)
+    model[2] = nn.Linear(4, 3)
+    with pytest.raises(ValueError, match=r"layer '2' \(torch.nn.modules.linear.Linear\) joined the model after "
+                                         r"nowt.convert and trains by backprop"):
+        model(torch.randn(2, 4))
+    model[2] = nowt.convert(nn.Linear(4, 3), "fa", seed=1)  # as the message says
+    assert model(torch.randn(2, 4)).shape == (2, 3)

@@ -15,7 +15,7 @@ from torch.nn.utils import parametrize
 from torch.overrides import TorchFunctionMode, resolve_name
 from torch.utils.hooks import RemovableHandle
 
-from nowt.inventory import PROVED_MATRICES, Unproven, class_path
+from nowt.inventory import PROVED_MATRICES, Unproven, class_path, conversion
 from nowt.layers import FeedbackLayer
 
 
@@ -120,6 +120,16 @@ class _FirstForward:
             warnings.warn(f"converted layer(s) {names} did not run in the model's first forward, so the rule "
                           f"does not train them (or, if the model uses their weights itself, backprop does); "
                           f"nowt.summary(model) lists them", stacklevel=2)
+        added = [n for n, m in module.named_modules()
+                 if not isinstance(m, FeedbackLayer) and conversion(m)[0] is not None]
+        if added:  # e.g. a new head swapped in after conversion
+            kind = class_path(type(module.get_submodule(added[0])))
+            message = (f"layer {added[0]!r} ({kind}) joined the model after nowt.convert and trains by "
+                       f"backprop (weight transport): convert it before use "
+                       f"(model.{added[0]} = nowt.convert(layer, rule)), or convert the changed model afresh")
+            if self.unknown == "error":
+                raise ValueError(message)
+            warnings.warn(message, stacklevel=2)
         if uses is not None and uses.found:
             self.refuse(uses.found)
 
