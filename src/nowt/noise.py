@@ -154,8 +154,9 @@ def pretrain_noise(
         **nowt's pool variant, not the paper's protocol**. The paper (and `nowt reproduce cheon2024`'s
         registered row) draws fresh noise every batch: pass None. The default is the pool because in nowt
         fresh noise does not align an FA readout and the pool does: the alignment comes from memorising a
-        fixed set (784-100-10 ReLU, 3,000 steps of 64: 91.6 -> 95.4 degrees fresh, 91.6 -> 23.7 with a pool
-        of 6400; results/cheon2024/ and its conditions/ for the paper's protocol and what was tried).
+        fixed set (784-100-10 ReLU, 3,000 steps of 64, the readout's whole-matrix B-W angle: 91.6 -> 95.4
+        degrees fresh, 91.6 -> 23.7 with a pool of 6400; results/cheon2024/ and its conditions/ for the
+        paper's protocol and what was tried).
     batch_size, lr, momentum, weight_decay: of the optimizer built here ("sgd", "adam", "adamw",
         "rmsprop"; momentum is used by sgd and rmsprop only). Pass a ready `torch.optim.Optimizer` instead
         to use it as it is (lr, momentum and weight_decay are then ignored).

@@ -9,7 +9,8 @@ from the lab's code and what nowt chose):
   standardised with the training set's mean and std (the scale of the N(0, 1) noise); He init.
 - Table 1 (MNIST, Fashion-MNIST): 784-100-10 on the full training set for 50 epochs (our reading of "to
   convergence": the test accuracy changes by less than its seed spread over the last 10 epochs; the report
-  shows that change), final test accuracy. The paper's numbers are not readable in our copy.
+  shows that change and whether the rule holds, row by row), final test accuracy. The paper's numbers are
+  not readable in our copy.
 - generalisation gap at the paper's setting: 1,600 training images (160 a class, one fixed draw), depth 3
   (784-100-100-10, depth counted in weight layers as the 784-100-10 net is depth 2), 400 epochs;
   gap = train - test accuracy at the end.

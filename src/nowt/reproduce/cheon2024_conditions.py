@@ -172,7 +172,8 @@ def reproduce_conditions(
             format_mean_std(s["end"], 1),
             format_mean_std(s["lowest"], 1) + f" (step {round(statistics.fmean(s['lowest_step']))})",
             format_mean_std(s["matrix_end"], 1),
-            f"{format_mean_std(s['loss_first'], 3)} -> {format_mean_std(s['loss_end'], 3)}",
+            f"{format_mean_std(s['loss_first'], 3)} -> {format_mean_std(s['loss_end'], 3)}"
+            + (" (chance here: 10 H(0.1) = 3.251)" if c == "bce" else ""),  # summed over 10 sigmoid outputs
             falls(s["start"], s["end"]),
         ]
         for c, s in summary.items()
@@ -196,7 +197,7 @@ def reproduce_conditions(
                     "end",
                     "lowest (mean step)",
                     "whole-matrix: end",
-                    "noise loss: first 25 steps -> last 25 (chance: ln 10 = 2.303)",
+                    "noise loss: first 25 steps -> last 25 (chance: ln 10 = 2.303 for cross-entropy)",
                     "start -> end",
                 ],
                 rows,

@@ -105,6 +105,14 @@ def _converged(run: dict, epochs: int) -> float:
     return acc[-1] - next(a for a, s in zip(acc, steps, strict=True) if s >= cut)
 
 
+def _rule_holds(changes: list[float], finals: list[float]) -> str:
+    """Whether the mean change over the last fifth is smaller than the seeds' spread of the final accuracy
+    (the reading of "to convergence" the module states)."""
+    if len(finals) < 2:
+        return "–"
+    return "yes" if abs(statistics.fmean(changes)) < statistics.stdev(finals) else "no"
+
+
 def _data_table(per_cond: dict, conditions, epochs: int) -> str:
     rows = []
     for cond in conditions:
@@ -120,6 +128,7 @@ def _data_table(per_cond: dict, conditions, epochs: int) -> str:
                 format_mean_std(get(lambda r: r["auc"])),
                 format_mean_std(get(lambda r: r["curve"]["test_accuracy"][1])),
                 format_mean_std(get(lambda r: _converged(r, epochs))),
+                _rule_holds(get(lambda r: _converged(r, epochs)), get(lambda r: r["final_test_accuracy"])),
                 format_mean_std(get(lambda r: r["gap"]["accuracy"])),
                 "–"
                 if cond == "bp"
@@ -135,6 +144,7 @@ def _data_table(per_cond: dict, conditions, epochs: int) -> str:
             "AUC (%)",
             "acc after the first eval interval",
             "change over the last fifth",
+            "change < seed spread",
             "gap: train - test acc (pts)",
             "readout angle at end",
         ],

@@ -212,8 +212,8 @@ def results_md(t: dict, meta: dict) -> str:
         f"- model: f(X) = psi(XW) beta / sqrt(p); n={cfg['n']} points uniform on the unit sphere in "
         f"R^{cfg['d']}; y from a random tanh teacher scaled to unit RMS; W, beta, b ~ N(0, 1); full-batch "
         f"gradient descent, lr={cfg['lr']}, float64 (`nowt.theory`). Seed s draws the data and the weights. "
-        "The Gram matrix at init has top eigenvalue 16-25 here (the loss sums over n), so lr must stay below "
-        "about 0.08; lr=0.1 diverges for sigmoid.",
+        "The Gram matrix at init has top eigenvalue up to about 25 here (relu about 16, sigmoid about 25; "
+        "the loss sums over n), so lr must stay below about 0.08; lr=0.1 diverges for sigmoid.",
         "- loss = 1/2 ||f - y||^2. rate = least-squares slope of -log(loss) per step (the error ||f - y|| "
         "decays at half of it), fitted on the recorded trace above the float64 round-off floor (loss 1e-24); "
         "the 1st/2nd-half rates on its two halves.",
