@@ -79,8 +79,26 @@ def test_a_layer_swapped_in_after_conversion_is_refused_at_the_first_forward():
     converted one it replaced."""
     model = nowt.convert(nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2)), "fa", seed=0)
     model[2] = nn.Linear(4, 3)
-    with pytest.raises(ValueError, match=r"layer '2' \(torch.nn.modules.linear.Linear\) joined the model after "
-                                         r"nowt.convert and trains by backprop"):
+    with pytest.raises(ValueError, match=r"layer '2' \(torch.nn.modules.linear.Linear\) joined the model "
+                                         r"after nowt.convert and trains by backprop"):
         model(torch.randn(2, 4))
     model[2] = nowt.convert(nn.Linear(4, 3), "fa", seed=1)  # as the message says
     assert model(torch.randn(2, 4)).shape == (2, 3)
+
+
+def test_a_weight_normed_gpt2_conv1d_converts_with_its_forward_and_backprop_gradients():
+    """It raised KeyError: 'weight' inside the conversion."""
+    pytest.importorskip("transformers")
+    from transformers.pytorch_utils import Conv1D
+
+    torch.manual_seed(0)
+    model = nn.Sequential(Conv1D(6, 4), nn.Tanh(), nn.Linear(6, 2))
+    parametrizations.weight_norm(model[0], "weight")
+    x = torch.randn(3, 4)
+    converted, plain = nowt.convert(copy.deepcopy(model), "bp"), copy.deepcopy(model)
+    torch.testing.assert_close(converted(x), plain(x), rtol=0, atol=0)
+    converted(x).sum().backward()
+    plain(x).sum().backward()
+    for a, b in zip(converted.parameters(), plain.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=0)
+    assert nowt.convert(copy.deepcopy(model), "fa", seed=0)(x).shape == (3, 2)

@@ -93,7 +93,7 @@ def adopt_parameters(layer: nn.Module, m: nn.Module) -> None:
         return
     for name in ("weight", "bias"):
         if parametrize.is_parametrized(m, name):
-            del layer._parameters[name]
+            layer._parameters.pop(name, None)  # a TransposedLinear made bare has none yet
         else:
             setattr(layer, name, getattr(m, name))
     # torch's own steps of register_parametrization (private helpers, stable since torch 1.9)
