@@ -61,9 +61,14 @@ class _FirstGradient:
         message = (f"converted layer {self.name!r} ({kind}) never ran, but its weight got a gradient: the "
                    f"model uses the weight itself (as F.linear(x, {self.name}.weight)), "
                    f"so it trains by backprop with weight transport; exclude=[{self.name!r}] to say so")
-        if self.unknown == "error":
-            raise RuntimeError(message)
-        warnings.warn(message, stacklevel=2)
+        _refuse_or_warn(message, self.unknown, RuntimeError, stacklevel=3)
+
+
+def _refuse_or_warn(message: str, unknown: str, error: type[Exception], stacklevel: int) -> None:
+    """`unknown="error"`: raise `error(message)`; "warn": warn it (at the caller's `stacklevel`)."""
+    if unknown == "error":
+        raise error(message)
+    warnings.warn(message, stacklevel=stacklevel)
 
 
 def _leaf_weights(layer: FeedbackLayer) -> list[Tensor]:
@@ -127,9 +132,7 @@ class _FirstForward:
             message = (f"layer {added[0]!r} ({kind}) joined the model after nowt.convert and trains by "
                        f"backprop (weight transport): convert it before use "
                        f"(model.{added[0]} = nowt.convert(layer, rule)), or convert the changed model afresh")
-            if self.unknown == "error":
-                raise ValueError(message)
-            warnings.warn(message, stacklevel=2)
+            _refuse_or_warn(message, self.unknown, ValueError, stacklevel=3)
         if uses is not None and uses.found:
             self.refuse(uses.found)
 
@@ -144,9 +147,7 @@ class _FirstForward:
                    f"(weight transport). Give that use a layer nowt converts (an nn.Linear of its own; a "
                    f"tied LM head's nn.Linear may share the embedding's weight), or exclude=[{fixes}] to "
                    f"leave it on backprop on purpose")
-        if self.unknown == "error":
-            raise ValueError(message)
-        warnings.warn(message, stacklevel=3)
+        _refuse_or_warn(message, self.unknown, ValueError, stacklevel=4)
 
 
 #: Ops that multiply by a tensor as a matrix: for a parameter in one, the backward sends errors through it.
