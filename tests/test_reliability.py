@@ -137,6 +137,21 @@ def test_resume_repairs_metrics_from_the_checkpoint(tmp_path):
     assert (out / "metrics.jsonl").read_text() == full
 
 
+def test_a_resume_without_the_checkpoint_keeps_the_recorded_epochs(tmp_path):
+    """A run folder copied without its checkpoint (git keeps checkpoints out) was resumed from scratch and its
+    metrics.jsonl rewritten at the first epoch: the epochs it recorded were lost unasked. Now refused."""
+    from nowt.train import fit
+
+    out = tmp_path / "run"
+    fit(_synthetic("fa", out), progress=False)
+    recorded = (out / "metrics.jsonl").read_text()
+    (out / "checkpoint.pt").unlink()
+    with pytest.raises(ValueError, match="records 2 epochs in metrics.jsonl but has no checkpoint.pt"):
+        fit(_synthetic("fa", out), resume=True, progress=False)
+    assert (out / "metrics.jsonl").read_text() == recorded
+    assert len(fit(_synthetic("fa", out), overwrite=True, progress=False)) == 2  # asked: starts again
+
+
 def test_a_run_is_lengthened_where_its_lr_schedule_allows(tmp_path):
     from dataclasses import replace
 

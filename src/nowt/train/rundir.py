@@ -123,6 +123,14 @@ def _check_owner(out: Path, cfg: TrainConfig, *, resume: bool, overwrite: bool) 
     if not resume and (out / "checkpoint.pt").exists():
         raise ValueError(f"run directory {out} holds an earlier run of this configuration; pass --resume to "
                          f"continue it or --overwrite to start again")
+    metrics = out / "metrics.jsonl"
+    if resume and not (out / "checkpoint.pt").exists() and metrics.is_file() and metrics.read_text().strip():
+        # starting afresh would rewrite metrics.jsonl: the epochs recorded there would be lost unasked
+        epochs = len(metrics.read_text().splitlines())
+        raise ValueError(f"run directory {out} records {epochs} epochs in metrics.jsonl but has no "
+                         f"checkpoint.pt to continue from (checkpoints are kept out of git: was the folder "
+                         f"copied without it?); pass --overwrite to start again (the earlier files are kept "
+                         f"until its first checkpoint), or move the folder away")
 
 
 def data_fingerprint(train, test, probe_x: Tensor, probe_y: Tensor) -> dict[str, float]:
