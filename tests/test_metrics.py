@@ -95,3 +95,31 @@ def test_training_records_a_collapse_and_warns_once(monkeypatch):
         history = fit(cfg, train, test, progress=False)
     assert [r["collapsed"] for r in history] == [True, True, True]
     assert len([w for w in seen if "same output" in str(w.message)]) == 1
+
+
+def test_update_angles_of_layers_whose_weight_is_computed():
+    """A weight-normed layer's or a timm StdConv's `.weight` is a new tensor at every access: the angle was
+    taken with respect to one the forward never used and came out nan (under bp too). It is now taken over
+    what the optimizer updates (weight norm's g and v, StdConv's raw weight and gain)."""
+    from test_convert_zoo import ScaledStdConv2d
+
+    def make():
+        torch.manual_seed(0)
+        return nn.Sequential(ScaledStdConv2d(2, 3, 3, gain_init=0.7), nn.Tanh(), nn.Flatten(),
+                             nn.utils.parametrizations.weight_norm(nn.Linear(3 * 16, 6)), nn.Tanh(),
+                             nn.Linear(6, 3))
+    x, y = torch.randn(8, 2, 4, 4), torch.randint(0, 3, (8,))
+    assert nowt.update_angles(nowt.convert(make(), "bp"), F.cross_entropy, x, y) == {"0": 0, "3": 0, "5": 0}
+    model = nowt.convert(make(), "fa", seed=0)
+    angles = nowt.update_angles(model, F.cross_entropy, x, y)
+
+    def leaf_grads(backprop: bool) -> list[torch.Tensor]:
+        model.zero_grad()
+        with nowt.backprop_mode(model) if backprop else torch.enable_grad():
+            F.cross_entropy(model(x), y).backward()
+        return [torch.cat([p.grad.flatten() for p in leaves])
+                for leaves in ((model[0]._parameters["weight"], model[0].gain),
+                               model[3].parametrizations.weight.parameters())]
+
+    expected = [nowt.angle(r, t) for r, t in zip(leaf_grads(False), leaf_grads(True), strict=True)]
+    assert [angles["0"], angles["3"]] == pytest.approx(expected, abs=1e-6) and min(expected) > 1.0

@@ -58,6 +58,21 @@ def test_mean_neuron_angles_on_models():
     assert set(mean_neuron_angles(bp).values()) == {0.0}
 
 
+def test_mean_neuron_angles_group_by_input_unit_for_weights_stored_in_out():
+    """A transposed convolution (and GPT-2's Conv1D) stores W as (in, out): grouping by dim 1 averaged over
+    output units. Locally connected layers, whose columns are patch offsets, are left out."""
+    from nowt.lc import LocallyConnected2d
+
+    torch.manual_seed(0)
+    model = nowt.convert(nn.Sequential(nn.ConvTranspose1d(5, 3, 2), nn.Tanh(), nn.Flatten(),
+                                       nn.Unflatten(1, (1, 3, 3)), LocallyConnected2d(1, 2, 2, input_size=3)),
+                         "fa", seed=0)
+    w, b = model[0].weight, model[0].feedback
+    expected = sum(nowt.angle(w[i], b[i]) for i in range(5)) / 5  # input unit i: row i
+    assert set(mean_neuron_angles(model)) == {"0"}
+    assert mean_neuron_angles(model)["0"] == pytest.approx(expected, abs=1e-4)
+
+
 def test_area_under_curve_against_hand_values():
     # 0 -> 100 linearly over [0, 2]: area 100, mean height 50
     assert area_under_curve([0.0, 50.0, 100.0]) == pytest.approx(50.0)

@@ -31,7 +31,7 @@ def test_report_writes_table_and_pngs(tmp_path):
     text = md.read_text()
     # best 95.5, final 95.25, output layer 40 - 5 * 2 degrees
     assert "| fa | fa | 3 | 95.50 | 95.25 | 96.25 | 0.50 | 30.0 | 2.0 |" in text
-    assert "| dtp | dtp | 2 | 85.00 | 85.00 | 86.00 | 0.50 | nan | 2.0 |" in text
+    assert "| dtp | dtp | 2 | 85.00 | 85.00 | 86.00 | 0.50 | – | 2.0 |" in text  # no angle: a dash
     for png in ("curves.png", "alignment.png"):
         data = (tmp_path / "rep" / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
@@ -270,6 +270,22 @@ def test_alignment_figure_has_a_column_per_recipe_and_a_line_per_seed(tmp_path, 
     assert len(fa_top.lines) == 3 * 2  # a line per seed per layer
     assert [t.get_text() for t in fa_top.get_legend().get_texts()] == ["0", "2"]  # a layer named once
     assert len({line.get_color() for line in fa_top.lines}) == 2  # a colour per layer, not per seed
+
+
+def test_alignment_axes_hold_angles_past_95_degrees(tmp_path, monkeypatch):
+    """The axes stopped at 95 degrees: DFA's early angles (96-103 measured) were drawn off the plot."""
+    import nowt.report as report
+
+    figures = []
+    monkeypatch.setattr(report, "save", lambda fig, path: figures.append(fig) or path)
+    write_run(tmp_path / "fa", "fa", [90.0, 91.0])
+    report.plot_alignment([load_run(tmp_path / "fa")], tmp_path / "a.png")
+    assert {ax.get_ylim() for ax in figures.pop().axes} == {(0, 95)}  # all angles under 95: the close view
+    metrics = tmp_path / "fa" / "metrics.jsonl"
+    early = '"update_angles": {"0": 102.7'  # DFA's first epoch
+    metrics.write_text(metrics.read_text().replace('"update_angles": {"0": 60.0', early))
+    report.plot_alignment([load_run(tmp_path / "fa")], tmp_path / "a.png")
+    assert {ax.get_ylim() for ax in figures.pop().axes} == {(0, 180)}
 
 
 def test_learning_curves_stay_readable_with_a_diverged_run_and_many_long_names(tmp_path, monkeypatch):

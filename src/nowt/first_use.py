@@ -11,7 +11,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils import parametrize
 from torch.overrides import TorchFunctionMode, resolve_name
 from torch.utils.hooks import RemovableHandle
 
@@ -71,16 +70,6 @@ def _refuse_or_warn(message: str, unknown: str, error: type[Exception], stacklev
     warnings.warn(message, stacklevel=stacklevel)
 
 
-def _leaf_weights(layer: FeedbackLayer) -> list[Tensor]:
-    """The tensors a layer's `.weight` is made of: the Parameter, its parametrization's originals, or
-    StandardizedConv2d's raw weight and gain (attention's Projection holds none: its owner's weight)."""
-    if parametrize.is_parametrized(layer, "weight"):
-        return list(layer.parametrizations.weight.parameters())
-    own: list[Tensor] = [p for n, p in layer._parameters.items()
-                         if n in layer.own_state and n != "bias" and p is not None]
-    return own or [layer.weight]
-
-
 class _FirstForward:
     handles: list[RemovableHandle]
 
@@ -96,7 +85,7 @@ class _FirstForward:
         watched = {id(p): (name, kind, fix, p) for name, (kind, fix, p) in self.tables.items()}
         for name, layer in self.layers.items():  # also an embedding's table (GPT-2's lm_head): the layer's
             converted = {id(w): (f"{name}.weight", f"the weight of converted layer {name!r}", name, w)
-                         for w in _leaf_weights(layer)}
+                         for w in layer.leaf_weights()}
             watched |= converted
             self.converted |= converted.keys()
         uses = self.uses = _Uses(watched)

@@ -55,6 +55,16 @@ class FeedbackLayer(nn.Module):
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, rule={self.rule}"
 
+    def leaf_weights(self) -> list[Tensor]:
+        """The tensors `.weight` is made of, which the optimizer updates: the Parameter, its parametrization's
+        originals, or StandardizedConv2d's raw weight and gain (a parametrized or computed `.weight` is a
+        new tensor at every access; attention's Projection holds none: its owner's weight)."""
+        if parametrize.is_parametrized(self, "weight"):
+            return list(self.parametrizations.weight.parameters())
+        own: list[Tensor] = [p for n, p in self._parameters.items()
+                             if n in self.own_state and n != "bias" and p is not None]
+        return own or [self.weight]
+
     def _rule_state(self) -> list[Tensor]:
         return [t for n, t in (*self._parameters.items(), *self._buffers.items())
                 if n not in self.own_state and t is not None]

@@ -91,14 +91,19 @@ def update_angles(
     if not layers:
         raise ValueError("update_angles: the model has no converted layers; call nowt.convert(model, rule) "
                          "first")
-    weights = [layer.weight for layer in layers.values()]
+    # what the optimizer updates: a parametrized or computed `.weight` is a new tensor at every access, so
+    # a gradient taken with respect to one read before the forward is None
+    leaves = [layer.leaf_weights() for layer in layers.values()]
 
-    def grads() -> tuple[Tensor | None, ...]:
+    def grads() -> list[Tensor | None]:
         rng = torch.get_rng_state()
         with preserved_state(model):
             torch.set_rng_state(rng)
             loss = loss_fn(model(inputs), targets)
-            return torch.autograd.grad(loss, weights, allow_unused=True)
+            flat = iter(torch.autograd.grad(loss, [w for ws in leaves for w in ws], allow_unused=True))
+            parts = [[next(flat) for _ in ws] for ws in leaves]
+            return [None if any(g is None for g in gs) else torch.cat([g.reshape(-1) for g in gs])
+                    for gs in parts]
 
     rule_grads = grads()
     with backprop_mode(model):

@@ -14,17 +14,20 @@ from torch import Tensor, nn
 
 from nowt.layers import feedback_layers
 from nowt.metrics import alignment_pairs, evaluate, row_angles
+from nowt.ops import LocallyConnected2dOp, TransposedLinearOp
 
 OOD_KINDS = ("translate", "rotate", "scale")
 
 
-def neuron_angles(weight: Tensor, feedback: Tensor) -> Tensor:
+def neuron_angles(weight: Tensor, feedback: Tensor, input_dim: int = 1) -> Tensor:
     """Degrees between row i of W^T and row i of B, for every input unit i of a layer.
 
     With our layers' convention (`feedback` has the weight's shape [out, in, ...] and carries the error to
     the input), row i of W^T is `weight[:, i]`, the unit's outgoing forward weights, and row i of the
     paper's B is `feedback[:, i]`, the weights that bring the error back to that unit. Conv kernels are
     flattened per input channel. A zero vector gives nan. Untrained random pairs sit near 90 degrees.
+    `input_dim`: the weight's input axis, 0 for weights stored (in, out, ...) (GPT-2's Conv1D, transposed
+    convolutions).
     """
     if weight.shape != feedback.shape:
         raise ValueError(
@@ -32,20 +35,24 @@ def neuron_angles(weight: Tensor, feedback: Tensor) -> Tensor:
         )
     if weight.dim() < 2:
         raise ValueError(f"neuron_angles needs a matrix or a kernel, got shape {tuple(weight.shape)}")
-    rows = weight.shape[1]
-    return row_angles(weight.transpose(0, 1).reshape(rows, -1), feedback.transpose(0, 1).reshape(rows, -1))
+    rows = weight.shape[input_dim]
+    return row_angles(weight.movedim(input_dim, 0).reshape(rows, -1),
+                      feedback.movedim(input_dim, 0).reshape(rows, -1))
 
 
 def mean_neuron_angles(model: nn.Module) -> dict[str, float]:
     """{layer name: mean per-neuron angle} for every rule-trained layer whose feedback has W's shape.
 
-    Backprop layers give 0; layers with another feedback shape (e.g. direct feedback) are left out.
+    Backprop layers give 0; layers with another feedback shape (e.g. direct feedback) are left out, and so
+    are locally connected layers (a column of their weight is a patch offset, shared by no single unit).
     """
     out = {}
     layers = feedback_layers(model)
     for name, (fb, _) in alignment_pairs(model).items():
-        if fb is not None and fb.shape == layers[name].weight.shape:
-            out[name] = float(neuron_angles(layers[name].weight, fb).nanmean())
+        op, weight = layers[name].op, layers[name].weight
+        if fb is not None and fb.shape == weight.shape and not isinstance(op, LocallyConnected2dOp):
+            stored_in_out = isinstance(op, TransposedLinearOp) or getattr(op, "transposed", False)
+            out[name] = float(neuron_angles(weight, fb, 0 if stored_in_out else 1).nanmean())
     return out
 
 

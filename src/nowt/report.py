@@ -242,6 +242,9 @@ def plot_alignment(runs: list[Run], path: Path) -> Path | None:
     if not runs:
         return None
     groups = seed_groups(runs)
+    angles = [a for run in runs for r in run.history for key in ("weight_angles", "update_angles")
+              for a in (r.get(key) or {}).values() if not math.isnan(a)]
+    top = 95 if max(angles, default=0) <= 95 else 180  # DFA's angles pass 90 early on: never drawn off-axis
     fig, axes = figure(len(groups), 2, width=3.6, height=3.0, sharey=True)
     for col, (group, label) in enumerate(zip(groups, group_labels(groups), strict=True)):
         name = label if len(group) == 1 else f"{label}, {len(group)} seeds"
@@ -254,7 +257,7 @@ def plot_alignment(runs: list[Run], path: Path) -> Path | None:
                     ax.plot(epochs, [r.get(key, {}).get(layer, math.nan) for r in run.history], marker=marker,
                             color=f"C{i % 10}", lw=1.0, label=(layer or "(model)") if k == 0 else None)
             style(ax, title=f"{name}: {'B vs W' if row == 0 else 'update vs backprop'}", xlabel="epoch",
-                  ylabel="angle (degrees)" if col == 0 else None, ylim=(0, 95), legend=row == 0,
+                  ylabel="angle (degrees)" if col == 0 else None, ylim=(0, top), legend=row == 0,
                   integer_x=True)
             if ax.get_legend():
                 ax.get_legend().set_title("layer", prop={"size": "small"})  # names like "1", "3" need it
@@ -269,7 +272,7 @@ def summary_table(runs: list[Run]) -> str:
     rows = []
     for run in runs:
         s = run.summary()
-        rows.append([*(s[k] for k in keys), f"{s['output_angle']:.1f}", f"{s['seconds_per_epoch']:.1f}"])
+        rows.append([*(s[k] for k in keys), cell(s['output_angle'], 1), f"{s['seconds_per_epoch']:.1f}"])
     collapses = [collapse_note(run.name, record) for run in runs
                  if (record := next((r for r in run.history if r.get("collapsed")), None)) is not None]
     return markdown_table(header, rows) + ("\n" + "\n".join(collapses) + "\n" if collapses else "")
