@@ -22,7 +22,9 @@ LENET_LR = dict.fromkeys(RULES, 0.01)
 #: conv_feedback="kernel", the same gradients to float precision (the probe's check).
 EXPLORATIONS = {"dfa-kernel-lr1e-4": ({"rule": "dfa", "lr": 1e-4, "conv_feedback": "kernel"}, (
     "2026-12-02, after the registered dfa row (lr 0.01, a full B per layer) ended at 2.13 against 1.61: "
-    "BioTorch's own conv DFA form at lr 1e-4, where BioTorch's DFA trains on this recipe"))}
+    "BioTorch's own conv DFA form at lr 1e-4, where BioTorch's DFA trains on this recipe (that 2.13 run, "
+    "with kaiming B, is now probes/dfa-seed0-before-xavier-B; the registered row rerun with its Xavier B "
+    "diverged)"))}
 
 ENTRIES = [
     Reproduction(
