@@ -106,7 +106,14 @@ def test_akrout_runs_follow_the_official_recipe_and_compare_with_the_authors_log
     assert row.split(" | ")[1:4] == ["6", "0.50", "85.50"] and row.endswith("| 3.00 |")
     assert (tmp_path / "official_curves.png").read_bytes()[:4] == b"\x89PNG"
     monkeypatch.delenv(akrout2019.LOGS_ENV)
-    assert akrout2019.LOGS_ENV in repro.compare(tmp_path)[0]
+    assert akrout2019.LOGS_ENV in repro.compare(tmp_path)[0]  # nothing written before: says how to compare
+    # a gather without the logs dropped the committed comparison for that hint; it is kept, and said so
+    (tmp_path / "RESULTS.md").write_text("# akrout2019\n\n" + "\n\n".join(parts) + "\n\n## Later\n\nx\n")
+    for _ in range(2):
+        with pytest.warns(UserWarning, match="kept from .*RESULTS.md as it was, not recomputed"):
+            kept = repro.compare(tmp_path)
+        (tmp_path / "RESULTS.md").write_text("\n\n".join(kept) + "\n")
+        assert kept == ["\n\n".join(parts) + "\n\n" + akrout2019.KEPT_NOTE] and row in kept[0]
 
 
 def test_cheon_conditions_change_one_thing_each_and_gather_rebuilds_the_table(tmp_path, monkeypatch):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from pathlib import Path
 
 from nowt.report import figure, markdown_table, read_metrics, save, style
@@ -53,6 +54,19 @@ def official_log(root: Path, dataset: str, rule: str) -> list[dict] | None:
             for _, e in ordered]
 
 
+SECTION = "## Against the authors' per-epoch logs"
+KEPT_NOTE = (f"(Kept as the last gather with the authors' logs wrote it: {LOGS_ENV} was not set at the "
+             "latest gather.)")
+
+
+def _kept_section(results: Path) -> str | None:
+    """The comparison section of an earlier RESULTS.md, if it has one with numbers."""
+    if not results.is_file() or SECTION not in (text := results.read_text()):
+        return None
+    section = SECTION + text.split(SECTION, 1)[1].split("\n## ", 1)[0].rstrip("\n")
+    return section if "| run |" in section else None
+
+
 def _ours(run_dir: Path) -> list[dict] | None:
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
@@ -70,8 +84,14 @@ def compare_with_official(dataset: str):
     def compare(out_dir: Path) -> list[str]:
         root = os.environ.get(LOGS_ENV)
         if not root:
-            return [f"## Against the authors' per-epoch logs\n\nSet {LOGS_ENV} to a clone of the authors' "
-                    "repository to compare our curves with their logs."]
+            # a gather on a machine without the authors' clone must not drop the committed comparison
+            kept = _kept_section(out_dir / "RESULTS.md")
+            if kept is not None:
+                warnings.warn(f"{LOGS_ENV} is not set: the comparison with the authors' logs is kept from "
+                              f"{out_dir / 'RESULTS.md'} as it was, not recomputed", stacklevel=2)
+                return [kept if KEPT_NOTE in kept else f"{kept}\n\n{KEPT_NOTE}"]
+            return [f"{SECTION}\n\nSet {LOGS_ENV} to a clone of the authors' repository to compare our "
+                    "curves with their logs."]
         rows, fig_runs = [], []
         for rule in _RULES:
             ours, theirs = _ours(seed_dir(out_dir, rule, 0)), official_log(Path(root), dataset, rule)
@@ -89,7 +109,7 @@ def compare_with_official(dataset: str):
                          *a_ours[:2], *a_theirs[:2], angle_gap])
             fig_runs.append((rule, ours[:n], theirs[:n]))
         if not rows:
-            return [f"## Against the authors' per-epoch logs\n\nNo run here has a log under {root}."]
+            return [f"{SECTION}\n\nNo run here has a log under {root}."]
         fig, axes = figure(2, 1, width=6.0)
         for rule, ours, theirs in fig_runs:
             epochs = range(1, len(ours) + 1)
@@ -111,7 +131,7 @@ def compare_with_official(dataset: str):
         table = markdown_table(["run", "epochs", "mean abs gap, epochs 1-5 (pp)", "ours, last epoch",
                                 "authors, last epoch", "gap (pp)", "ours hidden angle", "ours output angle",
                                 "authors hidden angle", "authors output angle", "max angle gap"], rows)
-        return ["## Against the authors' per-epoch logs", "Our seed 0 beside the authors' one run (V0), read "
+        return [SECTION, "Our seed 0 beside the authors' one run (V0), read "
                 f"from their results.json files ({LOGS_ENV}); test accuracy in %, angles in degrees between "
                 "B and W.", table,
                 "![nowt over the authors' logs](official_curves.png)"]
