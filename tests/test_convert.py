@@ -219,3 +219,39 @@ def test_a_converted_model_pickles_whole(rule):
         m(x).square().sum().backward()
     for (name, p), q in zip(model.named_parameters(), copy_.parameters(), strict=True):
         assert p.grad is not None and torch.equal(p.grad, q.grad), name
+
+
+class _TiedPair(nn.Module):
+    """Two Linear modules holding one weight Parameter (`b.weight = a.weight`), as tied projections do."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(5, 5), nn.Linear(5, 5)
+        self.b.weight = self.a.weight
+
+    def forward(self, x):
+        return self.b(torch.tanh(self.a(x)))
+
+
+def test_kp_layers_sharing_a_weight_share_b_so_it_converges_to_w():
+    # Each layer drew its own B, and each took one use's share of the gradient W summed: |W - B| stayed 0.6.
+    torch.manual_seed(0)
+    x, y = torch.randn(6, 5), torch.randint(0, 5, (6,))
+    model = nowt.convert(_TiedPair(), "kp", seed=0)
+    assert model.a.feedback is model.b.feedback
+    assert sum(p is model.a.feedback for p in model.parameters()) == 1  # the optimizer steps it once
+    opt = torch.optim.SGD(model.parameters(), lr=0.2, weight_decay=0.5)
+    for _ in range(300):  # W - B shrinks by 1 - lr * decay = 0.9 a step: 0.9^300 ~ 2e-14
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    assert (model.a.weight - model.a.feedback).abs().max() < 1e-6
+
+
+@pytest.mark.parametrize(("rule", "state"), [("fa", "feedback"), ("frsf", "feedback_magnitude")])
+def test_fixed_feedback_is_drawn_once_for_a_shared_weight(rule, state):
+    model = nowt.convert(_TiedPair(), rule, seed=0)
+    assert getattr(model.a, state) is getattr(model.b, state)
+    assert model.a.draw_state is model.b.draw_state  # a redraw after `to_empty` draws it once too
+    plain = nowt.convert(nn.Sequential(nn.Linear(5, 5), nn.Linear(5, 5)), "usf", seed=0)
+    assert plain[0].feedback is not plain[1].feedback  # untied layers keep their own

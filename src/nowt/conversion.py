@@ -136,6 +136,7 @@ def convert(
     _check_targets(names, modules, exclude, rule)
     seeds = torch.randint(0, 2**62, (len(names),), generator=torch.Generator().manual_seed(seed))
     layers: dict[str, FeedbackLayer] = {}
+    tied: dict[tuple[int, ...], FeedbackLayer] = {}  # weight Parameters -> the first part drawn for them
     for (key, layer_names), layer_seed in zip(names.items(), seeds.tolist(), strict=True):
         module = modules[key]
         layer_rule = backprop if _excluded(layer_names[0], module, exclude) else rule
@@ -152,6 +153,7 @@ def convert(
         for part in parts:
             part.draw_state = generator.get_state()  # to redraw the same B after `to_empty`
             layer_rule.setup(part, generator)
+            _share_tied_state(part, tied)
             _tag_rule(part)
             layers[".".join(filter(None, (layer_names[0], _child_name(layer, part))))] = part
         if layer_names == [""]:
@@ -164,6 +166,23 @@ def convert(
     rule.setup_model(model)  # once, with every layer in place (DFA hooks the model's output)
     watch(model, layers, unknown, tables)
     return model
+
+
+def _share_tied_state(part: FeedbackLayer, tied: dict[tuple[int, ...], FeedbackLayer]) -> None:
+    """Gives a layer whose weight Parameter an earlier converted layer also uses (`b.weight = a.weight`)
+    that layer's rule state named by `tied_state`, the very same tensors: kp's B then gets the summed
+    gradient W gets, and both draw and redraw (`draw_state`) the same B."""
+    if not part.rule.tied_state:
+        return
+    leaves = [w for w in part.leaf_weights() if isinstance(w, nn.Parameter)]
+    if not leaves:  # attention's projections: their owner's weight, shared by nothing else
+        return
+    first = tied.setdefault((id(part.rule), *map(id, leaves)), part)
+    if first is part:
+        return
+    for name in part.rule.tied_state:
+        setattr(part, name, getattr(first, name))
+    part.draw_state = first.draw_state
 
 
 def _child_name(layer: nn.Module, part: nn.Module) -> str:

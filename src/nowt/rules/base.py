@@ -186,6 +186,8 @@ class Rule:
     #: Why the rule needs weight decay to do what it promises, where it does (kp: W - B shrinks only by the
     #: decay); a run without decay is warned with it.
     needs_weight_decay: ClassVar[str | None] = None
+    #: What `setup` registers that layers sharing one weight Parameter share, drawn once (kp's B: W's sum).
+    tied_state: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, **options: Any) -> None:
         unknown = set(options) - set(self.options)

@@ -14,6 +14,8 @@ class KolenPollack(RandomFeedbackRule):
     name = "kp"
     needs_weight_decay = ("kp aligns B with W only through weight decay (W - B shrinks by lr x decay a "
                           "step); without it B moves with W but B - W stays as drawn")
+    # Layers sharing one W share B: it gets the summed gradient W gets, so W - B still only decays.
+    tied_state = ("feedback",)
 
     def setup(self, layer, generator: torch.Generator) -> None:
         # A parameter: the FeedbackFunction hands it W's gradient whenever it requires grad.

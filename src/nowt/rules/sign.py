@@ -68,6 +68,7 @@ class USF(_SignSymmetry):
 
 class FRSF(_SignSymmetry):
     name = "frsf"
+    tied_state = ("feedback_magnitude",)  # one W, one |R| (its B is formed at every forward)
 
     def setup(self, layer, generator: torch.Generator) -> None:
         layer.register_buffer("feedback_magnitude", self.initial_feedback(layer, generator).abs())
