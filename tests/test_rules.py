@@ -217,6 +217,20 @@ def test_kp_feedback_is_a_parameter_in_model_parameters():
     assert isinstance(model[0].feedback, nn.Parameter)
 
 
+
+def test_kp_feedback_of_a_frozen_weight_stays_put():
+    # B of a frozen W (requires_grad False) took W's would-be gradient and moved by 1.0 in 5 steps.
+    model = nowt.convert(tiny_mlp(), "kp", seed=0)
+    model[2].weight.requires_grad_(False)
+    frozen_b, trained_b = model[2].feedback.detach().clone(), model[4].feedback.detach().clone()
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    for _ in range(3):
+        opt.zero_grad()
+        model(torch.randn(8, 5, dtype=torch.double)).square().mean().backward()
+        opt.step()
+    assert model[2].feedback.grad is None and torch.equal(model[2].feedback, frozen_b)
+    assert not torch.equal(model[4].feedback, trained_b)  # a trainable W's B still learns
+
 @pytest.mark.parametrize("make,shape", [(lambda: nowt.models.mlp(784, (256, 256), 10), (64, 784)),
                                         (lambda: nowt.models.convnet(3, 10, 8, 16), (32, 3, 16, 16))])
 def test_weight_mirror_aligns_within_a_few_hundred_steps_and_stays_bounded(make, shape):

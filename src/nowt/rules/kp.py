@@ -20,3 +20,10 @@ class KolenPollack(RandomFeedbackRule):
     def setup(self, layer, generator: torch.Generator) -> None:
         # A parameter: the FeedbackFunction hands it W's gradient whenever it requires grad.
         layer.feedback = nn.Parameter(self.initial_feedback(layer, generator))
+
+    def feedback(self, layer) -> torch.Tensor:
+        # B takes W's gradient only while W takes one: B of a frozen W (a frozen embedding tied to an LM head)
+        # moved on its own, away from the W it should track. (Leaf weights: a parametrized W is recomputed.)
+        if any(w.requires_grad for w in layer.leaf_weights()):
+            return layer.feedback
+        return layer.feedback.detach()
