@@ -52,6 +52,7 @@ class Pass:
     def __init__(self, rule: CapturingRule) -> None:
         self.rule = rule
         self.error: Tensor | None = None
+        self.error_task = -1  # the backward (autograd graph task) that recorded `error`
         self.past_error = False  # error_at's point has run: later layers learn by backprop
         self.pending: list[tuple[LayerLike, torch.Size]] | None = []  # a layer's input, a block's output
         self.projections: list[AnyProjection | None] = []
@@ -103,6 +104,13 @@ class Pass:
             raise RuntimeError(
                 "dfa: backward reached a converted layer before the output error e was recorded; the loss "
                 "must be computed from the output of the converted model (the module given to nowt.convert)")
+        # A second backward of the same graph (retain_graph) that does not pass through the output (an
+        # auxiliary loss on a hidden activation) would otherwise take the first one's e as its own.
+        if self.error_task != torch._C._current_graph_task_id():
+            raise RuntimeError(
+                "dfa: this backward did not pass through the model's output, so it has no output error e "
+                "of its own (the e of an earlier backward would be reused); a loss on a hidden activation "
+                "must be added to the output's loss and backpropagated with it")
 
     def input_grad(self, slot: int) -> Tensor | None:
         """The gradient for the input of the layer that registered as `slot`: e projected by its B."""
@@ -123,7 +131,7 @@ class RecordError(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        ctx.pass_.error = grad
+        ctx.pass_.error, ctx.pass_.error_task = grad, torch._C._current_graph_task_id()
         return grad, None
 
 
