@@ -33,3 +33,27 @@ def test_backwards_of_one_forward_through_the_output_each_use_their_own_error():
     once = model[0].weight.grad.clone()
     (2 * loss).backward()  # e doubled: layer 0's gradient grows by 2 x once
     torch.testing.assert_close(model[0].weight.grad, 3 * once)
+
+
+@pytest.mark.parametrize(("rule", "options"), [("dfa", {}), ("dfa", {"storage": "shared"}),
+                                               ("dfa", {"storage": "seeded"}), ("ifa", {}),
+                                               ("dfa", {"blocks": ("2",)})])
+def test_a_first_forward_under_inference_mode_leaves_training_as_it_was(rule, options):
+    # B and its shape, made at the first forward, were inference tensors: the next forward raised
+    # "Inference tensors do not track version counter".
+    def trained(model: nn.Module) -> dict[str, torch.Tensor]:
+        opt = torch.optim.SGD(model.parameters(), lr=0.5)
+        for _ in range(2):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(X), Y).backward()
+            opt.step()
+        return model.state_dict()
+
+    model = nowt.convert(mlp(), rule, seed=0, **options)
+    with torch.inference_mode():
+        model(X)
+    assert not any(t.is_inference() for t in model.buffers())
+    expected = trained(nowt.convert(mlp(), rule, seed=0, **options))
+    got = trained(model)
+    assert got.keys() == expected.keys()
+    assert all(torch.equal(got[k], expected[k]) for k in expected)

@@ -14,6 +14,8 @@ learns by backprop, so e is the loss's gradient there, and every block before it
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 import torch
@@ -44,6 +46,15 @@ class CapturingRule(Protocol):
 
     def projection(self, model: nn.Module, layer: LayerLike, shape: torch.Size,
                    tokens: int | None = None) -> AnyProjection | None: ...
+
+
+@contextlib.contextmanager
+def normal_tensors() -> Iterator[None]:
+    """No inference mode (and no grad) for the buffers the first forward creates (B, its shape): made under
+    torch.inference_mode (Lightning's validation), they would be inference tensors, which the next training
+    forward cannot use (they track no version)."""
+    with torch.inference_mode(False), torch.no_grad():
+        yield
 
 
 class Pass:
@@ -85,7 +96,8 @@ class Pass:
                                  f"{n}; dfa needs every converted layer to see the model's batch along dim 0 "
                                  f"(nowt.convert(..., exclude=[{name!r}]) leaves a layer that does not, such "
                                  f"as one computing a position bias, on backprop)")
-            self.rule.note_shape(layer, fb_shape)  # all shapes first: the shared matrix spans the widest
+            with normal_tensors():
+                self.rule.note_shape(layer, fb_shape)  # all shapes first: the shared matrix spans the widest
         # (a pass that registered nothing, under nowt.metrics.backprop_mode, or blocks under no_grad, which
         # skip registering, proves nothing: only a training pass is checked)
         if self.rule.position_feedback == "shared" and fed and torch.is_grad_enabled() and not any(
@@ -93,8 +105,9 @@ class Pass:
             raise ValueError(f"{self.rule.name}: position_feedback='shared' (--position-feedback shared) "
                              f"shares one B across the positions of a sequence (N, T, C) fed to a Linear "
                              f"layer or a block, but this model has none; drop it")
-        self.projections = [self.rule.projection(model, layer, s, tokens)
-                            for (layer, _), s in zip(fed, shapes, strict=True)]
+        with normal_tensors():
+            self.projections = [self.rule.projection(model, layer, s, tokens)
+                                for (layer, _), s in zip(fed, shapes, strict=True)]
         if last_block:
             self.projections.append(None)
         self.pending = None  # drop the layers: backward needs only the projections
