@@ -31,6 +31,32 @@ def test_bp_equals_plain_autograd_exactly(make):
     assert torch.equal(x.grad, x_ref.grad)
 
 
+def _penalty_grads(model, x):
+    """The gradients of a gradient penalty, |d loss / dx|^2, a second derivative (double backward)."""
+    (gx,) = torch.autograd.grad(model(x).square().sum(), x, create_graph=True)
+    model.zero_grad()
+    gx.square().sum().backward()
+    return [p.grad for p in model.parameters()]
+
+
+def test_bp_keeps_double_backward_as_autograd():
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, dtype=torch.double, requires_grad=True)
+    ref = tiny_mlp()
+    model = nowt.convert(copy.deepcopy(ref), "bp")
+    got, expected = _penalty_grads(model, x), _penalty_grads(ref, x)
+    assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
+
+
+@pytest.mark.parametrize("rule", ["fa", "kp", "brsf", "dfa"])
+def test_a_second_derivative_through_a_rule_trained_layer_is_refused(rule):
+    # It was taken through the rule's backward: kp's B got a penalty gradient W did not, and W one of no
+    # defined quantity, silently.
+    model = nowt.convert(tiny_mlp(), rule, seed=0)
+    with pytest.raises(RuntimeError, match="second derivative through a rule-trained layer"):
+        _penalty_grads(model, torch.randn(3, 5, dtype=torch.double, requires_grad=True))
+
+
 def _feedback_used(layer, rule):
     """The matrix the rule should have used, derived here from the rule's definition."""
     w = layer.weight.detach()

@@ -10,7 +10,10 @@ forward makes anyway and its weight gradient would otherwise make again.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -214,6 +217,29 @@ def _positions_first(t: Tensor) -> Tensor:
     return t.transpose(1, 2).contiguous().transpose(0, 1)
 
 
+SECOND_DERIVATIVE = (b"nowt: a second derivative through a rule-trained layer (create_graph=True, e.g. "
+                     b"a gradient penalty) is not defined: its backward sends the error through feedback, "
+                     b"not the derivative of its forward; leave such layers on backprop (rule 'bp', or "
+                     b"convert(..., exclude=[...]))")
+
+
+def first_order_only(backward: Callable[..., Any]) -> Callable[..., Any]:
+    """torch's `once_differentiable`, saying why: differentiated under create_graph, a rule's backward would
+    give B (kp's, a parameter) and the rest gradients of no defined quantity, silently; this raises when the
+    second backward reaches it."""
+
+    @functools.wraps(backward)
+    def wrapper(ctx, *grads: Any) -> Any:
+        with torch.no_grad():
+            outputs = backward(ctx, *grads)
+        if not torch.is_grad_enabled() or not any(isinstance(g, Tensor) and g.requires_grad for g in grads):
+            return outputs
+        error = torch._C._functions.DelayedError(SECOND_DERIVATIVE, len(outputs))
+        return error(*[o.detach().requires_grad_() if isinstance(o, Tensor) else o for o in outputs])
+
+    return wrapper
+
+
 class FeedbackFunction(torch.autograd.Function):
     """y = op(x, W, b); in backward the input gradient goes through `feedback` in place of W.
 
@@ -230,6 +256,7 @@ class FeedbackFunction(torch.autograd.Function):
         return out
 
     @staticmethod
+    @first_order_only
     def backward(ctx, grad_out: Tensor):
         x, feedback = ctx.saved_tensors
         need_x, need_w, need_b, need_fb = ctx.needs_input_grad[:4]

@@ -26,6 +26,7 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
+from nowt.ops import first_order_only
 from nowt.rules.base import RuleLayer, is_rule_layer
 from nowt.rules.dfa.state import adopt_buffers
 
@@ -60,6 +61,7 @@ class BlockFeedbackFunction(torch.autograd.Function):
         return torch.ops.aten._unsafe_view(output, output.shape)
 
     @staticmethod
+    @first_order_only
     def backward(ctx, grad: Tensor):
         if ctx.pass_ is None:
             raise RuntimeError("dfa: this block ran outside its converted model's forward, so it has no "

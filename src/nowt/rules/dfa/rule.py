@@ -46,7 +46,7 @@ from typing import Any, ClassVar, TypeGuard
 import torch
 from torch import Tensor, nn
 
-from nowt.ops import ConvOp, LinearOp, autocast_apply
+from nowt.ops import ConvOp, LinearOp, autocast_apply, first_order_only
 from nowt.rules.base import LayerLike, Option, Rule, RuleLayer, declare, host_value, rule_layers
 from nowt.rules.dfa import storage
 from nowt.rules.dfa.blocks import find_blocks
@@ -72,6 +72,7 @@ class DirectFeedbackFunction(torch.autograd.Function):
         return out
 
     @staticmethod
+    @first_order_only
     def backward(ctx, grad_out: Tensor):
         (saved,) = ctx.saved_tensors
         if ctx.pass_ is None:
