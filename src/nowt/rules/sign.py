@@ -10,6 +10,7 @@ B is formed as copysign(magnitude, W), so an exactly zero weight feeds back +mag
 These rules do read the signs of W in backward: they relax weight transport, they do not remove it.
 """
 
+import collections
 import math
 from typing import ClassVar
 
@@ -89,6 +90,7 @@ class BRSF(_SignSymmetry):
             std = self.weight_std(layer) or 0.0
             layer.register_buffer("magnitude_std", torch.tensor(std, device=layer.weight.device))
         super().setup(layer, generator)
+        layer.__dict__.pop("_brsf_made", None)  # B's first form, made here, is no forward's draw
 
     def magnitude_std(self, layer) -> float | None:
         """The spread the magnitudes are drawn at under "match": the saved one (a loaded model draws what
@@ -99,7 +101,7 @@ class BRSF(_SignSymmetry):
 
     @torch.compiler.disable  # a seeded draw per batch: run eagerly rather than recompile each step
     def magnitude(self, layer) -> torch.Tensor:
-        draw = increment_buffer(layer, "feedback_draws")
+        draw = self._draw(layer)
         w = layer.weight
         g = torch.Generator(w.device).manual_seed(host_value(layer, "feedback_seed") + 1_000_003 * draw)
         if self.init in UNIFORM and w.device.type == "cpu":
@@ -113,6 +115,24 @@ class BRSF(_SignSymmetry):
             return levels.to(w.dtype).add_(32768.5).mul_(bound * self.scale / 65536)
         std = self.magnitude_std(layer)
         return random_matrix(w.shape, g, self.init, self.scale, w.device, std).abs_().to(w.dtype)
+
+    @staticmethod
+    def _draw(layer) -> int:
+        """The draw counter's next value; but a forward rerun inside a backward (non-reentrant activation
+        checkpointing's recomputation) takes, in order, the draws its first run made while W stayed as it
+        is: it drew anew, so backward used another R than the forward's and the counter ran ahead. (The
+        reentrant kind's first run, under no_grad, drew nothing: its rerun draws.)"""
+        weights = tuple((id(w), w._version) for w in layer.leaf_weights())
+        made = layer.__dict__.get("_brsf_made")
+        if made is None or made[0] != weights:  # an optimizer step (a load) moved W: earlier draws are done
+            made = layer.__dict__["_brsf_made"] = (weights, collections.deque(maxlen=64))
+        in_backward = torch._C._current_graph_task_id() != -1
+        if in_backward and made[1]:
+            return made[1].popleft()
+        draw = increment_buffer(layer, "feedback_draws")
+        if not in_backward:
+            made[1].append(draw)
+        return draw
 
     def _bound(self, layer) -> float:
         """The uniform init's bound: sqrt(3) std(W) at conversion for "match" (the fan-in one where W's
