@@ -212,8 +212,8 @@ def _local_estimate(layer, x: Tensor, scale: Tensor | float, activation: str = "
 def _pair_counts(layer, shape: torch.Size) -> tuple[Tensor | float, float, float]:
     """How many (input, output) pairs each weight entry sums over (n for Linear, per kernel tap for conv),
     their mean, and the fan-in: how many inputs feed one output on average, the number of terms in each y of
-    the y x^T estimate, which sets its noise. Computed once per shape, so a GPU does not sync on every
-    mirror step.
+    the y x^T estimate, which sets its noise. Computed once per shape, device and dtype (a cast model
+    gets counts of its new dtype), so a GPU does not sync on every mirror step.
 
     The fan-in is counted, not read off the weight's shape: a transposed convolution's weight is
     (in, out/groups, k...), and each output sums over in/groups channels times only about k/stride taps per
@@ -221,14 +221,15 @@ def _pair_counts(layer, shape: torch.Size) -> tuple[Tensor | float, float, float
     if isinstance(layer.op, LinearOp):
         n = float(torch.Size(shape[:-1]).numel())
         return n, n, float(shape[-1])
-    cached = getattr(layer, "_mirror_counts", None)
-    if cached is not None and cached[0] == shape:
-        return cached[1:]
     w = layer.weight
+    key = (shape, w.device, w.dtype)
+    cached = getattr(layer, "_mirror_counts", None)
+    if cached is not None and cached[0] == key:
+        return cached[1:]
     ones = torch.ones(shape, device=w.device, dtype=w.dtype)
     out = layer.op.forward(ones, torch.ones_like(w), None)  # each output: the count of its terms
     counts = layer.op.weight_grad(ones, torch.ones_like(out), w.shape).clamp_min(1.0)
-    layer._mirror_counts = (shape, counts, float(counts.mean()), float(out.mean()))
+    layer._mirror_counts = (key, counts, float(counts.mean()), float(out.mean()))
     return layer._mirror_counts[1:]
 
 
