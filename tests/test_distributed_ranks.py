@@ -2,8 +2,11 @@
 in test_distributed.py, each running one scenario (a function of this module) and saving what it returned or
 raised. Tiny synthetic runs: a few seconds a test."""
 
+import contextlib
+import io
 import os
 import socket
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -14,6 +17,8 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import nowt
+import nowt.train.loop as loop
+from nowt import cli
 from nowt.train import TrainConfig
 
 #: a collective left waiting by a rank that went another way fails after this long, not the default 10 min
@@ -61,6 +66,58 @@ def _mlp(**fields) -> TrainConfig:
 
 def _resnet(**fields) -> TrainConfig:  # batch norm
     return TrainConfig(**{**RUN, "model": "resnet20", **fields})
+
+
+# 1. compare and reproduce: rank 0 alone reads the runs and reports, after every rank has trained.
+
+def _compare(rank: int, out: str) -> dict:
+    if rank == 0:  # a slow disk: rank 0's files of each epoch come late
+        write = loop._write_epoch
+
+        def slow(*args, **kwargs):
+            time.sleep(0.5)
+            return write(*args, **kwargs)
+
+        loop._write_epoch = slow
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = cli.main(["compare", "--rules", "bp,fa", "--dataset", "synthetic", "--train-size", "100",
+                         "--hidden", "8", "--epochs", "2", "--batch-size", "50", "--no-progress", "--out",
+                         out])
+    return {"code": code, "stdout": printed.getvalue()}
+
+
+def test_compare_under_torchrun_reports_once_from_rank_0_after_training(tmp_path):
+    rank0, rank1 = on_two_ranks(tmp_path, _compare, str(tmp_path / "cmp"))
+    assert rank0["code"] == rank1["code"] == 0, (rank0, rank1)
+    assert rank1["stdout"] == "", "rank 1 read the runs (perhaps before rank 0 wrote them) and reported"
+    assert rank0["stdout"].count("report: ") == 1
+    assert "| bp | bp | 2 |" in rank0["stdout"] and "| fa | fa | 2 |" in rank0["stdout"], rank0["stdout"]
+
+
+def _reproduce(rank: int, out: str) -> dict:
+    from nowt.reproduce.entry import Reproduction
+
+    written = []
+    write_text = Path.write_text
+
+    def noted(self, *args, **kwargs):
+        written.append(self.name)
+        return write_text(self, *args, **kwargs)
+
+    Path.write_text = noted  # type: ignore[method-assign]
+    repro = Reproduction(name="tiny", paper="-", table="-", runs={"fa": {"rule": "fa"}}, published={},
+                         seeds=(0,), run_figures=False, config={**RUN, "hidden": (8,)})
+    path = repro.run(out, progress=False, command="test")
+    return {"written": written, "results": path.read_text() if rank == 0 else None}
+
+
+def test_reproduce_under_torchrun_writes_results_from_rank_0_alone(tmp_path):
+    rank0, rank1 = on_two_ranks(tmp_path, _reproduce, str(tmp_path / "repro"))
+    assert "error" not in rank0 and "error" not in rank1, (rank0, rank1)
+    assert "RESULTS.md" in rank0["written"]
+    assert rank1["written"] == [], f"rank 1 wrote {rank1['written']}"
+    assert "1 of 1 seeds" in rank0["results"]
 
 
 # 7. wm's cached pair counts follow the model's dtype (no ranks needed).

@@ -256,7 +256,9 @@ def compare_command(args: argparse.Namespace) -> int:
     trained = {c.rule: f"{c.optimizer}, {c.lr_schedule} lr" for c in configs}
     optimizers = ("" if len(set(trained.values())) == 1 else  # target propagation runs its own Adam
                   "Not one optimizer: " + "; ".join(f"{r}: {how}" for r, how in trained.items()) + ".\n\n")
-    print(optimizers, end="")
+    rank0 = distributed.world()[0] == 0  # under torchrun every rank trains; rank 0 alone reports
+    if rank0:
+        print(optimizers, end="")
     data = load_data(first)
     run = {"resume": args.resume, "overwrite": args.overwrite, "progress": not args.no_progress}
     grid = ""
@@ -273,6 +275,9 @@ def compare_command(args: argparse.Namespace) -> int:
         raise ValueError("--holdout applies with --lr-grid only")
     for cfg in configs:  # the very same tensors, model recipe, seed and budget for every rule
         fit(cfg, data.train, data.test, **run, data_from_cfg=True)
+    distributed.barrier()  # the ranks end together, rank 0's files written
+    if not rank0:  # another rank would read the runs while rank 0 still writes them, and write the report too
+        return 0
     dirs = [cfg.out_dir for cfg in configs if cfg.out_dir is not None]  # every one's: made with out_dir
     runs = [load_run(d, name=str(Path(d).relative_to(out))) for d in dirs]
     by_rule = seed_summary_table(runs)
@@ -306,8 +311,9 @@ def reproduce_command(args: argparse.Namespace) -> int:
     path = reproduce.run(args.name, args.out, quick=args.quick, only=only, progress=not args.no_progress,
                          command="nowt " + " ".join(args.argv), gather=args.gather,
                          seeds=list(args.seeds) if args.seeds else None, **overrides)
-    print(path.read_text() if path.stat().st_size < 20_000 else "", end="")
-    print(f"results: {path}")
+    if distributed.world()[0] == 0:  # under torchrun, rank 0 alone wrote RESULTS.md
+        print(path.read_text() if path.stat().st_size < 20_000 else "", end="")
+        print(f"results: {path}")
     return 0
 
 

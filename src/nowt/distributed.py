@@ -210,6 +210,12 @@ def agree(ok: bool) -> bool:
     return bool(flag.item())
 
 
+def barrier() -> None:
+    """Waits for every rank (returns at once alone): what rank 0 wrote before it is there to read."""
+    if world()[1] > 1:
+        dist.barrier()
+
+
 def all_reduce_sum_(t: Tensor) -> Tensor:
     if world()[1] > 1:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from nowt import distributed
 from nowt.models import MODELS
 from nowt.provenance import machine
 from nowt.report import collapse_state, load_run, mean_std, report_runs
@@ -131,6 +132,10 @@ class Reproduction(Entry):
             raise ValueError(f"--gather reads the runs in {out_dir}, which does not exist: nothing to gather")
         rows = run_reproduction(self, quick=quick, out_dir=out_dir, only=only, progress=progress,
                                 gather=gather, seeds=seeds, **overrides)
+        path = Path(out_dir) / "RESULTS.md"
+        distributed.barrier()  # the ranks end together, rank 0's files written
+        if distributed.world()[0] != 0:  # under torchrun rank 0 alone gathers the runs and writes
+            return path
         if only:  # trained a subset: the table still holds every row (the others as their runs stand)
             rows = run_reproduction(self, quick=quick, out_dir=out_dir, progress=progress, gather=True,
                                     **overrides)
@@ -153,7 +158,6 @@ class Reproduction(Entry):
             parts += ["## Our runs", *report_runs(ran, out_dir, figures=self.run_figures)]
         if self.compare is not None:
             parts += self.compare(Path(out_dir))
-        path = Path(out_dir) / "RESULTS.md"
         path.parent.mkdir(parents=True, exist_ok=True)  # no run made it where every row was skipped
         path.write_text("\n\n".join(p.strip("\n") for p in parts) + "\n")
         return path
@@ -274,6 +278,7 @@ def run_reproduction(repro: Reproduction, *, quick: bool = False, out_dir: str |
                     status = f"skipped: {e}"
                     break
                 except FloatingPointError:  # an outcome of the recipe: tabulated, the other seeds go on
+                    distributed.barrier()  # rank 0 has marked the run diverged before the others read it
                     history, state = gathered(cfg)
                     if not state.startswith("diverged"):  # unmarked (not the training loop's): not a result
                         raise
