@@ -18,8 +18,8 @@ from torch import nn
 
 import nowt
 import nowt.train.loop as loop
-from nowt import cli
-from nowt.train import TrainConfig
+from nowt import cli, distributed
+from nowt.train import TrainConfig, build_model, learner_kind
 
 #: a collective left waiting by a rank that went another way fails after this long, not the default 10 min
 WAIT = timedelta(seconds=20)
@@ -118,6 +118,84 @@ def test_reproduce_under_torchrun_writes_results_from_rank_0_alone(tmp_path):
     assert "RESULTS.md" in rank0["written"]
     assert rank1["written"] == [], f"rank 1 wrote {rank1['written']}"
     assert "1 of 1 seeds" in rank0["results"]
+
+
+# 4. --noise-pretrain: every rank pretrains as one process does.
+
+def _pretrained(rank: int | None) -> dict[str, torch.Tensor]:
+    cfg = _mlp(rule="wm", hidden=(16,), noise_pretrain=12, batch_size=16)
+    kind = learner_kind(cfg.rule)
+    torch.manual_seed(0)
+    model = build_model(cfg, (1, 8, 8), 4, kind)
+    loop._noise_pretrain(cfg, model, (1, 8, 8), kind)
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_noise_pretraining_on_two_ranks_is_one_process(tmp_path):
+    """wm's mirror in pretraining: one process's noise batch on each rank, not world x the batch."""
+    single = _pretrained(None)
+    for ranks in on_two_ranks(tmp_path, _pretrained):
+        assert ranks.keys() == single.keys()
+        for k in single:
+            torch.testing.assert_close(ranks[k], single[k], rtol=0, atol=0, msg=k)
+
+
+# 5. uneven shards: a global batch of 7 on 2 ranks (4 + 3) draws and counts what one process does.
+
+UNEVEN = 7
+
+
+def _uneven(rank: int | None) -> dict:
+    def mine(*tensors):
+        return distributed.shard(*tensors) if rank is not None else tensors
+
+    draws = torch.Generator().manual_seed(0)
+    noise = distributed.randn_for_shard(mine(torch.zeros(UNEVEN))[0].shape + (5,), generator=draws)
+    torch.manual_seed(0)
+    model = nowt.convert(nowt.models.mlp(64, (32,), 3).double(), "wm", seed=0)
+    data = torch.Generator().manual_seed(1)
+    model(*mine(torch.randn(UNEVEN, 64, generator=data, dtype=torch.double)))  # the layers' shard shapes
+    nowt.mirror(model, 3, generator=torch.Generator().manual_seed(2))
+    torch.manual_seed(0)
+    tp = nowt.TargetPropTrainer(nowt.models.mlp(16, (12, 10), 3, activation="tanh").double(),
+                                algorithm="dtp", lr=1e-2, inverse_lr=1e-2, sigma=0.1, seed=0)
+    for _ in range(3):
+        x = torch.randn(UNEVEN, 16, generator=data, dtype=torch.double)
+        tp.train_step(*mine(x, torch.randint(0, 3, (UNEVEN,), generator=data)))
+    state = tp.state_dict()
+    return {"noise": noise, "noise_rng": draws.get_state(),
+            "feedback": {k: v for k, v in model.state_dict().items() if k.endswith("feedback")},
+            "tp": {**state["model"], **{f"inverse.{k}": v for k, v in state["inverses"].items()}},
+            "tp_rng": state["generator"]}
+
+
+@pytest.fixture(scope="module")
+def uneven(tmp_path_factory):
+    return _uneven(None), on_two_ranks(tmp_path_factory.mktemp("uneven"), _uneven)
+
+
+def test_uneven_shards_draw_the_global_batchs_noise(uneven):
+    single, (rank0, rank1) = uneven
+    assert (len(rank0["noise"]), len(rank1["noise"])) == (4, 3)
+    assert torch.equal(torch.cat([rank0["noise"], rank1["noise"]]), single["noise"])  # no row twice
+    assert torch.equal(rank0["noise_rng"], rank1["noise_rng"]) and torch.equal(rank0["noise_rng"],
+                                                                                 single["noise_rng"])
+
+
+def test_wm_mirror_on_uneven_shards_is_one_process(uneven):
+    single, ranks = uneven
+    assert single["feedback"]
+    for r in ranks:
+        for k, b in single["feedback"].items():
+            torch.testing.assert_close(r["feedback"][k], b, rtol=1e-9, atol=1e-12, msg=k)
+
+
+def test_target_propagation_on_uneven_shards_is_one_process(uneven):
+    single, ranks = uneven
+    for r in ranks:
+        assert torch.equal(r["tp_rng"], single["tp_rng"])  # the ranks' noise generators stay in step
+        for k, w in single["tp"].items():
+            torch.testing.assert_close(r["tp"][k], w, rtol=1e-9, atol=1e-12, msg=k)
 
 
 # 7. wm's cached pair counts follow the model's dtype (no ranks needed).

@@ -6,7 +6,8 @@ What each rule needs to stay consistent across ranks, and where it comes from:
 - kp: B is a parameter with W's gradient, so DDP all-reduces it like any weight;
 - brsf: draws come from the layer's seed and draw counter (buffers): identical while ranks step together;
 - wm: `nowt.mirror` draws the noise for the *global* batch from one generator on every rank, each rank uses
-  its own slice, and the estimates are summed across ranks: the same B as one process with the whole batch
+  its own slice (at its offset: shards may be uneven), and the estimates are summed across ranks and
+  normalised by the global batch: the same B as one process with the whole batch
   (`nowt train`'s mirror draws from torch's global RNG, each rank's own stream: see below; the summed
   estimate is still one tensor on every rank, so B stays identical);
 - target propagation: layer-local and inverse gradients are averaged over ranks before each optimizer step,
@@ -21,20 +22,37 @@ process, keep the unbroken stream that the checkpoint saves.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+from collections.abc import Iterator
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+_alone = False  # inside `alone()`
+
 
 def world() -> tuple[int, int]:
-    """(rank, world size); (0, 1) outside a process group."""
-    if dist.is_available() and dist.is_initialized():
+    """(rank, world size); (0, 1) outside a process group and inside `alone()`."""
+    if not _alone and dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+@contextlib.contextmanager
+def alone() -> Iterator[None]:
+    """Inside, `world()` is (0, 1): every rank does one process's work, with no collective (shards, the
+    mirror's split noise and summed estimates). For what every rank runs alike before DDP, such as noise
+    pretraining, which would otherwise give wm's mirror a world-size-dependent noise batch."""
+    global _alone
+    before, _alone = _alone, True
+    try:
+        yield
+    finally:
+        _alone = before
 
 
 def launched_by_torchrun() -> bool:
@@ -136,28 +154,42 @@ def shard(*tensors: Tensor) -> tuple[Tensor, ...]:
     return tuple(t.tensor_split(size)[rank] for t in tensors)
 
 
+def shard_span(n: int) -> tuple[int, int]:
+    """(where this rank's `n` rows start in the global batch, the global batch's rows): the ranks' counts
+    summed in rank order, so uneven shards (7 rows: 4 + 3) and empty ones are placed right; (0, n) alone.
+    A collective every rank must call."""
+    rank, size = world()
+    if size == 1:
+        return 0, n
+    counts = per_rank(n)
+    return sum(counts[:rank]), sum(counts)
+
+
 def randn_for_shard(shape: torch.Size | tuple[int, ...], *, generator: torch.Generator | None = None,
                     device=None, dtype=None) -> Tensor:
     """Gaussian noise for this rank's slice of a global batch (`shape` is the local batch's): every rank
     draws the whole global batch from the same generator state and keeps its own slice, so the numbers do
-    not depend on how many ranks share the batch."""
+    not depend on how many ranks share the batch (nor on how evenly), and the ranks' generators stay in
+    step. A collective every rank must call (it gathers the ranks' shard sizes)."""
     return noise_for_shard(shape, "normal", generator=generator, device=device, dtype=dtype)
 
 
 def noise_for_shard(shape: torch.Size | tuple[int, ...], distribution: str = "normal", *,
-                    generator: torch.Generator | None = None, device=None, dtype=None) -> Tensor:
+                    generator: torch.Generator | None = None, device=None, dtype=None,
+                    span: tuple[int, int] | None = None) -> Tensor:
     """`randn_for_shard` for a named distribution: "normal" N(0, 1) or "uniform" U[-sqrt(3), sqrt(3)) (also
-    zero mean and unit variance, so a caller scales both by the same standard deviation)."""
-    rank, size = world()
+    zero mean and unit variance, so a caller scales both by the same standard deviation). `span`:
+    `shard_span(shape[0])` where the caller has it (no collective then)."""
     n = shape[0]
-    full = (n * size, *shape[1:])
+    offset, total = shard_span(n) if span is None else span
+    full = (total, *shape[1:])
     if distribution == "normal":
         noise = torch.randn(full, generator=generator, device=device, dtype=dtype)
     elif distribution == "uniform":
         noise = torch.rand(full, generator=generator, device=device, dtype=dtype).sub_(0.5).mul_(12 ** 0.5)
     else:
         raise ValueError(f"unknown noise distribution {distribution!r}; choose normal or uniform")
-    return noise[rank * n:(rank + 1) * n]
+    return noise[offset:offset + n]
 
 
 def average_gradients(params) -> None:
@@ -205,15 +237,30 @@ def agree(ok: bool) -> bool:
     """True when `ok` on every rank (a collective every rank must call): one rank's refusal reaches all."""
     if world()[1] == 1:
         return ok
-    flag = torch.tensor([1 if ok else 0], device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    flag = torch.tensor([1 if ok else 0], device=_collective_device())
     dist.all_reduce(flag, op=dist.ReduceOp.MIN)
     return bool(flag.item())
+
+
+def per_rank(value: int) -> list[int]:
+    """Every rank's `value`, in rank order, on every rank (a collective every rank must call)."""
+    rank, size = world()
+    if size == 1:
+        return [value]
+    values = torch.zeros(size, dtype=torch.int64, device=_collective_device())
+    values[rank] = value
+    dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values.tolist()
 
 
 def barrier() -> None:
     """Waits for every rank (returns at once alone): what rank 0 wrote before it is there to read."""
     if world()[1] > 1:
         dist.barrier()
+
+
+def _collective_device() -> str:
+    return "cuda" if dist.get_backend() == "nccl" else "cpu"
 
 
 def all_reduce_sum_(t: Tensor) -> Tensor:

@@ -37,7 +37,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from nowt.distributed import all_reduce_sum_, noise_for_shard, world
+from nowt.distributed import all_reduce_sum_, noise_for_shard, shard_span, world
 from nowt.ops import LinearOp
 from nowt.rules.base import Option, RandomFeedbackRule, RuleLayer, declare, host_value, increment_buffer
 
@@ -265,7 +265,8 @@ def mirror_layers(
     With `anneal` > 0 (the training schedule: MIRROR_ANNEAL) that step shrinks as evidence accumulates:
     min(lr_auto, anneal / t) at the layer's t-th annealed step (counted in its `mirror_count`).
     Under torch.distributed every rank draws the noise of the global batch from the same generator state
-    and uses its own slice; estimates are summed over ranks, so all ranks get one process's B.
+    and uses its own slice; estimates are summed over ranks and normalised by the global batch's pairs, so
+    all ranks get one process's B, uneven shards (a batch the world does not divide) included.
     """
     _check_step(lr, decay, noise_std)
     if steps < 0 or (batch_size is not None and batch_size < 1) or activation not in ACTIVATIONS:
@@ -279,8 +280,8 @@ def mirror_layers(
         shape = layer.last_input_shape
         if batch_size is not None:
             shape = torch.Size((batch_size, *shape[1:]))
-        counts, samples, fan_in = _pair_counts(layer, shape)
-        counts, samples = counts * size, samples * size
+        span = shard_span(shape[0])  # ranks' shards may differ (4 + 3): count the global batch's pairs
+        counts, samples, fan_in = _pair_counts(layer, torch.Size((span[1], *shape[1:])))
         w = layer.weight
         auto = min(0.1, AUTO_LR_SCALE * samples / fan_in)
         scale = 1 / (counts * noise_std**2) if normalize else 1.0
@@ -289,7 +290,8 @@ def mirror_layers(
             if anneal and lr is None and hasattr(layer, "mirror_count"):
                 step = min(auto, anneal / (increment_buffer(layer, "mirror_count") + 1))
             keep = 1 - (step if decay is None else decay)
-            x = noise_for_shard(shape, noise, generator=generator, device=w.device, dtype=w.dtype) * noise_std
+            x = noise_for_shard(shape, noise, generator=generator, device=w.device, dtype=w.dtype,
+                                span=span) * noise_std
             if decay is None and size == 1 and type(layer.op) is LinearOp:
                 # the default moving average fused into the estimate's product: one pass over B, no
                 # weight-sized temporary (the mirror step is two products and this pass); B stored (out, in),

@@ -337,8 +337,9 @@ def _noise_pretrain(cfg: TrainConfig, model: nn.Module, input_shape: tuple[int, 
                     kind: LearnerKind) -> None:
     if not kind.pretrains_on_noise:  # the plain network would be pretrained by backprop
         raise ValueError(f"--noise-pretrain needs a per-layer rule or DFA, not {cfg.rule!r}")
-    noise.pretrain_noise(model, input_shape, steps=cfg.noise_pretrain, batch_size=cfg.batch_size,
-                         seed=cfg.seed, progress=False)
+    with distributed.alone():  # as one process: every rank pretrains alike, before DDP, with no collective
+        noise.pretrain_noise(model, input_shape, steps=cfg.noise_pretrain, batch_size=cfg.batch_size,
+                             seed=cfg.seed, progress=False)
 
 
 def _num_classes(train, test) -> int:
