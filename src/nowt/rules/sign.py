@@ -122,7 +122,9 @@ class BRSF(_SignSymmetry):
         checkpointing's recomputation) takes, in order, the draws its first run made while W stayed as it
         is: it drew anew, so backward used another R than the forward's and the counter ran ahead. (The
         reentrant kind's first run, under no_grad, drew nothing: its rerun draws.)"""
-        weights = tuple((id(w), w._version) for w in layer.leaf_weights())
+        # (`setup` of a redraw after `to_empty` forms B on a stand-in holding W alone)
+        leaves = layer.leaf_weights() if hasattr(layer, "leaf_weights") else [layer.weight]
+        weights = tuple((id(w), w._version) for w in leaves)
         made = layer.__dict__.get("_brsf_made")
         if made is None or made[0] != weights:  # an optimizer step (a load) moved W: earlier draws are done
             made = layer.__dict__["_brsf_made"] = (weights, collections.deque(maxlen=64))
