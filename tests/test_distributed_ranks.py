@@ -4,9 +4,11 @@ raised. Tiny synthetic runs: a few seconds a test."""
 
 import contextlib
 import io
+import json
 import os
 import socket
 import time
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -19,7 +21,8 @@ from torch import nn
 import nowt
 import nowt.train.loop as loop
 from nowt import cli, distributed
-from nowt.train import TrainConfig, build_model, learner_kind
+from nowt.checkpoint import load_checkpoint, save_checkpoint
+from nowt.train import TrainConfig, build_model, fit, learner_kind
 
 #: a collective left waiting by a rank that went another way fails after this long, not the default 10 min
 WAIT = timedelta(seconds=20)
@@ -120,6 +123,72 @@ def test_reproduce_under_torchrun_writes_results_from_rank_0_alone(tmp_path):
     assert "1 of 1 seeds" in rank0["results"]
 
 
+# 2. --resume: every rank resumes, or none.
+
+def _resume(rank: int, out0: str, out1: str) -> dict:
+    history = fit(_mlp(out_dir=out0 if rank == 0 else out1), resume=True, progress=False)
+    return {"epochs": len(history)}
+
+
+def test_resume_refused_when_a_rank_does_not_see_the_checkpoint(tmp_path):
+    """--out on node 0's own disk: rank 1's --out (another folder here) holds no checkpoint."""
+    fit(_mlp(epochs=1, out_dir=str(tmp_path / "node0")), progress=False)
+    results = on_two_ranks(tmp_path, _resume, str(tmp_path / "node0"), str(tmp_path / "node1"))
+    for r in results:
+        assert "not every rank sees the checkpoint in --out" in r.get("error", ""), r
+        assert "rank(s) 1 do not" in r["error"] and "filesystem every node sees" in r["error"]
+
+
+# 3. batch norm: one model scored on every rank; rank 0 decides when to stop; the world size is recorded.
+
+def _scores(rank: int) -> dict:
+    history = fit(_resnet(), progress=False)
+    return {"history": [{k: v for k, v in r.items() if k.startswith("test_")} for r in history]}
+
+
+def test_batch_norm_ranks_score_one_model(tmp_path):
+    """Each rank's running statistics are its own shard's after a step: the ranks must score rank 0's."""
+    rank0, rank1 = on_two_ranks(tmp_path, _scores)
+    assert "error" not in rank0 and "error" not in rank1, (rank0, rank1)
+    assert len(rank0["history"]) == 2
+    assert rank0["history"] == rank1["history"]
+
+
+def _impatient_rank1(rank: int) -> dict:
+    if rank == 1:  # as if rank 1's test error (its own batch-norm statistics) had stalled
+        loop.out_of_patience = lambda history, patience: bool(history)
+    return {"epochs": len(fit(_mlp(epochs=3, patience=10), progress=False))}
+
+
+def test_rank_0_decides_when_patience_ends_the_run(tmp_path):
+    rank0, rank1 = on_two_ranks(tmp_path, _impatient_rank1)
+    assert rank0 == rank1 == {"epochs": 3}, (rank0, rank1)
+
+
+def _checkpoint_world(path: Path, size: int | None) -> None:
+    state = load_checkpoint(path)
+    state.pop("world_size", None)
+    if size is not None:
+        state["world_size"] = size
+    save_checkpoint(path, state)
+
+
+def test_batch_norm_run_resumes_under_its_own_world_size_only(tmp_path):
+    bn, plain = _resnet(epochs=1, out_dir=str(tmp_path / "bn")), _mlp(epochs=1, out_dir=str(tmp_path / "mlp"))
+    for cfg in (bn, plain):
+        fit(cfg, progress=False)
+    start = json.loads((tmp_path / "bn" / "provenance.jsonl").read_text().splitlines()[0])
+    assert start["world_size"] == 1
+    assert load_checkpoint(tmp_path / "bn" / "checkpoint.pt")["world_size"] == 1
+    _checkpoint_world(tmp_path / "bn" / "checkpoint.pt", 2)  # as if trained on 2 ranks
+    with pytest.raises(ValueError, match=r"trained on 2 process\(es\), now 1: its bn1 keeps running stat"):
+        fit(replace(bn, epochs=2), resume=True, progress=False)
+    _checkpoint_world(tmp_path / "mlp" / "checkpoint.pt", 2)  # no batch statistics: any world size
+    assert len(fit(replace(plain, epochs=2), resume=True, progress=False)) == 2
+    _checkpoint_world(tmp_path / "bn" / "checkpoint.pt", None)  # a checkpoint from before world sizes
+    assert len(fit(replace(bn, epochs=2), resume=True, progress=False)) == 2
+
+
 # 4. --noise-pretrain: every rank pretrains as one process does.
 
 def _pretrained(rank: int | None) -> dict[str, torch.Tensor]:
@@ -196,6 +265,27 @@ def test_target_propagation_on_uneven_shards_is_one_process(uneven):
         assert torch.equal(r["tp_rng"], single["tp_rng"])  # the ranks' noise generators stay in step
         for k, w in single["tp"].items():
             torch.testing.assert_close(r["tp"][k], w, rtol=1e-9, atol=1e-12, msg=k)
+
+
+# 6. a global batch smaller than the world: a rank with empty shards only.
+
+def _batch_of_one(rank: int | None) -> list[dict]:
+    loop.LOG_EVERY = 2  # (the running loss is read every 2 steps, as every 50 in a longer run)
+    history = fit(_mlp(batch_size=1, train_size=12, epochs=1), progress=False)
+    return [{k: v for k, v in r.items() if k.startswith(("train_", "test_"))} for r in history]
+
+
+def test_a_batch_smaller_than_the_world_trains_as_one_process(tmp_path):
+    log_every = loop.LOG_EVERY
+    try:
+        single = _batch_of_one(None)
+    finally:
+        loop.LOG_EVERY = log_every
+    for r in on_two_ranks(tmp_path, _batch_of_one):
+        assert isinstance(r, list), r
+        assert r[0].keys() == single[0].keys()
+        for k in single[0]:
+            assert r[0][k] == pytest.approx(single[0][k], rel=1e-5, abs=1e-6), k
 
 
 # 7. wm's cached pair counts follow the model's dtype (no ranks needed).

@@ -253,6 +253,29 @@ def per_rank(value: int) -> list[int]:
     return values.tolist()
 
 
+def rank0_decides(flag: bool) -> bool:
+    """Rank 0's `flag` on every rank (a collective every rank must call): a decision that ranks taking it
+    apart could take differently (one leaving the loop while another waits in its next collective)."""
+    if world()[1] == 1:
+        return flag
+    t = torch.tensor([1 if flag else 0], device=_collective_device())
+    dist.broadcast(t, src=0)
+    return bool(t.item())
+
+
+def broadcast_buffers(module: nn.Module) -> None:
+    """Rank 0's buffers (batch norm's running statistics) into every rank's `module`, as DDP does before
+    each forward: after a step each rank's statistics are those of its own shard, so ranks evaluating
+    their own copies would score different models (and rank 0's is the one the checkpoint keeps)."""
+    if world()[1] == 1:
+        return
+    for buffer in module.buffers():
+        sent = buffer if buffer.is_contiguous() else buffer.contiguous()
+        dist.broadcast(sent, src=0)
+        if sent is not buffer:
+            buffer.copy_(sent)
+
+
 def barrier() -> None:
     """Waits for every rank (returns at once alone): what rank 0 wrote before it is there to read."""
     if world()[1] > 1:

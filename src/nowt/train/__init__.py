@@ -8,6 +8,8 @@
                   whole-network rule's own learner)
     loop.py       fit: epochs, evaluation, metrics, checkpoints, resume, the NaN stop; evaluate_run: a saved
                   run's model scored on its train and test sets
+    ranks.py      what a torchrun job's ranks must agree on before training: resuming, the world size
+    rundir.py     the run directory: its lock and owner checks, provenance, TensorBoard
 """
 
 from nowt.metrics import evaluate

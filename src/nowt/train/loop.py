@@ -30,7 +30,7 @@ from nowt.layers import feedback_layers
 from nowt.metrics import as_tokens, evaluate, output_collapsed, update_angles, weight_angles
 from nowt.optim import HalveOnPlateau
 from nowt.progress import progress_bar
-from nowt.train import rundir
+from nowt.train import ranks, rundir
 from nowt.train.config import TrainConfig, read_saved_config
 from nowt.train.factories import build_model, load_data, make_loader, make_loss, sized
 from nowt.train.kinds import LearnerKind, learner_kind
@@ -121,7 +121,7 @@ def _fit(cfg: TrainConfig, train, test, resume: bool, progress: bool) -> list[di
         summary(model)
     writes = out is not None and rank0  # under torchrun, rank 0 alone writes
     checkpoint = out / "checkpoint.pt" if out else None
-    resuming = resume and checkpoint is not None and checkpoint.exists()
+    resuming = ranks.agree_on_resume(resume, checkpoint)
     if cfg.noise_pretrain and not resuming:
         _noise_pretrain(cfg, model, input_shape, kind)
     learner = make_learner(cfg, model, len(train_loader), kind)
@@ -130,6 +130,7 @@ def _fit(cfg: TrainConfig, train, test, resume: bool, progress: bool) -> list[di
     if resuming and checkpoint is not None:
         state = load_checkpoint(checkpoint, RUN_STATE)
         cfg.check_resumes(state["config"], out, dataset=not isinstance(train, tuple))
+        ranks.check_world_size(state.get("world_size"), model, out)
         rundir.check_same_data(out, state.get("data"), data_print)
         model.load_state_dict(state["model"])
         learner.load_state_dict(state["learner"])
@@ -147,12 +148,12 @@ def _fit(cfg: TrainConfig, train, test, resume: bool, progress: bool) -> list[di
     if writes and out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1) + "\n")
-    writer = _tensorboard(out) if writes else None
+    writer = rundir.tensorboard(out) if writes else None
     has_feedback = learner.kind.measures_feedback and bool(feedback_layers(model))
     start = len(history)
     for epoch in range(start, cfg.epochs):
-        if learner.finished or out_of_patience(history, cfg.patience):
-            break  # the lr schedule or --patience has ended the run
+        if distributed.rank0_decides(learner.finished or out_of_patience(history, cfg.patience)):
+            break  # the lr schedule or --patience has ended the run (rank 0's word: ranks must not part)
         # under torchrun, ranks > 0 draw their own dropout/noise from here on (rank 0 keeps its stream, which
         # the checkpoint saves; the others restart from (seed, rank, epoch), so a resume draws the same)
         distributed.seed_rank(cfg.seed, epoch)
@@ -164,6 +165,7 @@ def _fit(cfg: TrainConfig, train, test, resume: bool, progress: bool) -> list[di
                 desc = f"{cfg.rule} epoch {epoch + 1}/{cfg.epochs}"
                 train_metrics = train_epoch(learner, train_loader, desc, cfg.device, progress)
             learner.end_epoch(train_metrics)
+            distributed.broadcast_buffers(model)  # every rank scores (and rank 0 saves) one model
             test_metrics = evaluate(model, test_loader, loss_fn, cfg.device)
             _check_finite(model, test_metrics["loss"], f"the end of epoch {epoch + 1}")  # before a checkpoint
         except FloatingPointError as e:
@@ -193,7 +195,7 @@ def _fit(cfg: TrainConfig, train, test, resume: bool, progress: bool) -> list[di
         if writes and out is not None:
             _write_epoch(out, cfg, epoch, model, learner, train_loader, history, data_print)
         if writer:
-            _log_tensorboard(writer, record)
+            rundir.log_tensorboard(writer, record)
     if writer:
         writer.close()
     return history
@@ -267,7 +269,7 @@ def _write_epoch(out: Path, cfg: TrainConfig, epoch: int, model: nn.Module, lear
     save_checkpoint(out / "checkpoint.pt", {
         "config": cfg.identity(), "epoch": epoch + 1, "model": model.state_dict(),
         "learner": learner.state_dict(), "loader_rng": train_loader.generator.get_state(),
-        "rng": _rng_state(), "history": history, "data": data_print,
+        "rng": _rng_state(), "history": history, "data": data_print, "world_size": distributed.world()[1],
     })
     _write_metrics(out, history)
 
@@ -299,9 +301,10 @@ def train_epoch(learner: Learner, loader: Iterable, desc: str, device: str,
         else:  # target propagation reports the batch's accuracy (%) before the update instead
             correct += step["accuracy"] * len(y) / 100
         if i % LOG_EVERY == 0:
-            loss = _finite_mean(loss_sum, seen, f"step {i} of {desc}")
+            # a rank whose shards were all empty (a batch smaller than the world) has seen nothing yet
+            loss = _finite_mean(loss_sum, max(seen, 1), f"step {i} of {desc}")
             if progress:
-                bar.set_postfix(loss=f"{loss:.4f}", acc=f"{100 * float(correct) / seen:.2f}%",
+                bar.set_postfix(loss=f"{loss:.4f}", acc=f"{100 * float(correct) / max(seen, 1):.2f}%",
                                 ex_s=f"{seen / (time.perf_counter() - t0):.0f}", refresh=False)
     _finite_mean(loss_sum, max(seen, 1), desc)
     # under torchrun: sums over every rank's slices (each step's loss is already the mean over ranks)
@@ -373,26 +376,6 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _tensorboard(out: Path | None):
-    if out is None:
-        return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard not installed: metrics.jsonl alone
-        return None
-    return SummaryWriter(str(out / "tensorboard"))
-
-
-def _log_tensorboard(writer, record: dict) -> None:
-    step = record["epoch"]
-    for key, value in record.items():
-        if isinstance(value, float):
-            writer.add_scalar(key, value, step)
-        elif isinstance(value, dict):
-            for layer, v in value.items():
-                writer.add_scalar(f"{key}/{layer}", v, step)
 
 
 def _shown(value: Any) -> str:

@@ -3,7 +3,10 @@ different configuration, or to start again, on top of an earlier run's files unl
 
 `--overwrite` moves the earlier run's files aside (into `.overwritten/`) and deletes them only once the new
 run has written its first checkpoint (or diverged: that ends it too); a new run that fails otherwise (or is
-killed) before that gets them back, at its end or at the next claim of the directory."""
+killed) before that gets them back, at its end or at the next claim of the directory.
+
+Beside the checkpoint and metrics the loop writes here `provenance.jsonl` (the code, machine and world size
+of every start) and TensorBoard logs."""
 
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from nowt import provenance
+from nowt import distributed, provenance
 from nowt.train.config import NOT_IDENTITY, TrainConfig, read_saved_config
 
 #: What a run writes into its directory (`--overwrite` replaces them).
@@ -157,10 +160,34 @@ def check_same_data(out: Path | None, saved: dict[str, float] | None, now: dict[
 
 
 def record_start(out: Path, epoch: int, device: str) -> None:
-    """Appends to `out/provenance.jsonl` what code and machine the run starts (or resumes) on at `epoch`:
-    a run made over several sessions shows every version of nowt that trained it."""
+    """Appends to `out/provenance.jsonl` what code and machine the run starts (or resumes) on at `epoch`,
+    and on how many processes (torchrun's world size): a run made over several sessions shows every
+    version of nowt that trained it."""
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     record = {"started": now, "epoch": epoch, "nowt": provenance.version(), "commit": provenance.commit(),
-              "torch": torch.__version__, "device": device, "machine": provenance.machine(device)}
+              "torch": torch.__version__, "device": device, "machine": provenance.machine(device),
+              "world_size": distributed.world()[1]}
     with open(out / "provenance.jsonl", "a") as f:
         f.write(json.dumps(record) + "\n")
+
+
+def tensorboard(out: Path | None):
+    """A TensorBoard writer into `out/tensorboard`; None without `out` or without tensorboard installed."""
+    if out is None:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard not installed: metrics.jsonl alone
+        return None
+    return SummaryWriter(str(out / "tensorboard"))
+
+
+def log_tensorboard(writer, record: dict) -> None:
+    """An epoch's record: its numbers, and its per-layer dicts as `key/layer`."""
+    step = record["epoch"]
+    for key, value in record.items():
+        if isinstance(value, float):
+            writer.add_scalar(key, value, step)
+        elif isinstance(value, dict):
+            for layer, v in value.items():
+                writer.add_scalar(f"{key}/{layer}", v, step)
