@@ -186,3 +186,29 @@ def test_a_divergence_the_loop_did_not_mark_is_raised_not_tabulated(tmp_path, mo
     monkeypatch.setattr(entry, "fit", unmarked)
     with pytest.raises(FloatingPointError, match="noise pretraining"):
         run_reproduction(tiny, out_dir=tmp_path, progress=False)
+
+
+def test_a_metric_the_paper_measures_otherwise_is_tabulated_without_a_verdict(tmp_path, monkeypatch):
+    """Bartunov's train error (ours a running error, the paper's an evaluation after training) and Nøkland's
+    best epoch (picked on the test set) got "matches"/"misses" like comparable numbers. A metric an entry
+    lists in `unjudged` is shown, gets no verdict, says why, and is never counted in the READMEs."""
+    tiny = Reproduction(name="tiny", paper="Tiny 2026", table="Table 0",
+                        config=dict(dataset="synthetic", hidden=(8,), epochs=1, batch_size=50),
+                        runs={"fa": {"rule": "fa"}},
+                        published={"fa": {"final_test_error": 100.0, "best_test_error": 100.0}},
+                        unjudged={"best_test_error": "picked on the test set"}, seeds=(0,))
+    monkeypatch.setitem(REPRODUCTIONS, "tiny", tiny)
+    monkeypatch.setattr(reproduce, "COMMITTED", {"tiny": "tiny"})
+    root = tmp_path / "results"
+    tiny.run(root / "tiny", progress=False)
+    rows = {r["metric"]: r
+            for r in run_reproduction(tiny, out_dir=root / "tiny", gather=True, progress=False)}
+    assert rows["final_test_error"]["verdict"].startswith("misses by -")  # far from 100: judged
+    best = rows["best_test_error"]
+    assert best["verdict"] == "no verdict (see the notes)" and best["values"]
+    text = (root / "tiny" / "RESULTS.md").read_text()
+    assert "| no verdict (see the notes) |" in text
+    assert "Tabulated without a verdict: **best_test_error**: picked on the test set." in text
+    summary = reproduce.verdict_summary(root).splitlines()[2]
+    assert summary == "| [tiny](results/tiny/RESULTS.md) | 1 | 0 | 1 | 0 / 0 | 0 |"  # one cell, one miss
+    assert "best_test_error" not in reproduce.verdicts(root)

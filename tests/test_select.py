@@ -63,7 +63,7 @@ def test_holdout_without_a_grid_is_refused(tmp_path, capsys):
     assert "--holdout applies with --lr-grid only" in capsys.readouterr().err
 
 
-def test_a_reproduction_with_an_lr_grid_chooses_each_rows_rate_on_held_out_examples(tmp_path):
+def test_a_reproduction_with_an_lr_grid_chooses_each_rows_rate_on_held_out_examples(tmp_path, monkeypatch):
     from nowt.reproduce import Reproduction, run_reproduction
 
     tiny = Reproduction(name="tiny", paper="Tiny 2026", table="Table 0",
@@ -84,6 +84,15 @@ def test_a_reproduction_with_an_lr_grid_chooses_each_rows_rate_on_held_out_examp
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("metrics.jsonl")} == mtimes
     assert again["fa"]["status"].startswith(rows["fa"]["status"].split(";")[0])
     assert "seed 2: not run" in again["fa"]["status"]
+
+    def no_data(cfg):
+        raise FileNotFoundError(f"{cfg.dataset} is not on this machine")
+    # a gather without the data (the grid ran elsewhere) reported every row skipped and dropped its numbers
+    monkeypatch.setattr("nowt.reproduce.entry.load_data", no_data)
+    elsewhere = run_reproduction(tiny, out_dir=tmp_path, gather=True, progress=False)
+    assert [(r["status"], r["values"]) for r in elsewhere] == [(r["status"], r["values"])
+                                                                for r in again.values()]
+    monkeypatch.undo()
     quick = run_reproduction(tiny, out_dir=tmp_path / "q", quick=True, progress=False)
     assert not (tmp_path / "q" / "bp" / "lr-grid").exists() and quick[0]["status"] == "1 of 1 seeds"
 

@@ -66,14 +66,15 @@ def _registered_cells(root: str | os.PathLike) -> dict[str, tuple[str, list[dict
         rows = run_reproduction(entry, out_dir=Path(root) / folder, gather=True, progress=False,
                                 only=[r for r in entry.runs if r not in entry.explorations])
         cells[name] = (folder, [r for r in rows
-                                if r["metric"] != "final_train_error" and r["published"] == r["published"]])
+                                if r["metric"] not in entry.unjudged and r["published"] == r["published"]])
     return cells
 
 
 def verdicts(root: str | os.PathLike = "results", cells: dict | None = None) -> str:
     """Every committed reproduction's registered rows read from their logs (training nothing): ours as mean ±
     std over the finished seeds beside the published number, and the verdict (`verdicts.verdict`); the
-    explorations are linked, never listed here. Train errors are left to each RESULTS.md."""
+    explorations are linked, never listed here. Metrics tabulated without a verdict (`unjudged`) are left to
+    each RESULTS.md."""
     lines = ["| reproduction | row | metric | published | ours: mean ± std (seeds) | verdict |",
              "|---|---|---|---|---|---|"]
     for name, (folder, rows) in (cells or _registered_cells(root)).items():

@@ -164,6 +164,11 @@ def _convnet(network: str) -> dict[str, dict]:
     return {"bp-convnet": {"rule": "bp", "model": network.replace("_lc", "_conv")}}
 
 
+#: Why the train error gets no verdict (decided 2026-12-04 from the notes' own statement, no row changed)
+TRAIN_ERROR_UNJUDGED = ("ours is the final epoch's running error (each batch scored before its update), the "
+                        "paper's the train set evaluated after training: not one quantity")
+
+
 def _table1() -> list[Reproduction]:
     entries = []
     for i, (column, (dataset, network)) in enumerate(_COLUMNS.items()):
@@ -179,7 +184,7 @@ def _table1() -> list[Reproduction]:
                         augment=dataset == "cifar10"),
             runs=runs, published=published, explorations=explorations,
             quick=dict(epochs=2, train_size=10000, patience=None),
-            notes=NOTES))
+            unjudged={"final_train_error": TRAIN_ERROR_UNJUDGED}, notes=NOTES))
     return entries
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime
 import inspect
+import json
 import math
 import os
 from collections.abc import Callable
@@ -35,7 +36,7 @@ from nowt.train import TrainConfig, fit
 from nowt.train.factories import load_data
 from nowt.train.loop import run_ended
 from nowt.train.rundir import divergence
-from nowt.train.select import best_lr, grid_config, selection_data, shown
+from nowt.train.select import VALIDATION_SCORES, best_lr, grid_config, selection_data, shown
 
 #: metric name -> how to read it from a run's history
 METRICS = {
@@ -114,6 +115,9 @@ class Reproduction(Entry):
     #: label -> why and when: rows added or changed after a registered row's result was seen. They are
     #: tabulated apart and never get a verdict; the registered rows stay as they were.
     explorations: dict[str, str] = field(default_factory=dict)
+    #: metric -> why it is tabulated without a verdict: a number the paper states that ours does not measure
+    #: (another quantity, or an epoch picked on the test set); it is never counted as a match or a miss
+    unjudged: dict[str, str] = field(default_factory=dict)
 
     def describe(self) -> str:
         lines = [super().describe()]
@@ -146,6 +150,9 @@ class Reproduction(Entry):
                  provenance(command or self.command(quick)), "## Registered rows"]
         published = any(r["published"] == r["published"] for r in registered)  # nan: no paper number
         parts += [verdict_rule(self.band) if published else NO_PAPER_RULE, results_table(registered)]
+        if self.unjudged:
+            parts.append("Tabulated without a verdict: " + "; ".join(
+                f"**{metric}**: {why}" for metric, why in self.unjudged.items()) + ".")
         if (Path(out_dir) / "EXPLORATIONS.md").is_file():
             parts.append("Explorations, probes and the history of these runs (none a verdict): "
                          "[EXPLORATIONS.md](EXPLORATIONS.md).")
@@ -301,11 +308,12 @@ def run_reproduction(repro: Reproduction, *, quick: bool = False, out_dir: str |
             values = [METRICS[metric](h) for h in finished.values()]
             mean, std = mean_std(values)
             std = std if len(values) > 1 else math.nan  # one seed: no spread
+            early = 0 < len(values) < len(registered) - len(diverged) and value == value
+            judged = verdict(mean, value, repro.band, metric, diverged) + (" (provisional)" if early else "")
+            unjudged = metric in repro.unjudged and value == value  # a published number, not one of ours
             rows.append({"run": label, "metric": metric, "published": value, "ours": mean, "std": std,
                          "values": values, "seeds": list(finished), "difference": mean - value,
-                         "verdict": verdict(mean, value, repro.band, metric, diverged) + (
-                             " (provisional)" if 0 < len(values) < len(registered) - len(diverged)
-                             and value == value else ""),
+                         "verdict": "no verdict (see the notes)" if unjudged else judged,
                          "epochs": [len(h) for h in finished.values()], "status": status, "dirs": dirs,
                          "collapsed": collapsed, "diverged": diverged})
     return rows
@@ -341,7 +349,10 @@ def _grid_choice(repro: Reproduction, label: str, out_dir: str | os.PathLike, ga
             try:
                 fit_part, held_out, how = selection_data(load_data(lead), repro.holdout)
             except FileNotFoundError as e:
-                return None, f"skipped: {e}"
+                # a gather reads the runs alone: without the data here, the grid runs say what was held out
+                how = _saved_holdout(seed_dir(out_dir, label, 0).parent / "lr-grid") if gather else None
+                if how is None:
+                    return None, f"skipped: {e}"
         cfg = grid_config(lead, rate, how, seed_dir(out_dir, label, 0).parent / "lr-grid")
         history, state = gathered(cfg)
         if state != "ok" and not gather:
@@ -354,6 +365,15 @@ def _grid_choice(repro: Reproduction, label: str, out_dir: str | os.PathLike, ga
     chosen = best_lr(records)
     grid = ", ".join(f"{rate:g}: {shown(r)}" for rate, r in records.items())
     return chosen, f"lr {chosen:g} (held out: {grid}); "
+
+
+def _saved_holdout(grid: Path) -> str | None:
+    """How the held-out part was made, as the first grid run in `grid` recorded it (`grid_config`)."""
+    for config in sorted(grid.glob("lr*/config.json")):
+        held_out = json.loads(config.read_text()).get("extra", {}).get("test set", "")
+        if held_out.endswith(VALIDATION_SCORES):
+            return held_out.removesuffix(VALIDATION_SCORES)
+    return None
 
 
 def gathered(cfg: TrainConfig) -> tuple[list[dict] | None, str]:

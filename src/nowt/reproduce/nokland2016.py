@@ -34,6 +34,9 @@ ENTRIES = [
             "runs' lr decay and length on a validation set whose values it does not give; this run keeps "
             "the lr constant for all 300 epochs, and its best-epoch number is picked on the test set")},
         quick=dict(epochs=2, train_size=20000),
+        unjudged={"best_test_error": "the best epoch is picked on the test set, which the paper does not "
+                                     "say it does; its one number, 1.45, is judged against the final epoch's "
+                                     "(final_test_error)"},
         notes=("The official code's recipe (github.com/anokland/dfa-torch, `-dropout 1 -epoch_step 0`): "
                "2 x 800 tanh, dropout 0.1 on the input and 0.5 on the hidden layers, sigmoid cross-entropy, "
                "pixels in [0, 1], RMSprop lr 1e-4, batch 64, the lr halved when an epoch's training error is "

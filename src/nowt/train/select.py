@@ -61,11 +61,15 @@ def selection_data(data: Data, n_holdout: int | None) -> tuple[Any, Any, str]:
             f"{n} examples held out of the training set (class-balanced, seed {HOLDOUT_SEED})")
 
 
+#: what a grid run's `extra["test set"]` says after how its held-out part was made
+VALIDATION_SCORES = ": test_* are validation scores"
+
+
 def grid_config(cfg: TrainConfig, lr: float, held_out: str, grid: Path) -> TrainConfig:
     """`cfg` at rate `lr`, trained in GRID/lrX and scored on the held-out examples that `held_out`
     describes (its config says so in `extra`)."""
     return replace(cfg, lr=lr, out_dir=str(Path(grid) / f"lr{lr:g}"),
-                   extra={**cfg.extra, "test set": f"{held_out}: test_* are validation scores"})
+                   extra={**cfg.extra, "test set": held_out + VALIDATION_SCORES})
 
 
 def score(record: dict) -> float:
