@@ -92,8 +92,11 @@ ENTRIES = [
         config=CONFIG, runs=VARIANTS, published=dict.fromkeys(VARIANTS, NO_NUMBER),
         quick=dict(epochs=1, train_size=64, context=32), lr_grid=GRID, compare=summarize, run_figures=False,
         notes=("Every row trains with the same budget and optimizer; its rate is chosen on the corpus's "
-               "validation part (never the test text). The corpus needs `apt-get install fortunes`; "
-               "without it the rows are reported as skipped.")),
+               "validation part (never the test text). The rule trains every weight matrix (attention "
+               "projections, MLPs, the untied head); the token and position embeddings (lookups) and the "
+               "LayerNorms are no rule's layers (nowt's design, docs/python.md): they learn from the error "
+               "the rule brings them, and the error passes a LayerNorm as in backprop, through its gain. "
+               "The corpus needs `apt-get install fortunes`; without it the rows are reported as skipped.")),
     Reproduction(
         name="gpt-rules-wide", paper="nowt's own experiment (no paper): learning rules on a byte-level GPT, "
         "the learning-rate grid moved up",

@@ -113,8 +113,11 @@ NOTES = ("Every rule trains with the same optimizer, schedule and epochs; wm run
          "schedule. kp aligns B with W only through weight decay (W - B shrinks by lr * wd a step), so over "
          "this short budget its B stays far from W. dfa-blocks and dfa-blocks-shared (block-level DFA, added "
          "2026-12-03) give each encoder layer's output e @ B and train inside it by backprop; -shared uses "
-         "one B for all 17 tokens. Fashion-MNIST needs --download or the Debian package "
-         "dataset-fashion-mnist; without it those runs are reported as skipped.")
+         "one B for all 17 tokens. The rule trains every weight matrix (patch embedding, attention "
+         "projections, MLPs, head); the LayerNorms, class token and position embeddings are no rule's layers "
+         "(nowt's design, docs/python.md): they learn from the error the rule brings them, and the error "
+         "passes a LayerNorm as in backprop, through its gain. Fashion-MNIST needs --download or the Debian "
+         "package dataset-fashion-mnist; without it those runs are reported as skipped.")
 
 #: The fair version (issue 28, registered 2026-12-03 before any of its runs): the same rows and budget, but
 #: each row's AdamW rate chosen from one grid on 6,000 examples held out of the training set (its first
