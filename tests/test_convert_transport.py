@@ -61,6 +61,20 @@ class TiedLM(nn.Module):
         return self.head(h) if self.head is not None else h @ self.emb.weight.T
 
 
+def test_kp_warns_where_a_weight_is_shared_with_a_module_it_does_not_train():
+    """GPT-2's lm_head shares its weight with the token embedding: W gets the embedding's gradient too, B
+    never does, so kp's B cannot converge to W. That was silent; convert now says so (kp alone: fa's fixed B
+    and the others do not learn from W's gradient). A converted attention's own weights are no such case."""
+    with pytest.warns(UserWarning, match=r"kp: 'head' shares its weight with 'emb\.weight' \(Embedding\).*"
+                                         r"B will not converge to W"):
+        nowt.convert(TiedLM(linear_head=True), "kp", seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        nowt.convert(TiedLM(linear_head=True), "fa", seed=0)
+        nowt.convert(nn.TransformerEncoderLayer(8, 2, 16, batch_first=True), "kp", seed=0)
+        nowt.convert(TiedLM(linear_head=True), "kp", seed=0, exclude=["head"])
+
+
 def test_an_embedding_table_used_as_a_matrix_is_refused_and_a_tied_linear_head_is_not():
     ids = torch.randint(0, 10, (4, 3))
     with pytest.raises(ValueError, match=r"'emb\.weight' \(the table of embedding 'emb'\) is used by "

@@ -4,6 +4,8 @@ With the same learning rate and weight decay on W and B (any optimizer built fro
 does that), W - B shrinks by the decay factor every step, so B converges to W without ever reading it.
 """
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -27,3 +29,18 @@ class KolenPollack(RandomFeedbackRule):
         if any(w.requires_grad for w in layer.leaf_weights()):
             return layer.feedback
         return layer.feedback.detach()
+
+    def setup_model(self, model: nn.Module) -> None:
+        # W's gradient sums every use of W, B's only the uses this rule trains: a W shared with a module kp
+        # does not train (GPT-2's lm_head and its token embedding) gets a gradient B never sees, so W - B
+        # does not decay to 0 and B does not converge to W. Said once, at convert.
+        ours = {id(w): name for name, layer in self.layers(model).items() for w in layer.leaf_weights()}
+        for owner, module in model.named_modules():
+            if getattr(module, "rule", None) is self or hasattr(module, "rule_parts"):  # attention by parts
+                continue
+            for key, p in module.named_parameters(prefix=owner, recurse=False):
+                if id(p) in ours and p.requires_grad:
+                    warnings.warn(f"kp: {ours[id(p)]!r} shares its weight with {key!r} "
+                                  f"({type(module).__name__}), which kp does not train: W gets that module's "
+                                  f"gradient too and B does not, so B will not converge to W; untie them, or "
+                                  f"exclude {ours[id(p)]!r}", stacklevel=3)
