@@ -177,3 +177,30 @@ def test_compare_lr_grid_with_augmented_cifar_trains_and_scores_every_run(tmp_pa
     for run in ("lr-grid/lr0.1", "lr-grid/lr0.01", ""):
         config = json.loads((out / "fa" / run / "config.json").read_text())
         assert (config["augment"], config["image_size"]) == (True, 16)
+
+
+def test_validation_holds_examples_out_of_training_and_scores_them_every_epoch():
+    """--validation N trains on the training set less N held-out examples (the very run of the smaller set)
+    and scores those every epoch as val_*, so a table can pick its epoch as a paper's validation split does
+    (BioTorch's CIFAR-10 benchmark) rather than on the test set."""
+    from conftest import teacher_task
+
+    from nowt.reproduce.entry import METRICS
+    from nowt.train import TrainConfig, fit
+
+    train, test = teacher_task()
+    cfg = TrainConfig(rule="fa", hidden=(8,), epochs=3, batch_size=50, lr_schedule="constant", validation=100)
+    history = fit(cfg, train, test, progress=False)
+    kept, held = holdout(train, 100, "--validation")
+    cfg.validation = 0
+    plain = fit(cfg, kept, test, progress=False)
+    for r, p in zip(history, plain, strict=True):  # the same training: trained on the kept part alone
+        assert (r["train_loss"], r["test_accuracy"]) == (p["train_loss"], p["test_accuracy"])
+        assert 0 <= r["val_accuracy"] <= 100 and r["val_loss"] > 0 and "val_loss" not in p
+    scored = fit(cfg, kept, held, progress=False)  # the same training, tested on the held-out part
+    assert [r["val_accuracy"] for r in history] == [r["test_accuracy"] for r in scored]
+    assert [r["val_loss"] for r in history] == [r["test_loss"] for r in scored]
+    best = max(range(3), key=lambda i: history[i]["val_accuracy"])
+    assert METRICS["test_error_at_best_validation"](history) == history[best]["test_top1_error"]
+    with pytest.raises(ValueError, match="--validation 500: hold out between 1 and 499"):
+        fit(TrainConfig(hidden=(8,), epochs=1, validation=500), train, test, progress=False)

@@ -244,3 +244,33 @@ def _text(name: str, root: str | os.PathLike | None, download: bool, augment: bo
         raise ValueError(f"{', '.join(asked)}: not for the text dataset {name!r}")
     splits = load_text(name, root, **({} if context is None else {"context": context}), train_size=train_size)
     return Data(splits.train, splits.test, VOCAB, tuple(splits.train[0].shape[1:]), splits.validation)
+
+
+#: the held-out sample's seed: not --train-size's (0), so that both may apply to one dataset
+HOLDOUT_SEED = 1
+
+
+def holdout(train: TensorPair | Dataset, n: int,
+            flag: str = "--holdout") -> tuple[TensorPair | Dataset, TensorPair | Dataset]:
+    """(the training set less `n` held-out examples, those examples): a class-balanced random sample, the
+    same for every rule and seed. The held-out examples are scored as the test set is: without the training
+    set's augmentation (`unaugmented`)."""
+    labels = dataset_labels(train)
+    if labels.dim() != 1:
+        raise ValueError(f"{flag} needs one label per example (not a text corpus: it has a validation "
+                         f"part of its own)")
+    if not 0 < n < len(labels):
+        raise ValueError(f"{flag} {n}: hold out between 1 and {len(labels) - 1} of the {len(labels)} "
+                         f"training examples")
+    held = balanced_sample(labels, n, seed=HOLDOUT_SEED)
+    kept = torch.ones(len(labels), dtype=torch.bool)
+    kept[held] = False
+    rest = kept.nonzero().squeeze(1)
+    if isinstance(train, tuple):
+        return (train[0][rest], train[1][rest]), (train[0][held], train[1][held])
+    base, index = flat_subset(train)  # one Subset of the dataset itself, whose classes the loop reads
+    plain = unaugmented(base)
+    held_index = [index[i] for i in held.tolist()]
+    return (Subset(base, [index[i] for i in rest.tolist()]),
+            (plain[0][held_index], plain[1][held_index]) if isinstance(plain, tuple)
+            else Subset(plain, held_index))

@@ -46,6 +46,8 @@ METRICS = {
     "final_test_error": lambda h: h[-1]["test_top1_error"],
     "final_train_error": lambda h: 100.0 - h[-1]["train_accuracy"],
     "best_top5_error": lambda h: min(r["test_top5_error"] for r in h),
+    # the epoch a paper's validation split picks (the first of its best): needs a run with --validation
+    "test_error_at_best_validation": lambda h: max(h, key=lambda r: r["val_accuracy"])["test_top1_error"],
     "final_test_bpc": lambda h: h[-1]["test_bpc"],
     "output_angle": lambda h: _angle(h, -1),
     "hidden_angle": lambda h: _angle(h, 0),

@@ -139,6 +139,9 @@ class TrainConfig(metaclass=RuleOptionFields):
                                 "every run and seed (not the first N: image folders are in class order); "
                                 "text: the first N windows",
                                 min=1, metavar="N")
+    validation: int = _f(0, "hold N training examples out (class-balanced, seed 1, unaugmented) and score "
+                         "them every epoch as val_*: choose an epoch without the test set; 0: none", min=0,
+                         metavar="N")
     context: int | None = _f(None, "text datasets: bytes per window, the model's context (default 128)",
                              min=1, metavar="T")
     augment: bool = _f(False, "CIFAR crop+flip, ImageNet resized crop+flip")

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from nowt import distributed, noise
 from nowt.checkpoint import load_checkpoint, save_checkpoint
-from nowt.data.registry import first_examples, probe_batch
+from nowt.data.registry import first_examples, holdout, probe_batch
 from nowt.inventory import summary
 from nowt.layers import feedback_layers
 from nowt.metrics import as_tokens, evaluate, output_collapsed, update_angles, weight_angles
@@ -66,6 +66,9 @@ def fit(cfg: TrainConfig, train=None, test=None, *, resume: bool = False, overwr
         with sized(f"loading {cfg.dataset} (--image-size {cfg.image_size}, --train-size {cfg.train_size})"):
             data = load_data(cfg)
         train, test = data.train, data.test
+    validation = None
+    if cfg.validation:  # held out of what trains, so an epoch is chosen without the test set
+        train, validation = holdout(train, cfg.validation, "--validation")
     if distributed.launched_by_torchrun():
         device = distributed.setup()
         if device.type == "cuda":
@@ -83,7 +86,7 @@ def fit(cfg: TrainConfig, train=None, test=None, *, resume: bool = False, overwr
                 raise
             if not distributed.agree(True):
                 raise ValueError(f"rank 0 refused the run directory {cfg.out_dir} (--out): see its error")
-            return _fit(cfg, train, test, resume, progress)
+            return _fit(cfg, train, test, validation, resume, progress)
     except Exception as e:
         if "in DataLoader worker process" in str(e).split("\n", 1)[0]:
             raise _from_worker(e) from None
@@ -101,11 +104,12 @@ def _from_worker(e: Exception) -> Exception:
     return type(e)(f"{last.split(': ', 1)[-1]} (in {where})")
 
 
-def _fit(cfg: TrainConfig, train, test, resume: bool, progress: bool) -> list[dict]:
+def _fit(cfg: TrainConfig, train, test, validation, resume: bool, progress: bool) -> list[dict]:
     train_loader = make_loader(train, cfg.batch_size, shuffle=cfg.shuffle, seed=cfg.seed,
                                num_workers=cfg.num_workers, drop_last=cfg.drop_last)
-    test_loader = make_loader(test, 1000 if isinstance(test, tuple) else cfg.batch_size,
-                              num_workers=cfg.num_workers)
+    test_loader, val_loader = (make_loader(part, 1000 if isinstance(part, tuple) else cfg.batch_size,
+                                           num_workers=cfg.num_workers) if part is not None else None
+                               for part in (test, validation))
     if len(test if not isinstance(test, tuple) else test[1]) == 0:
         raise ValueError("the test set is empty")
     probe_x, probe_y = (t.to(cfg.device) for t in probe_batch(test))  # class-balanced
@@ -167,6 +171,7 @@ def _fit(cfg: TrainConfig, train, test, resume: bool, progress: bool) -> list[di
             learner.end_epoch(train_metrics)
             distributed.broadcast_buffers(model)  # every rank scores (and rank 0 saves) one model
             test_metrics = evaluate(model, test_loader, loss_fn, cfg.device)
+            val_metrics = evaluate(model, val_loader, loss_fn, cfg.device) if val_loader is not None else {}
             _check_finite(model, test_metrics["loss"], f"the end of epoch {epoch + 1}")  # before a checkpoint
         except FloatingPointError as e:
             message = str(e)
@@ -179,6 +184,7 @@ def _fit(cfg: TrainConfig, train, test, resume: bool, progress: bool) -> list[di
         record = {
             "epoch": epoch + 1, **train_metrics,
             **{f"test_{k}": v for k, v in test_metrics.items()},
+            **{f"val_{k}": v for k, v in val_metrics.items()},
             "lr": learner.lr(),
             "weight_angles": weight_angles(model) if has_feedback else {},
             "update_angles": update_angles(model, loss_fn, probe_x, probe_y) if has_feedback else {},

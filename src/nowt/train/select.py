@@ -9,41 +9,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
-import torch
-from torch.utils.data import Dataset, Subset
-
-from nowt.data.registry import Data, balanced_sample, dataset_labels, flat_subset, unaugmented
+from nowt.data.registry import HOLDOUT_SEED, Data, holdout
 from nowt.train.config import TrainConfig
 from nowt.train.loop import fit
-
-TensorPair = tuple[torch.Tensor, torch.Tensor]
-#: the held-out sample's seed: not --train-size's (0), so that both may apply to one dataset
-HOLDOUT_SEED = 1
-
-
-def holdout(train: TensorPair | Dataset, n: int) -> tuple[TensorPair | Dataset, TensorPair | Dataset]:
-    """(the training set less `n` held-out examples, those examples): a class-balanced random sample, the
-    same for every rule and seed. The held-out examples are scored as the test set is: without the training
-    set's augmentation (`unaugmented`)."""
-    labels = dataset_labels(train)
-    if labels.dim() != 1:
-        raise ValueError("--holdout needs one label per example (not a text corpus: it has a validation "
-                         "part of its own)")
-    if not 0 < n < len(labels):
-        raise ValueError(f"--holdout {n}: hold out between 1 and {len(labels) - 1} of the {len(labels)} "
-                         f"training examples")
-    held = balanced_sample(labels, n, seed=HOLDOUT_SEED)
-    kept = torch.ones(len(labels), dtype=torch.bool)
-    kept[held] = False
-    rest = kept.nonzero().squeeze(1)
-    if isinstance(train, tuple):
-        return (train[0][rest], train[1][rest]), (train[0][held], train[1][held])
-    base, index = flat_subset(train)  # one Subset of the dataset itself, whose classes the loop reads
-    plain = unaugmented(base)
-    held_index = [index[i] for i in held.tolist()]
-    return (Subset(base, [index[i] for i in rest.tolist()]),
-            (plain[0][held_index], plain[1][held_index]) if isinstance(plain, tuple)
-            else Subset(plain, held_index))
 
 
 def selection_data(data: Data, n_holdout: int | None) -> tuple[Any, Any, str]:
