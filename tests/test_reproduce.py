@@ -148,13 +148,17 @@ def test_run_writes_results_md_with_command_and_published_numbers(tmp_path, monk
     assert reproduce.default_out("tiny", quick=True).as_posix() == "runs/reproduce/tiny-quick"
 
 
-def test_analyses_refuse_runs_and_unknown_options(tmp_path):
+def test_analyses_refuse_runs_and_unknown_options(tmp_path, monkeypatch):
     song = REPRODUCTIONS["song2021"]
     assert isinstance(song, Analysis) and "two-layer" in reproduce.describe(song)
     with pytest.raises(ValueError, match="no runs to pick"):
         reproduce.run("song2021", tmp_path, only=["fa"])
     with pytest.raises(ValueError, match="takes no device"):
         reproduce.run("song2021", tmp_path, device="cuda")
+    monkeypatch.setenv("WORLD_SIZE", "2")  # under torchrun every rank computed it all and wrote RESULTS.md
+    with pytest.raises(ValueError, match="song2021 is an analysis, computed in one process: run it without"):
+        reproduce.run("song2021", tmp_path, quick=True)
+    assert not (tmp_path / "RESULTS.md").exists()
 
 
 def test_bartunov_rows_take_the_papers_table5_configuration(tmp_path):

@@ -182,6 +182,8 @@ class Analysis(Entry):
     def run(self, out_dir, *, quick=False, only=None, progress=True, command=None, gather=False,
             seeds=None, **overrides) -> Path:
         accepted = inspect.signature(self.function).parameters
+        if distributed.launched_by_torchrun():  # every rank would compute it all and write the same files
+            raise ValueError(f"{self.name} is an analysis, computed in one process: run it without torchrun")
         if only or seeds or (gather and "gather" not in accepted):
             raise ValueError(f"{self.name} is an analysis: it has no runs to pick (--runs, --seeds) or to "
                              f"gather (--gather)")
