@@ -151,7 +151,11 @@ NOTES = ("The paper's tanh networks with Glorot init (nowt.targetprop.networks; 
          "Every registered row runs Table 5 as printed; what was changed after a result was seen is an "
          "exploration (EXPLORATIONS there). SDTP and AO-SDTP train their inverses "
          "denoising, as the paper's Algorithm 1 does. The paper reports the best test error within 500 "
-         "epochs; we stop a run once its best test error is 100 epochs old. The batch size is not published:"
+         "epochs; we stop a run once its best test error is 100 epochs old (under the alternating "
+         "schedule every other epoch trains the inverses alone and counts too: 50 forward epochs past the "
+         "best). The inverses (and AO-SDTP's random features) are drawn from the generator seeded as the "
+         "forward weights were, so their values are rescaled slices of the forward weights' draws (at init "
+         "they stand at 90 degrees to the W they invert). The batch size is not published:"
          " ours is 128. Our train error is the final epoch's running error (each batch scored before its "
          "update), not the train set evaluated after training as in the paper (`nowt evaluate RUN_DIR` gives "
          "that for a run that kept its checkpoint).")
