@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import datetime
 import inspect
-import json
 import math
 import os
 from collections.abc import Callable
@@ -30,13 +29,12 @@ from nowt import distributed
 from nowt.models import MODELS
 from nowt.provenance import machine
 from nowt.report import collapse_state, load_run, mean_std, report_runs
+from nowt.reproduce.gathering import gathered, saved_holdout
 from nowt.reproduce.verdicts import BAND, NO_PAPER_RULE, results_table, verdict, verdict_rule
 from nowt.rules import list_rules
 from nowt.train import TrainConfig, fit
 from nowt.train.factories import load_data
-from nowt.train.loop import run_ended
-from nowt.train.rundir import divergence
-from nowt.train.select import VALIDATION_SCORES, best_lr, grid_config, selection_data, shown
+from nowt.train.select import best_lr, grid_config, selection_data, shown
 
 #: metric name -> how to read it from a run's history
 METRICS = {
@@ -354,7 +352,7 @@ def _grid_choice(repro: Reproduction, label: str, out_dir: str | os.PathLike, ga
                 fit_part, held_out, how = selection_data(load_data(lead), repro.holdout)
             except FileNotFoundError as e:
                 # a gather reads the runs alone: without the data here, the grid runs say what was held out
-                how = _saved_holdout(seed_dir(out_dir, label, 0).parent / "lr-grid") if gather else None
+                how = saved_holdout(seed_dir(out_dir, label, 0).parent / "lr-grid") if gather else None
                 if how is None:
                     return None, f"skipped: {e}"
         cfg = grid_config(lead, rate, how, seed_dir(out_dir, label, 0).parent / "lr-grid")
@@ -369,44 +367,3 @@ def _grid_choice(repro: Reproduction, label: str, out_dir: str | os.PathLike, ga
     chosen = best_lr(records)
     grid = ", ".join(f"{rate:g}: {shown(r)}" for rate, r in records.items())
     return chosen, f"lr {chosen:g} (held out: {grid}); "
-
-
-def _saved_holdout(grid: Path) -> str | None:
-    """How the held-out part was made, as the first grid run in `grid` recorded it (`grid_config`)."""
-    for config in sorted(grid.glob("lr*/config.json")):
-        held_out = json.loads(config.read_text()).get("extra", {}).get("test set", "")
-        if held_out.endswith(VALIDATION_SCORES):
-            return held_out.removesuffix(VALIDATION_SCORES)
-    return None
-
-
-def gathered(cfg: TrainConfig) -> tuple[list[dict] | None, str]:
-    """The history of `cfg`'s run read from its folder, training nothing, and its state: "ok" when the run
-    ended (its epochs, patience or lr halvings), "diverged in epoch N: ..." when it diverged, else how far it
-    got; a folder of another configuration, or of more epochs than the row, is refused."""
-    assert cfg.out_dir is not None  # a reproduction's runs have their folders
-    diverged = divergence(Path(cfg.out_dir))
-    if diverged is not None:  # "loss became inf by step 400 of dfa epoch 1/100", without the advice
-        why = diverged["message"].removeprefix("the run diverged: ").split(";")[0]
-        diverged_state = f"diverged in epoch {diverged['epoch']}: {why}"
-    try:
-        run = load_run(cfg.out_dir)
-    except (FileNotFoundError, ValueError) as e:
-        if diverged is not None:
-            return None, diverged_state
-        return None, "not run" if isinstance(e, FileNotFoundError) else "not run (no epoch yet)"
-    differ = cfg.identity_differences(run.config)  # where and how fast a run went are not compared
-    if differ:
-        raise ValueError(f"run directory {cfg.out_dir} holds a run of another configuration (it differs in "
-                         f"{', '.join(differ)})")
-    history = run.history
-    if len(history) > cfg.epochs:  # lengthened past the row (a constant lr allows it): not the registered run
-        raise ValueError(f"run directory {cfg.out_dir} holds {len(history)} epochs, more than the row's "
-                         f"{cfg.epochs}: a longer run is another experiment; move it out")
-    if diverged is not None:
-        return history, diverged_state
-    if run_ended(history, cfg.epochs, cfg.patience, cfg.lr_schedule):
-        return history, "ok"
-    return history, f"unfinished ({len(history)} of {cfg.epochs} epochs)"
-
-
