@@ -293,6 +293,7 @@ def train_epoch(learner: Learner, loader: Iterable, desc: str, device: str,
     seen, t0 = 0, time.perf_counter()
     loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
     correct = torch.zeros((), dtype=torch.float64, device=dev)
+    inverse_sum, inverse_seen = 0.0, 0  # target propagation's inverse loss, on the steps that trained them
     bar = progress_bar(loader, desc, progress)
     for i, (x, y) in enumerate(bar, 1):
         x, y = distributed.shard(x, y)  # under torchrun each rank takes its slice of the global batch
@@ -306,6 +307,8 @@ def train_epoch(learner: Learner, loader: Iterable, desc: str, device: str,
                 correct += (out.argmax(1) == tokens).sum() * (len(y) / len(tokens))
         else:  # target propagation reports the batch's accuracy (%) before the update instead
             correct += step["accuracy"] * len(y) / 100
+            if math.isfinite(step.get("inverse_loss", math.nan)):  # (nan: a forward-only step)
+                inverse_sum, inverse_seen = inverse_sum + step["inverse_loss"] * len(y), inverse_seen + len(y)
         if i % LOG_EVERY == 0:
             # a rank whose shards were all empty (a batch smaller than the world) has seen nothing yet
             loss = _finite_mean(loss_sum, max(seen, 1), f"step {i} of {desc}")
@@ -314,9 +317,11 @@ def train_epoch(learner: Learner, loader: Iterable, desc: str, device: str,
                                 ex_s=f"{seen / (time.perf_counter() - t0):.0f}", refresh=False)
     _finite_mean(loss_sum, max(seen, 1), desc)
     # under torchrun: sums over every rank's slices (each step's loss is already the mean over ranks)
-    totals = torch.tensor([seen, float(loss_sum), float(correct)], dtype=torch.float64)
-    seen, total_loss, total_correct = distributed.all_reduce_sum_(totals).tolist()
-    return {"train_loss": total_loss / seen, "train_accuracy": 100.0 * total_correct / seen}
+    totals = torch.tensor([seen, float(loss_sum), float(correct), inverse_sum, inverse_seen],
+                          dtype=torch.float64)
+    seen, total_loss, total_correct, inverse_sum, inverse_seen = distributed.all_reduce_sum_(totals).tolist()
+    inverse = {"train_inverse_loss": inverse_sum / inverse_seen} if inverse_seen else {}
+    return {"train_loss": total_loss / seen, "train_accuracy": 100.0 * total_correct / seen, **inverse}
 
 
 def _finite_mean(loss_sum: Tensor, seen: int, where: str) -> float:
