@@ -62,6 +62,20 @@ def backprop_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 
 @contextmanager
+def shape_pass(model: nn.Module) -> Iterator[nn.Module]:
+    """For a forward pass that only shows the rules each layer's input shape (the weight mirror drives noise
+    of it): eval mode and plain ops, so no dropout or brSF draw and no batch-norm statistics come of it; the
+    model's mode is restored."""
+    was_training = model.training
+    model.eval()
+    try:
+        with backprop_mode(model):
+            yield model
+    finally:
+        model.train(was_training)
+
+
+@contextmanager
 def preserved_state(model: nn.Module) -> Iterator[None]:
     """Restores the model's buffers (batch-norm statistics, redrawn feedback, draw counters) and the RNG."""
     saved = {name: b.clone() for name, b in model.named_buffers()}

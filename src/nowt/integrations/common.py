@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from nowt.layers import feedback_layers, feedback_rules
-from nowt.metrics import backprop_mode, weight_angles
+from nowt.metrics import shape_pass, weight_angles
 from nowt.rules.base import Rule
 
 #: The prefix of every metric the callbacks log.
@@ -33,15 +33,8 @@ class RuleHooks:
         `begin_training(model, batch_size)`. Returns whether the forward ran."""
         ran = False
         if self.needs_forward:
-            # As `nowt train`'s: eval mode and plain ops, so the pass that shows the rules each layer's
-            # input shape moves no batch-norm statistics and draws no dropout or brsf randomness.
-            was_training = model.training
-            model.eval()
-            try:
-                with torch.no_grad(), backprop_mode(model):
-                    forward()
-            finally:
-                model.train(was_training)
+            with torch.no_grad(), shape_pass(model):  # as `nowt train`'s (`show_one_batch`)
+                forward()
             ran = True
         for rule in self.rules:
             rule.begin_training(model, batch_size)

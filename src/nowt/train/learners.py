@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from nowt import distributed
 from nowt.layers import feedback_rules
-from nowt.metrics import backprop_mode
+from nowt.metrics import shape_pass
 from nowt.optim import HalveOnPlateau, make_optimizer, rule_step
 from nowt.rules import WholeNetworkRule, rule_class
 from nowt.train.config import FIELDS, TrainConfig, check_optimizer_fields, flag_name, is_default
@@ -143,15 +143,10 @@ class RuleLearner:
 
 
 def show_one_batch(model: nn.Module, x: Tensor) -> None:
-    """One forward pass, so that rules see each layer's input shape (the weight mirror drives noise of
-    it). Eval mode, plain ops: no dropout or brSF draw, no batch-norm statistics from this (test) batch."""
-    was_training = model.training
-    model.eval()
-    try:
-        with backprop_mode(model):
-            model(x)
-    finally:
-        model.train(was_training)
+    """One forward pass, so that rules see each layer's input shape (`shape_pass`: no dropout or brSF draw,
+    no batch-norm statistics from this (test) batch)."""
+    with shape_pass(model):
+        model(x)
 
 
 #: What a whole-network rule (target propagation) decides itself, by TrainConfig field: the values it
