@@ -9,12 +9,13 @@ import pytest
 from nowt.report import load_run, markdown_table, write_report
 
 
-def write_run(path, rule: str, accs: list[float], angles: bool = True, collapsed: tuple = ()) -> None:
+def write_run(path, rule: str, accs: list[float], angles: bool | str = True, collapsed: tuple = ()) -> None:
+    """A run's folder; `angles` "update" logs update angles alone (target propagation: no B)."""
     path.mkdir(parents=True)
     (path / "config.json").write_text(json.dumps({"rule": rule}))
     lines = []
     for i, acc in enumerate(accs):
-        w = {"0": 80.0 - 10 * i, "2": 40.0 - 5 * i} if angles else {}
+        w = {"0": 80.0 - 10 * i, "2": 40.0 - 5 * i} if angles is True else {}
         u = {"0": 60.0 - 10 * i, "2": 0.0} if angles else {}
         lines.append(json.dumps({"epoch": i + 1, "train_loss": 1.0 / (i + 1), "train_accuracy": acc + 1,
                                  "test_loss": 1.2 / (i + 1), "test_accuracy": acc,
@@ -270,6 +271,23 @@ def test_alignment_figure_has_a_column_per_recipe_and_a_line_per_seed(tmp_path, 
     assert len(fa_top.lines) == 3 * 2  # a line per seed per layer
     assert [t.get_text() for t in fa_top.get_legend().get_texts()] == ["0", "2"]  # a layer named once
     assert len({line.get_color() for line in fa_top.lines}) == 2  # a colour per layer, not per seed
+
+
+def test_target_propagation_has_update_angles_drawn_and_no_b_said_so(tmp_path, monkeypatch):
+    """Target propagation logs update angles (no B): its runs had no alignment figure at all."""
+    import nowt.report as report
+
+    figures = []
+    monkeypatch.setattr(report, "save", lambda fig, path: figures.append(fig) or path)
+    write_run(tmp_path / "dtp", "dtp", [80.0, 85.0], angles="update")
+    write_run(tmp_path / "fa", "fa", [90.0, 91.0])
+    report.plot_alignment([load_run(tmp_path / n) for n in ("dtp", "fa")], tmp_path / "a.png")
+    axes = {ax.get_title(): ax for ax in figures.pop().axes}
+    top, bottom = axes["dtp: B vs W"], axes["dtp: update vs backprop"]
+    assert not top.lines and [t.get_text() for t in top.texts] == ["no feedback weights"]
+    assert len(bottom.lines) == 2 and [t.get_text() for t in bottom.get_legend().get_texts()] == ["0", "2"]
+    assert axes["fa: B vs W"].get_legend() is not None and not axes["fa: B vs W"].texts
+    assert axes["fa: update vs backprop"].get_legend() is None
 
 
 def test_alignment_axes_hold_angles_past_95_degrees(tmp_path, monkeypatch):

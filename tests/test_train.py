@@ -323,6 +323,9 @@ class FakeTargetProp:
     def end_epoch(self, train_metrics=None):
         self.epochs_ended += 1
 
+    def measure(self, x, y):
+        return {"update_angles": {"epochs ended": float(self.epochs_ended)}}
+
     def state_dict(self):
         return {"opt": self.opt.state_dict(), "epochs_ended": self.epochs_ended}
 
@@ -344,7 +347,8 @@ def test_target_propagation_rules_dispatch_to_the_targetprop_trainer(tmp_path, m
     assert (tp.algorithm, tp.schedule, tp.epochs_ended) == ("sdtp", "alternating", 2)
     assert not nowt.feedback_layers(tp.model)  # the plain network, not converted to a per-layer rule
     assert hist[-1]["test_accuracy"] > 60 and hist[-1]["train_accuracy"] > 50
-    assert hist[-1]["weight_angles"] == {}
+    assert hist[-1]["weight_angles"] == {}  # no B; the rule learner's own diagnostics, after each epoch:
+    assert [r["update_angles"] for r in hist] == [{"epochs ended": 1.0}, {"epochs ended": 2.0}]
     saved = json.loads((tmp_path / "config.json").read_text())  # what it ran, not the unused defaults
     assert (saved["optimizer"], saved["lr_schedule"]) == ("adam", "constant")
     cfg.lr = 0.2

@@ -235,10 +235,9 @@ def plot_learning_curves(runs: list[Run], path: Path) -> Path:
 
 
 def plot_alignment(runs: list[Run], path: Path) -> Path | None:
-    """One column per recipe with angles: B against W (top) and the rule's update against backprop's
-    (bottom), one colour per layer and a line per seed. None when no run has angles (target propagation,
-    or no layers)."""
-    runs = [r for r in runs if r.history[-1].get("weight_angles")]
+    """One column per recipe: B against W (top; target propagation has no B) and the rule's update against
+    backprop's (bottom), a colour per layer and a line per seed. None when no run has angles."""
+    runs = [r for r in runs if r.history[-1].get("weight_angles") or r.history[-1].get("update_angles")]
     if not runs:
         return None
     groups = seed_groups(runs)
@@ -248,6 +247,7 @@ def plot_alignment(runs: list[Run], path: Path) -> Path | None:
     fig, axes = figure(len(groups), 2, width=3.6, height=3.0, sharey=True)
     for col, (group, label) in enumerate(zip(groups, group_labels(groups), strict=True)):
         name = label if len(group) == 1 else f"{label}, {len(group)} seeds"
+        has_b = any(run.history[-1].get("weight_angles") for run in group)
         for row, key in enumerate(("weight_angles", "update_angles")):
             ax = axes[row][col]
             for k, run in enumerate(group):
@@ -257,8 +257,10 @@ def plot_alignment(runs: list[Run], path: Path) -> Path | None:
                     ax.plot(epochs, [r.get(key, {}).get(layer, math.nan) for r in run.history], marker=marker,
                             color=f"C{i % 10}", lw=1.0, label=(layer or "(model)") if k == 0 else None)
             style(ax, title=f"{name}: {'B vs W' if row == 0 else 'update vs backprop'}", xlabel="epoch",
-                  ylabel="angle (degrees)" if col == 0 else None, ylim=(0, top), legend=row == 0,
-                  integer_x=True)
+                  ylabel="angle (degrees)" if col == 0 else None, ylim=(0, top),
+                  legend=row == (0 if has_b else 1), integer_x=True)
+            if row == 0 and not has_b:
+                ax.text(0.5, 0.5, "no feedback weights", transform=ax.transAxes, ha="center", color="0.4")
             if ax.get_legend():
                 ax.get_legend().set_title("layer", prop={"size": "small"})  # names like "1", "3" need it
     return save(fig, path)
@@ -269,10 +271,8 @@ def summary_table(runs: list[Run]) -> str:
               "top-5 err %", "output-layer angle", "s/epoch"]
     keys = ["run", "rule", "epochs", "best_test_accuracy", "final_test_accuracy", "final_train_accuracy",
             "final_top5_error"]
-    rows = []
-    for run in runs:
-        s = run.summary()
-        rows.append([*(s[k] for k in keys), cell(s['output_angle'], 1), f"{s['seconds_per_epoch']:.1f}"])
+    rows = [[*(s[k] for k in keys), cell(s["output_angle"], 1), f"{s['seconds_per_epoch']:.1f}"]
+            for s in (run.summary() for run in runs)]
     collapses = [collapse_note(run.name, record) for run in runs
                  if (record := next((r for r in run.history if r.get("collapsed")), None)) is not None]
     return markdown_table(header, rows) + ("\n" + "\n".join(collapses) + "\n" if collapses else "")

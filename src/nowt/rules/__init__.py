@@ -78,8 +78,8 @@ class WholeNetworkRule(Rule):
     @classmethod
     def learner(cls, model: nn.Module, *, lr: float, seed: int, betas: tuple[float, ...] = (0.9, 0.999),
                 eps: float = 1e-8, **options: Any) -> Any:
-        """What trains `model` one batch at a time (`train_step`, `end_epoch`, `state_dict`, ...) with Adam
-        at `lr`, `betas`, `eps`, and the class's `options` (unknown ones raise ValueError)."""
+        """What trains `model` one batch at a time (`train_step`, `end_epoch`, `measure`, `state_dict`, ...)
+        with Adam at `lr`, `betas`, `eps`, and the class's `options` (unknown ones raise ValueError)."""
         raise NotImplementedError
 
     @classmethod

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from nowt.distributed import average_gradients, shard_weight
 from nowt.lc import LocallyConnected2d
-from nowt.metrics import angle
+from nowt.metrics import angle, preserved_state
 from nowt.optim import make_optimizer
 from nowt.rules import WholeNetworkRule
 from nowt.rules.base import Option, check_option, declare
@@ -319,6 +319,13 @@ class TargetPropTrainer:
         tp_grads = torch.autograd.grad(local, weights)
         bp_grads = torch.autograd.grad(F.cross_entropy(self.model(x), y), weights)
         return {name: angle(a, b) for name, a, b in zip(self.layer_names, tp_grads, bp_grads, strict=True)}
+
+    def measure(self, x: Tensor, y: Tensor) -> dict[str, dict[str, float]]:
+        """The loop's per-epoch diagnostics on a probe batch: {"update_angles": `update_angles`,
+        "reconstruction_errors": `reconstruction_errors`}; buffers and the RNG are left as they were."""
+        with preserved_state(self.model):
+            return {"update_angles": self.update_angles(x, y),
+                    "reconstruction_errors": self.reconstruction_errors(x)}
 
     @torch.no_grad()
     def reconstruction_errors(self, x: Tensor) -> dict[str, float]:

@@ -17,8 +17,6 @@ class LearnerKind:
     name: str
     #: `build_model` converts the network to the rule layer by layer (else the plain network trains).
     converts_model: bool
-    #: The loop records the feedback layers' weight and update angles every epoch.
-    measures_feedback: bool
     #: --noise-pretrain applies: the converted model is trained on noise by its rule first.
     pretrains_on_noise: bool
     #: The optimizer it always trains with, whatever --optimizer says (None: --optimizer's).
@@ -26,11 +24,11 @@ class LearnerKind:
 
 
 #: Per-layer rules and DFA: the rule acts inside autograd's backward (`learners.RuleLearner`).
-PER_LAYER = LearnerKind("per-layer", converts_model=True, measures_feedback=True, pretrains_on_noise=True,
+PER_LAYER = LearnerKind("per-layer", converts_model=True, pretrains_on_noise=True,
                         own_optimizer=None)
 #: Target propagation: the rule's own learner trains the plain network with Adam
 #: (`learners.WholeNetworkLearner`).
-WHOLE_NETWORK = LearnerKind("whole-network", converts_model=False, measures_feedback=False,
+WHOLE_NETWORK = LearnerKind("whole-network", converts_model=False,
                             pretrains_on_noise=False, own_optimizer="adam")
 
 

@@ -18,8 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from nowt import distributed
-from nowt.layers import feedback_rules
-from nowt.metrics import shape_pass
+from nowt.layers import feedback_layers, feedback_rules
+from nowt.metrics import shape_pass, update_angles, weight_angles
 from nowt.optim import HalveOnPlateau, make_optimizer, rule_step
 from nowt.rules import WholeNetworkRule, rule_class
 from nowt.train.config import FIELDS, TrainConfig, check_optimizer_fields, flag_name, is_default
@@ -55,6 +55,10 @@ class Learner(Protocol):
         ...
 
     def end_epoch(self, train_metrics: dict[str, float]) -> None: ...
+    def measure(self, x: Tensor, y: Tensor) -> dict[str, dict[str, float]]:
+        """The epoch's diagnostics on the probe batch (x, y), {metric: {layer: value}}; nothing is changed."""
+        ...
+
     def lr(self) -> float: ...
     def state_dict(self) -> dict[str, Any]: ...
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
@@ -122,6 +126,14 @@ class RuleLearner:
         here)."""
         if isinstance(self.scheduler, HalveOnPlateau):  # the one schedule stepped per epoch
             self.scheduler.step(1.0 - train_metrics["train_accuracy"] / 100)
+
+    def measure(self, x: Tensor, y: Tensor) -> dict[str, dict[str, float]]:
+        """{"weight_angles": B against W, "update_angles": the rule's update against backprop's} per
+        converted layer (empty where the model has none: a plain model under bp)."""
+        if not feedback_layers(self.model):
+            return {"weight_angles": {}, "update_angles": {}}
+        return {"weight_angles": weight_angles(self.model),
+                "update_angles": update_angles(self.model, self.loss_fn, x, y)}
 
     @property
     def finished(self) -> bool:
@@ -220,6 +232,11 @@ class WholeNetworkLearner:
 
     def end_epoch(self, train_metrics: dict[str, float]) -> None:
         self.inner.end_epoch(train_metrics)
+
+    def measure(self, x: Tensor, y: Tensor) -> dict[str, dict[str, float]]:
+        """The rule learner's own diagnostics (`WholeNetworkRule.learner`'s `measure`: for target
+        propagation, update angles against backprop and the inverses' reconstruction errors)."""
+        return {"weight_angles": {}, **self.inner.measure(x, y)}
 
     def lr(self) -> float:
         return self.cfg.lr

@@ -26,8 +26,7 @@ from nowt import distributed, noise
 from nowt.checkpoint import load_checkpoint, save_checkpoint
 from nowt.data.registry import first_examples, holdout, probe_batch
 from nowt.inventory import summary
-from nowt.layers import feedback_layers
-from nowt.metrics import as_tokens, evaluate, output_collapsed, update_angles, weight_angles
+from nowt.metrics import as_tokens, evaluate, output_collapsed
 from nowt.optim import HalveOnPlateau
 from nowt.progress import progress_bar
 from nowt.train import ranks, rundir
@@ -153,7 +152,6 @@ def _fit(cfg: TrainConfig, train, test, validation, resume: bool, progress: bool
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1) + "\n")
     writer = rundir.tensorboard(out) if writes else None
-    has_feedback = learner.kind.measures_feedback and bool(feedback_layers(model))
     start = len(history)
     for epoch in range(start, cfg.epochs):
         if distributed.rank0_decides(learner.finished or out_of_patience(history, cfg.patience)):
@@ -186,8 +184,7 @@ def _fit(cfg: TrainConfig, train, test, validation, resume: bool, progress: bool
             **{f"test_{k}": v for k, v in test_metrics.items()},
             **{f"val_{k}": v for k, v in val_metrics.items()},
             "lr": learner.lr(),
-            "weight_angles": weight_angles(model) if has_feedback else {},
-            "update_angles": update_angles(model, loss_fn, probe_x, probe_y) if has_feedback else {},
+            **learner.measure(probe_x, probe_y),  # weight/update angles, the rule's own diagnostics
             "collapsed": len(probe_x) > 1 and output_collapsed(model, probe_x),
             "seconds": time.perf_counter() - t0,
         }
