@@ -306,3 +306,74 @@ def test_wm_mirror_after_a_cast_counts_in_the_new_dtype(cast):
         rule.after_step(model, 16)
     assert model[0].feedback.dtype == model[0]._mirror_counts[1].dtype == getattr(torch, cast)
     assert model[0].feedback.isfinite().all()
+
+
+# 8. a Dataset under torchrun: each rank loads only its part of each global batch (an image folder's decoding
+# is not done world-size times over), and is scored on its part of the test set; the run is one process's.
+
+class _Recorded(torch.utils.data.Dataset):
+    """Examples from tensors; what the DataLoader fetched, batch by batch (`__getitems__`: the probe and
+    first-example reads, one index at a time, are not loads of a batch)."""
+
+    classes = ("a", "b", "c")
+
+    def __init__(self, x, y):
+        self.x, self.y, self.batches = x, y, []
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i], self.y[i]
+
+    def __getitems__(self, indices):
+        self.batches.append(list(indices))
+        return [self[i] for i in indices]
+
+
+def _dataset_run(rank: int | None) -> dict:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(152, 6, generator=g)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
+    # 101 = 50 + 50 + 1: the last global batch leaves rank 1 nothing (a stand-in, weighing nothing); 51 test
+    # examples: the same on the test set (rank 1 skips the second batch)
+    train, test = _Recorded(x[:101], y[:101]), _Recorded(x[101:], y[101:])
+    cfg = TrainConfig(rule="fa", hidden=(8,), epochs=2, batch_size=50, lr=0.05, lr_schedule="constant")
+    history = fit(cfg, train, test, progress=False)
+    return {"history": [{k: v for k, v in r.items() if k.startswith(("train_", "test_"))} for r in history],
+            "train": train.batches, "test": test.batches}
+
+
+def test_each_rank_loads_its_part_of_every_global_batch_and_the_run_is_one_process(tmp_path):
+    single = _dataset_run(None)
+    ranks = on_two_ranks(tmp_path, _dataset_run)
+    assert all("error" not in r for r in ranks), ranks
+    for epoch in range(2):  # one process loads global batches of 50, 50, 1 (train) and 50, 1 (test)
+        whole = single["train"][3 * epoch:3 * epoch + 3]
+        assert [len(b) for b in whole] == [50, 50, 1]
+        parts = [r["train"][3 * epoch:3 * epoch + 3] for r in ranks]
+        assert [b[:25] for b in whole[:2]] == parts[0][:2] and [b[25:] for b in whole[:2]] == parts[1][:2]
+        assert parts[0][2] == whole[2] and parts[1][2] == whole[2]  # rank 1's stand-in: the example alone
+    test_whole, test_parts = single["test"], [r["test"] for r in ranks]
+    assert [len(b) for b in test_whole] == [50, 1, 50, 1]  # scored after each of the 2 epochs
+    assert test_parts[0] == [b[:25] if len(b) == 50 else b for b in test_whole]
+    assert test_parts[1] == [b[25:] if len(b) == 50 else b for b in test_whole]  # (a stand-in never scored)
+    for r in ranks:
+        for got, want in zip(r["history"], single["history"], strict=True):
+            assert got.keys() == want.keys()
+            for k in want:
+                assert got[k] == pytest.approx(want[k], rel=1e-5, abs=1e-6), k
+
+
+# 9. NCCL reduces CUDA tensors only: the epoch totals and target propagation's counts are CPU tensors.
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and dist.is_nccl_available()), reason="NCCL needs a GPU")
+def test_cpu_tensors_sum_over_ranks_under_nccl(tmp_path, monkeypatch):
+    dist.init_process_group("nccl", init_method=f"file://{tmp_path / 'group'}", rank=0, world_size=1)
+    try:
+        monkeypatch.setattr(distributed, "world", lambda: (0, 2))  # (a group of one reduces to itself)
+        totals = torch.tensor([3.0, 1.5], dtype=torch.float64)
+        assert distributed.all_reduce_sum_(totals) is totals and totals.tolist() == [3.0, 1.5]
+        assert distributed.shard_weight(4) == 2.0  # count x world / the (one-rank) global count
+    finally:
+        dist.destroy_process_group()

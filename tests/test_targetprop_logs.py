@@ -51,7 +51,7 @@ def test_each_epoch_logs_update_angles_and_reconstruction_errors_without_changin
         return {"weight_angles": {}, **out}
     monkeypatch.setattr(WholeNetworkLearner, "measure", measured)
     history = fit(cfg, train, test, progress=False)
-    layers = ["1", "3", "5"]  # the mlp's Linear layers; inverses exist for layers 2..L-1 (here the middle one)
+    layers = ["1", "3", "5"]  # the mlp's Linear layers; DTP inverts layers 2..L-1 (here the middle one)
     for record, (angles, errors) in zip(history, seen, strict=True):
         assert list(record["update_angles"]) == layers and record["update_angles"] == angles
         assert record["update_angles"]["5"] == 0.0  # the readout learns from the task loss itself

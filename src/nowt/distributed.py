@@ -25,12 +25,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import timedelta
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torch.utils.data import BatchSampler, Sampler
 
 _alone = False  # inside `alone()`
 
@@ -152,6 +154,63 @@ def shard(*tensors: Tensor) -> tuple[Tensor, ...]:
     if size == 1:
         return tensors
     return tuple(t.tensor_split(size)[rank] for t in tensors)
+
+
+_Batch = TypeVar("_Batch", Tensor, range, list)
+
+
+def rank_part(batch: _Batch) -> _Batch:
+    """This rank's part of a global batch's indices: the rows `shard` would give it."""
+    rank, size = world()
+    base, extra = divmod(len(batch), size)
+    start = rank * base + min(rank, extra)
+    return batch[start:start + base + (rank < extra)]
+
+
+class RankBatches(Sampler[list[int]]):
+    """A batch sampler that hands this rank only its part (`rank_part`) of each global batch of `batches`
+    (the same on every rank: one seeded order), so a rank loads and decodes its own examples, not the whole
+    batch. A DataLoader cannot load an empty part: where a global batch is smaller than the world, a rank left
+    nothing loads the batch's first example as a stand-in, and `rank_batches` empties it again."""
+
+    def __init__(self, batches: BatchSampler):
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.batches:
+            yield list(rank_part(batch)) or batch[:1]
+
+    def counts(self) -> Iterator[int]:
+        """This rank's number of examples in each batch, computed (iterating the batches would draw the
+        shuffle's next order)."""
+        n, size = len(self.batches.sampler), self.batches.batch_size  # type: ignore[arg-type]
+        sizes = [size] * (n // size) + ([n % size] if n % size and not self.batches.drop_last else [])
+        return (len(rank_part(range(s))) for s in sizes)
+
+
+def rank_batches(loader: Iterable) -> Iterator[tuple[Tensor, Tensor]]:
+    """This rank's part of each global batch of `loader`: as loaded where the loader loads parts
+    (`loads_parts`: `make_loader`'s under torchrun), else cut from the whole batch."""
+    sampler = getattr(loader, "batch_sampler", None)
+    if isinstance(sampler, RankBatches):
+        for (x, y), count in zip(loader, sampler.counts(), strict=True):
+            yield (x, y) if count else (x[:0], y[:0])
+    elif loads_parts(loader):
+        yield from loader
+    else:
+        for x, y in loader:
+            yield shard(x, y)  # type: ignore[misc]
+
+
+def loads_parts(loader: Iterable) -> bool:
+    """Whether `loader` gives this rank its part of each global batch: a DataLoader over `RankBatches`, or a
+    TensorLoader with `per_rank`."""
+    if isinstance(getattr(loader, "batch_sampler", None), RankBatches):
+        return True
+    return bool(getattr(loader, "per_rank", False))
 
 
 def shard_span(n: int) -> tuple[int, int]:
@@ -287,6 +346,11 @@ def _collective_device() -> str:
 
 
 def all_reduce_sum_(t: Tensor) -> Tensor:
+    """`t` summed over ranks, in place. A tensor on another device than the backend reduces (NCCL: CUDA
+    only; the loop's epoch totals and `shard_weight`'s count are CPU tensors) goes there and back."""
     if world()[1] > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        on = t.to(_collective_device())
+        dist.all_reduce(on, op=dist.ReduceOp.SUM)
+        if on is not t:
+            t.copy_(on)
     return t

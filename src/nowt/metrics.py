@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nowt import distributed
 from nowt.layers import feedback_layers, feedback_rules
 
 
@@ -155,11 +156,17 @@ def evaluate(
 ) -> dict[str, float]:
     """Mean loss, top-1 accuracy and top-1/top-5 error (%) of `model` on the (inputs, labels) batches of
     `loader`, in eval mode (the model's mode is restored). Sequence outputs [N, T, V] with targets [N, T]
-    count per token, and add `bpc`: the mean cross-entropy per token in bits (nats / ln 2)."""
+    count per token, and add `bpc`: the mean cross-entropy per token in bits (nats / ln 2).
+
+    Under torchrun, a loader that gives each rank its part of every batch (`nowt.train.make_loader`'s) is
+    scored in parts, summed over ranks: every rank must call this; any other loader is scored whole."""
     was_training = model.training
     model.eval()
+    parts = distributed.loads_parts(loader)
     total, loss, top1, top5, nats, sequence = 0, 0.0, 0, 0, 0.0, False
-    for x, y in loader:
+    for x, y in distributed.rank_batches(loader) if parts else loader:
+        if len(y) == 0:  # a rank's empty part of a batch smaller than the world
+            continue
         if device is not None:
             x, y = x.to(device), y.to(device)
         out = model(x)
@@ -173,6 +180,11 @@ def evaluate(
         top5 += int((best == y[:, None]).any(1).sum())
         total += len(y)
     model.train(was_training)
+    if parts:
+        sums = distributed.all_reduce_sum_(torch.tensor([total, loss, top1, top5, nats, sequence],
+                                                        dtype=torch.float64)).tolist()
+        total, top1, top5, sequence = int(sums[0]), int(sums[2]), int(sums[3]), sums[5] > 0
+        loss, nats = sums[1], sums[4]
     bpc = {"bpc": nats / total / math.log(2)} if sequence else {}
     return {"loss": loss / total, "accuracy": 100.0 * top1 / total,
             "top1_error": 100.0 * (total - top1) / total, "top5_error": 100.0 * (total - top5) / total, **bpc}

@@ -10,9 +10,9 @@ from collections.abc import Iterable
 from tqdm.auto import tqdm
 
 
-def progress_bar(iterable: Iterable, desc: str, enabled: bool) -> tqdm:
-    """A transient bar over `iterable`: off when not `enabled`, and when stderr is neither a terminal nor a
-    notebook's output."""
+def progress_bar(iterable: Iterable, desc: str, enabled: bool, total: int | None = None) -> tqdm:
+    """A transient bar over `iterable` (of `total` items; by default its len): off when not `enabled`, and
+    when stderr is neither a terminal nor a notebook's output."""
     notebook = any(c.__name__ == "tqdm_notebook" for c in tqdm.__mro__)  # what tqdm.auto chose
     drawn = enabled and (notebook or sys.stderr.isatty())
-    return tqdm(iterable, desc=desc, disable=not drawn, leave=False)
+    return tqdm(iterable, desc=desc, disable=not drawn, leave=False, total=total)

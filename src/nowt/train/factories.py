@@ -1,7 +1,7 @@
 """What a run is made of, by name: data loaders, the model (converted to its rule), optimizer, schedule, loss.
 
-Small functions so that a distributed run or a reproduction can swap one piece: `make_loader` (a
-DistributedSampler), `build_model` (a DDP wrapper around the result).
+Small functions so that a distributed run or a reproduction can swap one piece: `make_loader` (each rank's
+part of every global batch under torchrun), `build_model` (a DDP wrapper around the result).
 """
 
 from __future__ import annotations
@@ -10,18 +10,19 @@ import contextlib
 import inspect
 import math
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sized
 from dataclasses import fields
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
-from nowt import lc
+from nowt import distributed, lc
 from nowt.conversion import convert
 from nowt.data import Data, load_dataset
+from nowt.distributed import RankBatches, rank_part
 from nowt.metrics import as_tokens
 from nowt.models import FIXED_ACTIVATION, MODELS
 from nowt.optim import HalveOnPlateau
@@ -34,13 +35,15 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
 class TensorLoader:
-    """Shuffled mini-batches of in-memory tensors, with a generator whose state is checkpointed."""
+    """Shuffled mini-batches of in-memory tensors, with a generator whose state is checkpointed; with
+    `per_rank`, this rank's part of each global batch (`distributed.rank_part`)."""
 
     def __init__(self, x: Tensor, y: Tensor, batch_size: int, shuffle: bool = False, seed: int = 0,
-                 drop_last: bool = False):
+                 drop_last: bool = False, per_rank: bool = False):
         if len(x) != len(y):
             raise ValueError(f"inputs and targets differ in length: {len(x)} vs {len(y)}")
         self.x, self.y, self.batch_size, self.shuffle, self.drop_last = x, y, batch_size, shuffle, drop_last
+        self.per_rank = per_rank
         self.generator = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
@@ -50,18 +53,33 @@ class TensorLoader:
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         order = torch.randperm(len(self.x), generator=self.generator) if self.shuffle else None
         for i in range(0, len(self) * self.batch_size, self.batch_size):
-            idx = order[i:i + self.batch_size] if order is not None else slice(i, i + self.batch_size)
+            stop = min(i + self.batch_size, len(self.x))
+            if order is None:  # a view, not a copy
+                rows = rank_part(range(i, stop)) if self.per_rank else range(i, stop)
+                idx: Tensor | slice = slice(rows.start, rows.stop)
+            else:
+                idx = rank_part(order[i:stop]) if self.per_rank else order[i:stop]
             yield self.x[idx], self.y[idx]
 
 
 def make_loader(data: tuple[Tensor, Tensor] | Dataset, batch_size: int, *, shuffle: bool = False,
                 seed: int = 0, num_workers: int = 0, drop_last: bool = False) -> TensorLoader | DataLoader:
     """Tensors batch themselves (fast); a Dataset goes through a DataLoader. Both shuffle with a generator
-    of their own (`.generator`), whose state the checkpoint keeps."""
+    of their own (`.generator`), whose state the checkpoint keeps. Under torchrun every rank draws the same
+    global batches and loads only its part of each (`distributed.rank_batches` reads them)."""
+    per_rank = distributed.world()[1] > 1
     if isinstance(data, tuple):
-        return TensorLoader(*data, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)
-    return DataLoader(data, batch_size, shuffle=shuffle, num_workers=num_workers, drop_last=drop_last,
-                      generator=torch.Generator().manual_seed(seed), persistent_workers=False)
+        return TensorLoader(*data, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last,
+                            per_rank=per_rank)
+    generator = torch.Generator().manual_seed(seed)
+    if not per_rank:
+        return DataLoader(data, batch_size, shuffle=shuffle, num_workers=num_workers, drop_last=drop_last,
+                          generator=generator, persistent_workers=False)
+    # the sampler DataLoader(shuffle=...) would make, batched, then cut to this rank's parts
+    examples = cast(Sized, data)
+    order = RandomSampler(examples, generator=generator) if shuffle else SequentialSampler(examples)
+    return DataLoader(data, batch_sampler=RankBatches(BatchSampler(order, batch_size, drop_last)),
+                      num_workers=num_workers, generator=generator, persistent_workers=False)
 
 
 @contextlib.contextmanager

@@ -13,7 +13,7 @@ import json
 import math
 import time
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sized
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -291,9 +291,10 @@ def train_epoch(learner: Learner, loader: Iterable, desc: str, device: str,
     loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
     correct = torch.zeros((), dtype=torch.float64, device=dev)
     inverse_sum, inverse_seen = 0.0, 0  # target propagation's inverse loss, on the steps that trained them
-    bar = progress_bar(loader, desc, progress)
+    # under torchrun each rank trains on its part of the global batch
+    bar = progress_bar(distributed.rank_batches(loader), desc, progress,
+                       total=len(loader) if isinstance(loader, Sized) else None)
     for i, (x, y) in enumerate(bar, 1):
-        x, y = distributed.shard(x, y)  # under torchrun each rank takes its slice of the global batch
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         step = learner.train_step(x, y)
         seen += len(y)
