@@ -202,7 +202,8 @@ def rank_batches(loader: Iterable) -> Iterator[tuple[Tensor, Tensor]]:
         yield from loader
     else:
         for x, y in loader:
-            yield shard(x, y)  # type: ignore[misc]
+            x, y = shard(x, y)
+            yield x, y
 
 
 def loads_parts(loader: Iterable) -> bool:
@@ -282,14 +283,6 @@ def shard_weight(count: int) -> float:
     if size == 1:
         return 1.0
     return count * size / float(all_reduce_sum_(torch.tensor([float(count)])).item())
-
-
-def global_mean(t: Tensor) -> Tensor:
-    """The mean of a (scalar) tensor over ranks, detached: every rank then takes the same decisions on it
-    (a NaN on one rank stops all of them instead of leaving the others waiting in a collective)."""
-    t = t.detach().clone()
-    size = world()[1]
-    return all_reduce_sum_(t) / size if size > 1 else t
 
 
 def agree(ok: bool) -> bool:
