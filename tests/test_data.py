@@ -144,3 +144,30 @@ def test_a_raw_and_a_gz_file_that_differ_are_refused_naming_both(tmp_path):
     (tmp_path / "t10k-labels-idx1-ubyte").unlink()
     assert load_mnist("test", root=tmp_path)[1].tolist() == [4, 3, 2, 1, 0]
     assert len(load_fashion_mnist("train", root=tmp_path)[1]) == 5  # the other split: still both agree
+
+
+def test_another_datasets_or_another_splits_files_are_refused(tmp_path):
+    """MNIST and Fashion-MNIST have the same shapes, sizes and classes: `--dataset fashion-mnist` with a
+    --data-dir of MNIST (or the reverse), or a folder whose training files are copies of its test files,
+    trained and scored without a word (on the wrong data, or on the test set). Files known by their SHA-256
+    are now refused where they are not the file they are named as."""
+    embedded = datasets._EMBEDDED_DIR
+    mnist = tmp_path / "mnist"
+    mnist.mkdir()
+    for f in embedded.glob("*.gz"):
+        shutil.copy(f, mnist / f.name)
+    assert len(load_mnist("test", root=mnist)[1]) == 10000  # MNIST's own files, as MNIST: read
+    with pytest.raises(ValueError, match=r"t10k-images-idx3-ubyte.gz is MNIST's t10k-images-idx3-ubyte, not "
+                                         r"Fashion-MNIST's t10k-images-idx3-ubyte"):
+        load_fashion_mnist("test", root=mnist)
+    leak = tmp_path / "leak"
+    leak.mkdir()
+    for kind in ("images-idx3", "labels-idx1"):
+        shutil.copy(embedded / f"t10k-{kind}-ubyte.gz", leak / f"train-{kind}-ubyte.gz")
+    with pytest.raises(ValueError, match=r"train-images-idx3-ubyte.gz is MNIST's t10k-images-idx3-ubyte, not "
+                                         r"MNIST's train-images-idx3-ubyte"):
+        load_mnist("train", root=leak)
+    if datasets.FASHION_MNIST_DIR.is_dir():  # the Debian package's files as MNIST
+        with pytest.raises(ValueError, match="is Fashion-MNIST's train-images-idx3-ubyte, not MNIST's"):
+            load_mnist("train", root=datasets.FASHION_MNIST_DIR)
+        assert len(load_fashion_mnist("train")[1]) == 60000

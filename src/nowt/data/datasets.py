@@ -9,6 +9,7 @@ import functools
 import gzip
 import hashlib
 import os
+import struct
 from pathlib import Path
 
 import torch
@@ -37,6 +38,15 @@ _FASHION_HELP = (
 )
 
 
+#: SHA-256 of Fashion-MNIST's four raw (uncompressed) IDX files (MNIST's are the embedded SHA256SUMS).
+_FASHION_SHA256 = {
+    "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888": "train-images-idx3-ubyte",
+    "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9": "train-labels-idx1-ubyte",
+    "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b": "t10k-images-idx3-ubyte",
+    "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34": "t10k-labels-idx1-ubyte",
+}
+
+
 def _check_split(split: str) -> tuple[str, str]:
     if split not in _FILES:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
@@ -54,13 +64,33 @@ def _to_pair(images: torch.Tensor, labels: torch.Tensor, where: str) -> tuple[to
     return images.unsqueeze(1).float().div_(255.0), labels.long()
 
 
-def _read_embedded(name: str) -> bytes:
-    """Decompress one embedded IDX file and check it against ``SHA256SUMS``."""
+def _embedded_sums() -> dict[str, str]:
+    """File name -> SHA-256 of the embedded MNIST's raw IDX files (``SHA256SUMS``)."""
     sums = {}
     for line in (_EMBEDDED_DIR / "SHA256SUMS").read_text().splitlines():
         if line.strip():
             digest, fname = line.split()
             sums[fname.lstrip("*")] = digest
+    return sums
+
+
+@functools.cache
+def known_files() -> dict[str, tuple[str, str]]:
+    """SHA-256 of a raw IDX file -> (dataset, file name), for MNIST's and Fashion-MNIST's eight files."""
+    known = {digest: ("MNIST", name) for name, digest in _embedded_sums().items()}
+    return known | {digest: ("Fashion-MNIST", name) for digest, name in _FASHION_SHA256.items()}
+
+
+def idx_sha256(tensor: torch.Tensor) -> str:
+    """SHA-256 of the raw IDX file that `read_idx` read `tensor` from (its header rebuilt: the file is exactly
+    header and data)."""
+    header = bytes([0, 0, 0x08, tensor.dim()]) + struct.pack(f">{tensor.dim()}I", *tensor.shape)
+    return hashlib.sha256(header + tensor.contiguous().numpy().tobytes()).hexdigest()
+
+
+def _read_embedded(name: str) -> bytes:
+    """Decompress one embedded IDX file and check it against ``SHA256SUMS``."""
+    sums = _embedded_sums()
     raw = gzip.decompress((_EMBEDDED_DIR / f"{name}.gz").read_bytes())
     actual = hashlib.sha256(raw).hexdigest()
     if actual != sums.get(name):
@@ -81,7 +111,10 @@ def _read_dir(
     root: str | os.PathLike[str], split: str, dataset: str, help_text: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Each IDX file raw or gzipped; where both forms are there (torchvision's raw/ folder has both), they
-    must hold the same data: images and labels could otherwise come from different sources."""
+    must hold the same data: images and labels could otherwise come from different sources. A file that is
+    known (`known_files`) to be another dataset's or another split's is refused: MNIST and Fashion-MNIST have
+    the same shapes and sizes, so a --data-dir of the other one (or test files copied as training files)
+    would otherwise train and score without a word."""
     root = Path(root)
     tensors = []
     for name in _check_split(split):
@@ -97,6 +130,10 @@ def _read_dir(
                 f"{dataset}: {found[0][0]} and {found[1][0]} hold different data; remove the one that is "
                 f"not the file you mean (--download fetches and checks the .gz)"
             )
+        known = known_files().get(idx_sha256(found[0][1]))
+        if known is not None and known != (dataset, name):
+            raise ValueError(f"{found[0][0]} is {known[0]}'s {known[1]}, not {dataset}'s {name}: point "
+                             f"--data-dir at a folder of {dataset}'s own files. {help_text}")
         tensors.append(found[0][1])
     return _to_pair(tensors[0], tensors[1], f"{dataset} in {root}")
 
