@@ -137,26 +137,67 @@ def _check_owner(out: Path, cfg: TrainConfig, *, resume: bool, overwrite: bool) 
 
 
 def data_fingerprint(train, test, probe_x: Tensor, probe_y: Tensor) -> dict[str, float]:
-    """What tells one data set from another at a glance: the sizes of its splits and sums over the probe
-    batch (the first test examples). A checkpoint keeps it: `--data-dir` is no part of a run's identity
-    (the same data lies in different folders on different machines), the data is."""
+    """What tells one data set from another at a glance: the sizes of its splits, sums over the probe
+    batch (the first test examples) and, where they can be read without loading (or augmenting) an image,
+    the training set's: a checksum of its labels in order and the sum of its first inputs. A checkpoint keeps
+    it: `--data-dir` is no part of a run's identity (the same data lies in different folders on different
+    machines), the data is."""
     return {"train": len(train[1]) if isinstance(train, tuple) else len(train),
             "test": len(test[1]) if isinstance(test, tuple) else len(test),
-            "inputs": float(probe_x.double().sum()), "labels": float(probe_y.double().sum())}
+            "inputs": float(probe_x.double().sum()), "labels": float(probe_y.double().sum()),
+            **_training_fingerprint(train)}
+
+
+def _training_fingerprint(train) -> dict[str, float]:
+    """The training set's part of `data_fingerprint`: `train_labels`, the labels weighted by their position
+    (an exact integer in a double), and `train_inputs`, the sum of the first 256 inputs, each where it is
+    cheap: tensors, and the Datasets `load_dataset` makes (an image folder's inputs are not read)."""
+    from nowt.data.registry import TransformDataset, dataset_labels, flat_subset
+
+    found: dict[str, float] = {}
+    try:
+        labels = dataset_labels(train)
+    except TypeError:  # a Dataset of the caller's, whose labels only its examples hold
+        return found
+    per_example = labels.reshape(len(labels), -1).double().sum(1)
+    weights = torch.arange(len(labels), dtype=torch.float64).remainder(251) + 1
+    found["train_labels"] = float((per_example * weights).sum())
+    if isinstance(train, tuple):
+        first = train[0][:256]
+    else:  # augmented tensors: their tensors, unaugmented (an image folder's would be decoded: left out)
+        base, index = flat_subset(train)
+        if not isinstance(base, TransformDataset):
+            return found
+        first = base.x[torch.as_tensor(index[:256], dtype=torch.long)]
+    found["train_inputs"] = float(first.double().sum())
+    return found
+
+
+#: the fingerprint's parts (`data_fingerprint`) and what they say differs
+_PARTS = {"train": "the number of training examples", "test": "the number of test examples",
+          "inputs": "the test inputs", "labels": "the test labels", "train_labels": "the training labels",
+          "train_inputs": "the training inputs"}
 
 
 def check_same_data(out: Path | None, saved: dict[str, float] | None, now: dict[str, float]) -> None:
-    """Refuses to resume the run in `out` on other data than it trained on (a checkpoint from before
-    fingerprints, `saved` None, is not checked)."""
-    if saved is None or saved.keys() == now.keys() and all(
-            math.isclose(saved[k], now[k], rel_tol=1e-6, abs_tol=1e-6) for k in saved):
+    """Refuses to resume the run in `out` on other data than it trained on. The parts both fingerprints
+    have are compared: a checkpoint from before fingerprints (`saved` None) is not checked, and one from
+    before the training set's parts is checked on the others."""
+    if saved is None:
+        return
+    exact = ("train_labels",)  # an integer: a changed label moves it by little against its size
+    differ = [k for k in saved.keys() & now.keys() if (saved[k] != now[k] if k in exact else
+                                                       not math.isclose(saved[k], now[k], rel_tol=1e-6,
+                                                                        abs_tol=1e-6))]
+    if not differ:
         return
 
     def shown(d: dict[str, float]) -> str:
         return f"{int(d['train'])} training and {int(d['test'])} test examples, probe sum {d['inputs']:.6g}"
 
-    raise ValueError(f"the run in {out} trained on other data ({shown(saved)}; now {shown(now)}): pass its "
-                     f"own --data-dir, or use a new --out")
+    what = ", ".join([_PARTS[k] for k in _PARTS if k in differ] + [k for k in differ if k not in _PARTS])
+    raise ValueError(f"the run in {out} trained on other data ({shown(saved)}; now {shown(now)}; {what} "
+                     f"differ): pass its own --data-dir, or use a new --out")
 
 
 def record_start(out: Path, epoch: int, device: str) -> None:
