@@ -288,6 +288,16 @@ def test_target_propagation_has_update_angles_drawn_and_no_b_said_so(tmp_path, m
     assert len(bottom.lines) == 2 and [t.get_text() for t in bottom.get_legend().get_texts()] == ["0", "2"]
     assert axes["fa: B vs W"].get_legend() is not None and not axes["fa: B vs W"].texts
     assert axes["fa: update vs backprop"].get_legend() is None
+    # dfa: a B per layer, of the output's width, so no angle to W (nan): said so, the legend below
+    write_run(tmp_path / "dfa", "dfa", [80.0, 85.0])
+    metrics = tmp_path / "dfa" / "metrics.jsonl"
+    nan = '"weight_angles": {"0": NaN, "2": NaN}'
+    metrics.write_text(metrics.read_text().replace('"weight_angles": {"0": 80.0, "2": 40.0}', nan)
+                       .replace('"weight_angles": {"0": 70.0, "2": 35.0}', nan))
+    report.plot_alignment([load_run(tmp_path / "dfa")], tmp_path / "a.png")
+    top, bottom = figures.pop().axes
+    assert [t.get_text() for t in top.texts] == ["B and W differ in shape"] and top.get_legend() is None
+    assert bottom.get_legend() is not None
 
 
 def test_alignment_axes_hold_angles_past_95_degrees(tmp_path, monkeypatch):

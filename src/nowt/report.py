@@ -215,8 +215,7 @@ def plot_learning_curves(runs: list[Run], path: Path) -> Path:
             err.plot(epochs, [100 - r["train_accuracy"] for r in run.history], "--", **style_kw)
             loss.plot(epochs, [r["train_loss"] for r in run.history], label=name if k == 0 else None,
                       **style_kw)
-    # A diverged run's loss (1e35 in one BioTorch seed) would squash every other curve into one pixel row:
-    # the axis stops at 10x the runs' median first-epoch loss, and says so; the error panel still shows it.
+    # A diverged run's loss (1e35 in a BioTorch seed) flattens the rest: clip at 10x the median first loss
     first = statistics.median(run.history[0]["train_loss"] for run in runs)
     top = max(r["train_loss"] for run in runs for r in run.history)
     clipped = math.isfinite(first) and first > 0 and not top <= 10 * first
@@ -247,7 +246,8 @@ def plot_alignment(runs: list[Run], path: Path) -> Path | None:
     fig, axes = figure(len(groups), 2, width=3.6, height=3.0, sharey=True)
     for col, (group, label) in enumerate(zip(groups, group_labels(groups), strict=True)):
         name = label if len(group) == 1 else f"{label}, {len(group)} seeds"
-        has_b = any(run.history[-1].get("weight_angles") for run in group)
+        drawn = [a for run in group for a in (run.history[-1].get("weight_angles") or {}).values()]
+        has_b = any(not math.isnan(a) for a in drawn)  # dfa's B and W differ in shape: nan
         for row, key in enumerate(("weight_angles", "update_angles")):
             ax = axes[row][col]
             for k, run in enumerate(group):
@@ -260,7 +260,8 @@ def plot_alignment(runs: list[Run], path: Path) -> Path | None:
                   ylabel="angle (degrees)" if col == 0 else None, ylim=(0, top),
                   legend=row == (0 if has_b else 1), integer_x=True)
             if row == 0 and not has_b:
-                ax.text(0.5, 0.5, "no feedback weights", transform=ax.transAxes, ha="center", color="0.4")
+                ax.text(0.5, 0.5, "B and W differ in shape" if drawn else "no feedback weights",
+                        transform=ax.transAxes, ha="center", color="0.4")
             if ax.get_legend():
                 ax.get_legend().set_title("layer", prop={"size": "small"})  # names like "1", "3" need it
     return save(fig, path)
