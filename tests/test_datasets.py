@@ -75,6 +75,25 @@ def test_cifar_reader_refuses_code_in_pickles_and_reports_missing_files(tmp_path
         load_cifar10("train", tmp_path)
 
 
+
+def test_cifar_pixels_that_are_not_bytes_are_refused(tmp_path):
+    """The reader cast b"data" to uint8: a batch whose pixels were already scaled to [0, 1] (floats) became
+    all zeros, and values above 255 wrapped, and training went on. Other integer arrays of bytes still
+    read."""
+    rng = np.random.default_rng(0)
+    for name, data, says in (("scaled", rng.random((4, 3072)).astype(np.float32), "got float32"),
+                             ("wide", rng.integers(0, 1024, (4, 3072)).astype(np.int16), "got int16 in")):
+        (tmp_path / name).write_bytes(pickle.dumps({b"data": data, b"labels": [1, 2, 3, 4]}, protocol=2))
+        with pytest.raises(ValueError, match=f"pixels must be bytes 0..255 .*{says}"):
+            read_cifar_batch(tmp_path / name)
+    data = rng.integers(0, 256, (4, 3072))  # int64 bytes: read as they are
+    (tmp_path / "int64").write_bytes(pickle.dumps({b"data": data, b"labels": [1, 2, 3, 4]}, protocol=2))
+    assert torch.equal(read_cifar_batch(tmp_path / "int64")[0].flatten(1).long(), torch.from_numpy(data))
+    (tmp_path / "float-labels").write_bytes(pickle.dumps({b"data": data.astype(np.uint8),
+                                                          b"labels": [1.5, 2.0, 3.0, 4.0]}, protocol=2))
+    with pytest.raises(ValueError, match="labels must be integers, got float64"):
+        read_cifar_batch(tmp_path / "float-labels")
+
 def _serve(monkeypatch, payload: bytes, fail_after: int | None = None):
     """Makes urlopen answer with `payload` (raising KeyboardInterrupt after `fail_after` bytes: a kill)."""
     class Response(io.BytesIO):

@@ -37,9 +37,19 @@ def read_cifar_batch(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tenso
     try:
         with open(path, "rb") as f:
             batch = _ArrayUnpickler(f, encoding="bytes").load()
-        data, labels = np.asarray(batch[b"data"], dtype=np.uint8), np.asarray(batch[b"labels"])
+        data, labels = np.asarray(batch[b"data"]), np.asarray(batch[b"labels"])
     except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{path} is not a CIFAR-10 python batch ({type(e).__name__}: {e}). {_HELP}") from e
+    # bytes 0..255 as CIFAR-10 has them: a cast would turn pixels already scaled to [0, 1] into zeros and
+    # wrap larger values, without a word
+    if data.dtype != np.uint8 and not (data.dtype.kind in "iu" and (not data.size or 0 <= data.min()
+                                                                     and data.max() <= 255)):
+        span = f"[{data.min()}, {data.max()}]" if data.size else "(empty)"
+        raise ValueError(f"{path}: pixels must be bytes 0..255 (uint8, as CIFAR-10's batches hold them), got "
+                         f"{data.dtype} in {span}")
+    if labels.size and labels.dtype.kind not in "iu":
+        raise ValueError(f"{path}: labels must be integers, got {labels.dtype}")
+    data = data.astype(np.uint8, copy=False)
     if data.ndim != 2 or data.shape[1] != 3072 or labels.shape != (data.shape[0],):
         raise ValueError(f"{path}: expected data [N, 3072] and labels [N], "
                          f"got {data.shape} and {labels.shape}")
