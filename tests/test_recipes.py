@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import mirror_calls, teacher_task
 
 import nowt
@@ -72,6 +73,12 @@ def test_bf16_autocast_and_channels_last_train_a_convnet():
     step = RuleLearner(model, cfg, 10).train_step(x[:25], y[:25])
     assert step["output"].dtype == torch.bfloat16 and model[0].weight.dtype == torch.float32
     assert not torch.equal(before, model[0].weight)
+    # the logged update angles are those of the bf16 step taken, not of an fp32 one
+    measured = RuleLearner(model, cfg, 10).measure(x[:64], y[:64])["update_angles"]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = nowt.update_angles(model, lambda out, t: F.cross_entropy(out.float(), t), x[:64], y[:64])
+    fp32 = nowt.update_angles(model, F.cross_entropy, x[:64], y[:64])
+    assert measured == bf16 and measured != fp32
     with pytest.raises(ValueError, match="unknown amp"):
         fit(TrainConfig(rule="fa", model="convnet", epochs=1, amp="fp8"), (x[:50], y[:50]), (x[:10], y[:10]),
             progress=False)

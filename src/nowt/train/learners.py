@@ -129,11 +129,13 @@ class RuleLearner:
 
     def measure(self, x: Tensor, y: Tensor) -> dict[str, dict[str, float]]:
         """{"weight_angles": B against W, "update_angles": the rule's update against backprop's} per
-        converted layer (empty where the model has none: a plain model under bp)."""
+        converted layer (empty where the model has none: a plain model under bp). Both updates are computed
+        as a training step computes them: under --amp bf16, in bf16."""
         if not feedback_layers(self.model):
             return {"weight_angles": {}, "update_angles": {}}
-        return {"weight_angles": weight_angles(self.model),
-                "update_angles": update_angles(self.model, self.loss_fn, x, y)}
+        with torch.autocast(**self.autocast):
+            updates = update_angles(self.model, lambda out, y: self.loss_fn(out.float(), y), x, y)
+        return {"weight_angles": weight_angles(self.model), "update_angles": updates}
 
     @property
     def finished(self) -> bool:
