@@ -24,12 +24,11 @@ class LearnerKind:
 
 
 #: Per-layer rules and DFA: the rule acts inside autograd's backward (`learners.RuleLearner`).
-PER_LAYER = LearnerKind("per-layer", converts_model=True, pretrains_on_noise=True,
-                        own_optimizer=None)
+PER_LAYER = LearnerKind("per-layer", converts_model=True, pretrains_on_noise=True, own_optimizer=None)
 #: Target propagation: the rule's own learner trains the plain network with Adam
 #: (`learners.WholeNetworkLearner`).
-WHOLE_NETWORK = LearnerKind("whole-network", converts_model=False,
-                            pretrains_on_noise=False, own_optimizer="adam")
+WHOLE_NETWORK = LearnerKind("whole-network", converts_model=False, pretrains_on_noise=False,
+                            own_optimizer="adam")
 
 
 def learner_kind(rule: str) -> LearnerKind:
