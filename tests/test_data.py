@@ -22,7 +22,8 @@ def write_mnist_dir(path, n: int = 5, gz: bool = False) -> None:
     images = torch.arange(n * 28 * 28).remainder(256).reshape(n, 28, 28)
     labels = torch.arange(n).remainder(10)
     for prefix in ("train", "t10k"):
-        for name, arr in ((f"{prefix}-images-idx3-ubyte", images), (f"{prefix}-labels-idx1-ubyte", labels)):
+        pixels = images if prefix == "train" else 255 - images  # other examples: no test set in training
+        for name, arr in ((f"{prefix}-images-idx3-ubyte", pixels), (f"{prefix}-labels-idx1-ubyte", labels)):
             data = idx_bytes(arr)
             if gz:
                 (path / f"{name}.gz").write_bytes(gzip.compress(data))

@@ -375,3 +375,14 @@ def test_the_probe_batch_is_a_fixed_class_balanced_sample_of_the_test_set(tmp_pa
     assert torch.equal(first_examples(folder, 6)[1], torch.tensor([0, 0, 0, 0, 1, 1]))
     windows = torch.randint(0, 256, (300, 8))  # text: a label per position, no class per example
     assert torch.equal(probe_batch((windows, windows))[0], windows[:256])
+
+
+def test_a_training_set_holding_the_test_set_is_refused(tmp_path):
+    """A --data-dir whose test batch had been copied in place of a training batch (or an IDX folder whose
+    train files are its t10k files) trained on the test set and reported its error as the test error."""
+    write_cifar(tmp_path, n=50)
+    assert len(load_dataset("cifar10", root=tmp_path).train[1]) == 250  # the fixture's own batches: read
+    folder = tmp_path / "cifar-10-batches-py"
+    shutil.copy(folder / "test_batch", folder / "data_batch_5")
+    with pytest.raises(ValueError, match=r"cifar10: the training set holds the test set .*copied in place"):
+        load_dataset("cifar10", root=tmp_path)

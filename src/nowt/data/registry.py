@@ -221,6 +221,8 @@ def load_dataset(name: str, *, root: str | os.PathLike | None = None, download: 
         if not standardize:
             raise ValueError("--no-standardize: image folders are always standardised (ImageNet mean/std)")
         train, test = load_image_folders(root, augment=augment)  # checked: the same classes
+    if isinstance(train, tuple) and isinstance(test, tuple) and name != "synthetic":
+        check_test_not_in_train(name, train[0], test[0])
     if train_size is not None:  # one rule for every dataset
         train = train_subset(train, train_size)
     if isinstance(test, ImageFolder):  # image folders (train too, or a Subset of it)
@@ -233,6 +235,36 @@ def load_dataset(name: str, *, root: str | os.PathLike | None = None, download: 
     if augment:
         train = TransformDataset(*train, cifar_augmentation(input_shape[-1]), num_classes)  # its size
     return Data(train, test, num_classes, input_shape)
+
+
+def check_test_not_in_train(name: str, train: Tensor, test: Tensor, probes: int = 64) -> None:
+    """Refuses a training set that holds the test set (a test file copied in place of a training file):
+    it would train on the examples it is scored on, and report their error as the test error. Checked on
+    `probes` test examples drawn at random (seeded): refused when every one of them is also, exactly, a
+    training example (a few duplicates between the splits, as real datasets have, are no refusal)."""
+    if len(test) == 0 or len(train) == 0 or train.shape[1:] != test.shape[1:]:
+        return
+    g = torch.Generator().manual_seed(0)
+    rows = torch.randperm(len(test), generator=g)[:probes]
+    sample = test[rows].flatten(1)
+    columns = slice(None, None, -(-sample.shape[1] // 256))  # the keys read these; a match, every value
+    weights = torch.randint(1, 2**31, (len(range(sample.shape[1])[columns]),), generator=g)
+    keys = _row_keys(sample[:, columns], weights)
+    found = torch.zeros(len(rows), dtype=torch.bool)
+    for part in train.flatten(1).split(5000):
+        for i in torch.isin(keys, _row_keys(part[:, columns], weights)).nonzero().flatten().tolist():
+            found[i] |= bool((part == sample[i]).all(1).any())
+    if found.all():
+        raise ValueError(f"{name}: the training set holds the test set (each of {len(rows)} test examples "
+                         f"drawn at random is also a training example): are test files copied in place of "
+                         f"training files in --data-dir?")
+
+
+def _row_keys(rows: Tensor, weights: Tensor) -> Tensor:
+    """An integer key per row from its values' bits (integer sums: equal rows have equal keys exactly)."""
+    bits = {torch.float32: torch.int32, torch.float64: torch.int64}.get(rows.dtype)
+    ints = rows.view(bits) if bits is not None else rows
+    return (ints.long() * weights).sum(1)
 
 
 def _text(name: str, root: str | os.PathLike | None, download: bool, augment: bool, image_size: int | None,
