@@ -23,9 +23,10 @@ def watch(model: nn.Module, layers: dict[str, FeedbackLayer], unknown: str = "er
     """One-shot checks that no weight crosses errors by backprop behind the rule's back. At the model's first
     forward: a converted layer's weight used outside the layer's own forward (a tied decoder's
     `F.linear(h, enc.weight.t())`, timm BEiT's `F.linear(x, qkv.weight)`), or a parameter of `tables`
-    (`unproven`: an embedding table, a parameter taken as added) multiplied as a matrix, raises a ValueError
-    naming it; layers that did not run are marked `skipped` (a warning). At the first backward that reaches
-    a weight, a layer that never ran raises a RuntimeError. `unknown="warn"`: all of them warn. The hooks
+    (`unproven`: an embedding table, a parameter taken as added, a vector or single row or column left on
+    backprop as elementwise) multiplied as a matrix, raises a ValueError naming it; layers that did not run
+    are marked `skipped` (a warning). At the first backward that reaches a weight, a layer that never ran
+    raises a RuntimeError. `unknown="warn"`: all of them warn. The hooks
     remove themselves: nothing is left on the training step's path."""
     watched = {n: m for n, m in layers.items() if m.rule.name != "bp"}
     # A weight tied to another module (GPT-2's lm_head and its token embedding) gets that module's gradient

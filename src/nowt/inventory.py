@@ -23,6 +23,9 @@ BY_DESIGN: tuple[type[nn.Module], ...] = (
     nn.Embedding, nn.EmbeddingBag, nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm,
     nn.LocalResponseNorm, nn.PReLU,
 )
+#: The parameters of a `BY_DESIGN` module that its design vouches for: its base's own. A subclass's further
+#: parameters (a projection an `nn.Embedding` subclass multiplies by) are checked as any module's.
+DESIGN_NAMES = frozenset({"weight", "bias"})
 #: Whole words of parameter names taken as added or looked up, not multiplied (class tokens, position
 #: embeddings, relative position bias tables, latents): their gradient is the error itself, no transport. A
 #: name only vouches until the first forward, which refuses such a parameter used as a matrix
@@ -40,6 +43,11 @@ SAME_OP: dict[str, str] = {
 }
 #: Subclasses (by class path) refused by name, with why (none at present).
 REFUSED: dict[str, str] = {}
+
+
+def by_design(m: nn.Module, pname: str) -> bool:
+    """Whether parameter `pname` of `m` stays on backprop by design: a lookup table, a norm's gain or bias."""
+    return isinstance(m, BY_DESIGN) and pname in DESIGN_NAMES
 
 
 def class_path(t: type) -> str:
@@ -144,7 +152,7 @@ def unknown_weights(model: nn.Module, accounted: set[int], excluded: Excluded) -
     module)`, also asked with the parameter's qualified name)."""
     return [f"{class_path(type(m))} at {name!r} (weight {pname!r}, {tuple(p.shape)})"
             for name, m, pname, p in _loose(model, accounted, excluded)
-            if not isinstance(m, BY_DESIGN) and is_matrix(pname, p)]
+            if not by_design(m, pname) and is_matrix(pname, p)]
 
 
 Unproven = dict[str, tuple[str, str, Tensor]]
@@ -152,15 +160,19 @@ Unproven = dict[str, tuple[str, str, Tensor]]
 
 def unproven(model: nn.Module, accounted: set[int], excluded: Excluded) -> Unproven:
     """What the first forward checks is not used as a matrix (`first_use.watch`): embedding tables (a tied
-    head may multiply by one) and parameters taken as added: qualified name -> (kind, what to exclude,
-    parameter)."""
+    head may multiply by one), parameters taken as added, and every other parameter left on backprop that is
+    not a matrix by its shape (a vector or a single row or column: a norm's gain, a layer scale, or a readout
+    such as TAPAS's `einsum("bsj,j->bs", h, output_weights)`, which sends errors through it as a Linear with
+    one output would): qualified name -> (kind, what to exclude, parameter). Scalars are only elementwise."""
     found: Unproven = {}
     for name, m, pname, p in _loose(model, accounted, excluded):
         full = f"{name}.{pname}" if name else pname
         if isinstance(m, nn.Embedding | nn.EmbeddingBag) and pname == "weight":
             found[full] = ("the table of embedding " + repr(name), name, p)
-        elif not isinstance(m, BY_DESIGN) and looks_additive(pname, p):
+        elif not by_design(m, pname) and looks_additive(pname, p):
             found[full] = ("taken as added, by its name or shape", full, p)
+        elif p.numel() > 1 and (by_design(m, pname) or not is_matrix(pname, p)):
+            found[full] = (f"a parameter of shape {tuple(p.shape)} left on backprop as elementwise", full, p)
     return found
 
 
@@ -203,7 +215,7 @@ def summary(model: nn.Module, show: bool = True, file: TextIO | None = None) -> 
                 or any(r.name == name for r in rows)):
             continue
         design = isinstance(m, BY_DESIGN)  # unless the first forward saw its weight used as a matrix
-        matrices = [n for n, p in own if p in PROVED_MATRICES or (not design and is_matrix(n, p))]
+        matrices = [n for n, p in own if p in PROVED_MATRICES or (not by_design(m, n) and is_matrix(n, p))]
         kind = class_path(type(m))
         if matrices:
             rows.append(Row(name, kind, "bp", "-", f"W ({', '.join(matrices)})"))
