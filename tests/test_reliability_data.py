@@ -33,3 +33,32 @@ def test_a_run_resumed_on_other_training_data_is_refused(tmp_path):
     state["data"] = {k: v for k, v in state["data"].items() if not k.startswith("train_")}
     save_checkpoint(tmp_path / "checkpoint.pt", state)
     assert len(fit(cfg, (x, y), test, resume=True, progress=False)) == 2
+
+
+def test_evaluate_scores_what_the_run_trained_on_and_refuses_other_data(tmp_path):
+    """`nowt evaluate` scored a --validation run's "train" split over its held-out examples too, and never
+    compared the data with the checkpoint's fingerprint (another --data-dir gave a score without a word)."""
+    import torch
+
+    from nowt.data.registry import holdout
+    from nowt.train import build_model, evaluate_run
+    from nowt.train.factories import load_data
+
+    cfg = TrainConfig(rule="fa", dataset="synthetic", hidden=(8,), epochs=1, validation=500,
+                      lr_schedule="constant", out_dir=str(tmp_path))
+    fit(cfg, progress=False, data_from_cfg=True)
+    _, scores = evaluate_run(tmp_path, ["train"])
+    data = load_data(cfg)
+    (x, y), _ = holdout(data.train, 500, "--validation")
+    assert len(y) == len(data.train[1]) - 500
+    model = build_model(cfg, tuple(x.shape[1:]), int(torch.cat([data.train[1], data.test[1]]).max()) + 1)
+    model.load_state_dict(load_checkpoint(tmp_path / "checkpoint.pt")["model"])
+    with torch.no_grad():
+        by_hand = 100.0 * float((model.eval()(x).argmax(1) == y).float().mean())
+    assert scores["train"]["accuracy"] == pytest.approx(by_hand, abs=1e-4)
+    state = load_checkpoint(tmp_path / "checkpoint.pt")  # as if it had trained on other training labels
+    state.pop("format")
+    state["data"]["train_labels"] += 1
+    save_checkpoint(tmp_path / "checkpoint.pt", state)
+    with pytest.raises(ValueError, match="trained on other data .*the training labels differ"):
+        evaluate_run(tmp_path, ["test"])

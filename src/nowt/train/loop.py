@@ -207,9 +207,9 @@ def _fit(cfg: TrainConfig, train, test, validation, resume: bool, progress: bool
 def evaluate_run(run_dir: str | Path, splits: Iterable[str] = ("train", "test"), *, device: str | None = None,
                  data_dir: str | None = None, progress: bool = False) -> tuple[int, dict[str, dict]]:
     """The model of `run_dir`'s last checkpoint scored on its dataset (`evaluate`'s loss, accuracy, top-1/5
-    errors per split; the training split without augmentation), with the epoch it was saved after. A run
-    logs the running error of each training epoch; papers often report the training set scored after
-    training, which this gives."""
+    errors per split; the training split without augmentation or its --validation examples), with the epoch
+    it was saved after; data other than the run trained on is refused. A run logs the running error of each
+    training epoch; papers often report the training set scored after training, which this gives."""
     splits = list(splits)
     unknown = [s for s in splits if s not in ("train", "test")]
     if unknown:
@@ -228,7 +228,11 @@ def evaluate_run(run_dir: str | Path, splits: Iterable[str] = ("train", "test"),
                       f"whole training set (held-out part included) and the test set", stacklevel=2)
     cfg = replace(cfg, augment=False)
     data = load_data(cfg)
-    chosen = {"train": data.train, "test": data.test}
+    train = holdout(data.train, cfg.validation, "--validation")[0] if cfg.validation else data.train
+    if "test set" not in cfg.extra:  # the data it trained on (an --lr-grid run's split is warned of above)
+        rundir.check_same_data(run, state.get("data"),
+                               rundir.data_fingerprint(train, data.test, *first_examples(data.test, 256)))
+    chosen = {"train": train, "test": data.test}
     input_shape = tuple(first_examples(data.test, 1)[0].shape[1:])
     model = build_model(cfg, input_shape, _num_classes(data.train, data.test))
     model.load_state_dict(state["model"])
