@@ -198,3 +198,59 @@ def test_a_table_only_added_in_an_op_that_also_multiplies_is_accepted():
     bias_as_weight.forward = lambda x: F.linear(x, bias_as_weight.relative_position_bias_table)  # multiplied
     with pytest.raises(ValueError, match="relative_position_bias_table.*is used by .*linear"):
         nowt.convert(bias_as_weight, "fa", seed=0)(torch.randn(2, 4))
+
+
+def test_layers_run_outside_the_models_forward_before_it_are_warned_once():
+    """A loop that never calls the model (model.decode(model.encode(x)), a submodule called on its own) never
+    runs the first-forward check: a tied decoder's F.linear(h, enc.weight.t()) would train by backprop
+    without a word. The first converted layer run outside the model's forward says so, once."""
+    x = torch.randn(4, 8)
+    model = nowt.convert(TiedAutoencoder(), "fa", seed=0)
+
+    def by_hand():
+        return F.linear(torch.tanh(model.enc(torch.tanh(model.pre(x)))), model.enc.weight.t())
+
+    with pytest.warns(UserWarning, match=r"converted layer 'pre' ran outside the model's forward .*check has "
+                                         r"not run; call the model itself once first"):
+        by_hand().square().sum().backward()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        by_hand().square().sum().backward()  # once only, and nothing left on the layers' path
+    assert not any(m._forward_pre_hooks for m in nowt.feedback_layers(model).values())
+    with pytest.raises(ValueError, match=r"'enc\.weight'"):
+        model(x)  # the model's own first forward is still checked
+    model = nowt.convert(tiny_mlp(), "fa", seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model(torch.randn(2, 5).double()).sum().backward()  # run inside the model's forward: nothing said
+        model[0](torch.randn(2, 5).double())  # nor after it
+
+
+class PrototypeHead(nn.Module):
+    """Class prototypes held in an embedding table, each class scored by its prototype's cosine similarity or
+    distance to the features: a product with the table in disguise, whose backward reads it."""
+
+    def __init__(self, score):
+        super().__init__()
+        self.body, self.protos, self.score = nn.Linear(8, 8), nn.Embedding(5, 8), score
+
+    def forward(self, x):
+        return self.score(torch.tanh(self.body(x)), self.protos.weight)
+
+
+SCORES = {"cosine": lambda h, w: F.cosine_similarity(h[:, None], w[None], dim=-1),
+          "distance": lambda h, w: -torch.cdist(h, w)}
+
+
+@pytest.mark.parametrize("score", list(SCORES))
+def test_a_table_scored_by_cosine_similarity_or_distance_is_refused(score):
+    x = torch.randn(4, 8)
+    with pytest.raises(ValueError, match=r"'protos\.weight' \(the table of embedding 'protos'\) is used by "
+                                         r"torch\..*(cosine_similarity|cdist).*exclude=\['protos'\]"):
+        nowt.convert(PrototypeHead(SCORES[score]), "fa", seed=0)(x)
+    model = nowt.convert(PrototypeHead(SCORES[score]), "fa", seed=0, exclude=["protos"])
+    loss = model(x).square().sum()
+    with torch.no_grad():
+        model.protos.weight.mul_(-3.0)
+    with pytest.raises(RuntimeError, match="needed for gradient computation"):
+        loss.backward()  # why: its backward reads the table

@@ -43,6 +43,9 @@ def watch(model: nn.Module, layers: dict[str, FeedbackLayer], unknown: str = "er
         # prepend: the watch ends with the model's forward, before the rule's own hooks (DFA's) run
         first_forward.handles = [model.register_forward_pre_hook(first_forward.begin),
                                  model.register_forward_hook(first_forward, prepend=True, always_call=True)]
+        # A layer run outside the model's forward before it (model.encode(x), model.decoder(h)): said once
+        layers_once = {id(m): m for m in watched.values()}.values()
+        first_forward.outside = [m.register_forward_pre_hook(first_forward.ran_outside) for m in layers_once]
 
 
 class _FirstGradient:
@@ -73,14 +76,38 @@ def _refuse_or_warn(message: str, unknown: str, error: type[Exception], stacklev
 
 class _FirstForward:
     handles: list[RemovableHandle]
+    outside: list[RemovableHandle]
 
     def __init__(self, layers: dict[str, FeedbackLayer], tables: Unproven, unknown: str) -> None:
         self.layers, self.tables, self.unknown = layers, tables, unknown
         self.uses: _Uses | None = None
         self.inner: list[RemovableHandle] = []  # on every converted layer, for this forward only
         self.converted: set[int] = set()  # ids of the converted layers' weights (and what they are made of)
+        self.running = False  # the model's forward is under way
+
+    def ran_outside(self, layer: nn.Module, args: tuple) -> None:
+        """A converted layer runs before the model's first forward, outside it: the checks of that forward
+        cannot see what the caller does with the weights (a method decoding by `F.linear(h, enc.weight.t())`
+        runs no module at all), so it is said, once, rather than the model passing as checked."""
+        if self.running or torch.compiler.is_compiling():
+            return
+        self.remove(self.outside)
+        name = next(n for n, m in self.layers.items() if m is layer)
+        warnings.warn(f"converted layer {name!r} ran outside the model's forward (a method such as "
+                      f"model.encode, or a submodule called on its own) before the model's first forward, "
+                      f"where nowt checks that no weight sends errors by backprop behind the rule (a tied "
+                      f"decoder, an embedding table or a vector multiplied as a matrix): that check has not "
+                      f"run; call the model itself once first, on a batch that uses every weight as training "
+                      f"will", stacklevel=2)
+
+    @staticmethod
+    def remove(handles: list[RemovableHandle]) -> None:
+        for handle in handles:
+            handle.remove()
+        handles.clear()
 
     def begin(self, model: nn.Module, args: tuple) -> None:
+        self.running = True
         if torch.compiler.is_compiling():
             return  # dynamo would trace the mode: a compiled first forward gets the other checks only
         watched = {id(p): (name, kind, fix, p) for name, (kind, fix, p) in self.tables.items()}
@@ -97,16 +124,14 @@ class _FirstForward:
         uses.__enter__()
 
     def __call__(self, module: nn.Module, args: tuple, output: Any) -> None:
-        uses, self.uses = self.uses, None
+        uses, self.uses, self.running = self.uses, None, False
         if uses is not None:
             uses.__exit__(None, None, None)
-        for handle in self.inner:
-            handle.remove()
-        self.inner = []
+        self.remove(self.inner)
         if sys.exc_info()[0] is not None:
             return  # the forward raised: the next one is checked
-        for handle in self.handles:
-            handle.remove()
+        self.remove(self.handles)
+        self.remove(self.outside)
         idle = [n for n, m in self.layers.items() if m.last_input_shape is None]
         for n in idle:
             self.layers[n].skipped = True
@@ -148,6 +173,8 @@ MATRIX_OPS: frozenset[Any] = frozenset({
     torch.Tensor.addmv, torch.einsum, torch.tensordot, torch.inner, torch.Tensor.inner, torch.chain_matmul,
     torch.linalg.multi_dot, F.linear, F.bilinear, F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d,
     F.conv_transpose2d, F.conv_transpose3d, F.scaled_dot_product_attention,
+    # products in disguise: x.w / (|x| |w|) and |x|^2 - 2 x.w + |w|^2 (a head of prototypes, a table)
+    torch.cosine_similarity, torch.cdist,
 })
 #: Of these, the ops with an argument that is only added (a bias, addmm's input, an attention mask): the
 #: positions and names of those multiplied. A table added as a mask sends no error through itself.
