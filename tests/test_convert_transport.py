@@ -254,3 +254,20 @@ def test_a_table_scored_by_cosine_similarity_or_distance_is_refused(score):
         model.protos.weight.mul_(-3.0)
     with pytest.raises(RuntimeError, match="needed for gradient computation"):
         loss.backward()  # why: its backward reads the table
+
+
+class ScaledTiedLM(nn.Module):
+    """A tied LM head that multiplies by the embedding's table times a learned scalar: still the table."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb, self.body, self.scale = nn.Embedding(10, 8), nn.Linear(8, 8), nn.Parameter(torch.ones(()))
+
+    def forward(self, ids):
+        return F.linear(torch.tanh(self.body(self.emb(ids))), self.scale * self.emb.weight)
+
+
+def test_a_table_scaled_by_a_learned_scalar_before_its_product_is_still_refused():
+    with pytest.raises(ValueError, match=r"'emb\.weight' \(the table of embedding 'emb'\) is used by "
+                                         r"torch\.nn\.functional\.linear"):
+        nowt.convert(ScaledTiedLM(), "fa", seed=0)(torch.randint(0, 10, (2, 3)))

@@ -237,10 +237,12 @@ class _Uses(TorchFunctionMode):
         if not hits or func in MATRIX_OPS:
             return out
         floats = [t for t in tensors if t.is_floating_point()]
-        if floats and id(floats[0]) in self.watched and (
-                func in SELF_ONLY or all(id(t) in self.watched for t in floats)):
-            for t in _tensors(out):  # made from the watched tensor alone: still that parameter
+        source = next((t for t in floats if id(t) in self.watched), None)
+        # made from the watched tensor alone, or scaled by scalars (`emb.weight * self.scale`): still it
+        if source is not None and ((func in SELF_ONLY and floats[0] is source)
+                                   or all(id(t) in self.watched or t.numel() == 1 for t in floats)):
+            for t in _tensors(out):
                 if t.is_floating_point() and id(t) not in self.watched:
-                    self.watched[id(t)] = self.watched[id(floats[0])]
+                    self.watched[id(t)] = self.watched[id(source)]
                     self.made.append(t)
         return out
