@@ -73,6 +73,9 @@ def test_kp_warns_where_a_weight_is_shared_with_a_module_it_does_not_train():
         nowt.convert(TiedLM(linear_head=True), "fa", seed=0)
         nowt.convert(nn.TransformerEncoderLayer(8, 2, 16, batch_first=True), "kp", seed=0)
         nowt.convert(TiedLM(linear_head=True), "kp", seed=0, exclude=["head"])
+        # a weight-normed layer's parametrization holds its own W's parts: no sharing (it was warned of)
+        nowt.convert(nn.Sequential(nn.utils.parametrizations.weight_norm(nn.Linear(4, 3)), nn.Tanh()), "kp",
+                     seed=0)
 
 
 def test_an_embedding_table_used_as_a_matrix_is_refused_and_a_tied_linear_head_is_not():

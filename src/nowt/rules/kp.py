@@ -34,9 +34,13 @@ class KolenPollack(RandomFeedbackRule):
         # W's gradient sums every use of W, B's only the uses this rule trains: a W shared with a module kp
         # does not train (GPT-2's lm_head and its token embedding) gets a gradient B never sees, so W - B
         # does not decay to 0 and B does not converge to W. Said once, at convert.
-        ours = {id(w): name for name, layer in self.layers(model).items() for w in layer.leaf_weights()}
+        layers = self.layers(model)
+        ours = {id(w): name for name, layer in layers.items() for w in layer.leaf_weights()}
+        inside = tuple(f"{name}." for name in layers)  # a layer's own parts (weight norm's parametrization)
         for owner, module in model.named_modules():
             if getattr(module, "rule", None) is self or hasattr(module, "rule_parts"):  # attention by parts
+                continue
+            if owner.startswith(inside):
                 continue
             for key, p in module.named_parameters(prefix=owner, recurse=False):
                 if id(p) in ours and p.requires_grad:
