@@ -61,6 +61,28 @@ class TiedLM(nn.Module):
         return self.head(h) if self.head is not None else h @ self.emb.weight.T
 
 
+class SpelledDecoder(TiedAutoencoder):
+    """The tied decoder spelled without a matrix op: a broadcast product then a sum, or a masked weight."""
+
+    def __init__(self, masked: bool):
+        super().__init__()
+        self.masked = masked
+        self.register_buffer("mask", torch.ones(4, 8))
+
+    def forward(self, x):
+        h = torch.tanh(self.enc(torch.tanh(self.pre(x))))
+        if self.masked:
+            return F.linear(h, (self.enc.weight * self.mask).t())
+        return (h.unsqueeze(-1) * self.enc.weight).sum(1)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_a_converted_weight_used_elementwise_as_a_matrix_outside_its_layer_is_refused(masked):
+    use = r"is used by torch\.(Tensor\.sum of an elementwise product|nn\.functional\.linear)"
+    with pytest.raises(ValueError, match=r"'enc\.weight' \(the weight of converted layer 'enc'\) " + use):
+        nowt.convert(SpelledDecoder(masked), "fa", seed=0)(torch.randn(3, 8))
+
+
 def test_kp_warns_where_a_weight_is_shared_with_a_module_it_does_not_train():
     """GPT-2's lm_head shares its weight with the token embedding: W gets the embedding's gradient too, B
     never does, so kp's B cannot converge to W. That was silent; convert now says so (kp alone: fa's fixed B

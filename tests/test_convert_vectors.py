@@ -31,6 +31,10 @@ READOUTS = {
     "row": ((1, 16), lambda h, w: F.linear(h, w)),
     "einsum": ((16,), lambda h, w: torch.einsum("bj,j->b", h, w)),  # TAPAS's token logits
     "query": ((16,), lambda h, w: torch.softmax(h @ w.unsqueeze(-1), 0) * h),  # attention pooling
+    # products spelled elementwise: the sum over w's dim makes them matrix products
+    "product-sum": ((16,), lambda h, w: (h * w).sum(-1)),
+    "product-mean": ((1, 16), lambda h, w: torch.mean(w * h, dim=(1,))),
+    "dot": ((16,), lambda h, w: torch.stack([torch.dot(r, w) for r in h])),
 }
 
 
@@ -120,3 +124,13 @@ def test_a_subclass_of_a_module_kept_on_backprop_by_design_holding_a_matrix_is_r
                          exclude=["0.proj"])  # on backprop on purpose; the table is still looked up only
     model(torch.randint(0, 10, (2, 3))).sum().backward()
     assert {r.name: r for r in nowt.summary(model, show=False)}["0"].reads == "W (proj)"
+
+
+def test_a_vector_product_pooled_over_other_dims_stays_elementwise():
+    """A layer scale `gamma * h` averaged over tokens sums no product over gamma's own dim: accepted."""
+    model = Readout((16,), lambda h, w: (w * h.unsqueeze(1).expand(-1, 3, -1)).mean(1))
+    model = nowt.convert(model, "fa", seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model(torch.randn(4, 8)).sum().backward()
+    assert {r.name: r for r in nowt.summary(model, show=False)}[""].reads == "elementwise or added only"

@@ -116,7 +116,7 @@ class _FirstForward:
                          for w in layer.leaf_weights()}
             watched |= converted
             self.converted |= converted.keys()
-        uses = self.uses = _Uses(watched)
+        uses = self.uses = _Uses(watched, {id(t) for t in (*model.parameters(), *model.buffers())})
         for m in model.modules():
             if isinstance(m, FeedbackLayer):
                 self.inner += [m.register_forward_pre_hook(uses.enter, prepend=True),
@@ -173,9 +173,18 @@ MATRIX_OPS: frozenset[Any] = frozenset({
     torch.Tensor.addmv, torch.einsum, torch.tensordot, torch.inner, torch.Tensor.inner, torch.chain_matmul,
     torch.linalg.multi_dot, F.linear, F.bilinear, F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d,
     F.conv_transpose2d, F.conv_transpose3d, F.scaled_dot_product_attention,
+    torch.dot, torch.Tensor.dot, torch.vdot, torch.Tensor.vdot, torch.linalg.vecdot, torch.outer,
+    torch.Tensor.outer, torch.ger, torch.Tensor.ger, torch.kron, torch.Tensor.kron,
     # products in disguise: x.w / (|x| |w|) and |x|^2 - 2 x.w + |w|^2 (a head of prototypes, a table)
     torch.cosine_similarity, torch.cdist,
 })
+#: Elementwise products, and the reductions that turn one with a watched tensor into a matrix product when
+#: they sum over its dims (`(h * w).sum(-1)`, `(h.unsqueeze(-1) * W).sum(1)`).
+ELEMENTWISE_PRODUCTS: frozenset[Any] = frozenset({
+    torch.mul, torch.multiply, torch.Tensor.mul, torch.Tensor.multiply, torch.Tensor.__mul__,
+    torch.Tensor.__rmul__, torch.Tensor.mul_, torch.Tensor.__imul__})
+SUMS: frozenset[Any] = frozenset({torch.sum, torch.Tensor.sum, torch.mean, torch.Tensor.mean, torch.nansum,
+                                  torch.Tensor.nansum})
 #: Of these, the ops with an argument that is only added (a bias, addmm's input, an attention mask): the
 #: positions and names of those multiplied. A table added as a mask sends no error through itself.
 MULTIPLIED: dict[Any, tuple[tuple[int, ...], tuple[str, ...]]] = {
@@ -194,6 +203,16 @@ SELF_ONLY: frozenset[Any] = frozenset({torch.Tensor.to, torch.Tensor.type_as, to
                                        torch.Tensor.reshape_as, torch.Tensor.expand_as})
 
 
+def _summed_dims(args: tuple, kwargs: dict) -> set[int]:
+    """The dims a `sum`/`mean` call reduces (all of them where none is given), made non-negative."""
+    ndim = args[0].ndim
+    dim = kwargs.get("dim", kwargs.get("axis", args[1] if len(args) > 1 else None))
+    if dim is None or isinstance(dim, torch.dtype) or (isinstance(dim, list | tuple) and not dim):
+        return set(range(ndim))
+    dims = dim if isinstance(dim, list | tuple) else (dim,)
+    return {d % ndim if ndim else 0 for d in dims if isinstance(d, int)}
+
+
 def _tensors(tree: Any) -> list[Tensor]:
     if isinstance(tree, Tensor):
         return [tree]
@@ -208,12 +227,15 @@ class _Uses(TorchFunctionMode):
     a tensor made from it alone (`w.t()`, `w[0]`, `torch.cat([wq, wk])`): its backward would send errors
     through that parameter. Other uses (`w.dtype`, `x.to(w)`, a lookup, an addition) send none."""
 
-    def __init__(self, watched: dict[int, tuple[str, str, str, Tensor]]) -> None:
+    def __init__(self, watched: dict[int, tuple[str, str, str, Tensor]], held: set[int]) -> None:
         super().__init__()
         self.watched = watched  # id -> (name, kind, what to exclude, parameter), for derived tensors too
+        self.held = held  # ids of the model's own parameters and buffers (a mask W is multiplied by)
         self.made: list[Tensor] = []  # tensors made from watched ones, held so that their ids stay theirs
         self.inside = 0  # converted layers' forwards under way: the rule decides their backward
         self.found: dict[str, tuple[str, str, str, Tensor]] = {}  # name -> (op, kind, what to exclude, param)
+        # id -> (the watched tensor's entry, the product's dims that are its own): `h * w` before a sum
+        self.products: dict[int, tuple[tuple[str, str, str, Tensor], set[int]]] = {}
 
     def enter(self, module: nn.Module, args: tuple) -> None:
         self.inside += 1
@@ -227,6 +249,10 @@ class _Uses(TorchFunctionMode):
         if self.inside or func in LOOKUPS:
             return out
         tensors = _tensors((args, kwargs))
+        if func in SUMS and args and id(args[0]) in self.products:
+            (name, kind, fix, p), dims = self.products[id(args[0])]
+            if dims & _summed_dims(args, kwargs):
+                self.found.setdefault(name, (f"{resolve_name(func)} of an elementwise product", kind, fix, p))
         hits = [self.watched[id(t)] for t in tensors if id(t) in self.watched]
         if hits and func in MATRIX_OPS:
             positions, names = MULTIPLIED.get(func, (range(len(args)), tuple(kwargs)))
@@ -238,9 +264,20 @@ class _Uses(TorchFunctionMode):
             return out
         floats = [t for t in tensors if t.is_floating_point()]
         source = next((t for t in floats if id(t) in self.watched), None)
-        # made from the watched tensor alone, or scaled by scalars (`emb.weight * self.scale`): still it
-        if source is not None and ((func in SELF_ONLY and floats[0] is source)
-                                   or all(id(t) in self.watched or t.numel() == 1 for t in floats)):
+        others = [t for t in floats if id(t) not in self.watched]
+        if (source is not None and func in ELEMENTWISE_PRODUCTS and isinstance(out, Tensor)
+                and out.shape != source.shape and any(t.numel() > 1 for t in others)):
+            # a product with activations, broadcast over them: a sum over the watched tensor's dims makes it
+            # a matrix product (errors cross it to the activations); kept as such, not as the tensor itself
+            offset = out.ndim - source.ndim
+            self.products[id(out)] = (self.watched[id(source)],
+                                      {offset + i for i, n in enumerate(source.shape) if n > 1})
+            self.made.append(out)
+            return out
+        # made from the watched tensor alone, scaled by scalars (`emb.weight * self.scale`) or masked by the
+        # model's own tensors (`W * self.mask`): still it
+        if source is not None and ((func in SELF_ONLY and floats[0] is source) or all(
+                t.numel() == 1 or (func in ELEMENTWISE_PRODUCTS and id(t) in self.held) for t in others)):
             for t in _tensors(out):
                 if t.is_floating_point() and id(t) not in self.watched:
                     self.watched[id(t)] = self.watched[id(source)]
