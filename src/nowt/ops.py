@@ -223,19 +223,47 @@ SECOND_DERIVATIVE = (b"nowt: a second derivative through a rule-trained layer (c
                      b"convert(..., exclude=[...]))")
 
 
+def refuse_under_transforms(rule: str, why: str) -> None:
+    """Raises inside a `torch.func` transform (grad, vmap), naming the rule and why it cannot run there."""
+    if torch._C._functorch.peek_interpreter_stack() is not None:
+        raise RuntimeError(f"{rule}: {why}, which torch.func transforms (grad, vmap) cannot do; train "
+                           f"it with loss.backward()")
+
+
+class _Refused(torch.autograd.Function):
+    """Passes a rule's backward outputs on (copies) under create_graph; differentiating them raises."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(anchor: Tensor, *outputs: Tensor) -> tuple[Tensor, ...]:
+        return tuple(o.clone() for o in outputs)
+
+    @staticmethod
+    def setup_context(ctx, inputs: tuple, output: Any) -> None:
+        pass
+
+    @staticmethod
+    def backward(ctx, *grads: Any) -> Any:
+        raise RuntimeError(SECOND_DERIVATIVE.decode())
+
+
 def first_order_only(backward: Callable[..., Any]) -> Callable[..., Any]:
     """torch's `once_differentiable`, saying why: differentiated under create_graph, a rule's backward would
     give B (kp's, a parameter) and the rest gradients of no defined quantity, silently; this raises when the
-    second backward reaches it."""
+    second backward reaches it. (A Function of its own, not `requires_grad_()`: `torch.func.grad` always
+    builds the graph, and refuses `requires_grad_()`.)"""
 
     @functools.wraps(backward)
     def wrapper(ctx, *grads: Any) -> Any:
         with torch.no_grad():
             outputs = backward(ctx, *grads)
-        if not torch.is_grad_enabled() or not any(isinstance(g, Tensor) and g.requires_grad for g in grads):
+        anchor = next((g for g in grads if isinstance(g, Tensor) and g.requires_grad), None)
+        if not torch.is_grad_enabled() or anchor is None:
             return outputs
-        error = torch._C._functions.DelayedError(SECOND_DERIVATIVE, len(outputs))
-        return error(*[o.detach().requires_grad_() if isinstance(o, Tensor) else o for o in outputs])
+        tensors = [o for o in outputs if isinstance(o, Tensor)]
+        refused = iter(_Refused.apply(anchor, *tensors))
+        return tuple(next(refused) if isinstance(o, Tensor) else o for o in outputs)
 
     return wrapper
 
@@ -245,25 +273,38 @@ class FeedbackFunction(torch.autograd.Function):
 
     Only x (or what the op's backward reads of it) and the feedback matrix are saved: W itself is never read
     in backward (no weight transport). When `feedback` requires grad (Kolen-Pollack) it receives exactly W's
-    gradient.
+    gradient. Written in `setup_context` form so that `torch.func` transforms (`grad`, `vmap`: per-example
+    gradients) apply; an op that saves something other than x (the locally connected layer's patches)
+    returns it as a second, non-differentiable output, as `torch.func` requires.
     """
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, feedback: Tensor, op) -> Tensor:
-        ctx.op = op
+    def forward(x: Tensor, weight: Tensor, bias: Tensor | None, feedback: Tensor, op) -> Any:
         out, saved = op.forward_saving(x, weight, bias)
+        return out if saved is x else (out, saved)
+
+    @staticmethod
+    def setup_context(ctx, inputs: tuple, output: Any) -> None:
+        x, _, _, feedback, ctx.op = inputs
+        saved = output[1] if isinstance(output, tuple) else x
+        if saved is not x:
+            ctx.mark_non_differentiable(saved)
         ctx.save_for_backward(saved, feedback)
-        return out
 
     @staticmethod
     @first_order_only
-    def backward(ctx, grad_out: Tensor):
+    def backward(ctx, grad_out: Tensor, *_: Any):
         x, feedback = ctx.saved_tensors
         need_x, need_w, need_b, need_fb = ctx.needs_input_grad[:4]
         grad_x, grad_w, grad_b = ctx.op.backward(
             grad_out, x, feedback.to(grad_out.dtype), (need_x, need_w or need_fb, need_b)
         )
         return grad_x, (grad_w if need_w else None), grad_b, (grad_w if need_fb else None), None
+
+
+_UNBOUND_APPLY = super(torch.autograd.Function, FeedbackFunction).apply  # torch._C._FunctionBase's
 
 
 def autocast_apply(function, x: Tensor, weight: Tensor, bias: Tensor | None, *args) -> Tensor:
@@ -281,4 +322,8 @@ def autocast_apply(function, x: Tensor, weight: Tensor, bias: Tensor | None, *ar
 
 def feedback_forward(op, x: Tensor, weight: Tensor, bias: Tensor | None, feedback: Tensor) -> Tensor:
     """Applies `op` with `feedback` in the backward pass, honouring autocast like a built-in layer."""
-    return autocast_apply(FeedbackFunction.apply, x, weight, bias, feedback, op)
+    # torch's `apply` binds forward's signature on every call of a setup_context Function (a tenth of a
+    # millisecond a layer); only torch.func transforms and dynamo need its path (no defaults to bind)
+    plain = not (torch._C._are_functorch_transforms_active() or torch.compiler.is_compiling())
+    out = autocast_apply(_UNBOUND_APPLY if plain else FeedbackFunction.apply, x, weight, bias, feedback, op)
+    return out[0] if isinstance(out, tuple) else out

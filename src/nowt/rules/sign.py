@@ -16,6 +16,7 @@ from typing import ClassVar
 
 import torch
 
+from nowt.ops import refuse_under_transforms
 from nowt.rules.base import RandomFeedbackRule, host_value, increment_buffer, random_matrix
 
 #: The inits whose |R| is uniform on (0, bound) ("match" is a uniform of W's spread)
@@ -131,6 +132,7 @@ class BRSF(_SignSymmetry):
         in_backward = torch._C._current_graph_task_id() != -1
         if in_backward and made[1]:
             return made[1].popleft()
+        refuse_under_transforms("brsf", "it draws new magnitudes every step, counting them in place")
         draw = increment_buffer(layer, "feedback_draws")
         if not in_backward:
             made[1].append(draw)

@@ -46,7 +46,7 @@ from typing import Any, ClassVar, TypeGuard
 import torch
 from torch import Tensor, nn
 
-from nowt.ops import ConvOp, LinearOp, autocast_apply, first_order_only
+from nowt.ops import ConvOp, LinearOp, autocast_apply, first_order_only, refuse_under_transforms
 from nowt.rules.base import LayerLike, Option, Rule, RuleLayer, declare, host_value, rule_layers
 from nowt.rules.dfa import storage
 from nowt.rules.dfa.blocks import find_blocks
@@ -195,6 +195,7 @@ class DirectFeedback(Rule):
         return Pass(self)
 
     def forward(self, layer: RuleLayer, x: Tensor) -> Tensor:
+        refuse_under_transforms(self.name, "the output error reaches the layers through hooks on the pass")
         if layer.dfa_block is not None:  # inside a block: backprop (the block's output gets B e)
             if torch.is_grad_enabled():
                 layer.dfa_context.check_in_block(layer)
