@@ -52,7 +52,8 @@ def test_grad_and_per_example_grads_are_the_rules_updates(rule, model):
     assert trained.keys() == {k for k, g in grads.items() if g.abs().sum() > 0}
     for k, g in trained.items():
         torch.testing.assert_close(grads[k], g, rtol=1e-12, atol=1e-12)
-    per_example = vmap(grad(lambda p, xb, yb: loss(p, xb[None], yb[None])), in_dims=(None, 0, 0))(params, x, y)
+    one = grad(lambda p, xb, yb: loss(p, xb[None], yb[None]))
+    per_example = vmap(one, in_dims=(None, 0, 0))(params, x, y)
     for k, g in trained.items():
         assert per_example[k].shape == (x.shape[0], *g.shape)
         torch.testing.assert_close(per_example[k].mean(0), g, rtol=1e-10, atol=1e-12)

@@ -33,6 +33,8 @@ class FeedbackLayer(nn.Module):
     own_state: tuple[str, ...] = ("weight", "bias")  # the layer's own state, not the rule's
     skipped = False  # set when the model ran and this layer did not (`nowt.convert`'s first-forward check)
     draw_state: Tensor | None = None  # the generator state `nowt.convert` drew this layer's feedback from
+    last_padding: tuple[int, ...] = ()  # F.pad's list `prepare_input` applied to the most recent input (DFA's
+    # B spans the input itself, not its padded copy)
 
     def prepare_input(self, x: Tensor) -> Tensor:
         return x
@@ -199,10 +201,12 @@ class _Conv(FeedbackLayer):
         if self.pad_same:
             pads = [max((math.ceil(n / s) - 1) * s + (k - 1) * d + 1 - n, 0) for n, k, s, d in
                     zip(x.shape[2:], self.kernel_size, self.stride, self.dilation, strict=True)]
-            return F.pad(x, [p for pad in reversed(pads) for p in (pad // 2, pad - pad // 2)])
+            self.last_padding = tuple(p for pad in reversed(pads) for p in (pad // 2, pad - pad // 2))
+            return F.pad(x, self.last_padding)
         if isinstance(self.padding, str) or self.padding_mode != "zeros":
             mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
-            return F.pad(x, self._reversed_padding_repeated_twice, mode=mode)
+            self.last_padding = tuple(self._reversed_padding_repeated_twice)
+            return F.pad(x, self.last_padding, mode=mode)
         return x
 
 

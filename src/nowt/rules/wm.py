@@ -157,7 +157,7 @@ class WeightMirror(RandomFeedbackRule):
             if layer.last_input_shape is None:
                 raise RuntimeError(f"mirror: layer {name!r} has not seen an input yet; run a forward pass "
                                    f"first")
-            _, positions, fan_in = _pair_counts(layer, torch.Size((1, *layer.last_input_shape[1:])))
+            _, positions, fan_in = _pair_counts(layer, torch.Size((1, *batched_shape(layer)[1:])))
             batch = min(MIRROR_WARMUP_BATCH, max(1, math.ceil(fan_in / positions)))
             step = self.mirror_lr or min(0.1, AUTO_LR_SCALE * batch * positions / fan_in)
             steps = min(self.mirror_warmup, math.ceil(WARMUP_TIME_CONSTANTS / step))
@@ -183,7 +183,14 @@ class WeightMirror(RandomFeedbackRule):
             return max(1, batch * self.mirror_every // (MIRROR_BATCH_DIVISOR * size))
         if layer.last_input_shape is None:
             return None  # mirror_layers says: run a forward pass first
-        return max(1, layer.last_input_shape[0] * self.mirror_every // MIRROR_BATCH_DIVISOR)
+        return max(1, batched_shape(layer)[0] * self.mirror_every // MIRROR_BATCH_DIVISOR)
+
+
+def batched_shape(layer) -> torch.Size:
+    """The layer's last input shape with its batch first: an unbatched input to a Linear layer (features
+    only) is a batch of one, so the noise keeps the features and replaces only the batch."""
+    shape = layer.last_input_shape
+    return torch.Size((1, *shape)) if len(shape) == 1 else shape
 
 
 def _check_step(lr: float | None, decay: float | None, noise_std: float) -> None:
@@ -277,7 +284,7 @@ def mirror_layers(
     for name, layer in layers.items():
         if layer.last_input_shape is None:
             raise RuntimeError(f"mirror: layer {name!r} has not seen an input yet; run a forward pass first")
-        shape = layer.last_input_shape
+        shape = batched_shape(layer)
         if batch_size is not None:
             shape = torch.Size((batch_size, *shape[1:]))
         span = shard_span(shape[0])  # ranks' shards may differ (4 + 3): count the global batch's pairs

@@ -68,10 +68,11 @@ class Pass:
         self.pending: list[tuple[LayerLike, torch.Size]] | None = []  # a layer's input, a block's output
         self.projections: list[AnyProjection | None] = []
 
-    def register(self, layer: LayerLike, x: Tensor) -> int:
+    def register(self, layer: LayerLike, x: Tensor | torch.Size) -> int:
+        """Records a layer's input (or a block's output), or its shape, as the next slot."""
         if self.pending is None:
             raise RuntimeError("dfa: a converted layer ran after the model's forward returned")
-        self.pending.append((layer, x.shape))
+        self.pending.append((layer, x if isinstance(x, torch.Size) else x.shape))
         return len(self.pending) - 1
 
     def resolve(self, model: nn.Module, output: Tensor) -> None:

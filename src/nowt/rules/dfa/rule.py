@@ -44,6 +44,7 @@ import math
 from typing import Any, ClassVar, TypeGuard
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nowt.ops import ConvOp, LinearOp, autocast_apply, first_order_only, refuse_under_transforms
@@ -59,14 +60,17 @@ class DirectFeedbackFunction(torch.autograd.Function):
     """y = op(x, W, b); backward: local W and b gradients, and the input gets the pass's e projected by B.
 
     Only x (or what the op's backward reads of it) is saved; W is never read in backward (a zero-stride
-    stand-in gives the op W's shape).
+    stand-in gives the op W's shape). `pads`: the padding the layer gave its input (F.pad's list) before x:
+    B spans the input itself, and its projection goes to the interior of x, from where the padding's own
+    backward returns it to the input unchanged (the border entries get nothing).
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, op, pass_: Pass | None,
-                slot: int) -> Tensor:
-        ctx.op, ctx.pass_, ctx.slot = op, pass_, slot
-        ctx.weight_shape, ctx.input_shape, ctx.input_dtype = weight.shape, x.shape, x.dtype
+                slot: int, pads: tuple[int, ...] = ()) -> Tensor:
+        ctx.op, ctx.pass_, ctx.slot, ctx.pads = op, pass_, slot, pads
+        ctx.weight_shape, ctx.input_dtype = weight.shape, x.dtype
+        ctx.input_shape = unpadded(x.shape, pads)
         out, saved = op.forward_saving(x, weight, bias)
         ctx.save_for_backward(saved)
         return out
@@ -83,9 +87,19 @@ class DirectFeedbackFunction(torch.autograd.Function):
         grad_x = ctx.pass_.input_grad(ctx.slot) if need_x else None  # the first layer's is skipped
         if grad_x is not None:
             grad_x = grad_x.view(ctx.input_shape).to(ctx.input_dtype)
+            if ctx.pads:
+                grad_x = F.pad(grad_x, ctx.pads)
         stand_in = grad_out.new_zeros(()).expand(ctx.weight_shape)
         _, grad_w, grad_b = ctx.op.backward(grad_out, saved, stand_in, (False, need_w, need_b))
-        return grad_x, grad_w, grad_b, None, None, None
+        return grad_x, grad_w, grad_b, None, None, None, None
+
+
+def unpadded(shape: torch.Size, pads: tuple[int, ...]) -> torch.Size:
+    """The shape of a tensor before `F.pad(t, pads)` made one of `shape`."""
+    sizes = list(shape)
+    for i in range(len(pads) // 2):
+        sizes[-1 - i] -= pads[2 * i] + pads[2 * i + 1]
+    return torch.Size(sizes)
 
 
 class DirectFeedback(Rule):
@@ -203,9 +217,13 @@ class DirectFeedback(Rule):
         pass_ = layer.dfa_context.current
         if pass_ is not None and pass_.past_error:  # after error_at's point: backprop (e arrives through it)
             return layer.op.forward(x, layer.weight, layer.bias)
-        slot = pass_.register(layer, x) if pass_ is not None else -1
+        # a convolution's explicit padding ("same", a padding_mode): B spans the input, not its padded copy
+        # (the kernel form's B is the convolution's own, whose input gradient the padding's backward takes)
+        pads = () if self.kernel_form(layer) else tuple(getattr(layer, "last_padding", ()))
+        shape = unpadded(x.shape, pads)
+        slot = pass_.register(layer, shape) if pass_ is not None else -1
         return autocast_apply(DirectFeedbackFunction.apply, x, layer.weight, layer.bias, layer.op, pass_,
-                              slot)
+                              slot, pads)
 
     def note_shape(self, layer: LayerLike, shape: torch.Size) -> None:
         """Fixes the shape of the layer's B (`stored_shape`) at its first forward."""
