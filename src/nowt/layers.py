@@ -17,7 +17,7 @@ from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
 from torch.nn.utils import parametrize
 
 from nowt import lc
-from nowt.ops import ConvOp, LinearOp, LocallyConnected2dOp, TransposedLinearOp
+from nowt.ops import ConvOp, LinearOp, LocallyConnected2dOp, TransposedLinearOp, exporting
 from nowt.rules import Rule
 from nowt.rules.base import RuleLayer
 
@@ -42,7 +42,7 @@ class FeedbackLayer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = self.prepare_input(x)
         self.last_input_shape = x.shape
-        if self.backprop_only:
+        if self.backprop_only or exporting():  # torch.export: an inference graph, the forward alone
             return self.op.forward(x, self.weight, self.bias)
         return self.rule.forward(self, x)
 

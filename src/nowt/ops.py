@@ -223,6 +223,12 @@ SECOND_DERIVATIVE = (b"nowt: a second derivative through a rule-trained layer (c
                      b"convert(..., exclude=[...]))")
 
 
+def exporting() -> bool:
+    """Whether `torch.export` is tracing: an inference graph, where a rule's backward bookkeeping (DFA's
+    pass over the model) has no place and the layers' plain forward is the whole story."""
+    return getattr(torch.compiler, "is_exporting", lambda: False)()
+
+
 def refuse_under_transforms(rule: str, why: str) -> None:
     """Raises inside a `torch.func` transform (grad, vmap), naming the rule and why it cannot run there."""
     if torch._C._functorch.peek_interpreter_stack() is not None:

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
+from nowt.ops import exporting
 from nowt.rules.base import LayerLike, RuleLayer
 from nowt.rules.dfa import outputs
 from nowt.rules.dfa.blocks import BlockFeedbackFunction
@@ -202,7 +203,7 @@ class Context:
         """A block's output passes through `BlockFeedbackFunction` (registered with the pass like a layer's
         input), except where the true gradient is asked for (`nowt.metrics.backprop_mode`)."""
         self.running.discard(self.block_names[block])
-        if self.block_layers[block].backprop_only or not torch.is_grad_enabled():
+        if self.block_layers[block].backprop_only or not torch.is_grad_enabled() or exporting():
             return output
         # A tuple (a Hugging Face layer's): the hidden state first gets B e; the other entries (a position
         # bias, attention weights, caches) keep the gradients autograd gives them.
@@ -219,13 +220,14 @@ class Context:
         return outputs.put(output, [("item", 0)], fed) if hidden is not output else fed
 
     def begin(self, model: nn.Module, args: Any) -> None:
-        self.current = self.rule.new_pass()
+        self.current = None if exporting() else self.rule.new_pass()
         self.running.clear()  # a forward that raised inside a block left it marked
 
     def end(self, model: nn.Module, args: Any, output: Any) -> Any:
         """e is the gradient of the loss with respect to one tensor of the output (`outputs.pick`)."""
         pass_, self.current = self.current, None
-        assert pass_ is not None  # opened by `begin`
+        if pass_ is None:  # torch.export: no pass was opened
+            return output
         if self.rule.error_at is not None:
             if not pass_.past_error and torch.is_grad_enabled():
                 raise ValueError(f"{self.rule.name}: error_at={self.rule.error_at!r} did not run in this "
