@@ -5,6 +5,7 @@ the first forward, not left on backprop as elementwise; and a subclass of a modu
 (an embedding, a norm) holding a matrix of its own is refused at convert."""
 
 import warnings
+import weakref
 
 import pytest
 import torch
@@ -134,3 +135,29 @@ def test_a_vector_product_pooled_over_other_dims_stays_elementwise():
         warnings.simplefilter("error")
         model(torch.randn(4, 8)).sum().backward()
     assert {r.name: r for r in nowt.summary(model, show=False)}[""].reads == "elementwise or added only"
+
+
+class ScaledTwice(nn.Module):
+    """A gain times activations, dropped inside the forward: the first forward's watch must not keep it."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.gain = nn.Linear(8, 8), nn.Parameter(torch.ones(8))
+
+    def forward(self, x):
+        h = torch.tanh(self.fc(x))
+        product = self.gain * h
+        seen = weakref.ref(product)
+        h = product + 1.0
+        del product
+        self.freed = seen() is None
+        return h
+
+
+def test_the_first_forwards_watch_holds_no_activation_sized_product():
+    """Activation-sized products (a norm's gain times every token of every layer) were held until the first
+    forward ended: memory a large model's first forward may not have."""
+    model = nowt.convert(ScaledTwice(), "fa", seed=0)
+    with torch.no_grad():
+        model(torch.randn(4, 8))
+    assert model.freed

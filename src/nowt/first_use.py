@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 import warnings
+import weakref
 from typing import Any
 
 import torch
@@ -272,7 +273,9 @@ class _Uses(TorchFunctionMode):
             offset = out.ndim - source.ndim
             self.products[id(out)] = (self.watched[id(source)],
                                       {offset + i for i, n in enumerate(source.shape) if n > 1})
-            self.made.append(out)
+            # not held: activation-sized (a norm's gain times every token); forgotten when freed, so that
+            # an id reused by another tensor is not taken for it
+            weakref.finalize(out, self.products.pop, id(out), None)
             return out
         # made from the watched tensor alone, scaled by scalars (`emb.weight * self.scale`) or masked by the
         # model's own tensors (`W * self.mask`): still it
