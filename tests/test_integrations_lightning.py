@@ -101,7 +101,30 @@ def test_a_resumed_run_skips_the_start_hook_and_a_custom_forward_is_used():
 
     class Resumed:
         global_step = 3
+        optimizers = (torch.optim.SGD(module.parameters(), lr=0.05),)
 
     callback.on_train_start(Resumed(), module)
     callback.on_train_batch_start(Resumed(), module, None, 0)
     assert not callback.began and callback.step == 3
+
+
+def test_an_optimizer_built_before_convert_is_refused():
+    """It trains W but not kp's B, which would stay as drawn."""
+
+    class Early(Classifier):
+        def __init__(self) -> None:
+            pl.LightningModule.__init__(self)
+            torch.manual_seed(0)
+            net = nn.Sequential(nn.Linear(20, 32), nn.Tanh(), nn.Linear(32, 4))
+            self.early = list(net.parameters())
+            self.net = nowt.convert(net, "kp", seed=0)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.early, lr=0.05, weight_decay=1e-3)
+
+    with pytest.raises(ValueError, match=r"'net.0.feedback', 'net.2.feedback'.*kp's B"):
+        fit(Early(), [NowtCallback()])
+    module = Classifier("kp")  # its optimizer is built from self.parameters() after convert
+    drawn = module.net[0].feedback.detach().clone()
+    fit(module, [NowtCallback()])
+    assert not torch.equal(drawn, module.net[0].feedback)

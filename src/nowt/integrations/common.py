@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -43,6 +43,35 @@ class RuleHooks:
     def after_step(self, model: nn.Module, step: int) -> None:
         for rule in self.rules:
             rule.after_step(model, step)
+
+
+def untrained_parameters(model: nn.Module, optimizers: Iterable[torch.optim.Optimizer]) -> list[str]:
+    """The names of the rules' own trainable parameters (`kp`'s B) that `optimizers` leave out although they
+    train the layer's weight: an optimizer built before `nowt.convert` (a Trainer's `optimizers=`, its
+    `create_optimizer` or an earlier `train()`), under which B would stay as drawn. A layer whose weight no
+    optimizer holds by identity (frozen on purpose, or parameters flattened by a sharding wrapper) is
+    not judged."""
+    held = {id(p) for opt in optimizers for group in opt.param_groups for p in group["params"]}
+    missing = []
+    for name, layer in feedback_layers(model).items():
+        weights = {id(w) for w in layer.leaf_weights()}
+        if not weights & held:
+            continue
+        missing += [f"{name}.{key}" for key, p in layer.named_parameters(recurse=False)
+                    if p.requires_grad and key != "bias" and id(p) not in weights | held]
+    return missing
+
+
+def check_optimizer(model: nn.Module, optimizers: Iterable[torch.optim.Optimizer]) -> None:
+    """Raises a ValueError naming the rules' parameters (`kp`'s B) that `optimizers` do not train
+    (`untrained_parameters`): silently, B would stay as drawn while W learns."""
+    missing = untrained_parameters(model, optimizers)
+    if missing:
+        more = f" (and {len(missing) - 3} more)" if len(missing) > 3 else ""
+        raise ValueError(f"{', '.join(map(repr, missing[:3]))}{more}: the optimizer trains these layers' "
+                         f"weights but not this parameter of their rule (kp's B), so it would stay as drawn; "
+                         f"the optimizer was built before nowt.convert (passed in, or made by an earlier "
+                         f"create_optimizer or train()): build it from model.parameters() after converting")
 
 
 def alignment(model: nn.Module, per_layer: bool = False) -> dict[str, float]:

@@ -15,7 +15,7 @@ from typing import Any
 from torch import nn
 from torch.utils.data import IterableDataset
 
-from nowt.integrations.common import RuleHooks, alignment, call_model, to_device
+from nowt.integrations.common import RuleHooks, alignment, call_model, check_optimizer, to_device
 
 try:
     from transformers import TrainerCallback
@@ -33,6 +33,9 @@ class NowtCallback(TrainerCallback):
       does anything, as `wm`'s warm-up does: it needs each layer's input shape), then each rule's
       `begin_training(model, batch)` with the global batch of one optimizer step (per device x devices x
       gradient accumulation).
+    - At train start, fresh or resumed: a ValueError naming any rule parameter (`kp`'s B) that the
+      Trainer's optimizer leaves out while it trains the layer's weight (an optimizer built before
+      `nowt.convert`: passed as `optimizers=`, or made by `create_optimizer` or an earlier `train()`).
     - After every optimizer step: each rule's `after_step(model, state.global_step)` (the mirror schedule;
       the step count continues across a resume).
     - Every `log_every` optimizer steps (default: the Trainer's `logging_steps`; 0: never):
@@ -56,8 +59,10 @@ class NowtCallback(TrainerCallback):
         self._pending: tuple[int, dict[str, float]] | None = None
 
     def on_train_begin(self, args, state, control, model: nn.Module | None = None, train_dataloader=None,
-                       **kwargs):
+                       optimizer=None, **kwargs):
         assert model is not None  # the Trainer passes its model
+        if optimizer is not None:  # one built before convert (optimizers=, create_optimizer) lacks kp's B
+            check_optimizer(model, [optimizer])
         self.hooks = RuleHooks(model)
         if state.global_step > 0:
             return

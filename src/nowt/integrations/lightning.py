@@ -13,13 +13,14 @@ from typing import Any
 
 from torch import nn
 
-from nowt.integrations.common import RuleHooks, alignment, batch_length, call_model
+from nowt.integrations.common import RuleHooks, alignment, batch_length, call_model, check_optimizer
 
 try:
     from lightning.pytorch import Callback
 except ImportError:  # pragma: no cover - the older package name
     try:
-        from pytorch_lightning import Callback
+        # (where both are installed, mypy sees two Callback classes; where neither is, no error to ignore)
+        from pytorch_lightning import Callback  # type: ignore[assignment, unused-ignore]
     except ImportError as e:
         raise ImportError("nowt.integrations.lightning needs lightning: pip install 'nowt[lightning]'") from e
 
@@ -33,6 +34,8 @@ class NowtCallback(Callback):
       `module(batch)` otherwise; only where a rule's `begin_training` does anything, as `wm`'s warm-up
       does), then each rule's `begin_training(module, batch_size)` with the global batch of one optimizer
       step (`batch_size`, default: the batch's length x devices x `accumulate_grad_batches`).
+    - At train start, fresh or resumed: a ValueError naming any rule parameter (`kp`'s B) that the
+      Trainer's optimizers leave out while they train the layer's weight (built before `nowt.convert`).
     - After every optimizer step (`trainer.global_step` advancing; under gradient accumulation, not after
       every batch): each rule's `after_step(module, step)` (the mirror schedule).
     - Every `log_every` optimizer steps (default: the Trainer's `log_every_n_steps`; 0: never), on the
@@ -54,6 +57,7 @@ class NowtCallback(Callback):
         self.last_alignment: dict[str, float] = {}
 
     def on_train_start(self, trainer, pl_module: nn.Module) -> None:
+        check_optimizer(pl_module, trainer.optimizers)  # one built before convert lacks kp's B
         self.hooks = RuleHooks(pl_module)
         self.step = trainer.global_step
         self._fresh = trainer.global_step == 0
