@@ -26,9 +26,26 @@ class KolenPollack(RandomFeedbackRule):
     def feedback(self, layer) -> torch.Tensor:
         # B takes W's gradient only while W takes one: B of a frozen W (a frozen embedding tied to an LM head)
         # moved on its own, away from the W it should track. (Leaf weights: a parametrized W is recomputed.)
-        if any(w.requires_grad for w in layer.leaf_weights()):
+        weights = layer.leaf_weights()
+        if any(w.requires_grad for w in weights):
+            self._check_stepped(layer, weights)
             return layer.feedback
         return layer.feedback.detach()
+
+    @staticmethod
+    def _check_stepped(layer, weights: list[torch.Tensor]) -> None:
+        """Warns once where W moved since the last training forward and B did not: an optimizer built before
+        `nowt.convert` holds W but not B, which then stays as drawn while W learns (no error otherwise)."""
+        versions = (tuple(w._version for w in weights), layer.feedback._version)
+        seen, state = layer.__dict__.get("_kp_versions"), layer.__dict__
+        state["_kp_versions"] = versions
+        if seen is None or versions[0] == seen[0] or versions[1] != seen[1] or state.get("_kp_warned"):
+            return  # the first forward, no step since, or B stepped with W
+        state["_kp_warned"] = True
+        warnings.warn("kp: a layer's W changed since the last training forward but its B did not: is B in "
+                      "the optimizer? One built before nowt.convert holds W only, and B then stays as drawn; "
+                      "build it from model.parameters() after converting (or W was changed in place outside "
+                      "the optimizer)", stacklevel=5)
 
     def setup_model(self, model: nn.Module) -> None:
         # W's gradient sums every use of W, B's only the uses this rule trains: a W shared with a module kp
