@@ -37,8 +37,9 @@ class LinearOp(_Op):
         out = F.linear(x, weight, bias)
         # F.linear of an N-d input returns a view of its 2-d product, and a view out of a custom autograd
         # Function may not be modified in place (a ReLU(inplace=True) after the layer raises): the same
-        # memory, re-wrapped as a tensor of its own (nothing else holds the 2-d product).
-        return torch.ops.aten._unsafe_view(out, out.shape) if out._is_view() else out
+        # memory, re-wrapped as a tensor of its own (nothing else holds the 2-d product). Always: asking
+        # `_is_view()` first broke torch.compile's graph at every layer.
+        return torch.ops.aten._unsafe_view(out, out.shape)
 
     def backward(
         self, grad_out: Tensor, x: Tensor, matrix: Tensor, needs: tuple[bool, bool, bool]

@@ -36,6 +36,8 @@ class KolenPollack(RandomFeedbackRule):
     def _check_stepped(layer, weights: list[torch.Tensor]) -> None:
         """Warns once where W moved since the last training forward and B did not: an optimizer built before
         `nowt.convert` holds W but not B, which then stays as drawn while W learns (no error otherwise)."""
+        if torch.compiler.is_compiling():
+            return  # dynamo would guard on the versions and recompile at every step
         versions = (tuple(w._version for w in weights), layer.feedback._version)
         seen, state = layer.__dict__.get("_kp_versions"), layer.__dict__
         state["_kp_versions"] = versions
