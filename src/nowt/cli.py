@@ -28,6 +28,7 @@ from nowt.train.config import (
     choices_of,
     flag_name,
     is_default,
+    normalized_keys,
     parse_list,
 )
 from nowt.train.factories import MODEL_OPTIONS, check_model_options, load_data, rules_declaring
@@ -35,7 +36,11 @@ from nowt.train.learners import check_flags_apply
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse that reports a bad flag as one line, `nowt train: error: ...`, without the usage block."""
+    """argparse that reports a bad flag as one line, `nowt train: error: ...`, without the usage block, and
+    takes no abbreviation: `compare --rules fa --rule bp` read `--rule` as `--rules` and trained bp."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, allow_abbrev=False, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -190,7 +195,7 @@ def read_toml(path: str, command: str = "train") -> dict:
     """Raw TrainConfig fields (and `rules` for compare) from a TOML file; unknown keys are refused here
     (and a key the command would ignore: `rules` in train, `rule` in compare), types and ranges by
     TrainConfig.validate with the flags' values."""
-    values = {k.replace("-", "_"): v for k, v in _load_toml(path).items()}
+    values = normalized_keys(_load_toml(path), f"config {path}")
     allowed = {f.name for f in FIELDS.values() if f.metadata.get("cli", True)}
     allowed = allowed - {"rule"} | {"rules"} if command == "compare" else allowed
     unknown = sorted(set(values) - allowed)
@@ -240,6 +245,13 @@ def compare_command(args: argparse.Namespace) -> int:
     rules = list(dict.fromkeys(r.strip().lower() for r in str(args.rules).split(",") if r.strip()))
     if not rules:
         raise ValueError("--rules is empty")
+    if args.lr_grid is not None and not args.lr_grid:
+        raise ValueError("--lr-grid is empty: give the rates to choose from, e.g. 1e-3,3e-3,1e-2")
+    if args.holdout is not None and args.holdout < 1:  # (0 would be taken as the default, a tenth)
+        raise ValueError(f"--holdout {args.holdout}: hold out at least 1 training example, or leave it out "
+                         f"for a tenth of the training set")
+    if args.lr_grid and args.lr is not None:  # the grid's choice would replace it
+        raise ValueError("--lr and --lr-grid exclude each other: --lr-grid chooses each rule's rate")
     dataset = args.dataset if args.dataset is not None else FIELDS["dataset"].default
     out = check_out_dir(args.out_dir) if args.out_dir is not None else Path(f"runs/compare-{dataset}")
     if args.seeds is None:
@@ -307,7 +319,10 @@ def reproduce_command(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("data_dir", args.data_dir), ("device", args.device)) if v is not None}
     if args.download:
         overrides["download"] = True
-    only = [r.strip() for r in args.runs.split(",")] if args.runs else None
+    only = [r.strip() for r in args.runs.split(",") if r.strip()] if args.runs is not None else None
+    for flag, given in (("--runs", only), ("--seeds", args.seeds)):
+        if given is not None and not given:
+            raise ValueError(f"{flag} is empty: leave it out for every one, or name some")
     path = reproduce.run(args.name, args.out, quick=args.quick, only=only, progress=not args.no_progress,
                          command="nowt " + " ".join(args.argv), gather=args.gather,
                          seeds=list(args.seeds) if args.seeds else None, **overrides)
@@ -332,6 +347,8 @@ def evaluate_command(args: argparse.Namespace) -> int:
     if args.device is not None:
         check_device(args.device)
     splits = [s.strip() for s in args.split.split(",") if s.strip()]
+    if not splits:
+        raise ValueError("--split is empty: give train, test or train,test")
     for i, run in enumerate(args.runs):
         epoch, scores = evaluate_run(run, splits, device=args.device, data_dir=args.data_dir,
                                      progress=not args.no_progress)

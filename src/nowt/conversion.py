@@ -52,6 +52,19 @@ def _excluded(name: str, module: nn.Module, selectors: Iterable[Selector]) -> bo
         _matches(f"{name}.{n}" if name else n, module, selectors) for n in own)
 
 
+def _selectors(exclude: Iterable[Selector]) -> tuple[Selector, ...]:
+    """`exclude` as a tuple of names and module types; anything else (an index, a module instance) would
+    match no layer without a word, and a bare string would be read letter by letter: both refused."""
+    if isinstance(exclude, str):
+        raise ValueError(f"exclude={exclude!r} is one string: pass a list, exclude=[{exclude!r}]")
+    selectors = tuple(exclude)
+    for s in selectors:
+        if not (isinstance(s, str) or isinstance(s, type) and issubclass(s, nn.Module)):
+            raise ValueError(f"exclude takes layer names (glob patterns allowed) or module types, got {s!r} "
+                             f"({type(s).__name__})")
+    return selectors
+
+
 def convert(
     model: nn.Module,
     rule: str | Rule,
@@ -91,7 +104,10 @@ def convert(
     register_transformers()  # GPT-2's Conv1D, if transformers made this model
     rule = make_rule(rule, **options)
     backprop = make_rule("bp")
-    exclude = tuple(exclude)
+    exclude = _selectors(exclude)
+    if seed is not None and not (isinstance(seed, int) and not isinstance(seed, bool)
+                                 and -2**63 <= seed < 2**64):  # what torch.manual_seed takes
+        raise ValueError(f"seed must be an integer from -2**63 to 2**64 - 1, or None; got {seed!r}")
     every = list(model.named_modules(remove_duplicate=False))
     # a name matches a module or one of its parameters (`_excluded`: a weight-normed layer's `fc.weight` too)
     unmatched = [s for s in exclude

@@ -51,6 +51,13 @@ def _activation(name: str) -> nn.Module:
     return ACTIVATIONS[name]()
 
 
+def _check_sizes(model: str, **sizes: Any) -> None:
+    """Refuses a size that would build a layer of no width (or a negative one, which torch refuses later)."""
+    for name, value in sizes.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{model}: {name} must be an integer >= 1, got {value!r}")
+
+
 @register_model
 def mlp(
     in_features: int = 784,
@@ -61,6 +68,11 @@ def mlp(
     input_dropout: float = 0.0,
 ) -> nn.Sequential:
     """Flatten(-dropout), then Linear-activation(-dropout) per hidden width, then a Linear readout."""
+    if isinstance(hidden, str) or not isinstance(hidden, Sequence):
+        raise ValueError(f"mlp: hidden must be a sequence of widths, e.g. (1000,), got {hidden!r}")
+    if not all(isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in hidden):
+        raise ValueError(f"mlp: hidden widths must be integers >= 1, got {tuple(hidden)!r}")
+    _check_sizes("mlp", in_features=in_features, num_classes=num_classes)
     layers: list[nn.Module] = [nn.Flatten()]
     if input_dropout:
         layers.append(nn.Dropout(input_dropout))

@@ -159,7 +159,7 @@ class TrainConfig(metaclass=RuleOptionFields):
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], source: str = "config") -> TrainConfig:
         """A checked config from raw values (a TOML table, keys with - or _); unknown keys are refused."""
-        values = {str(k).replace("-", "_"): v for k, v in values.items()}
+        values = normalized_keys(values, source)
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -181,6 +181,9 @@ class TrainConfig(metaclass=RuleOptionFields):
                 raise ValueError(f"{f.name} ({flag_name(f)}) takes {_COUNT.get(count, count)} "
                                  f"{_PLURAL[get_args(hints[f.name])[0]]} {f.metadata['metavar']}, got "
                                  f"{getattr(self, f.name)!r}")
+        if list(self.lr_milestones) != sorted(set(self.lr_milestones)):  # a repeat cuts the lr 100-fold
+            raise ValueError(f"lr_milestones (--lr-milestones) must be increasing epochs, each once (e.g. "
+                             f"50,75), got {self.lr_milestones!r}")
         own = learner_kind(self.rule).own_optimizer if self.rule in list_rules() else None
         if own is not None:  # target propagation: record the optimizer and schedule it runs, not the defaults
             if is_default(FIELDS["optimizer"], self.optimizer):
@@ -276,6 +279,19 @@ def not_identity(rule: str) -> set[str]:
                                       if f.metadata.get("rule_option") and name not in declared}
 
 
+def normalized_keys(values: Mapping[str, Any], source: str = "config") -> dict[str, Any]:
+    """`values` with the keys' dashes as underscores; a key given twice (`train-size` and `train_size`) is
+    refused, as one of the two values would be dropped unseen."""
+    out: dict[str, Any] = {}
+    spelled: dict[str, str] = {}
+    for key, value in values.items():
+        name = str(key).replace("-", "_")
+        if name in out:
+            raise ValueError(f"{source}: {name} given twice (as {spelled[name]} and {key}); keep one")
+        out[name], spelled[name] = value, str(key)
+    return out
+
+
 def read_saved_config(path: Path) -> dict[str, Any]:
     """A run's config.json as a dict, or a one-line ValueError naming the file."""
     try:
@@ -298,8 +314,8 @@ def saved_defaults() -> dict[str, Any]:
 FIELDS: Mapping[str, Any] = FieldsByName(TrainConfig)
 _COUNT = {2: "two", 3: "three"}
 __all__ = ["DATA_FIELDS", "FIELDS", "NOT_IDENTITY", "TrainConfig", "check_device", "check_optimizer_fields",
-           "check_out_dir", "check_value", "choices_of", "flag_name", "is_default", "not_identity",
-           "parse_list", "read_saved_config", "saved_defaults"]
+           "check_out_dir", "check_value", "choices_of", "flag_name", "is_default", "normalized_keys",
+           "not_identity", "parse_list", "read_saved_config", "saved_defaults"]
 
 
 def check_device(device: str) -> torch.device:

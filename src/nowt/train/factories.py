@@ -68,6 +68,11 @@ def make_loader(data: tuple[Tensor, Tensor] | Dataset, batch_size: int, *, shuff
     of their own (`.generator`), whose state the checkpoint keeps. Under torchrun every rank draws the same
     global batches and loads only its part of each (`distributed.rank_batches` reads them)."""
     per_rank = distributed.world()[1] > 1
+    size = len(data[1]) if isinstance(data, tuple) else len(cast(Sized, data))
+    if drop_last and size < batch_size:  # no batch at all: an epoch of no step, a mean over no example
+        raise ValueError(f"--drop-last with --batch-size {batch_size} drops all {size} training examples: no "
+                         f"step would be taken; give a --batch-size of at most {size}, or leave out "
+                         f"--drop-last")
     if isinstance(data, tuple):
         return TensorLoader(*data, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last,
                             per_rank=per_rank)
@@ -97,6 +102,24 @@ def sized(what: str) -> Iterator[None]:
         size = "" if asked is None else (f" ({int(asked[1]) / 2**30:.1f} GiB at once)" if asked[1].isdigit()
                                          else f" ({asked[1]} at once)")
         raise ValueError(f"out of memory {what}{size}; choose smaller sizes") from None  # CLI: one line
+
+
+def check_takes(model: nn.Module, example: Tensor, name: str) -> None:
+    """Runs one example of `example` through `model` (eval mode, no gradient: no dropout draw, no batch-norm
+    statistics) and turns the shape error of a model that cannot take such inputs into one line naming it."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(example[:1])
+    except RuntimeError as e:
+        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "out of memory" in text.lower() or "can't allocate memory" in text:
+            raise
+        raise ValueError(f"model {name!r} cannot take inputs of shape {tuple(example.shape[1:])} "
+                         f"(--dataset, --image-size): {text}") from None
+    finally:
+        model.train(was_training)
 
 
 def load_data(cfg: TrainConfig) -> Data:
@@ -210,10 +233,11 @@ def check_model_options(model: str, requested: dict[str, object]) -> None:
 
 
 def build_model(cfg: TrainConfig, input_shape: tuple[int, ...], num_classes: int,
-                kind: LearnerKind | None = None) -> nn.Module:
+                kind: LearnerKind | None = None, example: Tensor | None = None) -> nn.Module:
     """`cfg.model` for inputs of `input_shape`, initialised from `cfg.seed`, converted to `cfg.rule` where
     its learner `kind` (by default `learner_kind(cfg.rule)`) converts the model (target propagation trains
-    the plain network itself)."""
+    the plain network itself). `example`: a batch of the data's inputs, run through the plain model first
+    (`check_takes`), so that a model unfit for the data is refused by name."""
     kind = kind or learner_kind(cfg.rule)
     torch.manual_seed(cfg.seed)
     factory = MODELS.get(cfg.model)
@@ -233,6 +257,8 @@ def build_model(cfg: TrainConfig, input_shape: tuple[int, ...], num_classes: int
         raise ValueError(f"--init {cfg.init} rewrites Linear, convolution and locally connected layers only; "
                          f"model {cfg.model} also has attention projections it would leave at their default "
                          f"({untouched[0]}.in_proj_weight): use --init default")
+    if example is not None:
+        check_takes(model, example, cfg.model)
     options = rule_options(cfg)
     if cfg.init in ("xavier", "normal_fan_avg") and "feedback_init" in rule_class(cfg.rule).options:
         options["feedback_init"] = cfg.init  # DFA's B is drawn at the first forward, after the init below

@@ -31,6 +31,7 @@ from nowt.optim import HalveOnPlateau
 from nowt.progress import progress_bar
 from nowt.train import ranks, rundir
 from nowt.train.config import TrainConfig, read_saved_config
+from nowt.train.datacheck import check_data
 from nowt.train.factories import build_model, load_data, make_loader, make_loss, sized
 from nowt.train.kinds import LearnerKind, learner_kind
 from nowt.train.learners import Learner, make_learner
@@ -65,6 +66,7 @@ def fit(cfg: TrainConfig, train=None, test=None, *, resume: bool = False, overwr
         with sized(f"loading {cfg.dataset} (--image-size {cfg.image_size}, --train-size {cfg.train_size})"):
             data = load_data(cfg)
         train, test = data.train, data.test
+    check_data(train, test)  # an empty part, labels that are no class indices, train and test unlike
     validation = None
     if cfg.validation:  # held out of what trains, so an epoch is chosen without the test set
         train, validation = holdout(train, cfg.validation, "--validation")
@@ -109,15 +111,13 @@ def _fit(cfg: TrainConfig, train, test, validation, resume: bool, progress: bool
     test_loader, val_loader = (make_loader(part, 1000 if isinstance(part, tuple) else cfg.batch_size,
                                            num_workers=cfg.num_workers) if part is not None else None
                                for part in (test, validation))
-    if len(test if not isinstance(test, tuple) else test[1]) == 0:
-        raise ValueError("the test set is empty")
     probe_x, probe_y = (t.to(cfg.device) for t in probe_batch(test))  # class-balanced
     first_x, first_y = (t.to(cfg.device) for t in first_examples(test, 256))  # as saved checkpoints
     data_print = rundir.data_fingerprint(train, test, first_x, first_y)  # (--data-dir is no identity)
     input_shape = tuple(probe_x.shape[1:])
     kind = learner_kind(cfg.rule)  # per-layer or whole-network: decided once, asked of `kind` from here on
     with sized(f"building model {cfg.model} for inputs {input_shape} (--hidden {_shown(cfg.hidden)})"):
-        model = build_model(cfg, input_shape, _num_classes(train, test), kind)
+        model = build_model(cfg, input_shape, _num_classes(train, test), kind, probe_x.cpu())
     out = Path(cfg.out_dir) if cfg.out_dir else None
     rank0 = distributed.world()[0] == 0
     if rank0 and progress and kind.converts_model:  # each layer's rule and what its backward reads
