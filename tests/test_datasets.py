@@ -272,7 +272,8 @@ def test_train_size_takes_a_class_balanced_random_sample_of_any_dataset(tmp_path
     assert sorted(labels.count(c) for c in range(3)) == [3, 3, 4] and data.num_classes == 3  # first 10: all 0
     again = load_dataset("imagenet", root=tmp_path, train_size=10).train.indices
     assert again == data.train.indices != list(range(10))  # seeded: the same files every run, not the first
-    assert len(load_dataset("imagenet", root=tmp_path, train_size=99).train) == 30
+    with pytest.warns(UserWarning, match="--train-size 99 is more than the 30 training examples"):
+        assert len(load_dataset("imagenet", root=tmp_path, train_size=99).train) == 30
     # one rule for every dataset: MNIST's tensors too, with the classes as equal as their sizes allow
     labels = torch.tensor([0] * 50 + [1] * 5 + [2] * 45)
     picked = balanced_sample(labels, 30)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import os
+import warnings
 from collections.abc import Iterable, Sized
 from dataclasses import dataclass
 from typing import cast
@@ -158,6 +159,9 @@ def train_subset(train: TensorPair | Dataset, n: int) -> TensorPair | Dataset:
     """`--train-size n`: a class-balanced random sample of `n` training examples (`balanced_sample`, seed 0:
     the same examples for every run and seed), in their order in the dataset."""
     labels = dataset_labels(train)
+    if n > len(labels):  # all of them, as asked for more: said, since config.json records n
+        warnings.warn(f"--train-size {n} is more than the {len(labels)} training examples: training on all "
+                      f"{len(labels)}", stacklevel=2)
     if n >= len(labels):
         return train
     keep = balanced_sample(labels, n)
