@@ -40,7 +40,8 @@ class Parser(argparse.ArgumentParser):
     takes no abbreviation: `compare --rules fa --rule bp` read `--rule` as `--rules` and trained bp."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, allow_abbrev=False, **kwargs)
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")

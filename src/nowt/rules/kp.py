@@ -38,11 +38,14 @@ class KolenPollack(RandomFeedbackRule):
         `nowt.convert` holds W but not B, which then stays as drawn while W learns (no error otherwise)."""
         if torch.compiler.is_compiling():
             return  # dynamo would guard on the versions and recompile at every step
-        versions = (tuple(w._version for w in weights), layer.feedback._version)
+        # the tensors' identities too: under torch.func.functional_call or a load, others stand in
+        b = layer.feedback
+        versions = (tuple((id(w), w._version) for w in weights), (id(b), b._version))
         seen, state = layer.__dict__.get("_kp_versions"), layer.__dict__
         state["_kp_versions"] = versions
-        if seen is None or versions[0] == seen[0] or versions[1] != seen[1] or state.get("_kp_warned"):
-            return  # the first forward, no step since, or B stepped with W
+        if (seen is None or versions[0] == seen[0] or versions[1] != seen[1] or state.get("_kp_warned")
+                or [i for i, _ in versions[0]] != [i for i, _ in seen[0]]):
+            return  # the first forward, no step since, B stepped with W, or other tensors stand in for W
         state["_kp_warned"] = True
         warnings.warn("kp: a layer's W changed since the last training forward but its B did not: is B in "
                       "the optimizer? One built before nowt.convert holds W only, and B then stays as drawn; "
