@@ -38,6 +38,7 @@ def test_flags_that_trained_nothing_or_were_ignored_are_refused(capsys):
     _refused(capsys, ["compare", *synthetic, "--rules", "fa", "--lr-grid", "0.1", "--holdout", "0"],
              "--holdout 0: hold out at least 1 training example")
     _refused(capsys, ["evaluate", "nowhere", "--split", ","], "--split is empty")
+    _refused(capsys, ["report", "runs/a", "runs/b/../a"], "run runs/b/../a is given twice")
     # an abbreviated flag was taken for the longer one: `--rule bp` after `--rules fa` trained bp
     from nowt.cli import main
 

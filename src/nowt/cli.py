@@ -336,6 +336,10 @@ def reproduce_command(args: argparse.Namespace) -> int:
 def report_command(args: argparse.Namespace) -> int:
     from nowt.report import write_report
 
+    resolved = [Path(r).resolve() for r in args.runs]
+    twice = next((r for i, r in enumerate(args.runs) if resolved[i] in resolved[:i]), None)
+    if twice is not None:  # it would stand in the tables and plots twice, as two runs
+        raise ValueError(f"run {twice} is given twice")
     first = Path(args.runs[0])
     out = args.out or (first / "report" if len(args.runs) == 1 else first.parent / "report")
     print(f"report: {write_report(args.runs, out, title=args.title)}")
