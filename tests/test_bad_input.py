@@ -34,20 +34,27 @@ def test_flags_that_trained_nothing_or_were_ignored_are_refused(capsys):
     _refused(capsys, ["train", *synthetic, *step, "3,2"], "must be increasing epochs")
     _refused(capsys, ["compare", *synthetic, "--rules", "fa", "--lr", "0.5", "--lr-grid", "0.1"],
              "--lr and --lr-grid exclude each other")
-    _refused(capsys, ["compare", *synthetic, "--rules", "fa", "--lr-grid", ","], "--lr-grid is empty")
     _refused(capsys, ["compare", *synthetic, "--rules", "fa", "--lr-grid", "0.1", "--holdout", "0"],
              "--holdout 0: hold out at least 1 training example")
     _refused(capsys, ["evaluate", "nowhere", "--split", ","], "--split is empty")
     _refused(capsys, ["report", "runs/a", "runs/b/../a"], "run runs/b/../a is given twice")
-    # an abbreviated flag was taken for the longer one: `--rule bp` after `--rules fa` trained bp
     from nowt.cli import main
 
+    # an empty list flag was its default, as though not given (`--lr-grid ,` ran no grid, `--blocks ,` none)
+    for argv in (["train", *synthetic, "--rule", "dfa", "--blocks", ","],
+                 ["compare", *synthetic, "--rules", "fa", "--lr-grid", ","]):
+        with pytest.raises(SystemExit) as stop:
+            main(argv)
+        assert stop.value.code == 2 and f"{argv[-2]}: no items in ','" in capsys.readouterr().err
+    # an abbreviated flag was taken for the longer one: `--rule bp` after `--rules fa` trained bp
     for argv in (["compare", *synthetic, "--rules", "fa", "--rule", "bp"],
                  ["train", *synthetic, "--input", "0.1"]):
         with pytest.raises(SystemExit) as stop:
             main(argv)
         assert stop.value.code == 2 and f"unrecognized arguments: {argv[-2]}" in capsys.readouterr().err
-    _refused(capsys, ["reproduce", "akrout2019", "--seeds", ",", "--gather"], "--seeds is empty")
+    with pytest.raises(SystemExit) as stop:
+        main(["reproduce", "akrout2019", "--seeds", ",", "--gather"])
+    assert stop.value.code == 2 and "--seeds: no items in ','" in capsys.readouterr().err
     _refused(capsys, ["reproduce", "akrout2019", "--runs", ",", "--gather"], "--runs is empty")
 
 

@@ -51,9 +51,12 @@ def _list_of(kind: type):
     """argparse's type for a tuple field of `kind` ("500,500", "0.9,0.999")."""
     def parse(text: str) -> tuple:
         try:
-            return parse_list(text, kind)
+            items = parse_list(text, kind)
         except ValueError as e:
             raise argparse.ArgumentTypeError(str(e)) from None
+        if not items:  # `--blocks ,` meant something; the default it would give was not asked for
+            raise argparse.ArgumentTypeError(f"no items in {text!r}: leave the flag out for its default")
+        return items
     return parse
 
 
@@ -246,8 +249,6 @@ def compare_command(args: argparse.Namespace) -> int:
     rules = list(dict.fromkeys(r.strip().lower() for r in str(args.rules).split(",") if r.strip()))
     if not rules:
         raise ValueError("--rules is empty")
-    if args.lr_grid is not None and not args.lr_grid:
-        raise ValueError("--lr-grid is empty: give the rates to choose from, e.g. 1e-3,3e-3,1e-2")
     if args.holdout is not None and args.holdout < 1:  # (0 would be taken as the default, a tenth)
         raise ValueError(f"--holdout {args.holdout}: hold out at least 1 training example, or leave it out "
                          f"for a tenth of the training set")
@@ -321,9 +322,8 @@ def reproduce_command(args: argparse.Namespace) -> int:
     if args.download:
         overrides["download"] = True
     only = [r.strip() for r in args.runs.split(",") if r.strip()] if args.runs is not None else None
-    for flag, given in (("--runs", only), ("--seeds", args.seeds)):
-        if given is not None and not given:
-            raise ValueError(f"{flag} is empty: leave it out for every one, or name some")
+    if only is not None and not only:
+        raise ValueError("--runs is empty: leave it out for every one, or name some")
     path = reproduce.run(args.name, args.out, quick=args.quick, only=only, progress=not args.no_progress,
                          command="nowt " + " ".join(args.argv), gather=args.gather,
                          seeds=list(args.seeds) if args.seeds else None, **overrides)
