@@ -55,7 +55,8 @@ def _list_of(kind: type):
         except ValueError as e:
             raise argparse.ArgumentTypeError(str(e)) from None
         if not items:  # `--blocks ,` meant something; the default it would give was not asked for
-            raise argparse.ArgumentTypeError(f"no items in {text!r}: leave the flag out for its default")
+            raise argparse.ArgumentTypeError(f"no items in {text!r}: give at least one, or leave the flag "
+                                             f"out for its default")
         return items
     return parse
 
