@@ -129,6 +129,12 @@ def test_an_empty_training_set_is_named(tmp_path, capsys):
     (lambda tr, te: ((*tr, tr[1]), te), r"training data must be an \(inputs, labels\) pair.*3 items"),
     (lambda tr, te: ((tr[0], nn.functional.one_hot(tr[1])), te),
      r"training labels are \[3\] per example, test labels \[\]"),
+    # these three ended in torch's "expected target dtype", a KeyError 0 and "too many values to unpack"
+    (lambda tr, te: ((tr[0], tr[1].int()), te), r"labels must be .*got torch.int32: pass labels.long\(\)"),
+    (lambda tr, te: ({"x": tr[0], "y": tr[1]}, te), r"training data must be .* or a Dataset, got a dict$"),
+    (lambda tr, te: (tr, list(te)), r"test data must be .* got a list of two tensors: pass a tuple"),
+    (lambda tr, te: ((tr[0].double(), tr[1]), (te[0].double(), te[1])),
+     r"cannot take inputs of shape \(20,\), torch.float64"),
 ])
 def test_fit_names_data_that_does_not_fit(make, says):
     """Each ended in a torch error from deep inside (a reshape, a matmul, a loss) or an AttributeError."""
@@ -172,3 +178,44 @@ def test_mlp_refuses_sizes_that_build_no_network(kwargs, says):
 
     with pytest.raises(ValueError, match=says):
         models.mlp(**kwargs)
+
+
+def test_convert_and_create_model_refuse_what_builds_nothing():
+    """nowt.convert("resnet") ended in an AttributeError ('str' object has no attribute 'named_modules');
+    create_model("convnet", in_channels=0) built a convolution of no input channels without a word."""
+    import nowt
+    from nowt.models import create_model
+
+    with pytest.raises(TypeError, match=r"nowt.convert takes a torch.nn.Module, got str"):
+        nowt.convert("resnet18", "fa")
+    for name, kwargs in (("convnet", dict(in_channels=0)), ("vit", dict(num_classes=0)),
+                         ("resnet20", dict(num_classes=-1)), ("conv1d", dict(width=True))):
+        with pytest.raises(ValueError, match=rf"{name}: {next(iter(kwargs))} must be an integer >= 1"):
+            create_model(name, **kwargs)
+
+
+def test_cli_paths_of_the_wrong_kind_are_named(tmp_path, capsys, monkeypatch):
+    """--data-dir a file said the MNIST files were not found in 'afile/...'; report --out a file and
+    reproduce --verdicts --out a folder without README.md ended in OSError's [Errno 17] / [Errno 2]."""
+    from nowt.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").touch()
+    _refused(capsys, ["train", "--dataset", "mnist", "--data-dir", "afile", *SMALL],
+             "--data-dir afile is a file: give the folder that holds mnist's files")
+    assert main(["train", "--dataset", "synthetic", "--out", "run", "--train-size", "40", *SMALL]) == 0
+    capsys.readouterr()
+    _refused(capsys, ["report", "run", "--out", "afile"], "--out afile is a file: the report is a folder")
+    _refused(capsys, ["reproduce", "--verdicts", "--out", str(tmp_path)],
+             f"{tmp_path} has no README.md to write the verdicts into")
+
+
+def test_reproduce_list_with_a_name_lists_that_one(capsys):
+    """`reproduce NAME --list` listed every reproduction, ignoring NAME."""
+    from nowt.cli import main
+
+    assert main(["reproduce", "song2021", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("song2021:") and "akrout2019" not in out
+    assert main(["reproduce", "--list"]) == 0
+    assert "akrout2019:" in capsys.readouterr().out

@@ -309,7 +309,7 @@ def reproduce_command(args: argparse.Namespace) -> int:
     if args.device is not None:
         check_device(args.device)
     if args.list:
-        print(reproduce.listing())
+        print(reproduce.describe(reproduce.get(args.name)) if args.name else reproduce.listing())
         return 0
     if args.verdicts:
         path = reproduce.write_verdicts(args.out or "results")  # the table it wrote, not gathered again
@@ -343,6 +343,8 @@ def report_command(args: argparse.Namespace) -> int:
         raise ValueError(f"run {twice} is given twice")
     first = Path(args.runs[0])
     out = args.out or (first / "report" if len(args.runs) == 1 else first.parent / "report")
+    if Path(out).exists() and not Path(out).is_dir():
+        raise ValueError(f"--out {out} is a file: the report is a folder (report.md and its plots)")
     print(f"report: {write_report(args.runs, out, title=args.title)}")
     return 0
 

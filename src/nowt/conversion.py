@@ -98,6 +98,9 @@ def convert(
     `options`).
     Returns the model; a bare `nn.Linear`/`nn.Conv2d` is returned converted, not in place.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"nowt.convert takes a torch.nn.Module, got {type(model).__name__} (a model by name: "
+                        f"nowt.models.create_model)")
     if unknown not in UNKNOWN:
         raise ValueError(f"unknown={unknown!r}: choose {' or '.join(UNKNOWN)}")
     attention.register_torchvision()  # Swin's window attention, if torchvision made this model

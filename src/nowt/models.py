@@ -38,10 +38,16 @@ def models() -> list[str]:
     return list(MODELS)
 
 
+#: the factories' keyword arguments that are sizes: create_model refuses one < 1 for every model by name
+SIZES = ("in_features", "in_channels", "num_classes", "width", "image_size", "patch", "dim", "depth", "heads",
+         "mlp_ratio", "vocab_size")
+
+
 def create_model(name: str, **kwargs) -> nn.Module:
     """The model `name` built with `kwargs` (its factory's keyword arguments)."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; known models: {', '.join(MODELS)}")
+    _check_sizes(name, **{k: v for k, v in kwargs.items() if k in SIZES})
     return MODELS[name](**kwargs)
 
 

@@ -8,6 +8,7 @@ import os
 import warnings
 from collections.abc import Iterable, Sized
 from dataclasses import dataclass
+from pathlib import Path
 from typing import cast
 
 import torch
@@ -195,6 +196,8 @@ def load_dataset(name: str, *, root: str | os.PathLike | None = None, download: 
     if name == "synthetic" and (download or root is not None):  # made in memory: no files at all
         asked = [flag for flag, on in (("--download", download), ("--data-dir", root is not None)) if on]
         raise ValueError(f"{', '.join(asked)}: not for the synthetic dataset (made in memory, no files)")
+    if root is not None and Path(root).exists() and not Path(root).is_dir():
+        raise ValueError(f"--data-dir {root} is a file: give the folder that holds {name}'s files")
     if name == "imagenet" and download:
         raise ValueError("--download: not for 'imagenet' (its image folders are read from --data-dir; nowt "
                          "downloads mnist, fashion-mnist and cifar10)")

@@ -109,6 +109,9 @@ def _count(verdicts: list[str], word: str) -> int:
 
 
 def _fill(path: Path, begin: str, end: str, body: str) -> Path:
+    if not path.is_file():
+        raise ValueError(f"{path.parent} has no README.md to write the verdicts into (--out: the results "
+                         f"folder, by default results/)")
     text = path.read_text()
     if begin not in text or end not in text:
         raise ValueError(f"{path} has no {begin} ... {end} block to fill")

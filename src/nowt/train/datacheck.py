@@ -4,7 +4,7 @@ and test examples of different shapes), where torch would fail deep inside a res
 
 from __future__ import annotations
 
-from collections.abc import Sized
+from collections.abc import Mapping, Sized
 from typing import Any
 
 import torch
@@ -16,6 +16,11 @@ def check_data(train: Any, test: Any) -> None:
     trained and scored on: either part empty; a tuple that is not two tensors; labels that are not integer
     class indices >= 0; tensor parts whose examples (inputs, or labels) differ in shape."""
     for name, part in (("training", train), ("test", test)):
+        pair = isinstance(part, list) and len(part) == 2 and all(isinstance(t, Tensor) for t in part)
+        if isinstance(part, Mapping) or pair:  # else read as a Dataset: part[0] a key error, or all of X
+            hint = " of two tensors: pass a tuple" if pair else ""
+            raise ValueError(f"the {name} data must be an (inputs, labels) tuple of tensors or a Dataset, "
+                             f"got a {type(part).__name__}{hint}")
         if isinstance(part, tuple):
             if len(part) != 2 or not all(isinstance(t, Tensor) for t in part):
                 kinds = ", ".join(type(t).__name__ for t in part)
@@ -26,9 +31,10 @@ def check_data(train: Any, test: Any) -> None:
                 raise ValueError(f"the {name} inputs must be [N, ...] (a batch dimension, then each "
                                  f"example's) and labels [N, ...], got {list(inputs.shape)} and "
                                  f"{list(labels.shape)}")
-            if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+            if labels.dtype not in (torch.long, torch.uint8):  # the two cross-entropy takes
+                hint = ": pass labels.long()" if not labels.is_floating_point() else ""
                 raise ValueError(f"the {name} labels must be integer class indices (torch.long), got "
-                                 f"{labels.dtype}")
+                                 f"{labels.dtype}{hint}")
             if labels.numel() and int(labels.min()) < 0:
                 raise ValueError(f"the {name} labels must be class indices >= 0, got {int(labels.min())}")
         size = len(part[1]) if isinstance(part, tuple) else len(part) if isinstance(part, Sized) else None

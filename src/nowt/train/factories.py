@@ -24,7 +24,7 @@ from nowt.conversion import convert
 from nowt.data import Data, load_dataset
 from nowt.distributed import RankBatches, rank_part
 from nowt.metrics import as_tokens
-from nowt.models import FIXED_ACTIVATION, MODELS
+from nowt.models import FIXED_ACTIVATION, MODELS, create_model
 from nowt.optim import HalveOnPlateau
 from nowt.rules import list_rules, rule_class
 from nowt.rules.base import is_rule_layer
@@ -116,8 +116,8 @@ def check_takes(model: nn.Module, example: Tensor, name: str) -> None:
         text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if "out of memory" in text.lower() or "can't allocate memory" in text:
             raise
-        raise ValueError(f"model {name!r} cannot take inputs of shape {tuple(example.shape[1:])} "
-                         f"(--dataset, --image-size): {text}") from None
+        raise ValueError(f"model {name!r} cannot take inputs of shape {tuple(example.shape[1:])}, "
+                         f"{example.dtype} (--dataset, --image-size): {text}") from None
     finally:
         model.train(was_training)
 
@@ -251,7 +251,7 @@ def build_model(cfg: TrainConfig, input_shape: tuple[int, ...], num_classes: int
     # left at its default, a model option is no request (the CLI also checks the flags given explicitly)
     check_model_options(cfg.model, {name: getattr(cfg, name) for name in MODEL_OPTIONS
                                     if not is_default(FIELDS[name], getattr(cfg, name))})
-    model = factory(**{k: v for k, v in offered.items() if k in accepted})
+    model = create_model(cfg.model, **{k: v for k, v in offered.items() if k in accepted})
     untouched = [n for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)]
     if cfg.init != "default" and untouched:  # its in_proj_weight is no Linear: the init would skip it
         raise ValueError(f"--init {cfg.init} rewrites Linear, convolution and locally connected layers only; "
