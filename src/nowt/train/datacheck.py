@@ -13,8 +13,9 @@ from torch import Tensor
 
 def check_data(train: Any, test: Any) -> None:
     """Refuses `train` / `test` (each an (inputs, labels) tuple of tensors or a Dataset) that cannot be
-    trained and scored on: either part empty; a tuple that is not two tensors; labels that are not integer
-    class indices >= 0; tensor parts whose examples (inputs, or labels) differ in shape."""
+    trained and scored on: either part empty; a tuple that is not two tensors, or a dict or a list of two
+    tensors in its place; labels that are not class indices >= 0 of dtype long (or uint8); tensor parts
+    whose examples (inputs, or labels) differ in shape."""
     for name, part in (("training", train), ("test", test)):
         pair = isinstance(part, list) and len(part) == 2 and all(isinstance(t, Tensor) for t in part)
         if isinstance(part, Mapping) or pair:  # else read as a Dataset: part[0] a key error, or all of X
