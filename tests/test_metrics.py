@@ -27,6 +27,34 @@ def test_weight_angles_zero_for_bp_and_match_definition_for_fa():
     assert abs(nowt.weight_angles(model)["2"] - expected) < 1e-6
 
 
+
+def test_weight_norm_ratios_by_hand():
+    """||B|| / ||W|| from the entries; 1 under bp; dfa's reference is the product of the downstream weights;
+    nan where W is zero."""
+    assert set(nowt.weight_norm_ratios(nowt.convert(tiny_mlp(), "bp")).values()) == {1.0}
+    model = nowt.convert(tiny_mlp(), "fa", seed=0)
+    w, b = model[2].weight, model[2].feedback
+    by_hand = math.sqrt(float((b * b).sum())) / math.sqrt(float((w * w).sum()))
+    assert nowt.weight_norm_ratios(model)["2"] == pytest.approx(by_hand, rel=1e-6)
+    dfa = nowt.convert(tiny_mlp(), "dfa", seed=0)
+    dfa(torch.randn(4, 5, dtype=torch.double))  # B is drawn at the first forward
+    fb, ref = nowt.metrics.alignment_pairs(dfa)["0"]
+    assert nowt.weight_norm_ratios(dfa)["0"] == pytest.approx(float(fb.norm() / ref.norm()), rel=1e-6)
+    with torch.no_grad():
+        model[2].weight.zero_()
+    assert math.isnan(nowt.weight_norm_ratios(model)["2"])
+    angles = nowt.weight_angles(model)
+    assert set(nowt.weight_norm_ratios(model)) == set(angles)  # the same layers, in the same order
+
+
+def test_training_logs_weight_norm_ratios(tmp_path):
+    from nowt.train import TrainConfig, fit
+
+    history = fit(TrainConfig(rule="fa", dataset="synthetic", hidden=(8,), epochs=1, train_size=64),
+                  progress=False)
+    ratios = history[-1]["weight_norm_ratios"]
+    assert set(ratios) == set(history[-1]["weight_angles"]) and all(r > 0 for r in ratios.values())
+
 def test_update_angles_leave_model_and_grads_untouched():
     model = nn.Sequential(nn.Linear(5, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Dropout(0.3), nn.Linear(8, 3))
     nowt.convert(model, "brsf", seed=0)

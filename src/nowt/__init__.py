@@ -11,7 +11,14 @@ from nowt.feedback_scale import check_feedback_scale
 from nowt.inventory import summary
 from nowt.layers import Conv2d, FeedbackLayer, Linear, feedback_layers, feedback_rules
 from nowt.lc import LocallyConnected2d
-from nowt.metrics import angle, backprop_mode, output_collapsed, update_angles, weight_angles
+from nowt.metrics import (
+    angle,
+    backprop_mode,
+    output_collapsed,
+    update_angles,
+    weight_angles,
+    weight_norm_ratios,
+)
 from nowt.mirroring import mirror
 from nowt.noise import pretrain_noise
 from nowt.rules import Rule, list_rules, make_rule, register
@@ -25,5 +32,5 @@ __all__ = [
     "Conv2d", "FeedbackLayer", "Linear", "LocallyConnected2d", "Rule", "TargetPropTrainer", "angle",
     "backprop_mode", "check_feedback_scale", "convert", "feedback_layers", "feedback_rules", "list_rules",
     "make_rule", "mirror", "models", "output_collapsed", "pretrain_noise", "register", "summary",
-    "targetprop", "update_angles", "weight_angles",
+    "targetprop", "update_angles", "weight_angles", "weight_norm_ratios",
 ]

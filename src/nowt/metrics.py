@@ -43,9 +43,28 @@ def weight_angles(model: nn.Module) -> dict[str, float]:
     carried nothing. A rule may compare B with another reference: dfa and ifa layers compare it with what
     backprop would send instead, the product of the downstream forward weights; nan where that is undefined.
     """
+    return _per_pair(model, angle)
+
+
+def weight_norm_ratios(model: nn.Module) -> dict[str, float]:
+    """{layer name: ||B|| / ||W||, Frobenius norms}: the scale of the feedback against the matrix backprop
+    uses in its place (the pairs `weight_angles` compares, so for dfa and ifa the product of the downstream
+    forward weights); 1 for `bp` layers; nan where either is undefined or W is zero. An angle near 0 with a
+    ratio far from 1 still sends the error back too strong or too weak."""
+    return _per_pair(model, _norm_ratio)
+
+
+def _norm_ratio(fb: Tensor, ref: Tensor) -> float:
+    scale = float(ref.float().norm())
+    return math.nan if scale == 0 else float(fb.float().norm()) / scale
+
+
+def _per_pair(model: nn.Module, measure: Callable[[Tensor, Tensor], float]) -> dict[str, float]:
+    """`measure(B, reference)` per layer of `alignment_pairs`; nan where a matrix is undefined or the layer
+    never ran while the model did (`nowt.convert`'s first-forward check: its B carried nothing)."""
     layers = feedback_layers(model)
     never_ran = {name for name, m in layers.items() if m.skipped and m.last_input_shape is None}
-    return {name: (math.nan if fb is None or ref is None or name in never_ran else angle(fb, ref))
+    return {name: (math.nan if fb is None or ref is None or name in never_ran else measure(fb, ref))
             for name, (fb, ref) in alignment_pairs(model).items()}
 
 

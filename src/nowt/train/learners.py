@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from nowt import distributed
 from nowt.layers import feedback_layers, feedback_rules
-from nowt.metrics import shape_pass, update_angles, weight_angles
+from nowt.metrics import shape_pass, update_angles, weight_angles, weight_norm_ratios
 from nowt.optim import HalveOnPlateau, make_optimizer, rule_step
 from nowt.rules import WholeNetworkRule, rule_class
 from nowt.train.config import FIELDS, TrainConfig, check_optimizer_fields, flag_name, is_default
@@ -128,14 +128,16 @@ class RuleLearner:
             self.scheduler.step(1.0 - train_metrics["train_accuracy"] / 100)
 
     def measure(self, x: Tensor, y: Tensor) -> dict[str, dict[str, float]]:
-        """{"weight_angles": B against W, "update_angles": the rule's update against backprop's} per
-        converted layer (empty where the model has none: a plain model under bp). Both updates are computed
-        as a training step computes them: under --amp bf16, in bf16."""
+        """{"weight_angles": B against W, "update_angles": the rule's update against backprop's,
+        "weight_norm_ratios": ||B|| / ||W||} per converted layer (empty where the model has none: a plain
+        model under bp). Both updates are computed as a training step computes them: under --amp bf16, in
+        bf16."""
         if not feedback_layers(self.model):
-            return {"weight_angles": {}, "update_angles": {}}
+            return {"weight_angles": {}, "update_angles": {}, "weight_norm_ratios": {}}
         with torch.autocast(**self.autocast):
             updates = update_angles(self.model, lambda out, y: self.loss_fn(out.float(), y), x, y)
-        return {"weight_angles": weight_angles(self.model), "update_angles": updates}
+        return {"weight_angles": weight_angles(self.model), "update_angles": updates,
+                "weight_norm_ratios": weight_norm_ratios(self.model)}
 
     @property
     def finished(self) -> bool:
