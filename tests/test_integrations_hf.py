@@ -91,6 +91,9 @@ def test_alignment_is_logged_with_the_trainer_s_logs(tmp_path):
     assert logged[-1]["nowt/angle/transformer.h.0.attn.c_attn"] == pytest.approx(
         nowt.weight_angles(model)["transformer.h.0.attn.c_attn"])
     assert callback.last_alignment["nowt/angle_min"] <= callback.last_alignment["nowt/angle_max"]
+    assert logged[-1]["nowt/norm_ratio/transformer.h.0.attn.c_attn"] == pytest.approx(
+        nowt.weight_norm_ratios(model)["transformer.h.0.attn.c_attn"])
+    assert 0 < logged[-1]["nowt/norm_ratio_min"] <= logged[-1]["nowt/norm_ratio_max"]
 
 
 class Recorder(transformers.TrainerCallback):

@@ -89,6 +89,7 @@ def test_alignment_goes_to_the_trainer_s_loggers():
     assert [step for step, _ in logged] == [2, 4, 6]
     assert logged[-1][1]["nowt/angle/net.2"] == pytest.approx(nowt.weight_angles(module)["net.2"])
     assert 0 < callback.last_alignment["nowt/angle_min"] <= callback.last_alignment["nowt/angle_max"]
+    assert logged[-1][1]["nowt/norm_ratio/net.2"] == pytest.approx(nowt.weight_norm_ratios(module)["net.2"])
 
 
 def test_a_resumed_run_skips_the_start_hook_and_a_custom_forward_is_used():

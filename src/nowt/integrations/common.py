@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from nowt.layers import feedback_layers, feedback_rules
-from nowt.metrics import shape_pass, weight_angles
+from nowt.metrics import shape_pass, weight_angles, weight_norm_ratios
 from nowt.rules.base import Rule
 
 #: The prefix of every metric the callbacks log.
@@ -75,19 +75,23 @@ def check_optimizer(model: nn.Module, optimizers: Iterable[torch.optim.Optimizer
 
 
 def alignment(model: nn.Module, per_layer: bool = False) -> dict[str, float]:
-    """{metric: degrees} for a logger: the mean, min and max of `nowt.weight_angles` over the layers whose
-    feedback is not W itself (bp layers are 0 by definition) and whose angle is defined, and with
-    `per_layer` each such layer's as `nowt/angle/<layer>`. {} where no layer has one."""
+    """{metric: value} for a logger: the mean, min and max of `nowt.weight_angles` (degrees) and of
+    `nowt.weight_norm_ratios` (||B|| / ||W||) over the layers whose feedback is not W itself (bp layers are
+    0 degrees and 1 by definition) and whose angle is defined, and with `per_layer` each such layer's as
+    `nowt/angle/<layer>` and `nowt/norm_ratio/<layer>`. {} where no layer has one."""
     layers = feedback_layers(model)
     angles = {n: a for n, a in weight_angles(model).items()
               if n in layers and layers[n].rule.name != "bp" and math.isfinite(a)}
     if not angles:
         return {}
-    values = list(angles.values())
-    metrics = {f"{PREFIX}angle_mean": sum(values) / len(values), f"{PREFIX}angle_min": min(values),
-               f"{PREFIX}angle_max": max(values)}
-    if per_layer:
-        metrics.update({f"{PREFIX}angle/{n}": a for n, a in angles.items()})
+    ratios = {n: r for n, r in weight_norm_ratios(model).items() if n in angles}
+    metrics = {}
+    for key, measured in (("angle", angles), ("norm_ratio", ratios)):
+        values = list(measured.values())
+        metrics.update({f"{PREFIX}{key}_mean": sum(values) / len(values), f"{PREFIX}{key}_min": min(values),
+                        f"{PREFIX}{key}_max": max(values)})
+        if per_layer:
+            metrics.update({f"{PREFIX}{key}/{n}": v for n, v in measured.items()})
     return metrics
 
 

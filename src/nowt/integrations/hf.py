@@ -40,7 +40,8 @@ class NowtCallback(TrainerCallback):
       the step count continues across a resume).
     - Every `log_every` optimizer steps (default: the Trainer's `logging_steps`; 0: never):
       `nowt/angle_mean`, `nowt/angle_min`, `nowt/angle_max` (degrees between each layer's feedback B and
-      its W, `nowt.weight_angles`; with `per_layer`, `nowt/angle/<layer>` too). They join the Trainer's log
+      its W, `nowt.weight_angles`) and `nowt/norm_ratio_mean/min/max` (||B|| / ||W||); with `per_layer`,
+      `nowt/angle/<layer>` and `nowt/norm_ratio/<layer>` too. They join the Trainer's log
       of that step (a log is made then if the Trainer would not have logged), so they are in
       `trainer.state.log_history` and the console, and reach every callback after this one. A Trainer's
       `report_to` integrations (TensorBoard, W&B) come before the callbacks you pass it: use `attach(trainer)`

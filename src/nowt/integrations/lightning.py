@@ -40,7 +40,8 @@ class NowtCallback(Callback):
       every batch): each rule's `after_step(module, step)` (the mirror schedule).
     - Every `log_every` optimizer steps (default: the Trainer's `log_every_n_steps`; 0: never), on the
       global rank 0: `nowt/angle_mean`, `nowt/angle_min`, `nowt/angle_max` (degrees between each layer's
-      feedback B and its W; with `per_layer`, `nowt/angle/<layer>` too) to every logger of the Trainer
+      feedback B and its W) and `nowt/norm_ratio_mean/min/max` (||B|| / ||W||; with `per_layer`,
+      `nowt/angle/<layer>` and `nowt/norm_ratio/<layer>` too) to every logger of the Trainer
       (`logger.log_metrics(metrics, step)`). `last_alignment` holds the latest values.
     """
 
