@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from nowt.reproduce.song2021_report import _rates
 from nowt.theory import TwoLayerFA, fit_exponential_rate, make_data, simulate
 
 PSIS = {"relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid, "identity": lambda z: z}
@@ -107,6 +108,22 @@ def test_fit_exponential_rate():
         fit_exponential_rate(torch.ones(5), torch.arange(4))
     with pytest.raises(ValueError, match="two finite"):
         fit_exponential_rate(torch.tensor([1.0]))
+
+
+def test_fit_exponential_rate_of_a_diverged_run_is_nan():
+    """A run that blew up has no rate: fitting only its finite entries gave a positive 'decay' rate
+    (lr=0.1 above the stable step: losses 64.3, 3.54, 6.16, inf, nan at steps 0..200 gave +0.0234 a step)."""
+    X, y = make_data(100, 20, seed=0)
+    res = simulate(X, y, p=20, steps=200, lr=0.1, seed=0, record_every=50)
+    assert not math.isfinite(res.losses[-1]) and res.losses[2] < res.losses[0]
+    assert math.isnan(fit_exponential_rate(res.losses, res.steps))
+    inf = torch.tensor([1.0, 0.5, 0.25, math.inf], dtype=torch.float64)
+    assert math.isnan(fit_exponential_rate(inf))
+    assert math.isnan(fit_exponential_rate(torch.tensor([1.0, 0.5, 0.25, math.nan], dtype=torch.float64)))
+    fit = _rates(dict(step=res.steps.tolist(), loss=res.losses.tolist()))
+    assert math.isnan(fit["rate"]) and not fit["exponential"]
+    fit = _rates(dict(step=[0, 50, 100, 150, 200], loss=[64.3, 3.54, 6.16, math.nan, math.nan]))
+    assert math.isnan(fit["rate"]) and not fit["exponential"]  # the report kept only the finite entries
 
 
 def test_invalid_inputs():

@@ -209,12 +209,15 @@ def fit_exponential_rate(losses: Tensor, steps: Tensor | None = None, *, floor: 
     """Least-squares slope r of log(loss) ~ c - r t, over the entries above `floor` (float64 round-off).
 
     A positive r means exponential decay, loss ~ exp(-r t); the error ||e|| then decays at rate r / 2.
+    nan if any loss is nan or inf: a run that diverged has no rate (its finite part would give one).
     """
     losses = torch.as_tensor(losses, dtype=torch.float64).flatten()
     t = torch.arange(len(losses), dtype=torch.float64) if steps is None else torch.as_tensor(steps).double()
     if t.shape != losses.shape:
         raise ValueError(f"shape mismatch: {len(losses)} losses but {len(t)} steps")
-    keep = torch.isfinite(losses) & (losses > floor)
+    if not bool(torch.isfinite(losses).all()):
+        return math.nan
+    keep = losses > floor
     if int(keep.sum()) < 2:
         raise ValueError("need at least two finite losses above the floor to fit a rate")
     t, logl = t[keep], losses[keep].log()

@@ -33,7 +33,7 @@ def _rates(rec: dict) -> dict:
     """One convergence run: its fitted rate overall and on each half of the trace above FLOOR."""
     steps = torch.tensor(rec["step"], dtype=torch.float64)
     losses = torch.tensor(rec["loss"], dtype=torch.float64)
-    keep = losses > FLOOR
+    keep = ~(losses <= FLOOR)  # nan and inf stay: a diverged run gets a nan rate, not its finite part's
     losses, steps = losses[keep], steps[keep]
     h = len(losses) // 2
     r1, r2 = fit_exponential_rate(losses[:h], steps[:h]), fit_exponential_rate(losses[h:], steps[h:])
