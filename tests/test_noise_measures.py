@@ -58,6 +58,24 @@ def test_mean_neuron_angles_on_models():
     assert set(mean_neuron_angles(bp).values()) == {0.0}
 
 
+def test_mean_neuron_angles_skip_zero_units_but_not_nan_weights():
+    """A dead unit (zero column of W) has no angle and is left out of the mean; a nan in W is not a dead
+    unit: nanmean dropped it too and reported a finite mean for a broken layer (88.66 degrees here)."""
+    torch.manual_seed(0)
+    model = nowt.convert(nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3)), "fa", seed=0)
+    w, b = model[2].weight, model[2].feedback
+    with torch.no_grad():
+        w[:, 1] = 0
+    live = [nowt.angle(w[:, i], b[:, i]) for i in (0, 2, 3, 4)]
+    assert mean_neuron_angles(model)["2"] == pytest.approx(sum(live) / 4, abs=1e-9)
+    with torch.no_grad():
+        w[0, 0] = math.nan
+    assert math.isnan(mean_neuron_angles(model)["2"])
+    with torch.no_grad():
+        w[0, 0], b[1, 3] = 1.0, math.inf
+    assert math.isnan(mean_neuron_angles(model)["2"])
+
+
 def test_mean_neuron_angles_group_by_input_unit_for_weights_stored_in_out():
     """A transposed convolution (and GPT-2's Conv1D) stores W as (in, out): grouping by dim 1 averaged over
     output units. Locally connected layers, whose columns are patch offsets, are left out."""

@@ -45,6 +45,7 @@ def mean_neuron_angles(model: nn.Module) -> dict[str, float]:
 
     Backprop layers give 0; layers with another feedback shape (e.g. direct feedback) are left out, and so
     are locally connected layers (a column of their weight is a patch offset, shared by no single unit).
+    Units whose W^T row or B row is zero (no angle) are left out of the mean; nan if W or B holds nan or inf.
     """
     out = {}
     layers = feedback_layers(model)
@@ -52,7 +53,9 @@ def mean_neuron_angles(model: nn.Module) -> dict[str, float]:
         op, weight = layers[name].op, layers[name].weight
         if fb is not None and fb.shape == weight.shape and not isinstance(op, LocallyConnected2dOp):
             stored_in_out = isinstance(op, TransposedLinearOp) or getattr(op, "transposed", False)
-            out[name] = float(neuron_angles(weight, fb, 0 if stored_in_out else 1).nanmean())
+            angles = neuron_angles(weight, fb, 0 if stored_in_out else 1)
+            finite = bool(torch.isfinite(weight).all() and torch.isfinite(fb).all())
+            out[name] = float(angles.nanmean()) if finite else math.nan
     return out
 
 
