@@ -231,10 +231,27 @@ def exporting() -> bool:
 
 
 def refuse_under_transforms(rule: str, why: str) -> None:
-    """Raises inside a `torch.func` transform (grad, vmap), naming the rule and why it cannot run there."""
-    if torch._C._functorch.peek_interpreter_stack() is not None:
+    """Raises inside a `torch.func` transform (grad, vmap), naming the rule and why it cannot run there. (Not
+    `peek_interpreter_stack() is not None`: dynamo wraps that None as an object, never None, so a compiled
+    forward raised while tracing and fell back to eager frame by frame.)"""
+    if torch._C._are_functorch_transforms_active():
         raise RuntimeError(f"{rule}: {why}, which torch.func transforms (grad, vmap) cannot do; train "
                            f"it with loss.backward()")
+
+
+def eager_when_compiled(method: Callable[..., Any]) -> Callable[..., Any]:
+    """`method` as is in eager; traced by dynamo (torch.compile), it runs eagerly instead, as one graph break:
+    DFA's pass is Python state written in one node's backward and read in another's, and its forward reads
+    buffers on the host (B's seed and shape), which a graph would bake in (a stale seed: another B)."""
+    disabled = torch.compiler.disable(method, reason="dfa: the pass's Python state runs eagerly")
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if torch.compiler.is_compiling():
+            return disabled(*args, **kwargs)
+        return method(*args, **kwargs)
+
+    return wrapper
 
 
 class _Refused(torch.autograd.Function):

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from nowt.ops import exporting
+from nowt.ops import eager_when_compiled, exporting
 from nowt.rules.base import LayerLike, RuleLayer
 from nowt.rules.dfa import outputs
 from nowt.rules.dfa.blocks import BlockFeedbackFunction
@@ -178,6 +178,7 @@ class Context:
         """error_at: e is the loss's gradient at `module`'s input (its first argument)."""
         module.register_forward_pre_hook(self.error_point)
 
+    @eager_when_compiled
     def error_point(self, module: nn.Module, args: Any) -> Any:
         pass_ = self.current
         if pass_ is None or pass_.past_error or not args or not isinstance(args[0], Tensor):
@@ -196,9 +197,11 @@ class Context:
             return (RecordError.apply(hidden, pass_), *args[1:])
         return None
 
+    @eager_when_compiled
     def block_begin(self, block: nn.Module, args: Any) -> None:
         self.running.add(self.block_names[block])
 
+    @eager_when_compiled
     def block_end(self, block: nn.Module, args: Any, output: Any) -> Any:
         """A block's output passes through `BlockFeedbackFunction` (registered with the pass like a layer's
         input), except where the true gradient is asked for (`nowt.metrics.backprop_mode`)."""
@@ -219,10 +222,12 @@ class Context:
         fed = BlockFeedbackFunction.apply(hidden, self.current, slot)
         return outputs.put(output, [("item", 0)], fed) if hidden is not output else fed
 
+    @eager_when_compiled
     def begin(self, model: nn.Module, args: Any) -> None:
         self.current = None if exporting() else self.rule.new_pass()
         self.running.clear()  # a forward that raised inside a block left it marked
 
+    @eager_when_compiled
     def end(self, model: nn.Module, args: Any, output: Any) -> Any:
         """e is the gradient of the loss with respect to one tensor of the output (`outputs.pick`)."""
         pass_, self.current = self.current, None

@@ -17,6 +17,7 @@ from collections.abc import Callable
 import torch.autograd.forward_ad as fwAD
 from torch import Tensor, nn
 
+from nowt.ops import eager_when_compiled
 from nowt.rules.base import LayerLike, RuleLayer, is_rule_layer
 from nowt.rules.dfa.capture import Pass
 from nowt.rules.dfa.rule import DirectFeedback
@@ -84,6 +85,7 @@ class IndirectFeedback(DirectFeedback):
     def new_pass(self) -> IndirectPass:
         return IndirectPass(self)
 
+    @eager_when_compiled
     def forward(self, layer: RuleLayer, x: Tensor) -> Tensor:
         out = super().forward(layer, x)
         pass_ = layer.dfa_context.current

@@ -47,7 +47,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nowt.ops import ConvOp, LinearOp, autocast_apply, first_order_only, refuse_under_transforms
+from nowt.ops import (
+    ConvOp,
+    LinearOp,
+    autocast_apply,
+    eager_when_compiled,
+    first_order_only,
+    refuse_under_transforms,
+)
 from nowt.rules.base import LayerLike, Option, Rule, RuleLayer, declare, host_value, rule_layers
 from nowt.rules.dfa import storage
 from nowt.rules.dfa.blocks import find_blocks
@@ -208,6 +215,7 @@ class DirectFeedback(Rule):
         """The record of one forward pass (IFA keeps more in its own)."""
         return Pass(self)
 
+    @eager_when_compiled
     def forward(self, layer: RuleLayer, x: Tensor) -> Tensor:
         refuse_under_transforms(self.name, "the output error reaches the layers through hooks on the pass")
         if layer.dfa_block is not None:  # inside a block: backprop (the block's output gets B e)
