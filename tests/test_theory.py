@@ -155,3 +155,22 @@ def test_gram_is_the_kernel_of_a_step_on_beta_alone(psi):
     model.beta = model.beta - 0.1 * PSIS[psi](X @ model.W).T @ e / math.sqrt(model.p)
     torch.testing.assert_close(model(X) - before, -0.1 * G @ e)
     assert G.shape == (9, 9) and torch.allclose(G, G.T) and float(torch.linalg.eigvalsh(G)[0]) > -1e-12
+
+
+def test_the_width_exponent_is_nan_where_a_mean_alignment_is_not_positive():
+    """analyse clipped a mean cos(b, beta) <= 0 to 1e-12 before taking logs, so the fitted exponent of
+    cos ~ p^slope came out a finite, wrong number; now nan (the committed runs' exponent is unchanged)."""
+    import json
+    from pathlib import Path
+
+    from nowt.reproduce.song2021_report import analyse
+
+    root = Path(__file__).resolve().parents[1] / "results" / "song2021"
+    records = [json.loads(line) for line in (root / "runs.jsonl").read_text().splitlines()]
+    cfg = json.loads((root / "meta.json").read_text())["config"]
+    assert analyse(records, cfg)["width_slope"] == pytest.approx(-0.47, abs=0.01)
+    widest = max(r["p"] for r in records if r["group"] == "width" and r["lam"] == 0.0)
+    for r in records:
+        if r["group"] == "width" and r["lam"] == 0.0 and r["p"] == widest:
+            r["alignment"] = [*r["alignment"][:-1], -0.2]
+    assert math.isnan(analyse(records, cfg)["width_slope"])

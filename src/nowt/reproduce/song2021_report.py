@@ -81,8 +81,9 @@ def analyse(records: list[dict], cfg: dict) -> dict:
     unreg = [r for r in width if r["lam"] == 0.0]
     reg = [r for r in width if r["lam"] > 0]
     logp = torch.tensor([math.log(r["p"]) for r in unreg], dtype=torch.float64)
-    loga = torch.tensor([math.log(max(r["alignment"], 1e-12)) for r in unreg], dtype=torch.float64)
-    slope = -fit_exponential_rate(loga.exp(), logp)  # least-squares exponent of cos(b, beta) ~ p^slope
+    aligned = torch.tensor([r["alignment"] for r in unreg], dtype=torch.float64)
+    # least-squares exponent of cos(b, beta) ~ p^slope; undefined (nan) where a mean cosine is <= 0
+    slope = -fit_exponential_rate(aligned, logp) if bool((aligned > 0).all()) else math.nan
     width_steps = [dict(difference(a, b), lo=a["p"], hi=b["p"])
                    for a, b in zip(unreg, unreg[1:], strict=False)]
     width_total, reg_gap = difference(unreg[0], unreg[-1]), difference(unreg[-1], reg[-1])
