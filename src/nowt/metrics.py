@@ -55,8 +55,8 @@ def weight_norm_ratios(model: nn.Module) -> dict[str, float]:
 
 
 def _norm_ratio(fb: Tensor, ref: Tensor) -> float:
-    scale = float(ref.float().norm())
-    return math.nan if scale == 0 else float(fb.float().norm()) / scale
+    scale = float(ref.detach().float().norm())  # W requires grad: a float() of it would warn
+    return math.nan if scale == 0 else float(fb.detach().float().norm()) / scale
 
 
 def _per_pair(model: nn.Module, measure: Callable[[Tensor, Tensor], float]) -> dict[str, float]:
