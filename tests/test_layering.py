@@ -15,7 +15,7 @@ LEAVES = ("distributed", "checkpoint", "progress", "provenance")
 #: Left to right; a module may import only those before it (and the other modules of its own package).
 ORDER = ("ops", "rules", "lc", "layers", "attention", "inventory", "first_use", "conversion", "mirroring",
          "metrics", "feedback_scale", "noise_measures", "optim", "noise", "theory", "models", "targetprop",
-         "data", "train", "report", "reproduce", "integrations", "cli", "__main__")
+         "data", "train", "figures", "report", "reproduce", "integrations", "cli", "__main__")
 #: Every component is checked.
 CHECKED = ORDER
 

@@ -23,7 +23,7 @@ def test_angle_is_exact_at_zero_and_right_angles():
 def test_weight_angles_zero_for_bp_and_match_definition_for_fa():
     assert set(nowt.weight_angles(nowt.convert(tiny_mlp(), "bp")).values()) == {0.0}
     model = nowt.convert(tiny_mlp(), "fa", seed=0)
-    w, b = model[2].weight.flatten(), model[2].feedback.flatten()
+    w, b = model[2].weight.detach().flatten(), model[2].feedback.flatten()
     expected = math.degrees(math.acos(float(w @ b / (w.norm() * b.norm()))))
     assert abs(nowt.weight_angles(model)["2"] - expected) < 1e-6
 

@@ -300,6 +300,31 @@ def test_target_propagation_has_update_angles_drawn_and_no_b_said_so(tmp_path, m
     assert bottom.get_legend() is not None
 
 
+def test_alignment_figure_draws_logged_norm_ratios_on_a_log_axis(tmp_path, monkeypatch):
+    """`weight_norm_ratios` (||B|| / ||W||, logged per epoch since 2026-12-04) had no figure: a third row of
+    panels, per layer, only where a run logged them (older runs keep their two rows)."""
+    import nowt.report as report
+
+    figures = []
+    monkeypatch.setattr(report, "save", lambda fig, path: figures.append(fig) or path)
+    write_run(tmp_path / "fa", "fa", [90.0, 91.0])
+    write_run(tmp_path / "dtp", "dtp", [80.0, 85.0], angles="update")
+    report.plot_alignment([load_run(tmp_path / "fa")], tmp_path / "a.png")
+    assert len(figures.pop().axes) == 2  # logged nothing: no third row
+    metrics = tmp_path / "fa" / "metrics.jsonl"
+    lines = [json.loads(line) for line in metrics.read_text().splitlines()]
+    for i, record in enumerate(lines):
+        record["weight_norm_ratios"] = {"0": 0.5 * (i + 1), "2": 4.0}
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    report.plot_alignment([load_run(tmp_path / n) for n in ("fa", "dtp")], tmp_path / "a.png")
+    axes = {ax.get_title(): ax for ax in figures.pop().axes}
+    assert len(axes) == 6
+    ratio = axes["fa: ||B|| / ||W||"]
+    assert ratio.get_yscale() == "log" and ratio.get_ylabel() == "norm ratio"
+    assert [list(line.get_ydata()) for line in ratio.lines] == [[0.5, 1.0], [4.0, 4.0]]
+    assert [t.get_text() for t in axes["dtp: ||B|| / ||W||"].texts] == ["no feedback weights"]
+
+
 def test_alignment_axes_hold_angles_past_95_degrees(tmp_path, monkeypatch):
     """The axes stopped at 95 degrees: DFA's early angles (96-103 measured) were drawn off the plot."""
     import nowt.report as report

@@ -2,9 +2,8 @@
 
     nowt report runs/fa runs/bp --out report/
 
-`markdown_table` is the one table writer; `figure` + `save` the one figure style (matplotlib's object API on
-the Agg canvas, so nothing here needs or touches a display). A run directory holds what `nowt train --out
-DIR` writes: `config.json` and `metrics.jsonl`.
+`markdown_table` is the one table writer (figures: `nowt.figures`). A run directory holds what `nowt train
+--out DIR` writes: `config.json` and `metrics.jsonl`.
 """
 
 from __future__ import annotations
@@ -19,14 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from matplotlib import colormaps
-from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, LogFormatter, MaxNLocator
+from matplotlib.ticker import FuncFormatter, LogFormatter
 
+from nowt.figures import figure, save, style
 from nowt.train.config import not_identity, read_saved_config, saved_defaults
 from nowt.train.loop import run_ended
 from nowt.train.rundir import divergence
-
-DPI = 110
 
 
 def cell(value, digits: int = 2) -> str:
@@ -60,33 +57,6 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence], digits: int 
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell(v, digits) for v in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
-
-
-def figure(ncols: int = 1, nrows: int = 1, *, width: float = 5.5, height: float = 3.8, **subplots):
-    """A figure of `nrows` x `ncols` axes of `width` x `height` inches each (the figure, the axes array)."""
-    fig = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
-    return fig, fig.subplots(nrows, ncols, squeeze=False, **subplots)
-
-
-def style(ax, *, title: str | None = None, legend: bool = True, integer_x: bool = False, **settings) -> None:
-    """The one axes style: light grid, small legend, titles at 10 pt; `settings` go to `ax.set`."""
-    ax.set(**settings)
-    if title:
-        ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    if integer_x:
-        low, high = ax.get_xlim()
-        if high - low < 1:  # one epoch: matplotlib would tick fractions of it
-            mid = round((low + high) / 2)
-            ax.set_xlim(mid - 1, mid + 1)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    if legend and ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize="small")
-
-
-def save(fig: Figure, path: str | os.PathLike) -> Path:
-    fig.savefig(path, dpi=DPI)
-    return Path(path)
 
 
 @dataclass
@@ -234,8 +204,9 @@ def plot_learning_curves(runs: list[Run], path: Path) -> Path:
 
 
 def plot_alignment(runs: list[Run], path: Path) -> Path | None:
-    """One column per recipe: B against W (top; target propagation has no B) and the rule's update against
-    backprop's (bottom), a colour per layer and a line per seed. None when no run has angles."""
+    """One column per recipe: B against W (top; target propagation has no B), the rule's update against
+    backprop's, and where any run logged it the norm ratio ||B|| / ||W|| (bottom, log scale), a colour per
+    layer and a line per seed. None when no run has angles."""
     runs = [r for r in runs if r.history[-1].get("weight_angles") or r.history[-1].get("update_angles")]
     if not runs:
         return None
@@ -243,12 +214,15 @@ def plot_alignment(runs: list[Run], path: Path) -> Path | None:
     angles = [a for run in runs for r in run.history for key in ("weight_angles", "update_angles")
               for a in (r.get(key) or {}).values() if not math.isnan(a)]
     top = 95 if max(angles, default=0) <= 95 else 180  # DFA's angles pass 90 early on: never drawn off-axis
-    fig, axes = figure(len(groups), 2, width=3.6, height=3.0, sharey=True)
+    ratios = [v for run in runs for r in run.history for v in (r.get("weight_norm_ratios") or {}).values()
+              if math.isfinite(v) and v > 0]  # runs logged before nowt had them, and dtp/bp-only ones: none
+    keys = ("weight_angles", "update_angles") + (("weight_norm_ratios",) if ratios else ())
+    fig, axes = figure(len(groups), len(keys), width=3.6, height=3.0, sharey="row")
     for col, (group, label) in enumerate(zip(groups, group_labels(groups), strict=True)):
         name = label if len(group) == 1 else f"{label}, {len(group)} seeds"
         drawn = [a for run in group for a in (run.history[-1].get("weight_angles") or {}).values()]
         has_b = any(not math.isnan(a) for a in drawn)  # dfa's B and W differ in shape: nan
-        for row, key in enumerate(("weight_angles", "update_angles")):
+        for row, key in enumerate(keys):
             ax = axes[row][col]
             for k, run in enumerate(group):
                 epochs = [r["epoch"] for r in run.history]
@@ -256,10 +230,15 @@ def plot_alignment(runs: list[Run], path: Path) -> Path | None:
                 for i, layer in enumerate(run.history[-1].get(key) or {}):
                     ax.plot(epochs, [r.get(key, {}).get(layer, math.nan) for r in run.history], marker=marker,
                             color=f"C{i % 10}", lw=1.0, label=(layer or "(model)") if k == 0 else None)
-            style(ax, title=f"{name}: {'B vs W' if row == 0 else 'update vs backprop'}", xlabel="epoch",
-                  ylabel="angle (degrees)" if col == 0 else None, ylim=(0, top),
-                  legend=row == (0 if has_b else 1), integer_x=True)
-            if row == 0 and not has_b:
+            what = ("B vs W", "update vs backprop", "||B|| / ||W||")[row]
+            scale = {"yscale": "log"} if row == 2 else {"ylim": (0, top)}
+            style(ax, title=f"{name}: {what}", xlabel="epoch", integer_x=True, **scale,
+                  ylabel=("norm ratio" if row == 2 else "angle (degrees)") if col == 0 else None,
+                  legend=row == (0 if has_b else 1))
+            if row == 2:  # plain numbers (0.3, 1), not 3x10^-1
+                for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+                    axis(FuncFormatter(lambda v, _: f"{v:g}"))
+            if row != 1 and not has_b:
                 ax.text(0.5, 0.5, "B and W differ in shape" if drawn else "no feedback weights",
                         transform=ax.transAxes, ha="center", color="0.4")
             if ax.get_legend():

@@ -13,7 +13,8 @@ import os
 import warnings
 from pathlib import Path
 
-from nowt.report import figure, markdown_table, read_metrics, save, style
+from nowt.figures import figure, save, style
+from nowt.report import markdown_table, read_metrics
 from nowt.reproduce.entry import Reproduction, seed_dir
 
 PAPER = "Akrout, Wilson, Humphreys, Lillicrap, Tweed 2019, Deep Learning without Weight Transport"

@@ -16,7 +16,8 @@ import json
 import statistics
 from pathlib import Path
 
-from nowt.report import figure, format_mean_std, markdown_table, save, style
+from nowt.figures import figure, save, style
+from nowt.report import format_mean_std, markdown_table
 from nowt.reproduce.cheon2024_noise import REGISTERED, noise_phase, readout_angles, same_recipe
 from nowt.reproduce.entry import Analysis, provenance
 

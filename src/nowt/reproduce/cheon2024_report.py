@@ -6,8 +6,9 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
+from nowt.figures import figure, save, style
 from nowt.noise_measures import OOD_KINDS
-from nowt.report import figure, format_mean_std, markdown_table, mean_std, save, style
+from nowt.report import format_mean_std, markdown_table, mean_std
 from nowt.reproduce.cheon2024_conditions import falls
 from nowt.reproduce.entry import provenance
 

@@ -22,7 +22,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from nowt.report import figure, format_mean_std, load_run, markdown_table, save, style
+from nowt.figures import figure, save, style
+from nowt.report import format_mean_std, load_run, markdown_table
 from nowt.reproduce.entry import Reproduction, seed_histories
 
 #: row -> its rule and rule options

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from nowt.report import figure, markdown_table, mean_std, save, style
+from nowt.figures import figure, save, style
+from nowt.report import markdown_table, mean_std
 from nowt.theory import fit_exponential_rate
 
 VERDICT = {True: "**borne out**", False: "**not borne out**"}

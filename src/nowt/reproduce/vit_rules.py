@@ -11,7 +11,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from nowt.report import figure, format_mean_std, markdown_table, save, style
+from nowt.figures import figure, save, style
+from nowt.report import format_mean_std, markdown_table
 from nowt.reproduce.entry import Reproduction, seed_histories
 
 DATASETS = ("mnist", "fashion-mnist")
