@@ -80,6 +80,17 @@ def test_compare_runs_each_rule_once_and_refuses_an_unknown_one_before_training(
     assert "unknown rule 'nope'" in capsys.readouterr().err and not unknown.exists()
 
 
+def test_resume_says_when_there_is_nothing_to_resume(tmp_path, capsys):
+    """--resume on a folder without a checkpoint (a mistyped --out) started a fresh run without a word."""
+    args = ["train", "--dataset", "synthetic", "--hidden", "8", "--epochs", "1", "--no-progress", "--resume",
+            "--out", str(tmp_path / "typo")]
+    assert main(args) == 0
+    assert f"nothing to resume in {tmp_path / 'typo'}: no checkpoint.pt there" in capsys.readouterr().err
+    assert main(args) == 0  # the same command again finds the run, ended: nothing said
+    assert "nothing to resume" not in capsys.readouterr().err
+    assert len((tmp_path / "typo" / "metrics.jsonl").read_text().splitlines()) == 1
+
+
 def test_a_run_logging_to_a_file_writes_epoch_lines_and_no_bar_frames(tmp_path, capsys, monkeypatch):
     import sys
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import sys
 import time
 import warnings
 from collections.abc import Iterable, Iterator, Sized
@@ -125,6 +126,8 @@ def _fit(cfg: TrainConfig, train, test, validation, resume: bool, progress: bool
     writes = out is not None and rank0  # under torchrun, rank 0 alone writes
     checkpoint = out / "checkpoint.pt" if out else None
     resuming = ranks.agree_on_resume(resume, checkpoint)
+    if resume and not resuming and rank0:  # a mistyped --out must not pass for a continued run
+        print(f"nothing to resume in {out}: no checkpoint.pt there; starting a fresh run", file=sys.stderr)
     if cfg.noise_pretrain and not resuming:
         _noise_pretrain(cfg, model, input_shape, kind)
     learner = make_learner(cfg, model, len(train_loader), kind)
