@@ -166,8 +166,9 @@ def test_convert_refuses_an_exclude_or_seed_it_would_misread():
 
 
 @pytest.mark.parametrize("kwargs, says", [
-    (dict(hidden=(0,)), r"mlp: hidden widths must be integers >= 1, got \(0,\)"),
-    (dict(hidden=(-3,)), r"hidden widths must be integers >= 1"),
+    (dict(hidden=(0,)), r"mlp: hidden\[0\] must be an integer >= 1, got 0"),
+    (dict(hidden=(64, -3)), r"mlp: hidden\[1\] must be an integer >= 1, got -3"),
+    (dict(hidden=(64, 2.5)), r"mlp: hidden\[1\] must be an integer >= 1, got 2.5"),
     (dict(hidden=5), r"mlp: hidden must be a sequence of widths, e.g. \(1000,\), got 5"),
     (dict(num_classes=0), r"mlp: num_classes must be an integer >= 1, got 0"),
     (dict(in_features=0), r"mlp: in_features must be an integer >= 1, got 0"),

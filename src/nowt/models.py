@@ -76,9 +76,8 @@ def mlp(
     """Flatten(-dropout), then Linear-activation(-dropout) per hidden width, then a Linear readout."""
     if isinstance(hidden, str) or not isinstance(hidden, Sequence):
         raise ValueError(f"mlp: hidden must be a sequence of widths, e.g. (1000,), got {hidden!r}")
-    if not all(isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in hidden):
-        raise ValueError(f"mlp: hidden widths must be integers >= 1, got {tuple(hidden)!r}")
-    _check_sizes("mlp", in_features=in_features, num_classes=num_classes)
+    _check_sizes("mlp", in_features=in_features, num_classes=num_classes,
+                 **{f"hidden[{i}]": h for i, h in enumerate(hidden)})
     layers: list[nn.Module] = [nn.Flatten()]
     if input_dropout:
         layers.append(nn.Dropout(input_dropout))
