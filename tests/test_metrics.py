@@ -34,7 +34,7 @@ def test_weight_norm_ratios_by_hand():
     nan where W is zero."""
     assert set(nowt.weight_norm_ratios(nowt.convert(tiny_mlp(), "bp")).values()) == {1.0}
     model = nowt.convert(tiny_mlp(), "fa", seed=0)
-    w, b = model[2].weight, model[2].feedback
+    w, b = model[2].weight.detach(), model[2].feedback
     by_hand = math.sqrt(float((b * b).sum())) / math.sqrt(float((w * w).sum()))
     assert nowt.weight_norm_ratios(model)["2"] == pytest.approx(by_hand, rel=1e-6)
     dfa = nowt.convert(tiny_mlp(), "dfa", seed=0)
@@ -155,3 +155,32 @@ def test_update_angles_of_layers_whose_weight_is_computed():
 
     expected = [nowt.angle(r, t) for r, t in zip(leaf_grads(False), leaf_grads(True), strict=True)]
     assert [angles["0"], angles["3"]] == pytest.approx(expected, abs=1e-6) and min(expected) > 1.0
+
+
+def test_preserved_state_forks_the_rng_of_every_cuda_device_the_model_is_on(monkeypatch):
+    """It forked the current CUDA device's RNG only: a model on cuda:1 (current device 0) had the angle
+    pass's dropout draws advance its training RNG stream. No GPU here: devices are stood in for."""
+    import contextlib
+    from types import SimpleNamespace
+
+    from nowt import metrics
+
+    class OnDevices(torch.nn.Module):  # reports tensors on cuda:1 and cuda:3, holds none
+        def parameters(self, recurse=True):
+            return iter([SimpleNamespace(device=torch.device("cuda", 1))])
+
+        def buffers(self, recurse=True):
+            return iter([SimpleNamespace(device=torch.device("cuda", 3)), torch.zeros(1)])
+
+    model = OnDevices()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    assert metrics.cuda_devices(model) == [0, 1, 3]
+    forked = []
+    monkeypatch.setattr(torch.random, "fork_rng",
+                        lambda devices: forked.append(devices) or contextlib.nullcontext())
+    with metrics.preserved_state(torch.nn.Linear(2, 2)):
+        pass
+    assert forked == [[0]]  # a model on the current device alone: as before
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert metrics.cuda_devices(model) == []

@@ -95,13 +95,21 @@ def shape_pass(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
+def cuda_devices(model: nn.Module) -> list[int]:
+    """The CUDA devices whose RNG a pass of `model` may draw from: the current one and each that holds a
+    parameter or buffer (a model placed on cuda:1 draws its dropout masks there, not on the current one)."""
+    if not torch.cuda.is_available():
+        return []
+    held = {t.device.index for t in (*model.parameters(), *model.buffers()) if t.device.type == "cuda"}
+    return sorted(held | {torch.cuda.current_device()})
+
+
 @contextmanager
 def preserved_state(model: nn.Module) -> Iterator[None]:
     """Restores the model's buffers (batch-norm statistics, redrawn feedback, draw counters) and the RNG."""
     saved = {name: b.clone() for name, b in model.named_buffers()}
     shapes = {layer: layer.last_input_shape for layer in feedback_layers(model).values()}
-    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices):
+    with torch.random.fork_rng(devices=cuda_devices(model)):
         try:
             yield
         finally:
