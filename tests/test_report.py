@@ -323,6 +323,15 @@ def test_alignment_figure_draws_logged_norm_ratios_on_a_log_axis(tmp_path, monke
     assert ratio.get_yscale() == "log" and ratio.get_ylabel() == "norm ratio"
     assert [list(line.get_ydata()) for line in ratio.lines] == [[0.5, 1.0], [4.0, 4.0]]
     assert [t.get_text() for t in axes["dtp: ||B|| / ||W||"].texts] == ["no feedback weights"]
+    # a B whose angle to W is undefined (shapes differ: nan) still has a norm ratio: drawn, not "differ"
+    text = metrics.read_text()
+    for logged in ('{"0": 80.0, "2": 40.0}', '{"0": 70.0, "2": 35.0}'):
+        text = text.replace(f'"weight_angles": {logged}', '"weight_angles": {"0": NaN, "2": NaN}')
+    metrics.write_text(text)
+    report.plot_alignment([load_run(tmp_path / "fa")], tmp_path / "a.png")
+    top, _, ratio = figures.pop().axes
+    assert [t.get_text() for t in top.texts] == ["B and W differ in shape"]
+    assert len(ratio.lines) == 2 and not ratio.texts
 
 
 def test_alignment_axes_hold_angles_past_95_degrees(tmp_path, monkeypatch):

@@ -238,7 +238,7 @@ def plot_alignment(runs: list[Run], path: Path) -> Path | None:
             if row == 2:  # plain numbers (0.3, 1), not 3x10^-1
                 for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
                     axis(FuncFormatter(lambda v, _: f"{v:g}"))
-            if row != 1 and not has_b:
+            if row != 1 and not has_b and not (row == 2 and ax.lines):  # a ratio needs no shared shape
                 ax.text(0.5, 0.5, "B and W differ in shape" if drawn else "no feedback weights",
                         transform=ax.transAxes, ha="center", color="0.4")
             if ax.get_legend():
