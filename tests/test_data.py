@@ -2,7 +2,9 @@ import gzip
 import hashlib
 import shutil
 import struct
+import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -172,3 +174,144 @@ def test_another_datasets_or_another_splits_files_are_refused(tmp_path):
         with pytest.raises(ValueError, match="is Fashion-MNIST's train-images-idx3-ubyte, not MNIST's"):
             load_mnist("train", root=datasets.FASHION_MNIST_DIR)
         assert len(load_fashion_mnist("train")[1]) == 60000
+
+
+def test_uint8_labels_are_sampled_as_long_labels_are():
+    """check_data admits uint8 labels, but the class-balanced sample indexed with them (read as a mask): the
+    probe batch of a test set of over 256 examples, --validation and --train-size crashed in torch with an
+    IndexError about a mask's shape."""
+    from nowt.data.registry import holdout, probe_batch, train_subset
+
+    x, y = torch.randn(600, 3), torch.arange(600) % 3
+    small = y.to(torch.uint8)
+    assert torch.equal(probe_batch((x, small))[0], probe_batch((x, y))[0])
+    assert torch.equal(holdout((x, small), 30)[1][0], holdout((x, y), 30)[1][0])
+    assert torch.equal(train_subset((x, small), 40)[0], train_subset((x, y), 40)[0])
+
+
+def test_a_held_out_part_that_takes_every_example_of_a_class_says_so():
+    """The held-out part is class-balanced: a class smaller than the others' share went into it whole, and
+    the model trained without it, without a word (--validation 30 of classes of 500, 500 and 8 examples)."""
+    from nowt.data.registry import holdout
+
+    y = torch.tensor([0] * 500 + [1] * 500 + [2] * 8)
+    x = torch.arange(len(y), dtype=torch.float32).unsqueeze(1)
+    with pytest.warns(UserWarning, match=r"--validation 30 holds out every training example of class\(es\) "
+                                         r"2: the model never trains on them \(hold out at most 23, or"):
+        (_, kept), (_, held) = holdout((x, y), 30, "--validation")
+    assert torch.bincount(kept, minlength=3).tolist() == [489, 489, 0]
+    assert torch.bincount(held).tolist() == [11, 11, 8]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert torch.bincount(holdout((x, y), 23)[0][1]).tolist() == [492, 492, 1]  # at most 23: said right
+
+
+def test_the_number_of_classes_of_tensors_and_a_dataset_mixed_is_read_or_refused_in_a_line(tmp_path):
+    """fit((x, y), a TensorDataset) failed in torch.cat ('expected Tensor as element 1 in argument 0, but got
+    tuple'), naming neither part."""
+    from torch.utils.data import TensorDataset
+
+    from nowt.data import TransformDataset
+    from nowt.train import TrainConfig, fit
+
+    x, y = torch.randn(40, 4), torch.arange(40) % 3
+    with pytest.raises(ValueError, match=r"number of classes from the test data \(a TensorDataset\): give "
+                                         r"it a `classes`"):
+        fit(TrainConfig(hidden=(4,), epochs=1), (x, y), TensorDataset(x, y), progress=False)
+    from nowt.data.registry import num_classes
+
+    assert num_classes((x, y), (x[:4], y[:4] + 2)) == 5
+    assert num_classes((x, y), TransformDataset(x, y, abs)) == 3
+    assert num_classes(TransformDataset(x, y, abs, 7), (x, y)) == 7
+
+
+def _png16(path, gray: np.ndarray) -> None:
+    from PIL import Image
+
+    Image.fromarray(gray.astype(np.uint16)).save(path)  # Pillow's mode I;16
+
+
+def test_16_bit_grayscale_images_are_scaled_not_clipped_to_white(tmp_path):
+    """convert("RGB") (torchvision's loader too) clips every 16-bit value above 255 to white: a 16-bit
+    grayscale PNG, TIFF or PGM of mean 0.5 trained as an image of mean 0.98. Float images (of no fixed
+    range) were read as if 0..255: [0, 1] pixels as all but black."""
+    from PIL import Image
+
+    from nowt.data import ImageFolder
+
+    gray = np.linspace(0, 65535, 64).reshape(8, 8).round()
+    (tmp_path / "a").mkdir()
+    _png16(tmp_path / "a" / "p.png", gray)
+    _png16(tmp_path / "a" / "t.tif", gray)
+    (tmp_path / "a" / "g.pgm").write_bytes(b"P5\n8 8\n65535\n" + gray.astype(">u2").tobytes())  # Pillow's I
+    Image.fromarray(gray.astype(np.int32) // 257).save(tmp_path / "a" / "i.tif")  # 32-bit, values 0..255
+    folder = ImageFolder(tmp_path)
+    for k, (path, _) in enumerate(folder.samples):
+        x = folder[k][0]
+        assert x.shape == (3, 8, 8) and torch.equal(x[0], x[2]), path.name
+        expected = torch.from_numpy(gray / 65535 if path.suffix != ".tif" or path.stem == "t"
+                                    else (gray // 257) / 255).float()
+        assert torch.allclose(x[1], expected, atol=1e-6), path.name
+    Image.fromarray((gray / 65535).astype(np.float32)).save(tmp_path / "a" / "f.tif")  # mode F, [0, 1]
+    folder = ImageFolder(tmp_path)
+    with pytest.raises(ValueError, match=r"a/f.tif .*F-mode pixels span \[0.0, 1.0\], not the 8-bit"):
+        folder[[p.name for p, _ in folder.samples].index("f.tif")]
+
+
+def test_a_val_folder_of_unsorted_images_or_linked_to_train_is_named_as_such(tmp_path):
+    """ImageNet's validation images come in one folder: val/ without class folders was refused as 'missing'
+    every one of train's classes, listed whole (1000 names), without the cause. `ln -s train val` trained and
+    scored on the same images."""
+    from PIL import Image
+
+    from nowt.data import load_dataset
+
+    for i in range(30):
+        (tmp_path / "train" / f"n{i:03d}").mkdir(parents=True)
+        Image.new("RGB", (4, 4), (i, 0, 0)).save(tmp_path / "train" / f"n{i:03d}" / "x.JPEG")
+    (tmp_path / "val").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "val" / "ILSVRC2012_val_00000001.JPEG")
+    with pytest.raises(ValueError, match=r"val holds images but no class folders .*sort them into class "
+                                         r"folders.*\(n000, n001, .* n009 and 20 more\)$"):
+        load_dataset("imagenet", root=tmp_path)
+    (tmp_path / "val" / "n000").mkdir()
+    with pytest.raises(ValueError, match=r"missing n001, .*, n010 and 19 more\): labels would mean"):
+        load_dataset("imagenet", root=tmp_path)
+    shutil.rmtree(tmp_path / "val")
+    (tmp_path / "val").symlink_to(tmp_path / "train", target_is_directory=True)
+    with pytest.raises(ValueError, match=r"val is .*train \(a link to it\): the images trained on would be"):
+        load_dataset("imagenet", root=tmp_path)
+
+
+def test_download_extracts_cifar_again_where_a_batch_of_it_is_lost(tmp_path, monkeypatch):
+    """--download looked for test_batch alone: with another batch of the extracted folder deleted, it
+    extracted nothing, and the load failed saying to pass --download."""
+    import tarfile
+
+    from test_datasets import write_cifar
+
+    from nowt.data import downloads, load_dataset
+
+    write_cifar(tmp_path / "src", n=2)
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "src" / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+    monkeypatch.setitem(downloads.SOURCES, "cifar10", [(tmp_path.as_uri() + "/", archive.name, md5)])
+    assert len(load_dataset("cifar10", root=tmp_path / "cache", download=True).train[1]) == 10
+    (tmp_path / "cache" / "cifar-10-batches-py" / "data_batch_3").unlink()
+    assert len(load_dataset("cifar10", root=tmp_path / "cache", download=True).train[1]) == 10
+
+
+def test_a_train_size_beyond_a_text_corpus_says_so(tmp_path):
+    """Images warn when --train-size is more than the training set (config.json records it); a text corpus
+    trained on all its windows without a word."""
+    from nowt.data import load_dataset
+
+    (tmp_path / "a.txt").write_bytes(b"hello world " * 200)
+    with pytest.warns(UserWarning, match=r"--train-size 1000 is more than the 134 training windows of "
+                                         r"fortunes"):
+        assert len(load_dataset("fortunes", root=tmp_path, context=16, train_size=1000).train[0]) == 134
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(load_dataset("fortunes", root=tmp_path, context=16, train_size=134).train[0]) == 134

@@ -36,6 +36,7 @@ SOURCES: dict[str, list[tuple[str, str, str]]] = {
     "cifar10": [(_CIFAR10_URL, "cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a")],
 }
 _CHUNK = 1 << 20
+_CIFAR10_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
 
 
 def cache_dir() -> Path:
@@ -107,6 +108,7 @@ def fetch(dataset: str, dest: str | os.PathLike | None = None) -> Path:
     target = Path(dest) if dest is not None else cache_dir() / dataset
     for base, name, md5 in SOURCES[dataset]:
         path = download(base + name, target / name, md5)
-        if name.endswith(".tar.gz") and not (target / "cifar-10-batches-py" / "test_batch").is_file():
+        if name.endswith(".tar.gz") and not all((target / "cifar-10-batches-py" / f).is_file()
+                                                 for f in _CIFAR10_FILES):  # all six: one lost, extract again
             extract_tar(path, "cifar-10-batches-py", target / "cifar-10-batches-py")
     return target

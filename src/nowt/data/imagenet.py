@@ -1,11 +1,12 @@
 """ImageNet (or any dataset) in the usual folder layout: ROOT/{train,val}/CLASS/IMAGE.
 
 A reader of our own that decodes with Pillow (a matplotlib dependency, so present wherever nowt is), with
-the same labels and pixels as torchvision's ImageFolder: every folder of the root is a class (hidden ones
-too), its images are found through symlinked folders, in torchvision's order. The folders are checked up
-front: train/ and val/ must hold the same class folders (else a label would mean another class in val),
-every class must have an image (as torchvision requires), and every file must open as an image (one that
-does not, e.g. an empty or truncated download, is skipped, counted and reported).
+the same labels and pixels as torchvision's ImageFolder (but for 16-bit grayscale, which its loader clips
+to white: see `pixels`): every folder of the root is a class (hidden ones too), its images are found
+through symlinked folders, in torchvision's order. The folders are checked up front: train/ and val/ must
+hold the same class folders (else a label would mean another class in val) and not be one folder, every
+class must have an image (as torchvision requires), and every file must open as an image (one that does
+not, e.g. an empty or truncated download, is skipped, counted and reported).
 """
 
 from __future__ import annotations
@@ -100,12 +101,29 @@ class ImageFolder(Dataset):
         path, label = self.samples[i]
         try:
             with Image.open(path) as img:
-                array = np.asarray(img.convert("RGB"), dtype=np.uint8)
+                x = pixels(img)
         except Exception as e:  # damaged pixel data behind a good header, or the file changed since
             raise ValueError(f"cannot decode image {path} ({type(e).__name__}: {e}); "
                              f"remove or replace the file") from e
-        x = torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
         return (self.transform(x) if self.transform else x), label
+
+
+def pixels(img) -> torch.Tensor:
+    """An opened image as float [3, H, W] in [0, 1]: torchvision's `img.convert("RGB")` / 255, except where
+    that would clip. 16-bit grayscale (PNG and TIFF: Pillow's mode I;16; PGM: mode I, which Pillow scales to
+    0..65535) is scaled from 0..65535, where convert("RGB") turns every value above 255 white (an image of
+    16-bit pixels all but white). Other 32-bit pixels (mode I or F) have no fixed range: read as 8-bit
+    values, and refused where one is outside 0..255 (or, of floats, not a whole number: [0, 1] scaled)."""
+    if img.mode.startswith("I;16") and img.mode != "I;16S" or img.mode == "I" and img.format == "PPM":
+        gray = torch.from_numpy(np.asarray(img).astype(np.float32) / 65535)
+        return gray.expand(3, *gray.shape).clone()
+    if img.mode in ("I", "F"):
+        values = np.asarray(img)
+        if values.size and not (0 <= values.min() <= values.max() <= 255 and (values % 1 == 0).all()):
+            raise ValueError(f"its {img.mode}-mode pixels span [{values.min()}, {values.max()}], not the "
+                             f"8-bit 0..255 or 16-bit 0..65535 nowt reads: save it with 8 or 16 bits")
+    array = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -130,12 +148,20 @@ def image_files(folder: Path) -> list[Path]:
 
 
 def class_mismatch(expected: list[str], found: list[str], root: Path) -> str:
+    if not found and any(p.is_file() and p.name.lower().endswith(IMAGE_EXTENSIONS) for p in root.iterdir()):
+        return (f"image folder {root} holds images but no class folders (ImageNet's validation images come "
+                f"in one folder): sort them into class folders, {root}/<class>/<image>, named as those of "
+                f"{root.parent / 'train'} ({_listed(sorted(expected))})")
+
     missing = sorted(set(expected) - set(found))
     extra = sorted(set(found) - set(expected))
-    parts = ([f"missing {', '.join(missing)}"] if missing else []) + (
-        [f"extra {', '.join(extra)}"] if extra else [])
+    parts = [f"{what} {_listed(names)}" for what, names in (("missing", missing), ("extra", extra)) if names]
     return (f"image folder {root} has other classes than {root.parent / 'train'} ({'; '.join(parts)}): "
             f"labels would mean other classes; give train/ and val/ the same class folders")
+
+
+def _listed(names: list[str], most: int = 10) -> str:
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
 def load_image_folder(root: str | os.PathLike, split: str, *, augment: bool = True, size: int = 224,
@@ -153,4 +179,8 @@ def load_image_folders(root: str | os.PathLike, *, augment: bool = True,
                        size: int = 224) -> tuple[ImageFolder, ImageFolder]:
     """(train, val) of an ImageNet-style folder, checked to have the same classes."""
     train = load_image_folder(root, "train", augment=augment, size=size)
+    val = Path(root) / "val"
+    if val.is_dir() and os.path.samefile(val, train.root):  # `ln -s train val`, to have a val/ at all
+        raise ValueError(f"{val} is {train.root} (a link to it): the images trained on would be scored as "
+                         f"the test set; give val/ images of its own")
     return train, load_image_folder(root, "val", augment=augment, size=size, classes=train.classes)

@@ -71,6 +71,12 @@ def balanced_sample(labels: Tensor, n: int, seed: int = 0) -> Tensor:
     allow: one of each class in a random order, then a second of each, and so on."""
     if n >= len(labels):
         return torch.arange(len(labels))
+    return balanced_order(labels, seed)[:n].sort().values
+
+
+def balanced_order(labels: Tensor, seed: int) -> Tensor:
+    """Every index of `labels` in `balanced_sample`'s order: its first n are the sample of n."""
+    labels = labels.long()  # uint8 labels (check_data admits them) would index `first` below as a mask
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
     shuffled = labels[order]
     by_class = torch.argsort(shuffled, stable=True)
@@ -78,8 +84,7 @@ def balanced_sample(labels: Tensor, n: int, seed: int = 0) -> Tensor:
     first = torch.cumsum(counts, 0) - counts  # where each class starts in by_class
     rank = torch.empty_like(order)  # of each drawn example among its class's
     rank[by_class] = torch.arange(len(labels)) - first[shuffled[by_class]]
-    picked = order[torch.argsort(rank * len(labels) + torch.arange(len(labels)))[:n]]
-    return picked.sort().values
+    return order[torch.argsort(rank * len(labels) + torch.arange(len(labels)))]
 
 
 def flat_subset(data: Dataset) -> tuple[Dataset, list[int]]:
@@ -274,6 +279,40 @@ def _row_keys(rows: Tensor, weights: Tensor) -> Tensor:
     return (ints.long() * weights).sum(1)
 
 
+def _warn_emptied_classes(labels: Tensor, order: Tensor, n: int, flag: str, names: list | None) -> None:
+    """Says so where holding out the first `n` of `order` takes every training example of a class (a class
+    smaller than the others' share: the sample is class-balanced): the model would never train on it."""
+    counts = torch.bincount(labels)
+    emptied = ((torch.bincount(labels[order[:n]], minlength=len(counts)) == counts) & (counts > 0)).nonzero()
+    if not len(emptied):
+        return
+    # a class is emptied once n passes the place in `order` of its last example: the first such place bounds n
+    last = torch.zeros_like(counts).scatter_reduce(0, labels[order], torch.arange(len(order)), "amax")
+    most = int(last[counts > 0].min())
+    shown = [str(names[c] if names is not None and c < len(names) else c) for c in emptied.flatten().tolist()]
+    listed = ", ".join(shown[:10]) + (f" and {len(shown) - 10} more" if len(shown) > 10 else "")
+    fewer = f"hold out at most {most}, or" if most else "hold out fewer, or"
+    warnings.warn(f"{flag} {n} holds out every training example of class(es) {listed}: the model never "
+                  f"trains on them ({fewer} give them more examples)", stacklevel=3)
+
+
+def num_classes(train: TensorPair | Dataset, test: TensorPair | Dataset) -> int:
+    """The classes a model of `train` and `test` must output: the `classes` of the training Dataset (an image
+    folder's, augmented tensors'), else one more than the largest label of either part."""
+    classes = None if isinstance(train, tuple) else getattr(flat_subset(train)[0], "classes", None)
+    if classes is not None:
+        return len(classes)
+    labels = []
+    for name, part in (("training", train), ("test", test)):
+        try:
+            labels.append(dataset_labels(part).flatten())
+        except TypeError:
+            raise ValueError(f"cannot tell the number of classes from the {name} data (a "
+                             f"{type(part).__name__}): give it a `classes` attribute (or `targets`, one "
+                             f"label per example), or pass an (inputs, labels) tuple of tensors") from None
+    return int(torch.cat(labels).max()) + 1
+
+
 def _text(name: str, root: str | os.PathLike | None, download: bool, augment: bool, image_size: int | None,
           context: int | None, train_size: int | None) -> Data:
     """A text corpus as `Data`: windows [N, T] of byte ids, next-byte targets [N, T], 256 classes."""
@@ -293,7 +332,8 @@ def holdout(train: TensorPair | Dataset, n: int,
             flag: str = "--holdout") -> tuple[TensorPair | Dataset, TensorPair | Dataset]:
     """(the training set less `n` held-out examples, those examples): a class-balanced random sample, the
     same for every rule and seed. The held-out examples are scored as the test set is: without the training
-    set's augmentation (`unaugmented`)."""
+    set's augmentation (`unaugmented`). Where the sample takes every example of a (small) class, a warning
+    says so, and how many at most leave each class one."""
     labels = dataset_labels(train)
     if labels.dim() != 1:
         raise ValueError(f"{flag} needs one label per example (not a text corpus: it has a validation "
@@ -301,7 +341,10 @@ def holdout(train: TensorPair | Dataset, n: int,
     if not 0 < n < len(labels):
         raise ValueError(f"{flag} {n}: hold out between 1 and {len(labels) - 1} of the {len(labels)} "
                          f"training examples")
-    held = balanced_sample(labels, n, seed=HOLDOUT_SEED)
+    order = balanced_order(labels, HOLDOUT_SEED)
+    held = order[:n].sort().values  # balanced_sample(labels, n, seed=HOLDOUT_SEED)
+    names = None if isinstance(train, tuple) else getattr(flat_subset(train)[0], "classes", None)
+    _warn_emptied_classes(labels.long(), order, n, flag, names)
     kept = torch.ones(len(labels), dtype=torch.bool)
     kept[held] = False
     rest = kept.nonzero().squeeze(1)

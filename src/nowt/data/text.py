@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,6 +79,9 @@ def load_text(name: str, root: str | os.PathLike | None = None, context: int = D
         if len(part[0]) == 0:
             raise ValueError(f"{name}: the {what} split holds less than one window of --context {context} "
                              "bytes; use a shorter --context or more text")
+    if train_size is not None and train_size > len(parts[0][0]):  # said, as of images: config.json keeps it
+        warnings.warn(f"--train-size {train_size} is more than the {len(parts[0][0])} training windows of "
+                      f"{name} (--context {context}): training on all {len(parts[0][0])}", stacklevel=2)
     train = parts[0] if train_size is None else (parts[0][0][:train_size], parts[0][1][:train_size])
     return TextSplits(train, parts[1], parts[2])
 

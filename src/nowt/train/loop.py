@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from nowt import distributed, noise
 from nowt.checkpoint import load_checkpoint, save_checkpoint
-from nowt.data.registry import first_examples, holdout, probe_batch
+from nowt.data.registry import first_examples, holdout, num_classes, probe_batch
 from nowt.inventory import summary
 from nowt.metrics import as_tokens, evaluate, output_collapsed
 from nowt.optim import HalveOnPlateau
@@ -118,7 +118,7 @@ def _fit(cfg: TrainConfig, train, test, validation, resume: bool, progress: bool
     input_shape = tuple(probe_x.shape[1:])
     kind = learner_kind(cfg.rule)  # per-layer or whole-network: decided once, asked of `kind` from here on
     with sized(f"building model {cfg.model} for inputs {input_shape} (--hidden {_shown(cfg.hidden)})"):
-        model = build_model(cfg, input_shape, _num_classes(train, test), kind, probe_x.cpu())
+        model = build_model(cfg, input_shape, num_classes(train, test), kind, probe_x.cpu())
     out = Path(cfg.out_dir) if cfg.out_dir else None
     rank0 = distributed.world()[0] == 0
     if rank0 and progress and kind.converts_model:  # each layer's rule and what its backward reads
@@ -237,7 +237,7 @@ def evaluate_run(run_dir: str | Path, splits: Iterable[str] = ("train", "test"),
                                rundir.data_fingerprint(train, data.test, *first_examples(data.test, 256)))
     chosen = {"train": train, "test": data.test}
     input_shape = tuple(first_examples(data.test, 1)[0].shape[1:])
-    model = build_model(cfg, input_shape, _num_classes(data.train, data.test))
+    model = build_model(cfg, input_shape, num_classes(data.train, data.test))
     model.load_state_dict(state["model"])
     loss_fn = make_loss(cfg.loss)
     scores = {}
@@ -359,15 +359,6 @@ def _noise_pretrain(cfg: TrainConfig, model: nn.Module, input_shape: tuple[int, 
     with distributed.alone():  # as one process: every rank pretrains alike, before DDP, with no collective
         noise.pretrain_noise(model, input_shape, steps=cfg.noise_pretrain, batch_size=cfg.batch_size,
                              seed=cfg.seed, progress=False)
-
-
-def _num_classes(train, test) -> int:
-    if isinstance(train, tuple):
-        return int(torch.cat([train[1], test[1]]).max()) + 1
-    base = getattr(train, "dataset", train)  # a Subset's classes are its dataset's
-    if hasattr(base, "classes"):
-        return len(base.classes)
-    raise ValueError("cannot tell the number of classes of this Dataset: give it a `classes` attribute")
 
 
 @contextlib.contextmanager
