@@ -151,16 +151,17 @@ def class_mismatch(expected: list[str], found: list[str], root: Path) -> str:
     if not found and any(p.is_file() and p.name.lower().endswith(IMAGE_EXTENSIONS) for p in root.iterdir()):
         return (f"image folder {root} holds images but no class folders (ImageNet's validation images come "
                 f"in one folder): sort them into class folders, {root}/<class>/<image>, named as those of "
-                f"{root.parent / 'train'} ({_listed(sorted(expected))})")
+                f"{root.parent / 'train'} ({listed(sorted(expected))})")
 
     missing = sorted(set(expected) - set(found))
     extra = sorted(set(found) - set(expected))
-    parts = [f"{what} {_listed(names)}" for what, names in (("missing", missing), ("extra", extra)) if names]
+    parts = [f"{what} {listed(names)}" for what, names in (("missing", missing), ("extra", extra)) if names]
     return (f"image folder {root} has other classes than {root.parent / 'train'} ({'; '.join(parts)}): "
             f"labels would mean other classes; give train/ and val/ the same class folders")
 
 
-def _listed(names: list[str], most: int = 10) -> str:
+def listed(names: list[str], most: int = 10) -> str:
+    """`names` joined by commas, the first `most` of them and "and N more" (a message stays readable)."""
     return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
 
 

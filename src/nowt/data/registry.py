@@ -19,7 +19,7 @@ from torch.utils.data import Dataset, Subset
 from nowt.data.cifar import cifar_normalize, load_cifar10
 from nowt.data.datasets import load_fashion_mnist, load_mnist, mnist_normalize
 from nowt.data.downloads import fetch
-from nowt.data.imagenet import ImageFolder, load_image_folders
+from nowt.data.imagenet import ImageFolder, listed, load_image_folders
 from nowt.data.synthetic import synthetic
 from nowt.data.text import TEXT_DATASETS, VOCAB, load_text
 from nowt.data.transforms import Transform, cifar_augmentation
@@ -290,10 +290,9 @@ def _warn_emptied_classes(labels: Tensor, order: Tensor, n: int, flag: str, name
     last = torch.zeros_like(counts).scatter_reduce(0, labels[order], torch.arange(len(order)), "amax")
     most = int(last[counts > 0].min())
     shown = [str(names[c] if names is not None and c < len(names) else c) for c in emptied.flatten().tolist()]
-    listed = ", ".join(shown[:10]) + (f" and {len(shown) - 10} more" if len(shown) > 10 else "")
     fewer = f"hold out at most {most}, or" if most else "hold out fewer, or"
-    warnings.warn(f"{flag} {n} holds out every training example of class(es) {listed}: the model never "
-                  f"trains on them ({fewer} give them more examples)", stacklevel=3)
+    warnings.warn(f"{flag} {n} holds out every training example of class(es) {listed(shown)}: the model "
+                  f"never trains on them ({fewer} give them more examples)", stacklevel=3)
 
 
 def num_classes(train: TensorPair | Dataset, test: TensorPair | Dataset) -> int:
