@@ -39,6 +39,16 @@ def test_report_writes_table_and_pngs(tmp_path):
         assert f"]({png})" in text
 
 
+def test_seconds_per_epoch_is_the_median_so_a_paused_epoch_does_not_count_as_training(tmp_path):
+    write_run(tmp_path / "fa", "fa", [90.0, 91.0, 92.0])
+    metrics = tmp_path / "fa" / "metrics.jsonl"
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    records[1]["seconds"] = 4766.0  # a run stopped (SIGSTOP) for 79 minutes during its second epoch
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert load_run(tmp_path / "fa").summary()["seconds_per_epoch"] == 2.0  # the mean would say 1590
+    assert "s/epoch (median)" in write_report([tmp_path / "fa"], tmp_path / "rep").read_text()
+
+
 def test_report_without_angles_has_no_alignment_plot_and_missing_runs_are_clear(tmp_path):
     write_run(tmp_path / "dtp", "dtp", [80.0], angles=False)
     text = write_report([tmp_path / "dtp"], tmp_path / "rep").read_text()

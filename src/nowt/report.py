@@ -83,7 +83,8 @@ class Run:
             "final_train_accuracy": last["train_accuracy"],
             "final_top5_error": last.get("test_top5_error", math.nan),
             "output_angle": list(angles.values())[-1] if angles else math.nan,
-            "seconds_per_epoch": sum(r["seconds"] for r in self.history) / len(self.history),
+            # the median: a run paused (SIGSTOP, a suspended laptop) logs the pause as one epoch's wall time
+            "seconds_per_epoch": statistics.median(r["seconds"] for r in self.history),
         }
 
 
@@ -248,7 +249,7 @@ def plot_alignment(runs: list[Run], path: Path) -> Path | None:
 
 def summary_table(runs: list[Run]) -> str:
     header = ["run", "rule", "epochs", "best test acc %", "final test acc %", "final train acc %",
-              "top-5 err %", "output-layer angle", "s/epoch"]
+              "top-5 err %", "output-layer angle", "s/epoch (median)"]
     keys = ["run", "rule", "epochs", "best_test_accuracy", "final_test_accuracy", "final_train_accuracy",
             "final_top5_error"]
     rows = [[*(s[k] for k in keys), cell(s["output_angle"], 1), f"{s['seconds_per_epoch']:.1f}"]
