@@ -315,3 +315,18 @@ def test_a_train_size_beyond_a_text_corpus_says_so(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert len(load_dataset("fortunes", root=tmp_path, context=16, train_size=134).train[0]) == 134
+
+
+def test_a_train_size_below_the_number_of_classes_names_the_classes_left_out():
+    from nowt.data.registry import train_subset
+    labels = torch.arange(10).repeat(5)
+    x = torch.zeros(len(labels), 1, 2, 2)
+    with pytest.warns(UserWarning, match=r"--train-size 7 is fewer than the 10 classes: the model never "
+                                         r"trains on class\(es\) \d, \d, \d$") as caught:
+        kept = train_subset((x, labels), 7)
+    assert len(kept[1]) == 7 and len(kept[1].unique()) == 7
+    named = str(caught[0].message).rsplit("class(es) ", 1)[1].split(", ")
+    assert sorted(map(int, named)) == sorted(set(range(10)) - set(kept[1].tolist()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(train_subset((x, labels), 10)[1].unique()) == 10  # one of each: nothing to say

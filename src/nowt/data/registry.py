@@ -171,6 +171,11 @@ def train_subset(train: TensorPair | Dataset, n: int) -> TensorPair | Dataset:
     if n >= len(labels):
         return train
     keep = balanced_sample(labels, n)
+    classes = labels.unique()
+    if n < len(classes):  # a class-balanced sample of fewer examples than classes still leaves some out
+        missing = [str(c) for c in classes[torch.isin(classes, labels[keep], invert=True)].tolist()]
+        warnings.warn(f"--train-size {n} is fewer than the {len(classes)} classes: the model never trains on "
+                      f"class(es) {listed(missing)}", stacklevel=2)
     return (train[0][keep], train[1][keep]) if isinstance(train, tuple) else Subset(train, keep.tolist())
 
 
