@@ -387,3 +387,11 @@ def test_a_training_set_holding_the_test_set_is_refused(tmp_path):
     shutil.copy(folder / "test_batch", folder / "data_batch_5")
     with pytest.raises(ValueError, match=r"cifar10: the training set holds the test set .*copied in place"):
         load_dataset("cifar10", root=tmp_path)
+
+
+def test_a_cifar_training_batch_copied_over_another_is_refused(tmp_path):
+    write_cifar(tmp_path)
+    folder = tmp_path / "cifar-10-batches-py"
+    shutil.copy(folder / "data_batch_1", folder / "data_batch_4")  # batch 1 trained twice, batch 4 never
+    with pytest.raises(ValueError, match=r"files data_batch_1 and data_batch_4 in .* hold the same images"):
+        load_cifar10("train", tmp_path)

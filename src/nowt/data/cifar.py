@@ -6,6 +6,7 @@ Pickles can run code, so they are read with an unpickler that admits only what a
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 from pathlib import Path
@@ -80,9 +81,22 @@ def load_cifar10(split: str = "train", root: str | os.PathLike | None = None, *,
     missing = [name for name in _BATCHES[split] if not (base / name).is_file()]
     if missing:
         raise FileNotFoundError(f"CIFAR-10 file {missing[0]} not found in {base}. {_HELP}")
-    parts = [read_cifar_batch(base / name) for name in _BATCHES[split]]
-    images, labels = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    parts = {name: read_cifar_batch(base / name) for name in _BATCHES[split]}
+    _refuse_copies(base, parts)
+    images, labels = torch.cat([p[0] for p in parts.values()]), torch.cat([p[1] for p in parts.values()])
     return images.float().div_(255.0), labels
+
+
+def _refuse_copies(base: Path, parts: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """A training batch copied over another (its images would be trained on twice, another's never) is
+    refused. (A test batch copied in place of a training batch is `check_test_not_in_train`'s refusal.)"""
+    seen: dict[str, str] = {}
+    for name, (images, _) in parts.items():
+        digest = hashlib.sha1(images.numpy().tobytes()).hexdigest()
+        if digest in seen:
+            raise ValueError(f"CIFAR-10 files {seen[digest]} and {name} in {base} hold the same images: one "
+                             f"is a copy of the other. {_HELP}")
+        seen[digest] = name
 
 
 def cifar_normalize(x: torch.Tensor) -> torch.Tensor:
