@@ -281,6 +281,13 @@ def test_a_val_folder_of_unsorted_images_or_linked_to_train_is_named_as_such(tmp
     (tmp_path / "val").symlink_to(tmp_path / "train", target_is_directory=True)
     with pytest.raises(ValueError, match=r"val is .*train \(a link to it\): the images trained on would be"):
         load_dataset("imagenet", root=tmp_path)
+    (tmp_path / "val").unlink()
+    shutil.copytree(tmp_path / "train", tmp_path / "val")  # a copy, not a link: the same images scored
+    with pytest.raises(ValueError, match=r"val is a copy of .*train \(each of 30 val images drawn at random "
+                                         r"is also in train/, same name and bytes\): the images trained on"):
+        load_dataset("imagenet", root=tmp_path)
+    Image.new("RGB", (4, 4), (0, 9, 0)).save(tmp_path / "val" / "n007" / "x.JPEG")  # one image of its own
+    assert len(load_dataset("imagenet", root=tmp_path).test) == 30
 
 
 def test_download_extracts_cifar_again_where_a_batch_of_it_is_lost(tmp_path, monkeypatch):

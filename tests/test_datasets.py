@@ -218,7 +218,8 @@ def write_image_folder(root, classes: dict[str, list[str]], size=(12, 10)):
     for split, names in classes.items():
         for c in names:
             (root / split / c).mkdir(parents=True)
-            Image.new("RGB", size, (len(c) * 40, 0, 0)).save(root / split / c / "x.png")
+            colour = (len(c) * 40, 0 if split == "train" else 1, 0)  # val/ no copy of train/: that is refused
+            Image.new("RGB", size, colour).save(root / split / c / "x.png")
 
 
 @pytest.mark.parametrize("val, named", [(["a", "c"], "missing b"), (["a", "b", "c"], "extra c")])
@@ -266,7 +267,7 @@ def test_train_size_takes_a_class_balanced_random_sample_of_any_dataset(tmp_path
         for c in "abc":
             (tmp_path / split / c).mkdir(parents=True)
             for i in range(per_class):
-                Image.new("RGB", (4, 4), (i, 0, 0)).save(tmp_path / split / c / f"{i}.png")
+                Image.new("RGB", (4, 4), (i, split == "val", 0)).save(tmp_path / split / c / f"{i}.png")
     data = load_dataset("imagenet", root=tmp_path, train_size=10)
     labels = [data.train.dataset.samples[i][1] for i in data.train.indices]
     assert sorted(labels.count(c) for c in range(3)) == [3, 3, 4] and data.num_classes == 3  # first 10: all 0

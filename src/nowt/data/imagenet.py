@@ -4,8 +4,8 @@ A reader of our own that decodes with Pillow (a matplotlib dependency, so presen
 the same labels and pixels as torchvision's ImageFolder (but for 16-bit grayscale, which its loader clips
 to white: see `pixels`): every folder of the root is a class (hidden ones too), its images are found
 through symlinked folders, in torchvision's order. The folders are checked up front: train/ and val/ must
-hold the same class folders (else a label would mean another class in val) and not be one folder, every
-class must have an image (as torchvision requires), and every file must open as an image (one that does
+hold the same class folders (else a label would mean another class in val) and not be one folder or a
+copy, every class must have an image (as torchvision requires), and every file must open as an image (one that does
 not, e.g. an empty or truncated download, is skipped, counted and reported).
 """
 
@@ -184,4 +184,23 @@ def load_image_folders(root: str | os.PathLike, *, augment: bool = True,
     if val.is_dir() and os.path.samefile(val, train.root):  # `ln -s train val`, to have a val/ at all
         raise ValueError(f"{val} is {train.root} (a link to it): the images trained on would be scored as "
                          f"the test set; give val/ images of its own")
-    return train, load_image_folder(root, "val", augment=augment, size=size, classes=train.classes)
+    val_folder = load_image_folder(root, "val", augment=augment, size=size, classes=train.classes)
+    refuse_copied_val(train, val_folder)
+    return train, val_folder
+
+
+def refuse_copied_val(train: ImageFolder, val: ImageFolder, probes: int = 64) -> None:
+    """Refuses a val/ that is a copy of train/ (as `ln -s train val` is refused): `probes` val images drawn at
+    random (seeded) that all have a file of the same class, name and bytes in train/. A few images shared
+    by the splits are no refusal; real ImageNet's val/ names are not train/'s, so this reads few files."""
+    rng = np.random.default_rng(0)
+    picks = rng.choice(len(val.samples), size=min(probes, len(val.samples)), replace=False)
+    for i in picks.tolist():
+        path = val.samples[i][0]
+        twin = train.root / os.path.relpath(path, val.root)
+        if not (twin.is_file() and twin.stat().st_size == path.stat().st_size
+                and twin.read_bytes() == path.read_bytes()):
+            return
+    raise ValueError(f"{val.root} is a copy of {train.root} (each of {len(picks)} val images drawn at random "
+                     f"is also in train/, same name and bytes): the images trained on would be scored as the "
+                     f"test set; give val/ images of its own")
