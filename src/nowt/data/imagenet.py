@@ -5,8 +5,8 @@ the same labels and pixels as torchvision's ImageFolder (but for 16-bit grayscal
 to white: see `pixels`): every folder of the root is a class (hidden ones too), its images are found
 through symlinked folders, in torchvision's order. The folders are checked up front: train/ and val/ must
 hold the same class folders (else a label would mean another class in val) and not be one folder or a
-copy, every class must have an image (as torchvision requires), and every file must open as an image (one that does
-not, e.g. an empty or truncated download, is skipped, counted and reported).
+copy, every class must have an image (as torchvision requires), and every file must open as an image
+(one that does not, e.g. an empty or truncated download, is skipped, counted and reported).
 """
 
 from __future__ import annotations
