@@ -396,3 +396,15 @@ def test_a_cifar_training_batch_copied_over_another_is_refused(tmp_path):
     shutil.copy(folder / "data_batch_1", folder / "data_batch_4")  # batch 1 trained twice, batch 4 never
     with pytest.raises(ValueError, match=r"files data_batch_1 and data_batch_4 in .* hold the same images"):
         load_cifar10("train", tmp_path)
+
+
+def test_images_beside_the_class_folders_are_said_to_be_unused(tmp_path):
+    from PIL import Image
+
+    write_image_folder(tmp_path, {"train": ["a", "b"], "val": ["a", "b"]})
+    for name in ("stray1.jpg", "stray2.png"):
+        Image.new("RGB", (4, 4)).save(tmp_path / "train" / name)
+    with pytest.warns(UserWarning, match=r"train: 2 image\(s\) lie beside the class folders, in no class, "
+                                         r"and are not used: stray1.jpg, stray2.png"):
+        data = load_dataset("imagenet", root=tmp_path)
+    assert len(data.train) == 2

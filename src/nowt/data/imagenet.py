@@ -87,6 +87,11 @@ class ImageFolder(Dataset):
                       if any(c.startswith(".") for c in empty) else "")
             raise FileNotFoundError(f"image folder {self.root}: no readable image in the class folder(s) "
                                     f"{', '.join(empty)}{hidden}; give every class images, or remove it")
+        loose = sorted(f.name for f in self.root.iterdir()
+                       if f.is_file() and f.name.lower().endswith(IMAGE_EXTENSIONS))
+        if loose:  # torchvision ignores them too, but a misplaced extraction should not go unseen
+            warnings.warn(f"image folder {self.root}: {len(loose)} image(s) lie beside the class folders, in "
+                          f"no class, and are not used: {listed(loose, 3)}", stacklevel=2)
         if self.skipped:
             warnings.warn(f"image folder {self.root}: skipped {len(self.skipped)} unreadable file(s) of "
                           f"{len(self.samples) + len(self.skipped)}: {shown}", UnreadableImagesWarning,
