@@ -408,3 +408,14 @@ def test_images_beside_the_class_folders_are_said_to_be_unused(tmp_path):
                                          r"and are not used: stray1.jpg, stray2.png"):
         data = load_dataset("imagenet", root=tmp_path)
     assert len(data.train) == 2
+
+
+def test_class_folders_that_differ_only_in_unicode_normalization_are_named_as_such(tmp_path):
+    import unicodedata
+
+    nfc, nfd = unicodedata.normalize("NFC", "café"), unicodedata.normalize("NFD", "café")
+    write_image_folder(tmp_path, {"train": [nfc, "tea"], "val": [nfd, "tea"]})
+    if len({p.name for p in (tmp_path / "val").iterdir()} | {nfc}) == 2:
+        pytest.skip("this file system normalizes names (both spellings are one folder)")
+    with pytest.raises(ValueError, match=r"café: the same name\(s\) in another Unicode normalization"):
+        load_dataset("imagenet", root=tmp_path)

@@ -12,6 +12,7 @@ copy, every class must have an image (as torchvision requires), and every file m
 from __future__ import annotations
 
 import os
+import unicodedata
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -161,8 +162,13 @@ def class_mismatch(expected: list[str], found: list[str], root: Path) -> str:
     missing = sorted(set(expected) - set(found))
     extra = sorted(set(found) - set(expected))
     parts = [f"{what} {listed(names)}" for what, names in (("missing", missing), ("extra", extra)) if names]
-    return (f"image folder {root} has other classes than {root.parent / 'train'} ({'; '.join(parts)}): "
-            f"labels would mean other classes; give train/ and val/ the same class folders")
+    # a name copied through macOS (NFD) beside its NFC spelling looks the same in the message: say so
+    spelled = sorted({unicodedata.normalize("NFC", n) for n in missing}
+                     & {unicodedata.normalize("NFC", n) for n in extra})
+    unicode = (f"; {listed(spelled)}: the same name(s) in another Unicode normalization (NFC/NFD), e.g. "
+               f"from a copy through macOS: rename them alike" if spelled else "")
+    return (f"image folder {root} has other classes than {root.parent / 'train'} ({'; '.join(parts)}"
+            f"{unicode}): labels would mean other classes; give train/ and val/ the same class folders")
 
 
 def listed(names: list[str], most: int = 10) -> str:
