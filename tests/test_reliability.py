@@ -149,6 +149,10 @@ def test_a_resume_without_the_checkpoint_keeps_the_recorded_epochs(tmp_path):
     with pytest.raises(ValueError, match="records 2 epochs in metrics.jsonl but has no checkpoint.pt"):
         fit(_synthetic("fa", out), resume=True, progress=False)
     assert (out / "metrics.jsonl").read_text() == recorded
+    # a plain run of the same configuration (neither --resume nor --overwrite) rewrote them just the same
+    with pytest.raises(ValueError, match="records 2 epochs in metrics.jsonl but has no checkpoint.pt"):
+        fit(_synthetic("fa", out), progress=False)
+    assert (out / "metrics.jsonl").read_text() == recorded
     assert len(fit(_synthetic("fa", out), overwrite=True, progress=False)) == 2  # asked: starts again
 
 

@@ -123,16 +123,18 @@ def _check_owner(out: Path, cfg: TrainConfig, *, resume: bool, overwrite: bool) 
         raise ValueError(f"run directory {out} holds a run of another configuration (it differs in "
                          f"{', '.join(differ)}){why}; choose another --out, or pass --overwrite to replace "
                          f"it")
-    if not resume and (out / "checkpoint.pt").exists():
-        raise ValueError(f"run directory {out} holds an earlier run of this configuration; pass --resume to "
-                         f"continue it or --overwrite to start again")
+    if (out / "checkpoint.pt").exists():
+        if not resume:
+            raise ValueError(f"run directory {out} holds an earlier run of this configuration; pass --resume "
+                             f"to continue it or --overwrite to start again")
+        return
     metrics = out / "metrics.jsonl"
-    if resume and not (out / "checkpoint.pt").exists() and metrics.is_file() and metrics.read_text().strip():
-        # starting afresh would rewrite metrics.jsonl: the epochs recorded there would be lost unasked
+    if metrics.is_file() and metrics.read_text().strip():
+        # starting afresh (resumed or not) would rewrite metrics.jsonl: its recorded epochs lost unasked
         epochs = len(metrics.read_text().splitlines())
         raise ValueError(f"run directory {out} records {epochs} epochs in metrics.jsonl but has no "
-                         f"checkpoint.pt to continue from (checkpoints are kept out of git: was the folder "
-                         f"copied without it?); pass --overwrite to start again (the earlier files are kept "
+                         f"checkpoint.pt{' to continue from' if resume else ''} (checkpoints are kept out "
+                         f"of git: was the folder copied without it?); pass --overwrite to start again (the earlier files are kept "
                          f"until its first checkpoint), or move the folder away")
 
 
