@@ -12,7 +12,7 @@ from nowt.report import load_run, markdown_table, write_report
 def write_run(path, rule: str, accs: list[float], angles: bool | str = True, collapsed: tuple = ()) -> None:
     """A run's folder; `angles` "update" logs update angles alone (target propagation: no B)."""
     path.mkdir(parents=True)
-    (path / "config.json").write_text(json.dumps({"rule": rule}))
+    (path / "config.json").write_text(json.dumps({"rule": rule, "epochs": len(accs)}))  # a finished run
     lines = []
     for i, acc in enumerate(accs):
         w = {"0": 80.0 - 10 * i, "2": 40.0 - 5 * i} if angles is True else {}
@@ -440,3 +440,18 @@ def test_a_mean_over_seeds_that_all_stopped_early_says_they_are_unfinished(tmp_p
     for seed in range(3):  # ended: a plain count
         _seed_run(tmp_path / f"e{seed}", seed, [40.0 + seed, 50.0 + seed], epochs=2)
     assert "| fa | 3 | 51.00 ± 1.00 |" in seed_summary_table([load_run(tmp_path / f"e{s}") for s in range(3)])
+
+
+def test_the_run_table_marks_a_diverged_run_and_an_unfinished_one(tmp_path):
+    """The per-run table (the only one when every recipe has one run) showed a run that diverged in epoch 2
+    of 4, and one killed after epoch 2 of 4, as plainly as a finished run: their last epoch, no mark."""
+    from nowt.report import summary_table
+
+    _seed_run(tmp_path / "done", 0, [40.0, 50.0, 60.0, 70.0], epochs=4)
+    _seed_run(tmp_path / "killed", 0, [40.0, 50.0], epochs=4)
+    _seed_run(tmp_path / "div", 0, [40.0], epochs=4)
+    (tmp_path / "div" / "diverged.json").write_text('{"epoch": 2, "message": "the run diverged: ..."}')
+    table = summary_table([load_run(tmp_path / n) for n in ("done", "killed", "div")])
+    assert "| done | fa | 4 | 70.00 |" in table
+    assert "| killed | fa | 2 of 4 (unfinished) | 50.00 |" in table
+    assert "| div | fa | 1 (diverged in epoch 2) | 40.00 |" in table

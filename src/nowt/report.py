@@ -253,10 +253,21 @@ def summary_table(runs: list[Run]) -> str:
     keys = ["run", "rule", "epochs", "best_test_accuracy", "final_test_accuracy", "final_train_accuracy",
             "final_top5_error"]
     rows = [[*(s[k] for k in keys), cell(s["output_angle"], 1), f"{s['seconds_per_epoch']:.1f}"]
-            for s in (run.summary() for run in runs)]
+            for s in (run.summary() | {"epochs": _epochs_cell(run)} for run in runs)]
     collapses = [collapse_note(run.name, record) for run in runs
                  if (record := next((r for r in run.history if r.get("collapsed")), None)) is not None]
     return markdown_table(header, rows) + ("\n" + "\n".join(collapses) + "\n" if collapses else "")
+
+
+def _epochs_cell(run: Run) -> str:
+    """The epochs a run logged, and whether it diverged or stopped short of its own end (a killed run's
+    last epoch is no final result)."""
+    last = run.history[-1]["epoch"]
+    if run.diverged is not None:
+        return f"{last} (diverged in epoch {run.diverged['epoch']})"
+    if run.config and not run.ended():
+        return f"{last} of {_settings(run).get('epochs', '?')} (unfinished)"
+    return str(last)
 
 
 def collapse_state(history: list[dict]) -> str | None:
