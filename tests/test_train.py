@@ -419,6 +419,25 @@ def test_patience_stops_once_the_best_test_error_is_that_many_epochs_old(monkeyp
     assert [r["test_top1_error"] for r in history] == [30.0, 20.0, 25.0, 21.0, 20.0]  # 20 again is not better
 
 
+def test_patience_follows_the_validation_error_when_examples_are_held_out(monkeypatch):
+    """With --validation, --patience stopped on the test error all the same: the test set chose the run's
+    length (and so its "test error at the best validation epoch"), which --validation is there to prevent."""
+    test_errors = iter([30.0, 20.0, 25.0, 21.0, 22.0, 23.0, 24.0])  # the test's best is 3 epochs old after 5
+    val_errors = iter([30.0, 25.0, 24.0, 23.0, 22.0, 21.0, 20.0])  # the held-out error keeps falling
+    calls = iter([test_errors, val_errors] * 7)  # each epoch scores the test set, then the held-out one
+
+    def scripted_evaluate(*args, **kwargs):
+        e = next(next(calls))
+        return {"loss": 1.0, "accuracy": 100 - e, "top1_error": e, "top5_error": 0.0}
+
+    monkeypatch.setattr(loop_mod, "evaluate", scripted_evaluate)
+    train, test = teacher_task()
+    cfg = TrainConfig(rule="bp", hidden=(8,), epochs=7, batch_size=100, patience=3, validation=50)
+    history = fit(cfg, train, test, progress=False)
+    assert [r["val_top1_error"] for r in history] == [30.0, 25.0, 24.0, 23.0, 22.0, 21.0, 20.0]
+    assert loop_mod.run_ended(history[:5], 7, 3, "constant") is False  # the tables read the same rule
+
+
 def test_a_run_starts_by_printing_each_layers_rule_and_what_its_backward_reads(capsys):
     from nowt.train import TrainConfig, fit
 

@@ -258,10 +258,12 @@ def collapse_message(epoch: int, probes: int) -> str:
 
 @torch.no_grad()
 def out_of_patience(history: list[dict], patience: int | None) -> bool:
-    """True when the best test error so far is `patience` or more epochs old."""
+    """True when the best error so far is `patience` or more epochs old: the held-out error where the run
+    logs one (--validation: the test set must not choose the run's length), else the test error."""
     if patience is None or not history:
         return False
-    errors = [r["test_top1_error"] for r in history]
+    key = "val_top1_error" if "val_top1_error" in history[0] else "test_top1_error"
+    errors = [r[key] for r in history]
     return len(errors) - 1 - errors.index(min(errors)) >= patience
 
 
