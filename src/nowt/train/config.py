@@ -98,7 +98,8 @@ class TrainConfig(metaclass=RuleOptionFields):
                    choices=("ce", "bce"))
     epochs: int = _f(5, "passes over the training set", min=1)
     patience: int | None = _f(None, "stop once the best test error (with --validation: the held-out "
-                              "error) is N epochs old (Bartunov et al.: 100); none: run every epoch", min=1, metavar="N")
+                              "error) is N epochs old (Bartunov et al.: 100); none: run every epoch",
+                              min=1, metavar="N")
     batch_size: int = _f(32, "global training batch (split across ranks under torchrun)", min=1)
     optimizer: str = _f("sgd", "optimizer of the forward weights (target propagation: always adam)",
                         choices=("sgd", "adam", "adamw", "rmsprop"))

@@ -134,8 +134,8 @@ def _check_owner(out: Path, cfg: TrainConfig, *, resume: bool, overwrite: bool) 
         epochs = len(metrics.read_text().splitlines())
         raise ValueError(f"run directory {out} records {epochs} epochs in metrics.jsonl but has no "
                          f"checkpoint.pt{' to continue from' if resume else ''} (checkpoints are kept out "
-                         f"of git: was the folder copied without it?); pass --overwrite to start again (the earlier files are kept "
-                         f"until its first checkpoint), or move the folder away")
+                         f"of git: was the folder copied without it?); pass --overwrite to start again (the "
+                         f"earlier files are kept until its first checkpoint), or move the folder away")
 
 
 def data_fingerprint(train, test, probe_x: Tensor, probe_y: Tensor) -> dict[str, float]:
