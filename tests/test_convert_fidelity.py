@@ -74,16 +74,37 @@ def test_spectral_norm_is_refused_where_the_rule_reads_the_weight_beyond_the_for
             torch.testing.assert_close(converted[0](x), plain[0](x), rtol=0, atol=0)
 
 
-def test_a_layer_swapped_in_after_conversion_is_refused_at_the_first_forward():
+def test_a_layer_swapped_in_after_conversion_is_refused():
     """A new head put in after `convert` trained by backprop, with only a "did not run" warning for the
-    converted one it replaced."""
+    converted one it replaced; put in after the first forward (fine-tuning a trained model), without a
+    word."""
     model = nowt.convert(nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2)), "fa", seed=0)
-    model[2] = nn.Linear(4, 3)
+    head = model[2]
+    with pytest.raises(ValueError, match=r"layer '2' \(torch.nn.modules.linear.Linear\) joined the model "
+                                         r"after nowt.convert \(put into a Sequential of it\) and trains by "
+                                         r"backprop"):
+        model[2] = nn.Linear(4, 3)
+    assert model[2] is head  # refused before it took effect
+    model(torch.randn(2, 4)).sum().backward()  # the first forward's checks are done and gone
+    for put_in in (lambda: model.__setitem__(2, nn.Linear(4, 3)),
+                   lambda: setattr(model, "extra", nn.Sequential(nn.Tanh(), nn.Linear(2, 2))),
+                   lambda: model[1].add_module("inner", nn.Conv2d(1, 1, 1))):
+        with pytest.raises(ValueError, match=r"joined the model after nowt.convert"):
+            put_in()
+    assert model[2] is head and not hasattr(model, "extra") and not hasattr(model[1], "inner")
+    model[2] = nowt.convert(nn.Linear(4, 3), "fa", seed=1)  # as the message says
+    model.extra = nn.Sequential(nn.Tanh())  # nothing nowt converts
+    model.extra.add_module("1", nowt.convert(nn.Linear(3, 3), "fa", seed=2))
+    assert model(torch.randn(2, 4)).shape == (2, 3)
+    nn.Sequential(nn.Linear(2, 2))[0] = nn.Linear(2, 2)  # a model nowt never converted: none of its business
+
+
+def test_a_layer_put_in_behind_torchs_back_is_refused_at_the_first_forward():
+    model = nowt.convert(nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2)), "fa", seed=0)
+    model._modules["2"] = nn.Linear(4, 3)  # no assignment hook sees this
     with pytest.raises(ValueError, match=r"layer '2' \(torch.nn.modules.linear.Linear\) joined the model "
                                          r"after nowt.convert and trains by backprop"):
         model(torch.randn(2, 4))
-    model[2] = nowt.convert(nn.Linear(4, 3), "fa", seed=1)  # as the message says
-    assert model(torch.randn(2, 4)).shape == (2, 3)
 
 
 def test_a_weight_normed_gpt2_conv1d_converts_with_its_forward_and_backprop_gradients():

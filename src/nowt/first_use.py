@@ -39,6 +39,8 @@ def watch(model: nn.Module, layers: dict[str, FeedbackLayer], unknown: str = "er
         if isinstance(w, nn.Parameter) and w.requires_grad and id(w) not in tied:
             hook = _FirstGradient(name, layer, unknown)
             hook.handle = w.register_hook(hook)
+    if watched:
+        _guard(model, unknown)
     if watched and not isinstance(model, FeedbackLayer):
         first_forward = _FirstForward(watched, tables or {}, unknown)
         # prepend: the watch ends with the model's forward, before the rule's own hooks (DFA's) run
@@ -47,6 +49,46 @@ def watch(model: nn.Module, layers: dict[str, FeedbackLayer], unknown: str = "er
         # A layer run outside the model's forward before it (model.encode(x), model.decoder(h)): said once
         layers_once = {id(m): m for m in watched.values()}.values()
         first_forward.outside = [m.register_forward_pre_hook(first_forward.ran_outside) for m in layers_once]
+
+
+#: Every module of a converted model, weakly: a layer put into one of them later (a new head for fine-tuning,
+#: after the first forward's checks are gone) must come converted. The value: convert's `unknown`.
+_MEMBERS: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()
+_ASSIGNMENT_HOOK: list[RemovableHandle] = []  # torch's global hook on module assignment, installed once
+
+
+def _guard(model: nn.Module, unknown: str) -> None:
+    if not _ASSIGNMENT_HOOK:
+        _ASSIGNMENT_HOOK.append(nn.modules.module.register_module_module_registration_hook(_on_assignment))
+    for m in model.modules():
+        _MEMBERS[m] = unknown
+
+
+def _on_assignment(parent: nn.Module, name: str, module: nn.Module | None) -> None:
+    """torch calls this before `parent.name = module` (setattr, add_module, Sequential's []) takes effect:
+    raising leaves the model as it was."""
+    unknown = _MEMBERS.get(parent)
+    if unknown is None or module is None:
+        return
+    added = unconverted(module)
+    if added:
+        path = ".".join(filter(None, (name, added[0])))
+        _refuse_or_warn(joined_message(path, module.get_submodule(added[0]), type(parent).__name__), unknown,
+                        ValueError, stacklevel=4)
+    for m in module.modules():
+        _MEMBERS[m] = unknown
+
+
+def unconverted(module: nn.Module) -> list[str]:
+    """The names (within `module`) of the layers in it that nowt converts but that are not converted."""
+    return [n for n, m in module.named_modules() if not isinstance(m, FeedbackLayer) and conversion(m)[0]]
+
+
+def joined_message(path: str, layer: nn.Module, parent: str = "") -> str:
+    where = f" (put into a {parent} of it)" if parent else ""
+    return (f"layer {path!r} ({class_path(type(layer))}) joined the model after nowt.convert{where} and "
+            f"trains by backprop (weight transport): convert it before use "
+            f"(model.{path} = nowt.convert(layer, rule)), or convert the changed model afresh")
 
 
 class _FirstGradient:
@@ -141,13 +183,9 @@ class _FirstForward:
             warnings.warn(f"converted layer(s) {names} did not run in the model's first forward, so the rule "
                           f"does not train them (or, if the model uses their weights itself, backprop does); "
                           f"nowt.summary(model) lists them", stacklevel=2)
-        added = [n for n, m in module.named_modules()
-                 if not isinstance(m, FeedbackLayer) and conversion(m)[0] is not None]
-        if added:  # e.g. a new head swapped in after conversion
-            kind = class_path(type(module.get_submodule(added[0])))
-            message = (f"layer {added[0]!r} ({kind}) joined the model after nowt.convert and trains by "
-                       f"backprop (weight transport): convert it before use "
-                       f"(model.{added[0]} = nowt.convert(layer, rule)), or convert the changed model afresh")
+        added = unconverted(module)
+        if added:  # put in without an assignment torch sees (model._modules[...] = layer)
+            message = joined_message(added[0], module.get_submodule(added[0]))
             _refuse_or_warn(message, self.unknown, ValueError, stacklevel=3)
         if uses is not None and uses.found:
             self.refuse(uses.found)
