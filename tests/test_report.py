@@ -455,3 +455,18 @@ def test_the_run_table_marks_a_diverged_run_and_an_unfinished_one(tmp_path):
     assert "| done | fa | 4 | 70.00 |" in table
     assert "| killed | fa | 2 of 4 (unfinished) | 50.00 |" in table
     assert "| div | fa | 1 (diverged in epoch 2) | 40.00 |" in table
+
+
+def test_the_run_table_says_when_a_runs_test_scores_are_held_out_training_examples(tmp_path):
+    """An --lr-grid run's test_* are scores on held-out training examples; its row read as test accuracy."""
+    from nowt.report import summary_table
+    from nowt.train.select import VALIDATION_SCORES
+
+    _seed_run(tmp_path / "lr0.1", 0, [60.0, 70.0])
+    config = json.loads((tmp_path / "lr0.1" / "config.json").read_text())
+    config["extra"] = {"test set": "51 held out of the training set" + VALIDATION_SCORES}
+    (tmp_path / "lr0.1" / "config.json").write_text(json.dumps(config))
+    _seed_run(tmp_path / "plain", 0, [60.0, 70.0])
+    table = summary_table([load_run(tmp_path / n) for n in ("lr0.1", "plain")])
+    assert "| lr0.1 (test acc: held-out training examples) | fa | 2 | 70.00 |" in table
+    assert "| plain | fa | 2 | 70.00 |" in table

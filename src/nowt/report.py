@@ -24,6 +24,7 @@ from nowt.figures import figure, save, style
 from nowt.train.config import not_identity, read_saved_config, saved_defaults
 from nowt.train.loop import run_ended
 from nowt.train.rundir import divergence
+from nowt.train.select import VALIDATION_SCORES
 
 
 def cell(value, digits: int = 2) -> str:
@@ -253,10 +254,17 @@ def summary_table(runs: list[Run]) -> str:
     keys = ["run", "rule", "epochs", "best_test_accuracy", "final_test_accuracy", "final_train_accuracy",
             "final_top5_error"]
     rows = [[*(s[k] for k in keys), cell(s["output_angle"], 1), f"{s['seconds_per_epoch']:.1f}"]
-            for s in (run.summary() | {"epochs": _epochs_cell(run)} for run in runs)]
+            for s in (run.summary() | {"run": _run_cell(run), "epochs": _epochs_cell(run)} for run in runs)]
     collapses = [collapse_note(run.name, record) for run in runs
                  if (record := next((r for r in run.history if r.get("collapsed")), None)) is not None]
     return markdown_table(header, rows) + ("\n" + "\n".join(collapses) + "\n" if collapses else "")
+
+
+def _run_cell(run: Run) -> str:
+    """The run's name, and where its "test" scores come from when not the test set (an --lr-grid run's)."""
+    test_set = str((run.config.get("extra") or {}).get("test set", ""))
+    held_out = test_set.endswith(VALIDATION_SCORES)
+    return run.name + (" (test acc: held-out training examples)" if held_out else "")
 
 
 def _epochs_cell(run: Run) -> str:
