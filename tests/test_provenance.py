@@ -21,6 +21,9 @@ def test_every_start_and_resume_of_a_run_records_its_code_and_machine(tmp_path):
     assert len((tmp_path / "provenance.jsonl").read_text().splitlines()) == 2
     assert all(r["torch"] and r["device"] == "cpu" and r["started"] for r in records)
     assert records[0]["commit"]  # this checkout's commit (tests run from the repository)
+    # and the data it trained on, which `nowt report` keeps seeds apart by (--data-dir being no identity)
+    assert records[0]["data"]["train"] == len(teacher_task()[0][1])
+    assert records[0]["data"] == records[1]["data"]
 
 
 def test_the_recorded_commit_is_nowts_own_and_marks_uncommitted_changes(monkeypatch):

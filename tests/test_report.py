@@ -470,3 +470,24 @@ def test_the_run_table_says_when_a_runs_test_scores_are_held_out_training_exampl
     table = summary_table([load_run(tmp_path / n) for n in ("lr0.1", "plain")])
     assert "| lr0.1 (test acc: held-out training examples) | fa | 2 | 70.00 |" in table
     assert "| plain | fa | 2 | 70.00 |" in table
+
+
+def test_seeds_trained_on_other_data_are_not_averaged_together(tmp_path):
+    """--data-dir is no part of a run's identity (the same data lies elsewhere on another machine), so a seed
+    trained on other data (half its labels randomised) was averaged in with the others as one recipe."""
+    from nowt.report import seed_summary_table
+
+    def fingerprint(path, train_labels):
+        record = {"epoch": 0, "data": {"train": 512, "test": 100, "inputs": 1.5, "labels": 450.0,
+                                       "train_labels": train_labels}}
+        (path / "provenance.jsonl").write_text(json.dumps(record) + "\n")
+
+    for name, seed, accs, labels in [("a0", 0, [50.0, 60.0], 286027.0), ("a1", 1, [52.0, 62.0], 286027.0),
+                                     ("b0", 0, [20.0, 30.0], 283759.0), ("b1", 1, [22.0, 32.0], 283759.0),
+                                     ("old", 2, [54.0, 64.0], None)]:
+        _seed_run(tmp_path / name, seed, accs)
+        if labels is not None:  # a run from before fingerprints were recorded goes with either
+            fingerprint(tmp_path / name, labels)
+    table = seed_summary_table([load_run(tmp_path / n) for n in ("a0", "a1", "b0", "b1", "old")])
+    assert "| fa (the data of a0) | 3 | 62.00 ± 2.00 |" in table
+    assert "| fa (the data of b0) | 2 | 31.00 ± 1.41 |" in table

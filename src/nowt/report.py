@@ -23,7 +23,7 @@ from matplotlib.ticker import FuncFormatter, LogFormatter
 from nowt.figures import figure, save, style
 from nowt.train.config import not_identity, read_saved_config, saved_defaults
 from nowt.train.loop import run_ended
-from nowt.train.rundir import divergence
+from nowt.train.rundir import data_differences, divergence, recorded_data
 from nowt.train.select import VALIDATION_SCORES
 
 
@@ -66,6 +66,7 @@ class Run:
     config: dict
     history: list[dict]
     diverged: dict | None = None  # {"epoch", "message"} where the run ended by diverging (its diverged.json)
+    data: dict | None = None  # the fingerprint of the data it trained on (provenance.jsonl), where recorded
 
     def ended(self) -> bool:
         """Whether the run had ended by its own rule (epochs, patience, plateau halvings) when last logged;
@@ -100,7 +101,7 @@ def load_run(run_dir: str | os.PathLike, name: str | None = None) -> Run:
         raise ValueError(f"{metrics} holds no epochs yet")
     config_file = run_dir / "config.json"
     config = read_saved_config(config_file) if config_file.is_file() else {}
-    return Run(name or run_dir.name, config, history, divergence(run_dir))
+    return Run(name or run_dir.name, config, history, divergence(run_dir), recorded_data(run_dir))
 
 
 #: what every epoch record of a metrics.jsonl holds (the tables and figures read them)
@@ -140,12 +141,17 @@ def recipe(run: Run) -> dict:
 
 
 def seed_groups(runs: list[Run]) -> list[list[Run]]:
-    """The runs grouped by configuration less the seed (and directory): the seeds of one recipe together."""
-    groups: dict[str, list[Run]] = {}
+    """The runs grouped by configuration less the seed (and directory) and by the data they trained on
+    (another --data-dir's data is another recipe; a run that recorded no fingerprint goes with any): the
+    seeds of one recipe together."""
+    groups: dict[str, list[list[Run]]] = {}
     for run in runs:
         key = json.dumps(recipe(run), sort_keys=True) if run.config else f"no config.json: {id(run)}"
-        groups.setdefault(key, []).append(run)
-    return list(groups.values())
+        parts = groups.setdefault(key, [])
+        part = next((p for p in parts if all(r.data is None or run.data is None
+                                              or not data_differences(r.data, run.data) for r in p)), None)
+        part.append(run) if part is not None else parts.append([run])
+    return [part for parts in groups.values() for part in parts]
 
 
 def group_labels(groups: list[list[Run]]) -> list[str]:
@@ -170,7 +176,10 @@ def group_labels(groups: list[list[Run]]) -> list[str]:
         twins = [recipe(g[0]) for g in groups if len(g) > 1 and g[0].summary()["rule"] == rule]
         keys = sorted({k for r in twins for k in r if any(t.get(k) != r.get(k) for t in twins)})
         mine = recipe(group[0])
-        labels.append(f"{rule} ({', '.join(f'{k}={shown(mine.get(k))}' for k in keys)})" if keys else rule)
+        told = [f"{k}={shown(mine.get(k))}" for k in keys]
+        if sum(len(g) > 1 and recipe(g[0]) == mine for g in groups) > 1:  # one recipe on different data
+            told.append(f"the data of {group[0].name}")
+        labels.append(f"{rule} ({', '.join(told)})" if told else rule)
     return labels
 
 

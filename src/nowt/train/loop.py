@@ -163,7 +163,7 @@ def _fit(cfg: TrainConfig, train, test, validation, resume: bool, progress: bool
         # the checkpoint saves; the others restart from (seed, rank, epoch), so a resume draws the same)
         distributed.seed_rank(cfg.seed, epoch)
         if writes and out is not None and epoch == start:  # a start that trains nothing adds no line
-            rundir.record_start(out, epoch, cfg.device)
+            rundir.record_start(out, epoch, cfg.device, data_print)
         t0 = time.perf_counter()
         try:
             with sized(f"training (--batch-size {cfg.batch_size})"):

@@ -181,16 +181,21 @@ _PARTS = {"train": "the number of training examples", "test": "the number of tes
           "train_inputs": "the training inputs"}
 
 
+def data_differences(a: dict[str, float], b: dict[str, float]) -> list[str]:
+    """The parts two data fingerprints both have that differ (sums to float rounding: another machine may
+    add them in another order)."""
+    exact = ("train_labels",)  # an integer: a changed label moves it by little against its size
+    return [k for k in a.keys() & b.keys() if (a[k] != b[k] if k in exact else
+                                               not math.isclose(a[k], b[k], rel_tol=1e-6, abs_tol=1e-6))]
+
+
 def check_same_data(out: Path | None, saved: dict[str, float] | None, now: dict[str, float]) -> None:
     """Refuses to resume the run in `out` on other data than it trained on. The parts both fingerprints
     have are compared: a checkpoint from before fingerprints (`saved` None) is not checked, and one from
     before the training set's parts is checked on the others."""
     if saved is None:
         return
-    exact = ("train_labels",)  # an integer: a changed label moves it by little against its size
-    differ = [k for k in saved.keys() & now.keys() if (saved[k] != now[k] if k in exact else
-                                                       not math.isclose(saved[k], now[k], rel_tol=1e-6,
-                                                                        abs_tol=1e-6))]
+    differ = data_differences(saved, now)
     if not differ:
         return
 
@@ -202,16 +207,27 @@ def check_same_data(out: Path | None, saved: dict[str, float] | None, now: dict[
                      f"differ): pass its own --data-dir, or use a new --out")
 
 
-def record_start(out: Path, epoch: int, device: str) -> None:
+def record_start(out: Path, epoch: int, device: str, data: dict[str, float]) -> None:
     """Appends to `out/provenance.jsonl` what code and machine the run starts (or resumes) on at `epoch`,
-    and on how many processes (torchrun's world size): a run made over several sessions shows every
-    version of nowt that trained it."""
+    on how many processes (torchrun's world size) and on what data (`data_fingerprint`: the tables keep
+    runs on other data apart, `--data-dir` being no part of a run's identity): a run made over several
+    sessions shows every version of nowt that trained it."""
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     record = {"started": now, "epoch": epoch, "nowt": provenance.version(), "commit": provenance.commit(),
               "torch": torch.__version__, "device": device, "machine": provenance.machine(device),
-              "world_size": distributed.world()[1]}
+              "world_size": distributed.world()[1], "data": data}
     with open(out / "provenance.jsonl", "a") as f:
         f.write(json.dumps(record) + "\n")
+
+
+def recorded_data(out: Path) -> dict | None:
+    """The data fingerprint of the run's latest start in its provenance.jsonl (None where none is recorded:
+    runs from before it was)."""
+    path = out / "provenance.jsonl"
+    if not path.is_file():
+        return None
+    starts = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return next((r["data"] for r in reversed(starts) if "data" in r), None)
 
 
 def tensorboard(out: Path | None):
