@@ -1,5 +1,6 @@
 """The reproduction registry holds the papers' numbers and runs a table end to end."""
 
+import json
 import math
 
 import pytest
@@ -228,6 +229,13 @@ def test_gather_tabulates_the_runs_in_a_folder_without_training(tmp_path, monkey
     config = tmp_path / "bp" / "seed0" / "config.json"
     config.write_text(config.read_text().replace('"hidden": [\n  8\n ]', '"hidden": [\n  9\n ]'))
     with pytest.raises(ValueError, match="another configuration.*hidden"):
+        run_reproduction(tiny, out_dir=tmp_path, gather=True, progress=False)
+    config.write_text(config.read_text().replace('"hidden": [\n  9\n ]', '"hidden": [\n  8\n ]'))
+    provenance = tmp_path / "bp" / "seed2" / "provenance.jsonl"  # seed 2 trained from another --data-dir
+    start = json.loads(provenance.read_text().splitlines()[0])
+    start["data"]["train_labels"] += 17.0
+    provenance.write_text(json.dumps(start) + "\n")
+    with pytest.raises(ValueError, match=r"row bp: seed 2 .* on other data than seed 0 \(train_labels"):
         run_reproduction(tiny, out_dir=tmp_path, gather=True, progress=False)
     plain = Analysis(name="plain", paper="P", table="T",
                      function=lambda out_dir, quick, progress, command: {})

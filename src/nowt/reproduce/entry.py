@@ -29,7 +29,7 @@ from nowt import distributed
 from nowt.models import MODELS
 from nowt.provenance import machine
 from nowt.report import collapse_state, load_run, mean_std, report_runs
-from nowt.reproduce.gathering import gathered, saved_holdout
+from nowt.reproduce.gathering import gathered, same_data_as_seeds, saved_holdout
 from nowt.reproduce.verdicts import BAND, NO_PAPER_RULE, results_table, verdict, verdict_rule
 from nowt.rules import list_rules
 from nowt.train import TrainConfig, fit
@@ -264,6 +264,7 @@ def run_reproduction(repro: Reproduction, *, quick: bool = False, out_dir: str |
     for label in labels:
         registered = seeds_run(repro, label, quick)
         finished, notes, dirs, status, collapsed, diverged = {}, [], [], None, [], []
+        prints: dict[int, dict] = {}  # the data each seed trained on
         lr, grid_note = None, ""
         if repro.lr_grid and not quick:
             lr, grid_note = _grid_choice(repro, label, out_dir, gather, progress, overrides)
@@ -292,7 +293,9 @@ def run_reproduction(repro: Reproduction, *, quick: bool = False, out_dir: str |
                     if not state.startswith("diverged"):  # unmarked (not the training loop's): not a result
                         raise
             if history:
+                assert cfg.out_dir is not None  # a reproduction's runs have their folders
                 dirs.append(cfg.out_dir)
+                same_data_as_seeds(label, seed, Path(cfg.out_dir), prints)
             if state == "ok":
                 assert history is not None  # an ended run's
                 finished[seed] = history

@@ -9,7 +9,7 @@ from pathlib import Path
 from nowt.report import load_run
 from nowt.train import TrainConfig
 from nowt.train.loop import run_ended
-from nowt.train.rundir import divergence
+from nowt.train.rundir import data_differences, divergence, recorded_data
 from nowt.train.select import VALIDATION_SCORES
 
 
@@ -52,3 +52,18 @@ def gathered(cfg: TrainConfig) -> tuple[list[dict] | None, str]:
     return history, f"unfinished ({len(history)} of {cfg.epochs} epochs)"
 
 
+
+
+def same_data_as_seeds(label: str, seed: int, run_dir: Path, prints: dict[int, dict]) -> None:
+    """Refuses a row whose seeds trained on different data (`--data-dir` is no part of a run's identity, so
+    a seed trained elsewhere on other files passes every other check): a mean over them is no mean over
+    seeds. Runs from before fingerprints were recorded are not compared."""
+    data = recorded_data(run_dir)
+    if data is None:
+        return
+    for other, theirs in prints.items():
+        if differ := data_differences(theirs, data):
+            raise ValueError(f"row {label}: seed {seed} ({run_dir}) trained on other data than seed {other} "
+                             f"({', '.join(sorted(differ))} differ in provenance.jsonl): a mean over them is "
+                             f"no mean over seeds; retrain it on the row's data (move its folder away first)")
+    prints[seed] = data
