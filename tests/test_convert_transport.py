@@ -296,3 +296,42 @@ def test_a_table_scaled_by_a_learned_scalar_before_its_product_is_still_refused(
     with pytest.raises(ValueError, match=r"'emb\.weight' \(the table of embedding 'emb'\) is used by "
                                          r"torch\.nn\.functional\.linear"):
         nowt.convert(ScaledTiedLM(), "fa", seed=0)(torch.randint(0, 10, (2, 3)))
+
+
+class Rows(nn.Module):
+    """Rows looked up from a table, then used by `how` with the activations `h`."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.how, self.pre, self.emb = how, nn.Linear(4, 5), nn.Embedding(7, 5)
+        self.bag, self.fc, self.att = nn.EmbeddingBag(7, 5, mode="sum"), nn.Linear(5, 2), nn.Linear(5, 1)
+
+    def forward(self, x, ids):
+        h = torch.tanh(self.pre(x))
+        if self.how == "full table":  # a tied head written with a lookup of every row
+            return h @ self.emb(torch.arange(7)).t()
+        if self.how == "sampled softmax":
+            return (h.unsqueeze(1) * self.emb(ids)).sum(-1)
+        if self.how == "bmm":
+            return torch.bmm(self.emb(ids), h.unsqueeze(-1)).squeeze(-1)
+        if self.how == "weighted bag":
+            return self.bag(ids, per_sample_weights=h[:, :ids.shape[1]])
+        e = self.emb(ids)  # input embeddings, pooled (masked mean, attention by activations): no transport
+        mask = (ids > 0).float().unsqueeze(-1)
+        pooled = (e * mask).sum(1) / mask.sum(1).clamp(min=1) + (e * torch.softmax(self.att(e), 1)).sum(1)
+        return self.fc(pooled * 2.0) + h[:, :2]
+
+
+@pytest.mark.parametrize("how", ["full table", "sampled softmax", "bmm", "weighted bag"])
+def test_rows_looked_up_from_a_table_and_used_as_a_matrix_are_refused(how):
+    """They passed as "a lookup": the errors reached `pre` across the table by backprop, without a word."""
+    table = "bag" if how == "weighted bag" else "emb"
+    with pytest.raises(ValueError, match=rf"'{table}\.weight' \(the table of embedding '{table}'\) is used"):
+        nowt.convert(Rows(how), "fa", seed=0)(torch.randn(3, 4), torch.randint(0, 7, (3, 2)))
+
+
+def test_rows_looked_up_and_pooled_as_inputs_are_accepted():
+    model = nowt.convert(Rows("pooled"), "fa", seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model(torch.randn(3, 4), torch.randint(0, 7, (3, 4))).sum().backward()

@@ -271,10 +271,30 @@ class _Uses(TorchFunctionMode):
         self.watched = watched  # id -> (name, kind, what to exclude, parameter), for derived tensors too
         self.held = held  # ids of the model's own parameters and buffers (a mask W is multiplied by)
         self.made: list[Tensor] = []  # tensors made from watched ones, held so that their ids stay theirs
+        self.rows: set[int] = set()  # ids of the watched tensors that are rows looked up from a table
         self.inside = 0  # converted layers' forwards under way: the rule decides their backward
         self.found: dict[str, tuple[str, str, str, Tensor]] = {}  # name -> (op, kind, what to exclude, param)
         # id -> (the watched tensor's entry, the product's dims that are its own): `h * w` before a sum
         self.products: dict[int, tuple[tuple[str, str, str, Tensor], set[int]]] = {}
+
+    def _lookup(self, func, args: tuple, kwargs: dict, out: Any) -> None:
+        """A lookup sends no error across its table, but its rows do where they are then multiplied by an
+        activation (a tied head over `emb(torch.arange(V))`, a sampled softmax over `emb(ids)`), and so
+        does a bag weighted by activations (`per_sample_weights`)."""
+        first = func in (F.embedding, F.embedding_bag)  # (input, weight, ...); torch's: (weight, input, ...)
+        table = kwargs.get("weight", args[1 if first else 0] if len(args) > (1 if first else 0) else None)
+        entry = self.watched.get(id(table))
+        if entry is None:
+            return
+        bag_weights = kwargs.get("per_sample_weights")
+        if bag_weights is None and func is F.embedding_bag and len(args) > 8:  # nn.EmbeddingBag: positional
+            bag_weights = args[8]
+        if isinstance(bag_weights, Tensor) and bag_weights.grad_fn is not None:
+            self.found.setdefault(entry[0], (f"{resolve_name(func)} with per_sample_weights", *entry[1:]))
+        for t in _tensors(out):
+            if t.is_floating_point():
+                self.watched[id(t)], self.rows = entry, self.rows | {id(t)}
+                self.made.append(t)
 
     def enter(self, module: nn.Module, args: tuple) -> None:
         self.inside += 1
@@ -285,7 +305,10 @@ class _Uses(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        if self.inside or func in LOOKUPS:
+        if self.inside:
+            return out
+        if func in LOOKUPS:
+            self._lookup(func, args, kwargs, out)
             return out
         tensors = _tensors((args, kwargs))
         if func in SUMS and args and id(args[0]) in self.products:
@@ -297,20 +320,28 @@ class _Uses(TorchFunctionMode):
             positions, names = MULTIPLIED.get(func, (range(len(args)), tuple(kwargs)))
             multiplied = _tensors(([args[i] for i in positions if i < len(args)],
                                    [v for k, v in kwargs.items() if k in names]))
-            for name, kind, fix, p in (self.watched[id(t)] for t in multiplied if id(t) in self.watched):
-                self.found.setdefault(name, (resolve_name(func) or repr(func), kind, fix, p))
+            # rows looked up from a table carry errors across it only to an activation they multiply
+            # (`h @ emb(ids).t()`), not to a weight (`emb(ids) @ W`: W's own gradient, from their values)
+            to_activation = any(t.requires_grad and t.grad_fn is not None for t in tensors
+                                if id(t) not in self.watched)
+            for t in multiplied:
+                if id(t) in self.watched and (id(t) not in self.rows or to_activation):
+                    name, kind, fix, p = self.watched[id(t)]
+                    self.found.setdefault(name, (resolve_name(func) or repr(func), kind, fix, p))
         if not hits or func in MATRIX_OPS:
             return out
         floats = [t for t in tensors if t.is_floating_point()]
         source = next((t for t in floats if id(t) in self.watched), None)
         others = [t for t in floats if id(t) not in self.watched]
+        rows = source is not None and id(source) in self.rows and any(t.grad_fn is not None for t in others)
         if (source is not None and func in ELEMENTWISE_PRODUCTS and isinstance(out, Tensor)
-                and out.shape != source.shape and any(t.numel() > 1 for t in others)):
+                and (out.shape != source.shape or rows) and any(t.numel() > 1 for t in others)):
             # a product with activations, broadcast over them: a sum over the watched tensor's dims makes it
-            # a matrix product (errors cross it to the activations); kept as such, not as the tensor itself
+            # a matrix product (errors cross it to the activations); kept as such, not as the tensor itself.
+            # Looked-up rows: a sum over their features (a dot product with each row: a sampled softmax)
             offset = out.ndim - source.ndim
-            self.products[id(out)] = (self.watched[id(source)],
-                                      {offset + i for i, n in enumerate(source.shape) if n > 1})
+            dims = {out.ndim - 1} if rows else {offset + i for i, n in enumerate(source.shape) if n > 1}
+            self.products[id(out)] = (self.watched[id(source)], dims)
             # not held: activation-sized (a norm's gain times every token); forgotten when freed, so that
             # an id reused by another tensor is not taken for it
             weakref.finalize(out, self.products.pop, id(out), None)
@@ -322,5 +353,6 @@ class _Uses(TorchFunctionMode):
             for t in _tensors(out):
                 if t.is_floating_point() and id(t) not in self.watched:
                     self.watched[id(t)] = self.watched[id(source)]
+                    self.rows |= {id(t)} if id(source) in self.rows else set()
                     self.made.append(t)
         return out
