@@ -335,3 +335,34 @@ def test_rows_looked_up_and_pooled_as_inputs_are_accepted():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         model(torch.randn(3, 4), torch.randint(0, 7, (3, 4))).sum().backward()
+
+
+class ParametrizedTiedLM(nn.Module):
+    """A weight-normed embedding table, looked up and (`tied`) multiplied by as the LM head."""
+
+    def __init__(self, tied: bool):
+        super().__init__()
+        self.tied, self.emb, self.fc = tied, nn.Embedding(10, 6), nn.Linear(6, 6)
+        torch.nn.utils.parametrizations.weight_norm(self.emb)
+        self.head = nn.Linear(6, 10)
+
+    def forward(self, ids):
+        h = torch.tanh(self.fc(self.emb(ids)))
+        return F.linear(h, self.emb.weight) if self.tied else self.head(h)
+
+
+def test_a_parametrized_table_used_as_a_matrix_is_refused():
+    """A table under weight_norm or orthogonal is a new tensor at every use, so the check watched one no
+    forward used: the tied head sent errors across it by backprop without a word."""
+    ids = torch.randint(0, 10, (4, 3))
+    with pytest.raises(ValueError, match=r"'emb\.weight' \(the table of embedding 'emb'\) is used by "
+                                         r"torch\.nn\.functional\.linear"):
+        nowt.convert(ParametrizedTiedLM(tied=True), "fa", seed=0)(ids)
+    torch.manual_seed(0)
+    plain = ParametrizedTiedLM(tied=False)
+    model = nowt.convert(copy.deepcopy(plain), "fa", seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        torch.testing.assert_close(model(ids), plain(ids), rtol=0, atol=0)  # the checked forward: the same
+    model(ids).sum().backward()  # and after it, nothing is left cached
+    assert not torch.nn.utils.parametrize._cache_enabled

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 from torch.overrides import TorchFunctionMode, resolve_name
 from torch.utils.hooks import RemovableHandle
 
@@ -127,6 +128,7 @@ class _FirstForward:
         self.inner: list[RemovableHandle] = []  # on every converted layer, for this forward only
         self.converted: set[int] = set()  # ids of the converted layers' weights (and what they are made of)
         self.running = False  # the model's forward is under way
+        self.cached: Any = None  # parametrize.cached(), entered for the first forward where a table needs it
 
     def ran_outside(self, layer: nn.Module, args: tuple) -> None:
         """A converted layer runs before the model's first forward, outside it: the checks of that forward
@@ -154,6 +156,16 @@ class _FirstForward:
         if torch.compiler.is_compiling():
             return  # dynamo would trace the mode: a compiled first forward gets the other checks only
         watched = {id(p): (name, kind, fix, p) for name, (kind, fix, p) in self.tables.items()}
+        owners = {n: n.rpartition(".") for n in self.tables}
+        recomputed = [n for n, (owner, _, p) in owners.items()
+                      if parametrize.is_parametrized(model.get_submodule(owner), p)]
+        if recomputed:  # a parametrized table is a new tensor at every use; cached, one for the forward
+            self.cached = parametrize.cached()
+            self.cached.__enter__()
+            for n in recomputed:
+                owner, _, p = owners[n]
+                t = getattr(model.get_submodule(owner), p)
+                watched[id(t)] = (n, *self.tables[n][:2], t)
         for name, layer in self.layers.items():  # also an embedding's table (GPT-2's lm_head): the layer's
             converted = {id(w): (f"{name}.weight", f"the weight of converted layer {name!r}", name, w)
                          for w in layer.leaf_weights()}
@@ -170,6 +182,9 @@ class _FirstForward:
         uses, self.uses, self.running = self.uses, None, False
         if uses is not None:
             uses.__exit__(None, None, None)
+        if self.cached is not None:
+            self.cached.__exit__(None, None, None)
+            self.cached = None
         self.remove(self.inner)
         if sys.exc_info()[0] is not None:
             return  # the forward raised: the next one is checked
