@@ -366,3 +366,25 @@ def test_a_parametrized_table_used_as_a_matrix_is_refused():
         torch.testing.assert_close(model(ids), plain(ids), rtol=0, atol=0)  # the checked forward: the same
     model(ids).sum().backward()  # and after it, nothing is left cached
     assert not torch.nn.utils.parametrize._cache_enabled
+
+
+class MaxScored(nn.Module):
+    """Each table row scored against h by a product reduced with `reduce` over the features."""
+
+    def __init__(self, reduce):
+        super().__init__()
+        self.reduce, self.pre, self.emb = reduce, nn.Linear(4, 5), nn.Embedding(7, 5)
+
+    def forward(self, x):
+        return self.reduce(torch.tanh(self.pre(x)).unsqueeze(1) * self.emb.weight)
+
+
+@pytest.mark.parametrize("reduce", [lambda p: p.amax(-1), lambda p: torch.logsumexp(p, -1),
+                                    lambda p: p.max(-1).values, lambda p: torch.amin(p, dim=2)],
+                         ids=["amax", "logsumexp", "max", "amin"])
+def test_a_product_with_a_table_reduced_by_a_maximum_is_refused(reduce):
+    """Only sums and means were taken for a matrix product: a (soft) maximum sends errors across the table
+    to h just the same."""
+    with pytest.raises(ValueError, match=r"'emb\.weight' \(the table of embedding 'emb'\) is used by torch\."
+                                         r"(Tensor\.)?(amax|logsumexp|max|amin) of an elementwise product"):
+        nowt.convert(MaxScored(reduce), "fa", seed=0)(torch.randn(3, 4))

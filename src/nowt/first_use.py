@@ -238,7 +238,12 @@ ELEMENTWISE_PRODUCTS: frozenset[Any] = frozenset({
     torch.mul, torch.multiply, torch.Tensor.mul, torch.Tensor.multiply, torch.Tensor.__mul__,
     torch.Tensor.__rmul__, torch.Tensor.mul_, torch.Tensor.__imul__})
 SUMS: frozenset[Any] = frozenset({torch.sum, torch.Tensor.sum, torch.mean, torch.Tensor.mean, torch.nansum,
-                                  torch.Tensor.nansum})
+                                  torch.Tensor.nansum,
+                                  # reductions whose backward also sends errors through every (or the
+                                  # chosen) product: a soft or hard maximum of h * w over w's dims
+                                  torch.logsumexp, torch.Tensor.logsumexp, torch.amax, torch.Tensor.amax,
+                                  torch.amin, torch.Tensor.amin, torch.max, torch.Tensor.max, torch.min,
+                                  torch.Tensor.min})
 #: Of these, the ops with an argument that is only added (a bias, addmm's input, an attention mask): the
 #: positions and names of those multiplied. A table added as a mask sends no error through itself.
 MULTIPLIED: dict[Any, tuple[tuple[int, ...], tuple[str, ...]]] = {
