@@ -141,9 +141,8 @@ def recipe(run: Run) -> dict:
 
 
 def seed_groups(runs: list[Run]) -> list[list[Run]]:
-    """The runs grouped by configuration less the seed (and directory) and by the data they trained on
-    (another --data-dir's data is another recipe; a run that recorded no fingerprint goes with any): the
-    seeds of one recipe together."""
+    """The seeds of one recipe together: runs grouped by configuration less the seed (and directory) and by
+    their data (another --data-dir's is another recipe; a run that recorded no fingerprint goes with any)."""
     groups: dict[str, list[list[Run]]] = {}
     for run in runs:
         key = json.dumps(recipe(run), sort_keys=True) if run.config else f"no config.json: {id(run)}"
@@ -263,28 +262,21 @@ def summary_table(runs: list[Run]) -> str:
     keys = ["run", "rule", "epochs", "best_test_accuracy", "final_test_accuracy", "final_train_accuracy",
             "final_top5_error"]
     rows = [[*(s[k] for k in keys), cell(s["output_angle"], 1), f"{s['seconds_per_epoch']:.1f}"]
-            for s in (run.summary() | {"run": _run_cell(run), "epochs": _epochs_cell(run)} for run in runs)]
+            for s in (run.summary() | _marked(run) for run in runs)]
     collapses = [collapse_note(run.name, record) for run in runs
                  if (record := next((r for r in run.history if r.get("collapsed")), None)) is not None]
     return markdown_table(header, rows) + ("\n" + "\n".join(collapses) + "\n" if collapses else "")
 
 
-def _run_cell(run: Run) -> str:
-    """The run's name, and where its "test" scores come from when not the test set (an --lr-grid run's)."""
-    test_set = str((run.config.get("extra") or {}).get("test set", ""))
-    held_out = test_set.endswith(VALIDATION_SCORES)
-    return run.name + (" (test acc: held-out training examples)" if held_out else "")
-
-
-def _epochs_cell(run: Run) -> str:
-    """The epochs a run logged, and whether it diverged or stopped short of its own end (a killed run's
-    last epoch is no final result)."""
+def _marked(run: Run) -> dict[str, str]:
+    """The run's name and epochs, saying where its "test" scores come from when not the test set (an
+    --lr-grid run's) and whether it diverged or stopped short of its end (its last epoch no final result)."""
+    held_out = str((run.config.get("extra") or {}).get("test set", "")).endswith(VALIDATION_SCORES)
     last = run.history[-1]["epoch"]
-    if run.diverged is not None:
-        return f"{last} (diverged in epoch {run.diverged['epoch']})"
-    if run.config and not run.ended():
-        return f"{last} of {_settings(run).get('epochs', '?')} (unfinished)"
-    return str(last)
+    epochs = (f"{last} (diverged in epoch {run.diverged['epoch']})" if run.diverged is not None else
+              f"{last} of {_settings(run).get('epochs', '?')} (unfinished)" if run.config and not run.ended()
+              else str(last))
+    return {"run": run.name + " (test acc: held-out training examples)" * held_out, "epochs": epochs}
 
 
 def collapse_state(history: list[dict]) -> str | None:
