@@ -33,7 +33,7 @@ def test_hooks_of_a_converted_layer_keep_acting_and_their_handles_keep_removing_
 
 
 @pytest.mark.parametrize("case", ["instance forward", "own __call__", "lazy", "pruned",
-                                  "parametrized attention"])
+                                  "parametrized attention", "weight set by a hook"])
 def test_layers_whose_forward_conversion_would_change_are_refused_by_name(case):
     class Twice(nn.Linear):
         def __call__(self, x):
@@ -52,6 +52,13 @@ def test_layers_whose_forward_conversion_would_change_are_refused_by_name(case):
         layer = nn.Linear(4, 4)
         prune.l1_unstructured(layer, "weight", amount=0.5)
         says = r"pruned by torch.nn.utils.prune.*prune.remove"
+    elif case == "weight set by a hook":  # DropConnect: torch's TypeError, naming no layer, before
+        layer = nn.Linear(4, 4)
+        layer.weight_raw = nn.Parameter(layer.weight.detach().clone())
+        del layer.weight
+        layer.register_forward_pre_hook(lambda m, a: setattr(m, "weight", F.dropout(m.weight_raw, 0.1)))
+        layer.weight = layer.weight_raw * 1.0
+        says = r"'0': its weight is no Parameter of its own \(a tensor set by a hook"
     else:
         layer = nn.MultiheadAttention(4, 2)
         parametrizations.weight_norm(layer, "in_proj_weight")

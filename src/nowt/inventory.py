@@ -77,6 +77,10 @@ def conversion(m: nn.Module) -> tuple[type[nn.Module] | None, str]:
         return None, "a lazy module whose parameters are not made yet: run one forward first"
     if isinstance(m, nn.MultiheadAttention) and parametrize.is_parametrized(m):
         return None, "nn.MultiheadAttention with a parametrized tensor, which nowt's attention cannot carry"
+    if (isinstance(m, nn.Linear | nn.modules.conv._ConvNd) and "weight" not in m._parameters
+            and not parametrize.is_parametrized(m, "weight")):
+        return None, ("its weight is no Parameter of its own (a tensor set by a hook or another module: "
+                      "DropConnect, a hypernetwork), which a converted layer cannot take over")
     if t in CONVERTIBLE:
         return t, ""
     path = class_path(t)
